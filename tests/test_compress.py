@@ -1,0 +1,104 @@
+"""compress(): the memory is exactly mean-pool + projection of each chunk's final hidden states."""
+
+import pytest
+import torch
+
+from modeling_memcomp import MemCompForCausalLM
+
+
+def direct_memory(model: MemCompForCausalLM, ids: list[int]) -> torch.Tensor:
+    """Reference: run every chunk alone (no padding), average its last hidden states, project."""
+    size = model.config.chunk_size
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(ids), size):
+            chunk = torch.tensor([ids[start : start + size]])
+            hidden = model.language_model.model(input_ids=chunk).last_hidden_state[0]
+            rows.append(model.memory_projection(hidden.mean(dim=0)))
+    return torch.stack(rows)
+
+
+def context_ids(model, text):
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_memory_is_mean_pool_plus_projection(model, corpus):
+    text = " ".join(corpus[:3])
+    ids = context_ids(model, text)
+    assert len(ids) % 16 != 0, "fixture should end on a short chunk"
+    memory = model.compress(text)
+    assert memory.num_embeddings == -(-len(ids) // 16)
+    assert memory.num_source_tokens == len(ids)
+    torch.testing.assert_close(memory.embeds, direct_memory(model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_short_last_chunk_pools_only_real_tokens(model):
+    ids = list(range(40, 61))  # 21 tokens: one full chunk and a 5-token chunk
+    memory = model.compress(ids)
+    with torch.no_grad():
+        hidden = model.language_model.model(input_ids=torch.tensor([ids[16:]])).last_hidden_state[0]
+        expected = model.memory_projection(hidden.mean(dim=0))
+        padded_mean = model.memory_projection(
+            model.language_model.model(input_ids=torch.tensor([ids[16:] + [0] * 11])).last_hidden_state[0].mean(dim=0)
+        )
+    torch.testing.assert_close(memory.embeds[1], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(memory.embeds[1], padded_mean, atol=1e-4)
+
+
+def test_passages_are_chunked_separately_in_order(model, corpus):
+    first, second = corpus[0], corpus[1]
+    together = model.compress([first, second])
+    expected = torch.cat([model.compress(first).embeds, model.compress(second).embeds])
+    torch.testing.assert_close(together.embeds, expected, rtol=1e-5, atol=1e-5)
+    assert together.chunks_per_passage == [len(model.compress(first)), len(model.compress(second))]
+
+
+def test_text_ids_and_tensor_inputs_agree(model, corpus):
+    ids = context_ids(model, corpus[4])
+    from_text = model.compress(corpus[4])
+    from_ids = model.compress(ids)
+    from_tensor = model.compress(torch.tensor(ids))
+    torch.testing.assert_close(from_text.embeds, from_ids.embeds)
+    torch.testing.assert_close(from_text.embeds, from_tensor.embeds)
+    assert from_text.content_hash == from_ids.content_hash
+
+
+def test_micro_batch_size_does_not_change_the_memory(model, corpus):
+    text = " ".join(corpus[:6])
+    full = model.compress(text, batch_size=1024)
+    tiny = model.compress(text, batch_size=3)
+    torch.testing.assert_close(full.embeds, tiny.embeds, rtol=1e-5, atol=1e-5)
+
+
+def test_special_token_text_in_context_cannot_forge_placeholders(model):
+    memory = model.compress("plain words <MEM> and <MEM_START> inside")
+    ids = model._tokenize_context("plain words <MEM> and <MEM_START> inside")[0]
+    assert model.config.mem_token_id not in ids and model.config.mem_start_token_id not in ids
+    assert memory.num_embeddings == -(-len(ids) // 16)
+
+
+def test_120k_token_context_encodes_in_bounded_micro_batches(make_model):
+    model = make_model(encoder_batch_size=64)
+    seen_rows = []
+    hook = model.language_model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    ids = torch.randint(10, 500, (120_000,)).tolist()
+    memory = model.compress(ids, show_progress=False)
+    hook.remove()
+    assert memory.num_embeddings == 7500 and memory.num_source_tokens == 120_000
+    assert max(seen_rows) == 64 and len(seen_rows) == -(-7500 // 64)
+    assert torch.isfinite(memory.embeds).all()
+
+
+def test_attention_pooling_starts_as_mean_and_ignores_padding(make_model):
+    model = make_model(pooling="attention")
+    ids = list(range(40, 61))
+    memory = model.compress(ids)
+    with torch.no_grad():
+        hidden = model.language_model.model(input_ids=torch.tensor([ids[16:]])).last_hidden_state[0]
+    torch.testing.assert_close(memory.embeds[1], model.memory_projection(hidden.mean(0)), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        model.pooling.query.normal_()
+    after = model.compress(ids)
+    assert not torch.allclose(after.embeds[0], memory.embeds[0])

@@ -1,0 +1,76 @@
+"""save_pretrained writes remote code that loads with trust_remote_code where memcomp cannot be imported."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import GREEDY
+
+QUESTION = "What did the engineer build?"
+
+LOAD_WITHOUT_MEMCOMP = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"modeling_memcomp", "trainers", "memcomp"}:
+                raise ImportError(f"{name} is blocked: this process plays a Hub user without memcomp")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    folder, context, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    answer = model.generate(context=context, question=%r, do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, out + ".safetensors")
+    json.dump({"answer": answer, "module": type(model).__module__}, open(out + ".json", "w"))
+    """
+    % QUESTION
+)
+
+
+def test_saved_folder_has_remote_code_auto_map_and_tokenizer(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
+    assert {"configuration_memcomp.py", "modeling_memcomp.py", "memory.py", "pooling.py", "prompting.py"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_memcomp.MemCompConfig",
+        "AutoModelForCausalLM": "modeling_memcomp.MemCompForCausalLM",
+    }
+    assert "tiny" not in files and "tiny.py" not in files, "test helpers must not ship as remote code"
+
+
+def test_remote_code_round_trip_in_a_process_without_memcomp(model, corpus, tmp_path):
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    context = " ".join(corpus[:2])
+    out = tmp_path / "result"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_MEMCOMP, str(folder), context, str(out)],
+        check=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["answer"] == model.generate(context=context, question=QUESTION, **GREEDY)
+    remote = load_file(str(tmp_path / "result.safetensors"))
+    local = model.state_dict()
+    assert remote.keys() == local.keys()
+    assert all(torch.equal(remote[k], local[k]) for k in local)
+
+
+def test_local_auto_class_round_trip(model, corpus, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded).__name__ == "MemCompForCausalLM"
+    assert loaded.generate(context=corpus[0], question=QUESTION, **GREEDY) == model.generate(
+        context=corpus[0], question=QUESTION, **GREEDY
+    )
+    assert loaded.generation_config.top_k == 20
