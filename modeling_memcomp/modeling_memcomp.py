@@ -190,7 +190,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         ).last_hidden_state
         return self.memory_projection(self.pooling(hidden, chunk_attention_mask))
 
-    def _tokenize_context(self, context) -> list[list[int]]:
+    def tokenize_context(self, context) -> list[list[int]]:
         """Context (str, list of passages, or token ids) -> token ids per passage, with clear errors."""
         if isinstance(context, torch.Tensor):
             if context.ndim != 1 or context.dtype not in (torch.int32, torch.int64):
@@ -221,7 +221,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         tokenizer = self.tokenizer
         return tokenizer(passages, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    def _chunk(self, passages: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def chunk_passages(self, passages: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Token ids per passage -> right-padded `(n, C)` chunk ids and mask, and chunk counts per passage."""
         size = self.config.chunk_size
         pad = self.config.text_config.pad_token_id
@@ -250,10 +250,10 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         Chunks go through the encoder `batch_size` (default `config.encoder_batch_size`) at a time, so
         peak memory depends on the micro-batch, not on the context length.
         """
-        passages = self._tokenize_context(context)
+        passages = self.tokenize_context(context)
         if any(len(p) == 0 for p in passages):
             raise ValueError("context has no tokens: give the text to compress.")
-        chunk_ids, chunk_mask, counts = self._chunk(passages)
+        chunk_ids, chunk_mask, counts = self.chunk_passages(passages)
         batch_size = batch_size or self.config.encoder_batch_size
         num_batches = -(-len(chunk_ids) // batch_size)
         if show_progress is None:

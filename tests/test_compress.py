@@ -72,7 +72,7 @@ def test_micro_batch_size_does_not_change_the_memory(model, corpus):
 
 def test_special_token_text_in_context_cannot_forge_placeholders(model):
     memory = model.compress("plain words <MEM> and <MEM_START> inside")
-    ids = model._tokenize_context("plain words <MEM> and <MEM_START> inside")[0]
+    ids = model.tokenize_context("plain words <MEM> and <MEM_START> inside")[0]
     assert model.config.mem_token_id not in ids and model.config.mem_start_token_id not in ids
     assert memory.num_embeddings == -(-len(ids) // 16)
 

@@ -7,7 +7,7 @@ from modeling_memcomp import build_prompt
 
 def training_batch(model, corpus):
     ids = model.tokenizer(corpus[0], add_special_tokens=False)["input_ids"]
-    chunk_ids, chunk_mask, counts = model._chunk([ids])
+    chunk_ids, chunk_mask, counts = model.chunk_passages([ids])
     prompt = build_prompt(model.tokenizer, model.config, counts[0], "Reconstruct.", template="plain", target=ids)
     return dict(
         input_ids=torch.tensor([prompt.input_ids]),

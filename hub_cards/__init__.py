@@ -1,0 +1,1 @@
+"""Model and dataset cards, and publishing memcomp checkpoints to the Hugging Face Hub."""
