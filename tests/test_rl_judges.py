@@ -1,0 +1,233 @@
+"""Judges: answer extraction, verdict parsing, retries/failure accounting, match judge, backends."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from trainers.judges import (
+    HFJudgeBackend,
+    JudgeResult,
+    LLMJudge,
+    MatchJudge,
+    OpenAIJudgeBackend,
+    extract_answer,
+    normalize_answer,
+    parse_verdict,
+)
+
+
+class ScriptedBackend:
+    """Replies from a script; an Exception instance in the script is raised instead."""
+
+    def __init__(self, *replies):
+        self.replies, self.prompts = list(replies), []
+
+    def complete(self, prompt):
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+# ------------------------------------------------------------------ extraction
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"So it is \boxed{Paris}.", "Paris"),
+        (r"\boxed{1} then \boxed{ \frac{1}{2} }", r"\frac{1}{2}"),
+        (r"first \boxed{a{b}c} and an unclosed \boxed{x", "a{b}c"),
+        ("Reasoning...\nAnswer: Dolores Park\nThanks", "Dolores Park"),
+        ("answer: one. Later, Answer: two", "two"),
+        (" ".join(f"w{i}" for i in range(30)), " ".join(f"w{i}" for i in range(10, 30))),
+        ("", ""),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_rejects_non_text():
+    with pytest.raises(TypeError, match="text must be a string"):
+        extract_answer(None)
+
+
+def test_normalize_answer_is_squad_style():
+    assert normalize_answer("  The Eiffel-Tower, in PARIS! ") == "eiffeltower in paris"
+
+
+# ------------------------------------------------------------------ verdicts
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("Verdict: CORRECT", True),
+        ("Verdict: INCORRECT", False),
+        ("**Verdict:** **correct**", True),
+        ("The response is not correct.\nVerdict: not correct", False),
+        ("<think>it might be correct... or incorrect</think>\nVerdict: INCORRECT", False),
+        ("reasoning says correct</think> Verdict: CORRECT", True),
+        ("Correct.", True),
+        ("No, the answer differs.", False),
+        ("The answer is incorrect because it names Lyon.", False),
+        ("Verdict: CORRECT\n(earlier I thought) Verdict: INCORRECT", False),
+        ("", None),
+        ("I cannot decide.", None),
+        ("It is correct in part but incorrect overall", None),
+        ("<think>long reasoning cut off", None),
+        ("Correct not", True),
+    ],
+)
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply) is verdict
+
+
+# ------------------------------------------------------------------ LLM judge
+def test_llm_judge_prompt_carries_question_response_and_references():
+    backend = ScriptedBackend("Verdict: CORRECT")
+    result = LLMJudge(backend).judge("Capital of France?", r"It is \boxed{Paris}", ["Paris", "Paris, France"])
+    assert result == JudgeResult(correct=True, failed=False, raw="Verdict: CORRECT")
+    prompt = backend.prompts[0]
+    assert "Capital of France?" in prompt and r"\boxed{Paris}" in prompt and "Paris OR Paris, France" in prompt
+
+
+def test_llm_judge_answer_only_shows_the_extracted_answer():
+    backend = ScriptedBackend("Verdict: CORRECT")
+    LLMJudge(backend, answer_only=True).judge("q?", r"long reasoning \boxed{42}", "42")
+    assert "long reasoning" not in backend.prompts[0]
+
+
+def test_llm_judge_retries_malformed_then_succeeds():
+    backend = ScriptedBackend("hmm", TimeoutError("slow"), "Verdict: INCORRECT")
+    judge = LLMJudge(backend, retries=2, retry_delay=0)
+    result = judge.judge("q?", "a", "b")
+    assert result == JudgeResult(correct=False, failed=False, raw="Verdict: INCORRECT")
+    assert judge.stats == {"calls": 1, "retried": 2, "malformed": 1, "errors": 1}
+
+
+def test_llm_judge_failure_scores_zero_and_is_counted_never_raised():
+    backend = ScriptedBackend(socket.timeout("timed out"), "???", RuntimeError("HTTP 500"))
+    judge = LLMJudge(backend, retries=2, retry_delay=0)
+    result = judge.judge("q?", "a", "a")
+    assert result.correct is False and result.failed is True and "HTTP 500" in result.raw
+    assert result.reward == 0.0
+    assert judge.stats["failed"] == 1 and judge.stats["errors"] == 2 and judge.stats["malformed"] == 1
+    assert judge.failure_rate == 1.0
+    assert backend.replies == []  # exactly retries + 1 attempts
+
+
+def test_llm_judge_batch_keeps_order_across_threads():
+    class Echo:
+        max_concurrency = 4
+
+        def complete(self, prompt):
+            return "Verdict: CORRECT" if "Response to grade: yes" in prompt else "Verdict: INCORRECT"
+
+    judge = LLMJudge(Echo())
+    responses = ["yes", "no", "no", "yes", "yes", "no"]
+    results = judge.judge_batch(["q?"] * 6, responses, ["x"] * 6)
+    assert [r.correct for r in results] == [r == "yes" for r in responses]
+    assert judge.stats["calls"] == 6 and judge.stats["correct"] == 3
+
+
+def test_llm_judge_bad_arguments():
+    with pytest.raises(TypeError, match="complete\\(prompt"):
+        LLMJudge(object())
+    with pytest.raises(ValueError, match="retries"):
+        LLMJudge(ScriptedBackend(), retries=-1)
+    with pytest.raises(ValueError, match="reference"):
+        LLMJudge(ScriptedBackend(), prompt_template="{question} {response}")
+    with pytest.raises(ValueError, match="one entry each"):
+        LLMJudge(ScriptedBackend()).judge_batch(["q"], ["r", "s"], ["a"])
+    with pytest.raises(TypeError, match="reference must be"):
+        LLMJudge(ScriptedBackend("Verdict: CORRECT")).judge("q", "r", [])
+
+
+# ------------------------------------------------------------------ match judge
+@pytest.mark.parametrize(
+    "mode, response, reference, correct",
+    [
+        ("subspan", r"I think \boxed{the Eiffel Tower}", "Eiffel Tower", True),
+        ("subspan", r"\boxed{Eiffel Towers}", "Eiffel Tower", False),  # whole words only
+        ("subspan", "Answer: it is in Paris, France", ["Lyon", "paris"], True),
+        ("exact", r"\boxed{Paris, France}", "Paris", False),
+        ("exact", r"\boxed{ paris. }", "Paris", True),
+        ("subspan", r"\boxed{}", "Paris", False),
+    ],
+)
+def test_match_judge(mode, response, reference, correct):
+    judge = MatchJudge(mode=mode)
+    result = judge.judge("q?", response, reference)
+    assert result.correct is correct and result.failed is False
+    assert judge.stats["calls"] == 1 and judge.stats["correct"] == int(correct)
+
+
+def test_match_judge_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="'exact' or 'subspan'"):
+        MatchJudge(mode="fuzzy")
+
+
+# ------------------------------------------------------------------ backends
+def test_hf_backend_greedy_completion_is_deterministic(tokenizer):
+    from modeling_memcomp.tiny import tiny_qwen2_config
+    from transformers import Qwen2ForCausalLM
+    import torch
+
+    torch.manual_seed(0)
+    lm = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), hidden_size=32, num_layers=1)).eval()
+    backend = HFJudgeBackend(lm, tokenizer, max_new_tokens=4)
+    first = backend.complete("Question: is it correct?")
+    assert isinstance(first, str) and first == backend.complete("Question: is it correct?")
+    # a random model's reply is malformed: the judge must score it 0 and report the failure, not raise
+    result = LLMJudge(backend, retries=0).judge("q?", "a", "a")
+    assert result.failed or parse_verdict(result.raw) is not None
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append((self.path, self.headers["Authorization"], body))
+        payload = json.dumps({"choices": [{"message": {"content": "Verdict: CORRECT"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_backend_speaks_chat_completions():
+    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        backend = OpenAIJudgeBackend(f"http://127.0.0.1:{server.server_port}/v1/", "judge-model", api_key="k", timeout=5)
+        result = LLMJudge(backend).judge("q?", "r", "a")
+    finally:
+        server.shutdown()
+    assert result.correct and not result.failed
+    path, auth, body = server.seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer k"
+    assert body["model"] == "judge-model" and body["temperature"] == 0.0
+    assert body["messages"][0]["content"].startswith("You are grading")
+
+
+def test_openai_backend_unreachable_server_is_a_counted_failure():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    judge = LLMJudge(OpenAIJudgeBackend(f"http://127.0.0.1:{port}/v1", "m", timeout=1), retries=1, retry_delay=0)
+    result = judge.judge("q?", "r", "a")
+    assert result.failed and not result.correct and judge.stats["errors"] == 2
+
+
+def test_openai_backend_bad_arguments():
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIJudgeBackend("localhost:8000", "m")
+    with pytest.raises(ValueError, match="model"):
+        OpenAIJudgeBackend("http://localhost:8000/v1", "")
