@@ -1,0 +1,179 @@
+"""Build the exact folder a Hub repo will hold, from a memcomp checkpoint or a precomputed-memory dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cards import DEFAULT_LICENSE, DatasetContents, check_stage, dataset_card, model_card
+from .evaluation import load_evaluation
+
+MEMORY_FORMAT = "memcomp.memory"
+"""`format` metadata of a `MemoryEmbeddings.save` file."""
+
+
+def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Check `output_dir` can receive the repo folder without touching the source; return it, empty."""
+    out = Path(output_dir).resolve()
+    if out == source or source in out.parents or out in source.parents:
+        raise ValueError(f"output_dir {str(out)!r} overlaps the source {str(source)!r}; pick a separate folder.")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output_dir {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _source_folder(path: str | os.PathLike, what: str) -> Path:
+    folder = Path(path).resolve()
+    if not folder.is_dir():
+        raise ValueError(f"{what} {os.fspath(path)!r} is not a folder; give the folder save_pretrained/save_to_disk wrote.")
+    return folder
+
+
+def list_files(folder: str | os.PathLike) -> list[str]:
+    """Relative paths of every file under `folder`, sorted: what `upload_folder` would send."""
+    root = Path(folder)
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    repo_id: str,
+    stage: str,
+    tokenizer: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    datasets: Sequence[str] = (),
+    license: str = DEFAULT_LICENSE,
+    tags: Sequence[str] = (),
+    evaluation: str | os.PathLike | dict | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Load `checkpoint` and write its Hub repo folder: safetensors weights, config with `auto_map`, the
+    remote-code files, tokenizer, generation config and README.md card. Returns the file list.
+
+    Loading and re-saving (rather than copying) guarantees the remote code is this package's and the
+    weights are safetensors, whatever the checkpoint was saved with.
+    """
+    from transformers import AutoTokenizer
+
+    from modeling_memcomp import MemCompForCausalLM
+
+    source = _source_folder(checkpoint, "checkpoint")
+    config_path = source / "config.json"
+    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
+    if model_type != "memcomp":
+        raise ValueError(
+            f"{str(source)!r} is not a memcomp checkpoint (config.json model_type is {model_type!r}). Wrap a base "
+            "model with MemCompForCausalLM.from_base(...) and save_pretrained it, or push it with the usual tools."
+        )
+    check_stage(stage)  # fail on bad card inputs before the slow load
+    if evaluation is not None:
+        load_evaluation(evaluation)
+    try:
+        tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer or source))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"no tokenizer could be loaded from {os.fspath(tokenizer or source)!r} ({error}); pass tokenizer= "
+            "(--tokenizer) with the folder of the tokenizer the model was trained with."
+        ) from error
+    out = _prepare_output(source, output_dir, overwrite)
+    model = MemCompForCausalLM.from_pretrained(os.fspath(source), dtype="auto")
+    model.tokenizer = tok
+    model.save_pretrained(out)
+    card = model_card(
+        model.config, repo_id, stage, base_model=base_model, datasets=datasets, license=license, tags=tags,
+        evaluation=evaluation, num_parameters=model.num_parameters(),
+    )
+    card.save(out / "README.md")
+    return list_files(out)
+
+
+def export_dataset(
+    folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    repo_id: str,
+    memory_model: str | None = None,
+    source_datasets: Sequence[str] = (),
+    license: str = DEFAULT_LICENSE,
+    tags: Sequence[str] = (),
+    overwrite: bool = False,
+) -> list[str]:
+    """Write the Hub repo folder of a precomputed-memory dataset and its README.md card; return the file list.
+
+    `folder` holds either memcomp memory files (`*.safetensors` from `MemoryEmbeddings.save`, copied as they
+    are) or a table `datasets` reads (a `save_to_disk` folder, or parquet/arrow/json files), written as one
+    parquet file per split under `data/` so that `load_dataset(repo_id)` works.
+    """
+    source = _source_folder(folder, "dataset folder")
+    memory_files = sorted(source.rglob("*.safetensors"))
+    out = _prepare_output(source, output_dir, overwrite)
+    if memory_files:
+        contents = _copy_memory_files(source, memory_files, out)
+    else:
+        contents = _write_parquet_splits(source, out)
+    card = dataset_card(
+        repo_id, contents, memory_model=memory_model, source_datasets=source_datasets, license=license, tags=tags
+    )
+    card.save(out / "README.md")
+    return list_files(out)
+
+
+def _copy_memory_files(source: Path, files: list[Path], out: Path) -> DatasetContents:
+    """Copy `MemoryEmbeddings` files, checking they are memcomp memories of one chunk and hidden size."""
+    from safetensors import safe_open
+
+    rows, shapes = {}, set()
+    for path in files:
+        name = path.relative_to(source).as_posix()
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != MEMORY_FORMAT:
+                raise ValueError(
+                    f"{name!r} is not a memcomp memory (no {MEMORY_FORMAT!r} metadata); a memory dataset folder holds "
+                    "only MemoryEmbeddings.save files, or a table (save_to_disk / parquet) without safetensors."
+                )
+            rows[name] = handle.get_slice("embeds").get_shape()[0]
+        shapes.add((int(metadata["chunk_size"]), int(metadata["hidden_size"])))
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, out / name)
+    if len(shapes) > 1:
+        raise ValueError(f"memory files mix (chunk_size, hidden_size) values {sorted(shapes)}: one model per dataset.")
+    chunk_size, hidden_size = shapes.pop()
+    return DatasetContents(
+        "files", rows, {"embeds": f"float tensor (num_chunks, {hidden_size})"}, chunk_size, hidden_size
+    )
+
+
+def _write_parquet_splits(source: Path, out: Path) -> DatasetContents:
+    """Read the folder with `datasets` and write `data/<split>-00000-of-00001.parquet` per split."""
+    try:
+        from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+    except ImportError as error:
+        raise ImportError("publishing a table dataset needs `datasets`: pip install 'memcomp[train]'.") from error
+
+    if (source / "dataset_dict.json").is_file() or (source / "state.json").is_file():
+        table = load_from_disk(os.fspath(source))
+    else:
+        try:
+            table = load_dataset(os.fspath(source))
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(
+                f"{str(source)!r} holds no data file `datasets` can read ({error}); give a save_to_disk folder, "
+                "parquet/arrow/json files, or MemoryEmbeddings .safetensors files."
+            ) from error
+    if isinstance(table, Dataset):
+        table = DatasetDict({"train": table})
+    (out / "data").mkdir()
+    for split, part in table.items():
+        part.to_parquet(os.fspath(out / "data" / f"{split}-00000-of-00001.parquet"))
+    first = next(iter(table.values()))
+    features = {name: str(feature) for name, feature in first.features.items()}
+    return DatasetContents("splits", {split: part.num_rows for split, part in table.items()}, features)

@@ -1,0 +1,214 @@
+"""Publishing: the dry-run repo folder loads as remote code without memcomp; pushes go through HfApi, never the network."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub.errors import LocalTokenNotFoundError
+from safetensors.torch import load_file
+
+from conftest import GREEDY
+from hub_cards import push
+from test_remote_code import LOAD_WITHOUT_MEMCOMP, QUESTION
+
+EVALUATION = Path(__file__).parent / "fixtures" / "hub" / "evaluation.json"
+REPO_FILES = {
+    "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+    "tokenizer_config.json", "configuration_memcomp.py", "modeling_memcomp.py", "memory.py", "pooling.py",
+    "prompting.py", "special_tokens.py",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any socket connection fails the test: publishing tests must never reach the Hub."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to open a network connection")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dry_run(checkpoint, tmp_path_factory):
+    """`push --dry-run` output folder and what it printed."""
+    out = tmp_path_factory.mktemp("export") / "repo"
+    argv = ["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "rl", "--dry-run",
+            "--output-dir", str(out), "--base-model", "Qwen/Qwen2.5-7B", "--evaluation", str(EVALUATION)]
+    return out, argv
+
+
+class FakeHfApi:
+    """Records the calls `upload` makes, with the files present at upload time."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, folder_path, **kwargs):
+        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", files, kwargs))
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/0"})()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    FakeHfApi.calls = []
+    monkeypatch.setattr(push, "HfApi", FakeHfApi)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    return FakeHfApi.calls
+
+
+def test_dry_run_writes_the_repo_folder_and_lists_it(dry_run, capsys):
+    out, argv = dry_run
+    assert push.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == REPO_FILES
+    assert all(f"  {name}\n" in printed for name in REPO_FILES) and "nothing uploaded" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_memcomp.MemCompForCausalLM"
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "Qwen/Qwen2.5-7B" and "rl" in card.data.tags
+    assert [r.metric_value for r in card.data.eval_results] == [71.25, 0.6875, 0.98]
+
+    assert push.main(argv) == 1, "a second dry run must not silently overwrite the folder"
+    assert "--overwrite" in capsys.readouterr().err
+    assert push.main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_dry_run_folder_loads_without_memcomp_and_generates_identically(model, corpus, dry_run, tmp_path):
+    out, argv = dry_run
+    if not (out / "README.md").exists():
+        assert push.main(argv) == 0
+    context = " ".join(corpus[:2])
+    result = tmp_path / "result"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_MEMCOMP, str(out), context, str(result)],
+        check=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    answer = json.loads((tmp_path / "result.json").read_text())["answer"]
+    assert answer == model.generate(context=context, question=QUESTION, **GREEDY)
+    remote, local = load_file(str(tmp_path / "result.safetensors")), model.state_dict()
+    assert remote.keys() == local.keys() and all(torch.equal(remote[k], local[k]) for k in local)
+
+
+def test_push_creates_a_private_repo_and_uploads_the_folder(checkpoint, fake_hub, capsys):
+    argv = ["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "sft"]
+    assert push.main(argv) == 0
+    (_, token), (_, repo_id, create), (_, files, upload) = fake_hub
+    assert token == "hf_test_token" and repo_id == "someone/memcomp-tiny"
+    assert create == {"repo_type": "model", "private": True, "exist_ok": True}
+    assert set(files) == REPO_FILES
+    assert upload["repo_id"] == "someone/memcomp-tiny" and upload["repo_type"] == "model"
+    assert "(private)" in capsys.readouterr().out
+
+    fake_hub.clear()
+    assert push.main(argv + ["--public"]) == 0
+    assert fake_hub[1][2]["private"] is False
+
+
+def test_missing_token_is_a_clear_error_before_any_work(checkpoint, monkeypatch, capsys):
+    built = []
+    monkeypatch.setattr(push, "get_token", lambda: None)
+    monkeypatch.setattr(push, "HfApi", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(push, "export", lambda *a, **k: built.append(2))
+    argv = ["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "sft"]
+    assert push.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no Hugging Face token found" in err and "hf auth login" in err and "HF_TOKEN" in err and "--dry-run" in err
+    assert built == []
+    with pytest.raises(LocalTokenNotFoundError, match="hf auth login"):
+        push.upload(checkpoint, "someone/memcomp-tiny")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repo-id", "someone/m", "--dry-run"], "--stage is required for a model"),
+        (["--repo-id", "someone/m", "--stage", "dpo"], "stage must be one of ('untrained', 'cpt1'"),
+        (["--repo-id", "not a repo id", "--stage", "rl"], "Repo id must"),
+        (["--repo-id", "someone/m", "--stage", "rl", "--memory-model", "x/y"], "--memory-model and --source-datasets"),
+        (["--repo-id", "someone/m", "--repo-type", "dataset", "--stage", "rl"], "a dataset takes --memory-model"),
+    ],
+)
+def test_bad_arguments_exit_with_usage(checkpoint, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        push.main(["--source", str(checkpoint), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, checkpoint, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    argv = ["--repo-id", "someone/m", "--dry-run", "--output-dir", str(tmp_path / "out")]
+    assert push.main(["--source", str(tmp_path), "--stage", "rl", *argv]) == 1
+    assert "is not a memcomp checkpoint (config.json model_type is 'qwen2')" in capsys.readouterr().err
+    assert push.main(["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run",
+                      "--output-dir", str(checkpoint / "inside")]) == 1
+    assert "overlaps the source" in capsys.readouterr().err
+
+
+def test_save_to_disk_memory_dataset_becomes_parquet_splits(tmp_path, fake_hub):
+    from datasets import Dataset, DatasetDict, load_dataset
+
+    rows = {"question": ["Who?", "When?", "Where?"], "answer": ["A", "B", "C"],
+            "memory_embeds": [[[0.5] * 4] * n for n in (1, 2, 3)]}
+    DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows).select([0])}).save_to_disk(
+        tmp_path / "memories"
+    )
+    out = tmp_path / "repo"
+    argv = ["--source", str(tmp_path / "memories"), "--repo-id", "someone/memories", "--repo-type", "dataset",
+            "--memory-model", "someone/memcomp-sft", "--source-datasets", "hotpotqa/hotpot_qa", "--output-dir", str(out)]
+    assert push.main([*argv, "--dry-run"]) == 0
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
+        "README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"
+    }
+    back = load_dataset("parquet", data_files=str(out / "data" / "train-*.parquet"), split="train",
+                        cache_dir=str(tmp_path / "cache"))
+    assert back.to_dict() == rows
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.source_datasets == ["hotpotqa/hotpot_qa"] and card.data.size_categories == "n<1K"
+    assert "| `train` | 3 |" in card.text and "| `test` | 1 |" in card.text
+
+    assert push.main([*argv, "--overwrite"]) == 0
+    assert fake_hub[1][2] == {"repo_type": "dataset", "private": True, "exist_ok": True}
+    assert set(fake_hub[2][1]) == {"README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"}
+
+
+def test_memory_files_are_copied_with_their_sizes(model, corpus, tmp_path, capsys):
+    folder = tmp_path / "memories"
+    (folder / "docs").mkdir(parents=True)
+    model.compress(corpus[0]).save(folder / "docs" / "a.safetensors")
+    model.compress(" ".join(corpus[:3])).save(folder / "b.safetensors")
+    out = tmp_path / "repo"
+    argv = ["--source", str(folder), "--repo-id", "someone/memories", "--repo-type", "dataset", "--dry-run"]
+    assert push.main([*argv, "--output-dir", str(out)]) == 0
+    assert (out / "docs" / "a.safetensors").read_bytes() == (folder / "docs" / "a.safetensors").read_bytes()
+    text = (out / "README.md").read_text()
+    assert f"| `docs/a.safetensors` | {len(model.compress(corpus[0]))} |" in text
+    assert "hidden size 64 and chunk size 16" in text
+
+    from safetensors.torch import save_file
+
+    save_file({"embeds": torch.zeros(2, 64)}, str(folder / "stray.safetensors"))
+    assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 1
+    assert "'stray.safetensors' is not a memcomp memory" in capsys.readouterr().err
