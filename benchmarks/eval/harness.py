@@ -1,0 +1,91 @@
+"""The evaluation loop shared by every benchmark: generate per system, score, append a record, skip finished ones."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .records import RecordStore
+from .systems import Generation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    """One prompt to evaluate: the context (text or passages), the instruction after it, and what scoring needs."""
+
+    id: str
+    context: str | list[str]
+    instruction: str
+    reference: str | list[str]
+    question: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+Scorer = Callable[[Example, Generation], dict]
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _seed_for(seed: int, example_id: str) -> int:
+    """A per-example generation seed, so a resumed run samples finished and unfinished examples alike."""
+    return seed + int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16)
+
+
+def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) -> list[Generation | str]:
+    """Generations for a batch; an example the system rejects (ValueError, e.g. too long) yields its message."""
+    torch.manual_seed(_seed_for(seed, batch[0].id))
+    try:
+        return system.generate([e.context for e in batch], [e.instruction for e in batch], **generate_kwargs)
+    except ValueError as error:
+        if len(batch) == 1:
+            return [str(error)]
+        return [out for example in batch for out in _generate(system, [example], seed, generate_kwargs)]
+
+
+def run(
+    examples: list[Example],
+    systems: list,
+    scorer: Scorer,
+    store: RecordStore,
+    generate_kwargs: dict,
+    batch_size: int = 1,
+    seed: int = 0,
+    desc: str = "eval",
+) -> list[dict]:
+    """Evaluate every example with every system, writing one record per (example, system) as soon as it is scored.
+
+    Examples already in `store` (same config hash) are skipped, so a crashed run resumes where it stopped.
+    A rejected example (context too long for the model, ...) gets a record with `error` and no scores.
+    """
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        raise ValueError("example ids must be unique: they key the resumable records.")
+    for system in systems:
+        todo = [e for e in examples if not store.done(e.id, system.name)]
+        skipped = len(examples) - len(todo)
+        bar = tqdm(total=len(todo), desc=f"{desc} [{system.name}]", unit="ex", disable=not todo)
+        if skipped:
+            logger.info("%s [%s]: %d finished examples reused from %s", desc, system.name, skipped, store.path)
+        for batch in _batches(todo, batch_size):
+            for example, output in zip(batch, _generate(system, batch, seed, generate_kwargs)):
+                record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference, **example.meta}
+                if isinstance(output, str):
+                    record["error"] = output
+                else:
+                    record.update(response=output.text, response_tokens=output.num_tokens, context_tokens=output.context_tokens)
+                    record.update(scorer(example, output))
+                store.append(record)
+            bar.update(len(batch))
+        bar.close()
+    wanted = set(ids)
+    return [r for r in store.records() if r["id"] in wanted]

@@ -1,0 +1,77 @@
+"""QA (paper Table 3): judge accuracy (or EM / F1 / sub-span EM offline) per dataset, compressed vs full context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import protocol
+from .config import EvalArguments, QAArguments
+from .harness import Example, run
+from .loaders import QAItem
+from .report import comparison_table, plot_bars, summarize, write_report
+from .runtime import build_systems, generate_kwargs, open_store
+from .scoring import answer_scores
+
+DEFAULT_MAX_NEW_TOKENS = 600  # the RL stage's response budget (Table 10): room for the expanded reasoning
+
+
+def split_of(dataset: str) -> str:
+    """"in" / "out" of distribution for the paper's sets, "other" for anything else."""
+    if dataset in protocol.QA_IN_DISTRIBUTION:
+        return "in-distribution"
+    return "out-of-distribution" if dataset in protocol.QA_OUT_OF_DISTRIBUTION else "other"
+
+
+def build_examples(datasets: dict[str, list[QAItem]]) -> list[Example]:
+    """One example per item: the passages are the context (compressed separately, in order), the question the instruction."""
+    return [
+        Example(
+            f"{name}/{item.id}", item.passages, item.question, item.answers, item.question,
+            meta={"dataset": name, "split": split_of(name)},
+        )
+        for name, items in datasets.items()
+        for item in items
+    ]
+
+
+def make_scorer(judge=None):
+    """EM / F1 / sub-span EM always; with an `LLMJudge`, its verdict is the accuracy (else sub-span EM is)."""
+
+    def score(example: Example, generation) -> dict:
+        scores = answer_scores(generation.text, example.reference)
+        if judge is None:
+            return {**scores, "accuracy": scores["subspan_em"]}
+        verdict = judge.judge(example.question, generation.text, example.reference)
+        return {**scores, "accuracy": float(verdict.correct), "judge_failed": verdict.failed, "judge_raw": verdict.raw}
+
+    return score
+
+
+def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judge=None) -> dict:
+    """Run QA for `args.systems` over `datasets` (name -> items) and write the report (accuracy, EM/F1, lengths)."""
+    examples = build_examples(datasets)[: args.limit]
+    if not examples:
+        raise ValueError("no QA examples to evaluate: check the datasets argument.")
+    store, settings = open_store(args, "qa", model, {"judge": type(judge).__name__ if judge else "subspan_em"})
+    records = run(
+        examples, build_systems(model, args), make_scorer(judge), store,
+        generate_kwargs(args, "qa", DEFAULT_MAX_NEW_TOKENS), batch_size=args.batch_size, seed=args.seed, desc="qa",
+    )
+    accuracy = "judge accuracy" if judge else "sub-span EM"
+    aggregates = {
+        "accuracy": summarize(records, "accuracy", by="dataset"),
+        "accuracy_by_split": summarize(records, "accuracy", by="split"),
+        "em": summarize(records, "em", by="dataset"),
+        "f1": summarize(records, "f1", by="dataset"),
+        "response_tokens": summarize(records, "response_tokens", by="dataset"),
+    }
+    tables = {
+        f"QA {accuracy} (%) by dataset": comparison_table(aggregates["accuracy"], "dataset", scale=100),
+        f"QA {accuracy} (%) in / out of distribution": comparison_table(aggregates["accuracy_by_split"], "split", scale=100),
+        "Exact match (%)": comparison_table(aggregates["em"], "dataset", scale=100),
+        "Token F1 (%)": comparison_table(aggregates["f1"], "dataset", scale=100),
+        "Average response length (tokens)": comparison_table(aggregates["response_tokens"], "dataset", digits=1, ratio_label="memcomp / full %"),
+    }
+    out = Path(args.output_dir)
+    plots = [plot_bars(aggregates["accuracy"], out / "qa_accuracy.png", "dataset", f"{accuracy} (%)", "QA accuracy", scale=100)]
+    return write_report(out, "qa", settings, records, aggregates, tables, plots)

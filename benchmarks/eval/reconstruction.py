@@ -1,0 +1,58 @@
+"""Reconstruction (paper Appendix A, Table 4, Figure 6): ROUGE-1 / ROUGE-L F1 of the text rebuilt from memory, by length."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from . import protocol
+from .config import EvalArguments, ReconstructionArguments
+from .harness import Example, run
+from .report import comparison_table, plot_lines, summarize, write_report
+from .runtime import build_systems, generate_kwargs, open_store
+from .scoring import rouge_f1
+
+logger = logging.getLogger(__name__)
+
+
+def build_examples(tokenizer, documents: list[str], lengths: list[int], samples_per_length: int) -> list[Example]:
+    """The first `length` tokens of each document long enough, up to `samples_per_length` per length."""
+    token_lists = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    examples = []
+    for length in lengths:
+        eligible = [i for i, ids in enumerate(token_lists) if len(ids) >= length][:samples_per_length]
+        if not eligible:
+            logger.warning("no document has %d tokens: length %d is skipped.", length, length)
+        for i in eligible:
+            text = tokenizer.decode(token_lists[i][:length])
+            examples.append(
+                Example(f"doc{i}@{length}", text, protocol.RECONSTRUCTION_INSTRUCTION, text, meta={"length": length})
+            )
+    return examples
+
+
+def score(example: Example, generation) -> dict:
+    return rouge_f1(generation.text, example.reference)
+
+
+def evaluate(model, args: EvalArguments, data: ReconstructionArguments, documents: list[str]) -> dict:
+    """Run reconstruction for `args.systems` (plain template, paper temperature 0.1) and write the report."""
+    examples = build_examples(model.tokenizer, documents, data.lengths, data.samples_per_length)[: args.limit]
+    if not examples:
+        raise ValueError(f"no document reaches any of the lengths {data.lengths}: give longer documents or shorter lengths.")
+    args = dataclasses.replace(args, template="plain")  # the paper's Stage-1 format
+    store, settings = open_store(args, "reconstruction", model)
+    longest = max(e.meta["length"] for e in examples)
+    records = run(
+        examples, build_systems(model, args), score, store, generate_kwargs(args, "reconstruction", int(longest * 1.25) + 16),
+        batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
+    )
+    out = Path(args.output_dir)
+    summaries = {m: summarize(records, m, by="length") for m in ("rouge1", "rougeL")}
+    tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}
+    plots = [
+        plot_lines(s, out / f"{m}_vs_length.png", "context length (tokens)", f"{m} F1", f"Reconstruction {m} F1")
+        for m, s in summaries.items()
+    ]
+    return write_report(out, "reconstruction", settings, records, summaries, tables, plots)

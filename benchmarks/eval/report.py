@@ -1,0 +1,136 @@
+"""Reports from records: per-group means per system, compressed-vs-full tables with retention, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ALL = "all"
+LABELS = {"memcomp": "memcomp (compressed)", "full": "full context"}
+
+
+def summarize(records: list[dict], metric: str, by: str | None = None) -> dict:
+    """`{group: {system: {"mean", "n"}}}` over records that have `metric` (errors are left out), plus group "all"."""
+    values: dict = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        value = record.get(metric)
+        if value is None:
+            continue
+        values[ALL][record["system"]].append(float(value))
+        if by is not None:
+            values[record[by]][record["system"]].append(float(value))
+    groups = sorted((g for g in values if g != ALL), key=lambda g: (isinstance(g, str), g)) + [ALL]
+    return {
+        g: {s: {"mean": sum(v) / len(v), "n": len(v)} for s, v in sorted(values[g].items())}
+        for g in groups
+        if g in values
+    }
+
+
+def retention(compressed: float | None, full: float | None) -> float | None:
+    """memcomp as a percentage of the full-context score (the paper's retention), None when undefined."""
+    if compressed is None or not full:
+        return None
+    return 100.0 * compressed / full
+
+
+def comparison_table(summary: dict, group_label: str, scale: float = 1.0, digits: int = 2, ratio_label: str = "retention %") -> str:
+    """Markdown: one row per group, a column per system, and memcomp / full in % (retention) when both ran."""
+    systems = sorted({s for row in summary.values() for s in row}, key=lambda s: (s != "memcomp", s))
+    both = {"memcomp", "full"} <= set(systems)
+    header = [group_label] + [LABELS.get(s, s) for s in systems] + ([ratio_label] if both else []) + ["n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, row in summary.items():
+        cells = [f"**{group}**" if group == ALL else str(group)]
+        cells += [f"{row[s]['mean'] * scale:.{digits}f}" if s in row else "–" for s in systems]
+        if both:
+            kept = retention(row.get("memcomp", {}).get("mean"), row.get("full", {}).get("mean"))
+            cells.append("–" if kept is None else f"{kept:.1f}")
+        cells.append(str(max(v["n"] for v in row.values())))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_lines(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
+    """Metric vs group (e.g. context length), one line per system; the "all" group is left out."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = [g for g in summary if g != ALL]
+    for system in sorted({s for g in groups for s in summary[g]}):
+        xs = [g for g in groups if system in summary[g]]
+        ax.plot([str(x) for x in xs], [summary[x][system]["mean"] * scale for x in xs], marker="o", label=LABELS.get(system, system))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap(records: list[dict], system: str, metric: str, path: Path, title: str, vmin=1, vmax=10) -> Path:
+    """NIAH heatmap (paper Figure 3): mean `metric` per needle depth (rows) x context length (columns)."""
+    cells: dict = defaultdict(list)
+    for r in records:
+        if r["system"] == system and r.get(metric) is not None:
+            cells[(r["depth"], r["length"])].append(r[metric])
+    depths = sorted({d for d, _ in cells})
+    lengths = sorted({n for _, n in cells})
+    grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if cells.get((d, n)) else float("nan") for n in lengths] for d in depths]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.4 * len(depths)))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [f"{n // 1000}K" if n >= 1000 else str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
+    ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
+    fig.colorbar(image, ax=ax, label="score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: Path, benchmark: str, settings: dict, records: list[dict], aggregates: dict, tables: dict[str, str], plots: list[Path]) -> dict:
+    """Write `results.json` (settings, aggregates, records) and `table.md`; return what was written."""
+    output_dir = Path(output_dir)
+    errors = [r for r in records if "error" in r]
+    results = {
+        "benchmark": benchmark,
+        "settings": settings,
+        "num_records": len(records),
+        "num_errors": len(errors),
+        "aggregates": aggregates,
+        "tables": tables,
+        "plots": [str(p.name) for p in plots],
+        "records": records,
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    body = [f"# {benchmark}", ""]
+    for title, table in tables.items():
+        body += [f"## {title}", "", table, ""]
+    if errors:
+        body.append(f"{len(errors)} example(s) not evaluated (see `error` in results.json), e.g.: {errors[0]['error']}")
+    (output_dir / "table.md").write_text("\n".join(body).rstrip() + "\n")
+    return results
+
+
+def plot_bars(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
+    """Grouped bars of a metric per group (e.g. dataset), one bar per system; the "all" group is left out."""
+    groups = [g for g in summary if g != ALL]
+    systems = sorted({s for g in groups for s in summary[g]}, key=lambda s: (s != "memcomp", s))
+    width = 0.8 / max(len(systems), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(groups), 4))
+    for k, system in enumerate(systems):
+        heights = [summary[g][system]["mean"] * scale if system in summary[g] else 0 for g in groups]
+        ax.bar([i + k * width for i in range(len(groups))], heights, width, label=LABELS.get(system, system))
+    ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(groups))], [str(g) for g in groups])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,69 @@
+"""From `EvalArguments` to what a benchmark runs with: the model, the two systems, sampling kwargs, the record store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from . import protocol
+from .config import EvalArguments
+from .records import RecordStore, config_hash
+from .systems import FullContextSystem, MemCompSystem
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
+    """The memcomp checkpoint (`AutoModelForCausalLM` + remote code), on GPU when there is one.
+
+    `args.model == "tiny"` builds an untrained random model with a tokenizer trained on `tiny_corpus`:
+    the pipeline is real, the answers are noise (smoke runs and tests only).
+    """
+    if args.model == "tiny":
+        from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+
+        if not tiny_corpus:
+            raise ValueError("model='tiny' needs texts to train its tokenizer on; pass a real checkpoint with --model.")
+        logger.warning("model='tiny': an UNTRAINED random model, for smoke runs; its scores are meaningless.")
+        return build_tiny_memcomp(train_tokenizer(tiny_corpus, vocab_size=512))
+    from transformers import AutoModelForCausalLM
+
+    device_map = "auto" if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=args.dtype, device_map=device_map)
+    return model.eval()
+
+
+def build_systems(model, args: EvalArguments) -> list:
+    """The systems `args.systems` names, in order; the baseline is the checkpoint's base LM unless one is given."""
+    systems = []
+    for name in args.systems:
+        if name == "memcomp":
+            systems.append(MemCompSystem(model, template=args.template, system_prompt=args.system_prompt))
+        elif args.full_context_model:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            device_map = "auto" if torch.cuda.is_available() else None
+            baseline = AutoModelForCausalLM.from_pretrained(args.full_context_model, dtype=args.dtype, device_map=device_map)
+            tokenizer = AutoTokenizer.from_pretrained(args.full_context_model)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            systems.append(FullContextSystem(model, template=args.template, language_model=baseline.eval(), tokenizer=tokenizer))
+        else:
+            systems.append(FullContextSystem(model, template=args.template))
+    return systems
+
+
+def generate_kwargs(args: EvalArguments, benchmark: str, max_new_tokens: int) -> dict:
+    """Sampling for the benchmark (paper temperature unless overridden) and the answer length cap."""
+    temperature = protocol.TEMPERATURE[benchmark] if args.temperature is None else args.temperature
+    return {**protocol.sampling_kwargs(temperature), "max_new_tokens": args.max_new_tokens or max_new_tokens}
+
+
+def open_store(args: EvalArguments, benchmark: str, model, extra_settings: dict | None = None) -> tuple[RecordStore, dict]:
+    """The run's record store (`<output_dir>/records.jsonl`) keyed by the hash of the output-changing settings."""
+    settings = {**args.run_settings(benchmark), "model_fingerprint": model.fingerprint, **(extra_settings or {})}
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return RecordStore(output_dir / "records.jsonl", config_hash(settings)), settings

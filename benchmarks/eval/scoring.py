@@ -1,0 +1,100 @@
+"""Scoring functions: EM / F1 / sub-span EM of extracted answers, ROUGE, multiple-choice letters, 1-10 judge scores.
+
+Answer extraction, normalisation and matching come from `trainers.judges`, shared with the RL reward.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from rouge_score import rouge_scorer
+
+from trainers.judges import MatchJudge, extract_answer, normalize_answer
+
+_STOPWORDS = frozenset(
+    "a an the and or of in on at to is are was were be it its this that for with as by from do".split()
+)
+_EXACT, _SUBSPAN = MatchJudge(mode="exact"), MatchJudge(mode="subspan")
+
+
+def token_f1(prediction: str, references: str | Sequence[str]) -> float:
+    """Best SQuAD token-level F1 of the prediction against the references."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for reference in [references] if isinstance(references, str) else references:
+        ref = normalize_answer(reference).split()
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(ref)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def answer_scores(response: str, references: str | Sequence[str]) -> dict[str, float]:
+    """EM, F1 and RULER sub-span EM of the answer extracted from a response (`\\boxed{}` -> "Answer:" -> last 20 words)."""
+    answer = extract_answer(response)
+    return {
+        "em": float(_EXACT.judge("", response, references).correct),
+        "f1": token_f1(answer, references),
+        "subspan_em": float(_SUBSPAN.judge("", response, references).correct),
+    }
+
+
+_SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+
+
+def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1 and ROUGE-L F1 (Google's `rouge-score`, the package `evaluate`'s rouge wraps)."""
+    scores = _SCORER.score(reference, prediction)
+    return {"rouge1": scores["rouge1"].fmeasure, "rougeL": scores["rougeL"].fmeasure}
+
+
+_CHOICE_PATTERNS = [
+    re.compile(r"(?i:answer\s+is)\s*:?\s*\**\(?([A-D])\b"),
+    re.compile(r"\\boxed\{\s*\(?([A-D])\)?\s*\}"),
+    re.compile(r"(?i:answer)\s*:\s*\**\(?([A-D])\b"),
+    re.compile(r"^\s*\(?([A-D])(?:\)|[.:]|\s*$)"),
+    re.compile(r"\(([A-D])\)"),
+]
+
+
+def parse_choice(response: str) -> str | None:
+    """The chosen letter A-D from a multiple-choice reply, or None when no single letter can be read.
+
+    Looks, in order, for "The correct answer is (X)", `\\boxed{X}`, "Answer: X", a reply starting with the
+    letter, then a lone "(X)"; the last pattern must name exactly one letter to count.
+    """
+    for pattern in _CHOICE_PATTERNS[:-1]:
+        match = pattern.search(response)
+        if match:
+            return match.group(1).upper()
+    letters = set(_CHOICE_PATTERNS[-1].findall(response))
+    return letters.pop() if len(letters) == 1 else None
+
+
+_SCORE_PATTERNS = [
+    re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(r"(?:rating|score)\s*(?:is)?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE),
+    re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*$"),
+]
+
+
+def parse_judge_score(reply: str, low: float = 1, high: float = 10) -> float | None:
+    """A 1-10 score from a judge's reply ("Rating: [[7]]", "Score: 7", "7/10", "7"), None when malformed."""
+    for pattern in _SCORE_PATTERNS:
+        match = pattern.search(reply)
+        if match:
+            value = float(match.group(1))
+            return value if low <= value <= high else None
+    return None
+
+
+def needle_recall_score(response: str, answer: str) -> float:
+    """Rule-based NIAH score on the judge's 1-10 scale: 1 + 9 x the share of the answer's content words recalled."""
+    words = [w for w in normalize_answer(answer).split() if w not in _STOPWORDS]
+    if not words:
+        raise ValueError("answer has no content words to look for.")
+    found = set(normalize_answer(response).split())
+    return 1 + 9 * sum(w in found for w in words) / len(words)

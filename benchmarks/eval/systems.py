@@ -1,0 +1,118 @@
+"""The two systems every table compares: memcomp answering from compressed memory, and the full-context baseline.
+
+Both build their prompts with `modeling_memcomp.build_prompt` (same template, same instruction); the baseline
+puts the context in as text where memcomp puts the memory block, and runs on a plain causal LM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from modeling_memcomp.prompting import build_prompt, stop_token_ids
+
+from .protocol import FULL_CONTEXT_SYSTEM_PROMPT
+
+
+@dataclass
+class Generation:
+    """One answer: its text, its length in generated tokens (up to the stop token) and the context length."""
+
+    text: str
+    num_tokens: int
+    context_tokens: int
+
+
+def _decode(tokenizer, output: torch.Tensor, prompt_length: int) -> list[tuple[str, int]]:
+    """Generated ids after the prompt -> (text, tokens before the first stop token) per row."""
+    stops = set(stop_token_ids(tokenizer))
+    results = []
+    for row in output[:, prompt_length:].tolist():
+        length = next((i for i, token in enumerate(row) if token in stops), len(row))
+        text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()
+        results.append((text, length))
+    return results
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, longest - len(ids) :] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def _passages(context: str | list[str]) -> list[str]:
+    return [context] if isinstance(context, str) else list(context)
+
+
+class MemCompSystem:
+    """memcomp: compress each context (`model.compress`), then answer from the memory (`model.generate`)."""
+
+    name = "memcomp"
+
+    def __init__(self, model, template: str = "chat", system_prompt: str | None = None):
+        self.model, self.template, self.system_prompt = model, template, system_prompt
+
+    @torch.no_grad()
+    def generate(self, contexts: list, instructions: list[str], **generate_kwargs) -> list[Generation]:
+        memories = [self.model.compress(c) for c in contexts]
+        batch = self.model.prepare_prompts(memories, instructions, template=self.template, system_prompt=self.system_prompt)
+        output = self.model.generate(**batch, **generate_kwargs)
+        decoded = _decode(self.model.tokenizer, output, batch["input_ids"].shape[1])
+        return [Generation(text, n, m.num_source_tokens) for (text, n), m in zip(decoded, memories)]
+
+
+class FullContextSystem:
+    """The uncompressed baseline: a causal LM reading the raw context in the same template.
+
+    `language_model` defaults to the memcomp model's own base LM (`model.language_model`); pass another
+    (e.g. the Instruct model the paper compares against) with its tokenizer to use that instead.
+    """
+
+    name = "full"
+
+    def __init__(
+        self,
+        model,
+        template: str = "chat",
+        system_prompt: str | None = FULL_CONTEXT_SYSTEM_PROMPT,
+        language_model=None,
+        tokenizer=None,
+    ):
+        if (language_model is None) != (tokenizer is None):
+            raise ValueError("pass both language_model= and tokenizer= for a separate baseline model, or neither.")
+        self.config = model.config
+        self.language_model = language_model if language_model is not None else model.language_model
+        self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        self.template, self.system_prompt = template, system_prompt
+        self.max_positions = getattr(self.language_model.config, "max_position_embeddings", None)
+
+    def prompt_ids(self, context, instruction: str) -> tuple[list[int], int]:
+        """Prompt ids with the context as text where the memory block would be, and the context's token count."""
+        text = "\n\n".join(_passages(context))
+        prompt = build_prompt(
+            self.tokenizer, self.config, 0, f"{text}\n{instruction}", template=self.template, system_prompt=self.system_prompt
+        ).input_ids
+        context_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.max_positions is not None and len(prompt) > self.max_positions:
+            raise ValueError(
+                f"the full-context prompt needs {len(prompt)} positions but the baseline model has {self.max_positions}: "
+                "shorten the context or use a long-context baseline model."
+            )
+        return prompt, context_tokens
+
+    @torch.no_grad()
+    def generate(self, contexts: list, instructions: list[str], **generate_kwargs) -> list[Generation]:
+        prompts, context_tokens = zip(*(self.prompt_ids(c, q) for c, q in zip(contexts, instructions)))
+        device = next(self.language_model.parameters()).device
+        batch = _left_pad(list(prompts), self.tokenizer.pad_token_id, device)
+        stops = stop_token_ids(self.tokenizer)
+        output = self.language_model.generate(
+            **batch, eos_token_id=stops, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs
+        )
+        decoded = _decode(self.tokenizer, output, batch["input_ids"].shape[1])
+        return [Generation(text, n, c) for (text, n), c in zip(decoded, context_tokens)]

@@ -1,0 +1,22 @@
+"""LongBench v2 multiple-choice accuracy by context length, contexts under 100K tokens (paper Figure 5).
+
+    python examples/evaluate_longbench.py --model CHECKPOINT --template rl --output_dir eval_results/longbench
+"""
+
+from transformers import HfArgumentParser
+
+from benchmarks.eval import EvalArguments, LongBenchArguments, longbench
+from benchmarks.eval.loaders import read_rows
+from benchmarks.eval.runtime import load_model
+
+
+def main() -> None:
+    args, data = HfArgumentParser((EvalArguments, LongBenchArguments)).parse_args_into_dataclasses()
+    rows = read_rows(data.source, split="train")
+    model = load_model(args, tiny_corpus=[r["context"] for r in rows])
+    longbench.evaluate(model, args, data, rows)
+    print(open(f"{args.output_dir}/table.md").read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Long-context multi-hop QA, RULER-style: sub-span EM from 4K to 120K tokens (paper Figure 4).
+
+    python examples/evaluate_multihop.py --model CHECKPOINT --template rl --output_dir eval_results/multihop
+"""
+
+from transformers import HfArgumentParser
+
+from benchmarks.eval import EvalArguments, MultiHopArguments, multihop
+from benchmarks.eval.loaders import MULTIHOP_PRESETS, load_qa
+from benchmarks.eval.runtime import load_model
+
+
+def main() -> None:
+    args, data = HfArgumentParser((EvalArguments, MultiHopArguments)).parse_args_into_dataclasses()
+    datasets = dict(load_qa(spec, data.samples_per_set, args.seed, presets=MULTIHOP_PRESETS) for spec in data.datasets)
+    corpus = [p for items in datasets.values() for item in items for p in item.passages]
+    model = load_model(args, tiny_corpus=corpus)
+    multihop.evaluate(model, args, datasets, data.lengths)
+    print(open(f"{args.output_dir}/table.md").read())
+
+
+if __name__ == "__main__":
+    main()
