@@ -1,0 +1,229 @@
+"""RL stage on a tiny model: precomputed memories, memory-aware rollouts and log-probs, dynamic sampling, training."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_memcomp.prompting import build_prompt
+from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
+from trainers.judges import MatchJudge
+from trainers.precompute import load_rows, precompute_memory
+from trainers.rewards import JudgeReward, OverlongPenalty
+
+QA = Path(__file__).parent / "fixtures" / "rl" / "qa.jsonl"
+TINY = dict(
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    overlong_buffer=4,
+    warmup_steps=0,
+    learning_rate=1e-3,
+    gradient_checkpointing=False,
+    use_cpu=True,
+    bf16=False,
+    report_to=[],
+    save_strategy="no",
+    logging_steps=1,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def rl_model(tokenizer):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    return build_tiny_memcomp(tokenizer, chunk_size=16)
+
+
+@pytest.fixture(scope="module")
+def rl_data(rl_model):
+    return precompute_memory(rl_model, load_rows(str(QA)))
+
+
+def _trainer(model, data, tmp_path, **overrides):
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), **{**TINY, **overrides})
+    return MemCompGRPOTrainer(model, args=args, train_dataset=data, judge=MatchJudge())
+
+
+# ------------------------------------------------------------------ config
+def test_config_defaults_are_table_10(tmp_path):
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False)
+    assert (args.learning_rate, args.warmup_steps, args.loss_type) == (1e-6, 10, "dapo")
+    assert (args.epsilon, args.epsilon_high, args.beta) == (0.2, 0.28, 0.0)
+    assert (args.temperature, args.num_generations, args.max_completion_length, args.max_prompt_length) == (1.0, 16, 600, 1024)
+    assert (args.dynamic_sampling, args.dynamic_sampling_warmup_steps) == (True, 25)
+    assert (args.overlong_buffer, args.overlong_penalty_factor) == (100, 0.5)
+
+
+def test_config_from_yaml_with_cli_override(tmp_path):
+    from trl import TrlParser
+
+    config = tmp_path / "rl.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nnum_generations: 8\nper_device_train_batch_size: 8\nuse_cpu: true\nbf16: false\n")
+    (args,) = TrlParser((MemCompGRPOConfig,)).parse_args_and_config(["--config", str(config), "--epsilon_high", "0.3"])
+    assert args.num_generations == 8 and args.epsilon_high == 0.3 and args.learning_rate == 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(use_vllm=True), "rollout_backend='vllm'"), (dict(rollout_backend="sglang"), "rollout_backend must be")],
+)
+def test_config_rejects_token_id_vllm_and_unknown_backends(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False, **kwargs)
+
+
+# ------------------------------------------------------------------ precompute
+def test_precompute_stores_exactly_what_compress_gives(rl_model, rl_data):
+    rows = load_rows(str(QA))
+    assert len(rl_data) == len(rows)
+    for i in (0, 5):
+        memory = rl_model.compress(rows[i]["context"])
+        stored = torch.tensor(rl_data[i]["memory"])
+        assert torch.equal(stored, memory.embeds.float())
+        assert rl_data[i]["num_memory"] == len(memory) and rl_data[i]["prompt"] == rows[i]["question"]
+        prompt = build_prompt(rl_model.tokenizer, rl_model.config, len(memory), rows[i]["question"], template="rl")
+        assert rl_data[i]["prompt_length"] == len(prompt.input_ids)
+
+
+def test_precompute_drops_overlong_prompts_and_names_missing_columns(rl_model):
+    rows = load_rows(str(QA))
+    shortest = min(precompute_memory(rl_model, rows.select([0, 1]))["prompt_length"])
+    kept = precompute_memory(rl_model, rows.select([0, 1]), max_prompt_length=shortest)
+    assert 1 <= len(kept) <= 2 and all(n <= shortest for n in kept["prompt_length"])
+    with pytest.raises(ValueError, match="context_column="):
+        precompute_memory(rl_model, rows.rename_column("context", "passage"))
+
+
+# ------------------------------------------------------------------ trainer plumbing
+def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
+    with pytest.raises(ValueError, match="precompute_memory"):
+        _trainer(rl_model, rl_data.remove_columns("memory"), tmp_path)
+    with pytest.raises(TypeError, match="MemCompForCausalLM"):
+        MemCompGRPOTrainer(torch.nn.Linear(2, 2), args=MemCompGRPOConfig(output_dir=str(tmp_path), **TINY))
+    with pytest.raises(ValueError, match="not both"):
+        MemCompGRPOTrainer(rl_model, reward_funcs=[OverlongPenalty()], judge=MatchJudge(),
+                           args=MemCompGRPOConfig(output_dir=str(tmp_path), **TINY), train_dataset=rl_data)
+
+
+@pytest.fixture(scope="module")
+def greedy_trainer(tokenizer, rl_data, tmp_path_factory):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16)
+    return _trainer(model, rl_data, tmp_path_factory.mktemp("rl"), generation_kwargs={"do_sample": False})
+
+
+def test_reward_functions_are_judge_then_overlong_penalty(greedy_trainer):
+    assert greedy_trainer.reward_func_names == ["judge", "overlong_penalty"]
+    assert isinstance(greedy_trainer.reward_funcs[0], JudgeReward)
+
+
+def test_hf_rollouts_equal_model_generate_greedy(greedy_trainer, rl_data):
+    trainer, model = greedy_trainer, greedy_trainer.model
+    rows = [rl_data[i] for i in (0, 3)]
+    memory, lengths = trainer._batch_memory(rows)
+    with trainer._using_memory(memory, lengths):
+        prompt_ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+        completions, _ = trainer._generate_single_turn(prompt_ids, None, {}, 1)
+    from modeling_memcomp.memory import MemoryEmbeddings
+
+    for row, ids, completion in zip(rows, prompt_ids, completions):
+        expected_ids = build_prompt(model.tokenizer, model.config, row["num_memory"], row["prompt"], template="rl").input_ids
+        assert ids == expected_ids
+        mem = MemoryEmbeddings(torch.tensor(row["memory"]), 16, 1, "x", model_fingerprint=model.fingerprint)
+        text = model.generate(memory=mem, question=row["prompt"], template="rl", do_sample=False,
+                              max_new_tokens=8, repetition_penalty=1.0)
+        assert model.tokenizer.decode(completion, skip_special_tokens=True).strip() == text
+
+
+def test_policy_logps_use_the_memory(greedy_trainer, rl_data):
+    trainer, model = greedy_trainer, greedy_trainer.model
+    rows = [rl_data[i] for i in (1, 2)]
+    memory, lengths = trainer._batch_memory(rows)
+    with trainer._using_memory(memory, lengths):
+        prompt_ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    width = max(map(len, prompt_ids))
+    completion = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    input_ids = torch.stack([torch.tensor([model.tokenizer.pad_token_id] * (width - len(p)) + p) for p in prompt_ids])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompt_ids])[:, None]).long()
+    input_ids, mask = torch.cat([input_ids, completion], 1), torch.cat([mask, torch.ones_like(completion)], 1)
+    with torch.no_grad(), trainer._using_memory(memory):
+        logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, mask, 3, compute_entropy=True)
+        logits = model.language_model(inputs_embeds=model.embed_inputs(input_ids, memory), attention_mask=mask).logits
+    expected = torch.log_softmax(logits[:, -4:-1].float(), -1).gather(-1, completion[..., None])[..., 0]
+    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=1e-5)
+    assert entropy.shape == (2, 3)
+    with torch.no_grad(), trainer._using_memory(torch.zeros_like(memory)):
+        blind, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, mask, 3)
+    assert not torch.allclose(blind, logps)  # the memory, not just the ids, decides the log-probs
+
+
+def test_dynamic_sampling_keeps_varied_groups_and_refills(greedy_trainer, rl_data, monkeypatch):
+    trainer = greedy_trainer
+    group = trainer.num_generations  # 4 -> 2 groups per batch of 8
+    tables = iter([[0, 0, 0, 0, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0]])
+    calls = []
+
+    def fake_score(batch):
+        rewards = torch.tensor(next(tables), dtype=torch.float)
+        trainer._last_rewards_per_func = torch.stack([rewards, torch.zeros(8)], dim=1)
+        offset = 100 * len(calls)
+        calls.append(batch)
+        return {
+            "prompt_ids": torch.zeros(8, 3 + len(calls), dtype=torch.long),
+            "prompt_mask": torch.ones(8, 3 + len(calls), dtype=torch.long),
+            "completion_ids": torch.zeros(8, 2, dtype=torch.long),
+            "completion_mask": torch.ones(8, 2, dtype=torch.long),
+            "advantages": torch.arange(8, dtype=torch.float) + offset,
+            "memory_embeds": torch.zeros(8, 1, 4),
+            "num_items_in_batch": torch.tensor(16),
+        }
+
+    monkeypatch.setattr(trainer, "_score", fake_score)
+    rows = [rl_data[i // group] for i in range(8)]
+    merged = trainer._dynamic_sampling(rows)
+    # round 1 keeps group 1 (rows 4-7), round 2 keeps nothing, round 3 keeps group 0 (rows 200-203)
+    assert merged["advantages"].tolist() == [4, 5, 6, 7, 200, 201, 202, 203]
+    assert len(calls) == 3 and all(len(b) == 8 for b in calls[1:])
+    assert int(merged["num_items_in_batch"]) == 16
+    assert merged["prompt_ids"].shape == (8, 6)
+    assert trainer._metrics["train"]["dynamic_sampling/filtered_ratio"][-1] == pytest.approx(4 / 6)
+
+
+def test_dynamic_sampling_gives_up_after_max_tries(greedy_trainer, rl_data, monkeypatch):
+    trainer = greedy_trainer
+    monkeypatch.setattr(trainer.args, "dynamic_sampling_max_tries", 1)
+    calls = []
+
+    def all_equal(batch):
+        calls.append(batch)
+        trainer._last_rewards_per_func = torch.zeros(8, 2)
+        return {
+            "completion_ids": torch.zeros(8, 2, dtype=torch.long),
+            "completion_mask": torch.ones(8, 2, dtype=torch.long),
+            "advantages": torch.zeros(8),
+        }
+
+    monkeypatch.setattr(trainer, "_score", all_equal)
+    merged = trainer._dynamic_sampling([rl_data[0]] * 8)
+    assert len(calls) == 2 and merged["advantages"].shape == (8,)
+    assert trainer._metrics["train"]["dynamic_sampling/kept_ratio"][-1] == 0.0
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_tiny_rl_run_trains_decoder_only(tokenizer, rl_data, tmp_path):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = _trainer(model, rl_data, tmp_path, max_steps=2, dynamic_sampling_warmup_steps=1, dynamic_sampling_max_tries=1)
+    trainer.train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    assert "memory_projection.weight" not in changed
+    assert any(name.startswith("language_model.model.layers.") for name in changed)
+    logs = {key for entry in trainer.state.log_history for key in entry}
+    assert {"rewards/judge/mean", "rewards/overlong_penalty/mean", "dynamic_sampling/filtered_ratio"} <= logs
+    assert trainer.state.log_history[0]["dynamic_sampling/active"] == 0.0

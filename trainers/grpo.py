@@ -1,0 +1,456 @@
+"""RL stage: `MemCompGRPOTrainer`, TRL's `GRPOTrainer` run as DAPO on prompts made of precomputed memory + question.
+
+Rows of the training set carry `prompt` (the question), `memory` (its `(k, d)` memory embeddings, made once
+by `trainers.precompute` from the SFT checkpoint) and the reference `answer`. Each prompt is built by the
+shared `build_prompt` (`rl` template: ChatML + `\\boxed{}` instruction) and the memory fills its `<MEM>`
+slots, in rollouts (HF `generate`, or vLLM with prompt embeddings) and in the policy forward alike, so only
+the decoder sees gradients; the encoder never runs and `memory_projection` stays frozen.
+
+TRL supplies the rest: GRPO advantages, `loss_type="dapo"` (token-mean), asymmetric clipping, logging.
+This subclass adds DAPO's dynamic sampling (all-equal groups dropped and refilled, after a warmup) and the
+overlong penalty factor (as a reward, `trainers.rewards.OverlongPenalty`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+from trl import GRPOConfig, GRPOTrainer
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import RepeatSampler, add_fused_lm_head, identity, pad
+
+from modeling_memcomp import MemCompForCausalLM
+from modeling_memcomp.prompting import build_prompt, stop_token_ids
+
+from .dapo import concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
+from .judges import MatchJudge
+from .rewards import JudgeReward, OverlongPenalty
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_BACKENDS = ("hf", "vllm", "auto")
+
+
+@dataclass
+class MemCompGRPOConfig(GRPOConfig):
+    """`GRPOConfig` with the paper's DAPO defaults (Table 10) and the memcomp RL options.
+
+    Batch sizes are TRL's: one optimizer step sees `per_device_train_batch_size x gradient_accumulation_steps
+    x GPUs` completions (the paper's mini-batch of 64 prompts x 16 rollouts = 1024), and
+    `generation_batch_size` completions are generated at once (128 prompts x 16 = 2048).
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (Table 10: 1e-6)."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear LR warmup steps (Table 10: 10)."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule after warmup."})
+    loss_type: str = field(default="dapo", metadata={"help": "Loss aggregation; 'dapo' is DAPO's token-mean."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip ratio (Table 10: 0.2)."})
+    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip ratio, DAPO clip-higher (Table 10: 0.28)."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient (Table 10: 0, no reference model)."})
+    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (Table 10: 1.0)."})
+    num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (Table 10: 16 for 7B, 8 for 32B)."})
+    max_completion_length: int = field(default=600, metadata={"help": "Maximum response tokens (Table 10: 600)."})
+    max_prompt_length: int = field(
+        default=1024, metadata={"help": "Maximum prompt tokens incl. memory slots (Table 10: 1024); longer rows are errors."}
+    )
+    template: str = field(default="rl", metadata={"help": "Prompt template of build_prompt ('rl' adds the \\boxed{} instruction)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt; None uses the package default."})
+    dynamic_sampling: bool = field(default=True, metadata={"help": "Drop prompt groups whose filter reward is all equal, refill."})
+    dynamic_sampling_warmup_steps: int = field(
+        default=25, metadata={"help": "Optimizer steps before dynamic sampling starts (paper: 25)."}
+    )
+    dynamic_sampling_max_tries: int = field(
+        default=4, metadata={"help": "Extra generation rounds per batch to refill dropped groups; then keep what is left."}
+    )
+    dynamic_sampling_metric: str | None = field(
+        default=None, metadata={"help": "Reward function filtered on (its __name__); None = the first ('judge': accuracy)."}
+    )
+    overlong_buffer: int = field(default=100, metadata={"help": "Soft overlong punishment buffer, tokens (Table 10: 100)."})
+    overlong_penalty_factor: float = field(
+        default=0.5, metadata={"help": "Overlong penalty factor (Table 10: 0.5); 0 disables the penalty reward."}
+    )
+    rollout_backend: str = field(
+        default="hf", metadata={"help": "Rollouts by 'hf' generate, 'vllm' (prompt embeddings) or 'auto' (vllm if installed)."}
+    )
+    vllm_decoder_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra vllm.LLM kwargs for the vLLM rollout engine (JSON string from the CLI)."}
+    )
+
+    def __post_init__(self):
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ValueError(f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}.")
+        if self.use_vllm:
+            raise ValueError(
+                "use_vllm=True would make TRL send token ids to vLLM, losing the memory: set rollout_backend='vllm' "
+                "(prompt embeddings) instead."
+            )
+        if self.dynamic_sampling_max_tries < 0:
+            raise ValueError(f"dynamic_sampling_max_tries must be >= 0, got {self.dynamic_sampling_max_tries}.")
+        if isinstance(self.vllm_decoder_kwargs, str):
+            import json
+
+            self.vllm_decoder_kwargs = json.loads(self.vllm_decoder_kwargs)
+        super().__post_init__()
+
+
+class MemCompGRPOTrainer(GRPOTrainer):
+    """DAPO on compressed prompts: a `GRPOTrainer` whose prompts are memory embeddings + question.
+
+    Args:
+        model: a `MemCompForCausalLM` (the SFT checkpoint) or its path.
+        reward_funcs: TRL reward functions; default `JudgeReward(judge)`. The overlong penalty is appended
+            when `args.overlong_penalty_factor > 0`.
+        judge: judge for the default reward (`LLMJudge` or `MatchJudge`; default `MatchJudge()`).
+        train_dataset: rows with `prompt` (question text), `memory` (`(k, d)` floats) and `answer`, as written
+            by `trainers.precompute.precompute_memory`.
+    """
+
+    _tag_names = ["trl", "grpo", "dapo", "memcomp"]
+
+    def __init__(
+        self,
+        model: MemCompForCausalLM | str,
+        reward_funcs=None,
+        args: MemCompGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        judge=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        if isinstance(model, str):
+            model = MemCompForCausalLM.from_pretrained(model)
+        if not isinstance(model, MemCompForCausalLM):
+            raise TypeError(f"model must be a MemCompForCausalLM (the SFT checkpoint) or its path, got {type(model).__name__}.")
+        args = args or MemCompGRPOConfig(output_dir="memcomp-rl")
+        if not isinstance(args, MemCompGRPOConfig):
+            raise TypeError(f"args must be a MemCompGRPOConfig, got {type(args).__name__}.")
+        if reward_funcs is not None and judge is not None:
+            raise ValueError("pass either judge= (for the default judge reward) or reward_funcs=, not both.")
+        reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs or JudgeReward(judge or MatchJudge())]
+        if args.overlong_penalty_factor > 0:
+            reward_funcs.append(OverlongPenalty(args.max_completion_length, args.overlong_buffer, args.overlong_penalty_factor))
+        for dataset in (train_dataset, eval_dataset):
+            _check_columns(dataset)
+        # Only the decoder learns: the compressor side is frozen, and the encoder never runs (memory is precomputed).
+        for parameter in [*model.memory_projection.parameters(), *model.pooling.parameters()]:
+            parameter.requires_grad_(False)
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=_with_torch_memory(train_dataset),
+            eval_dataset=_with_torch_memory(eval_dataset),
+            processing_class=processing_class or model.tokenizer,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        # TRL patches the fused log-prob head onto the model it is given; for memcomp it belongs on the inner LM
+        # (MemCompForCausalLM.forward fills the memory slots, then passes `fused_lm_head` through).
+        vars(model).pop("forward", None)
+        add_fused_lm_head(model.language_model, temperature=self.temperature, outputs=("log_probs", "entropy"))
+        start, end, mem = model.config.memory_token_ids
+        self.generation_config.suppress_tokens = [start, end, mem]
+        self.generation_kwargs["suppress_tokens"] = [start, end, mem]
+        for token in stop_token_ids(self._tokenizer):
+            if token not in self.eos_token_ids:
+                self.eos_token_ids.append(token)
+        self.generation_config.eos_token_id = list(self.eos_token_ids)
+        self.generation_kwargs["eos_token_id"] = list(self.eos_token_ids)
+        self._memory: torch.Tensor | None = None  # (B, slots, d) for the rows being generated / scored
+        self._memory_lengths: list[int] = []
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._refill_iterator = None
+        self._vllm = None
+        self._vllm_step = -1
+        if self.args.rollout_backend != "hf":
+            self._vllm = self._start_vllm(required=self.args.rollout_backend == "vllm")
+
+    # ------------------------------------------------------------------ memory plumbing
+    @contextlib.contextmanager
+    def _using_memory(self, memory: torch.Tensor, lengths: list[int] | None = None):
+        """Make `memory` the rows' memory for the prompt building, generation and forwards inside the block."""
+        previous = (self._memory, self._memory_lengths)
+        self._memory = memory
+        if lengths is not None:
+            self._memory_lengths = lengths
+        try:
+            yield
+        finally:
+            self._memory, self._memory_lengths = previous
+
+    def _batch_memory(self, inputs: list[dict]) -> tuple[torch.Tensor, list[int]]:
+        rows = [torch.as_tensor(x["memory"]) for x in inputs]
+        lengths = [len(row) for row in rows]
+        hidden = self.model.config.text_config.hidden_size
+        if any(row.ndim != 2 or row.shape[1] != hidden for row in rows):
+            raise ValueError(
+                f"each row's memory must be (num_chunks, {hidden}) for this model; re-run "
+                "examples/precompute_memory.py with this model's SFT checkpoint."
+            )
+        memory = torch.zeros(len(rows), max(lengths), hidden, dtype=self.model.dtype)
+        for i, row in enumerate(rows):
+            memory[i, : len(row)] = row.to(memory.dtype)
+        return memory.to(self.accelerator.device), lengths
+
+    def _tokenize_prompts(self, prompts: list):
+        """Prompt ids from the shared builder: `<MEM>` slots for each row's memory, then the question."""
+        if len(prompts) != len(self._memory_lengths):
+            raise RuntimeError("prompts and memories are out of step; prompts must come with their memory rows.")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        prompt_ids = []
+        for question, slots in zip(prompts, self._memory_lengths):
+            if not isinstance(question, str):
+                raise TypeError("the `prompt` column must hold the question as a string (the template is added here).")
+            ids = build_prompt(
+                self._tokenizer, unwrapped.config, slots, question, template=self.args.template,
+                system_prompt=self.args.system_prompt,
+            ).input_ids
+            if len(ids) > self.args.max_prompt_length:
+                raise ValueError(
+                    f"a prompt needs {len(ids)} tokens ({slots} memory slots) but max_prompt_length is "
+                    f"{self.args.max_prompt_length}; drop such rows in precompute_memory (max_prompt_length=) or raise it."
+                )
+            prompt_ids.append(ids)
+        return prompt_ids, None, {}
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Rollouts from memory + prompt ids: vLLM with prompt embeddings when started, else HF `generate`."""
+        if self._vllm is not None:
+            return self._generate_vllm(prompt_ids), None
+        device = self.accelerator.device
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):
+            output = unwrapped.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                memory_embeds=self._memory,
+                generation_config=self.generation_config,
+            )
+        completions = output[:, input_ids.shape[1] :].cpu()
+        stops = torch.tensor(self.eos_token_ids)
+        result = []
+        for row in completions:
+            hits = torch.isin(row, stops).nonzero()
+            result.append(row[: int(hits[0]) + 1 if len(hits) else len(row)].tolist())
+        return result, None
+
+    # ------------------------------------------------------------------ vLLM rollouts
+    def _start_vllm(self, required: bool):
+        try:
+            from modeling_memcomp.vllm_backend import VLLMDecoder, require_vllm
+
+            require_vllm()
+        except ImportError as error:
+            if required:
+                raise ImportError(f"rollout_backend='vllm' needs vLLM: {error}") from error
+            logger.warning("vLLM is not available (%s); rollouts use HF generate.", error)
+            return None
+        if not torch.cuda.is_available():
+            if required:
+                raise RuntimeError("rollout_backend='vllm' needs a CUDA GPU; use rollout_backend='hf' on CPU.")
+            logger.warning("no CUDA GPU: rollouts use HF generate.")
+            return None
+        settings = dict(gpu_memory_utilization=0.3, max_model_len=self.args.max_prompt_length + self.args.max_completion_length)
+        settings.update(self.args.vllm_decoder_kwargs or {})
+        return VLLMDecoder(self.accelerator.unwrap_model(self.model), **settings)
+
+    def _sync_vllm_weights(self) -> None:
+        """Copy the decoder's current weights into the vLLM engine (once per optimizer step)."""
+        if self._vllm_step == self.state.global_step:
+            return
+        decoder = self.accelerator.unwrap_model(self.model).language_model
+        engine_model = self._vllm.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        for name, parameter in decoder.named_parameters():
+            with self._dist.gather_params([parameter]):
+                engine_model.load_weights([(name, parameter.data)])
+        self._vllm.llm.reset_prefix_cache()
+        self._vllm_step = self.state.global_step
+
+    def _generate_vllm(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        self._sync_vllm_weights()
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            embeds = [
+                unwrapped.embed_inputs(torch.tensor([ids], device=self._memory.device), self._memory[i : i + 1, :slots])[0].cpu()
+                for i, (ids, slots) in enumerate(zip(prompt_ids, self._memory_lengths))
+            ]
+        params = self._vllm.sampling_params(
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k or -1,
+            max_new_tokens=self.max_completion_length,
+            repetition_penalty=self.repetition_penalty,
+        )
+        return self._vllm.generate(embeds, params)
+
+    # ------------------------------------------------------------------ forwards
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **unused,
+    ):
+        """Per-token log-probs (and entropies) of the completion, with each row's memory in its `<MEM>` slots."""
+        if self._memory is None or len(self._memory) != len(input_ids):
+            raise RuntimeError("the rows' memory is not set for this forward; it must run inside _using_memory().")
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            with self.accelerator.autocast():
+                outputs = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    memory_embeds=self._memory[start : start + batch_size],
+                    labels=labels,
+                    fused_lm_head=True,
+                )
+            logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(outputs.entropy[:, -logits_to_keep:])
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    def _compute_loss(self, model, inputs):
+        with self._using_memory(inputs["memory_embeds"]):
+            return super()._compute_loss(model, inputs)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards
+        return rewards
+
+    # ------------------------------------------------------------------ rollouts + dynamic sampling
+    def _score(self, inputs: list[dict]) -> dict:
+        """One TRL rollout-and-score round for `inputs`, carrying the rows' memory along."""
+        memory, lengths = self._batch_memory(inputs)
+        with self._using_memory(memory, lengths):
+            output = super()._generate_and_score_completions(inputs)
+        output["memory_embeds"] = memory
+        return output
+
+    def _generate_and_score_completions(self, inputs):
+        training = self.model.training
+        if not (training and self.args.dynamic_sampling):
+            return self._score(inputs)
+        if not dynamic_sampling_enabled(self.state.global_step, self.args.dynamic_sampling_warmup_steps):
+            self._metrics["train"]["dynamic_sampling/active"].append(0.0)
+            return self._score(inputs)
+        return self._dynamic_sampling(inputs)
+
+    def _filter_column(self) -> int:
+        names = self.reward_func_names
+        metric = self.args.dynamic_sampling_metric or names[0]
+        if metric not in names:
+            raise ValueError(f"dynamic_sampling_metric={metric!r} is not a reward function; choose one of {names}.")
+        return names.index(metric)
+
+    def _dynamic_sampling(self, inputs: list[dict]) -> dict:
+        """DAPO dynamic sampling: keep groups whose filter reward varies, refill from further prompts.
+
+        Every process runs the same number of rounds (TRL gathers rewards across processes inside each),
+        until all hold `len(inputs)` kept rows or `dynamic_sampling_max_tries` extra rounds are spent; the
+        remainder is then filled with dropped rows, whose advantages are zero.
+        """
+        target, group = len(inputs), self.num_generations
+        column = self._filter_column()
+        kept, dropped, seen, num_dropped = [], [], 0, 0
+        batch = inputs
+        for attempt in range(self.args.dynamic_sampling_max_tries + 1):
+            output = self._score(batch)
+            rewards = self._last_rewards_per_func[:, column].cpu()
+            keep_groups = set(filter_groups(rewards, group))
+            local = range(self.accelerator.process_index * len(batch), (self.accelerator.process_index + 1) * len(batch))
+            keep_rows = [i for i, row in enumerate(local) if row // group in keep_groups]
+            drop_rows = [i for i in range(len(batch)) if i not in set(keep_rows)]
+            kept.append(take_rows(output, keep_rows))
+            dropped.append(take_rows(output, drop_rows))
+            seen += len(rewards) // group
+            num_dropped += len(rewards) // group - len(keep_groups)
+            have = sum(len(b["advantages"]) for b in kept)
+            done = torch.tensor(float(have >= target), device=self.accelerator.device)
+            if bool(self.accelerator.gather(done).min() > 0) or attempt == self.args.dynamic_sampling_max_tries:
+                break
+            batch = self._next_refill_batch(len(inputs))
+        merged = concat_rollouts([b for b in kept + dropped if len(b["advantages"])], self._pad_values())
+        if have < target:
+            logger.warning(
+                "dynamic sampling: %d of %d rows have reward variance after %d tries; the rest have zero advantage.",
+                have, target, attempt + 1,
+            )
+        merged = take_rows(merged, range(target))
+        mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/active"].append(1.0)
+        metrics["dynamic_sampling/filtered_ratio"].append(num_dropped / seen)
+        metrics["dynamic_sampling/rounds"].append(float(attempt + 1))
+        metrics["dynamic_sampling/kept_ratio"].append(min(have, target) / target)
+        return merged
+
+    def _pad_values(self) -> dict:
+        pad_id = self._tokenizer.pad_token_id
+        return {"prompt_ids": pad_id, "completion_ids": pad_id}
+
+    def _next_refill_batch(self, size: int) -> list[dict]:
+        """`size` further rows (`size / num_generations` fresh prompts, each repeated) from a private sampler."""
+        if size % self.num_generations:
+            raise ValueError(
+                f"dynamic sampling refills whole prompt groups, so the per-process generation batch ({size}) must be "
+                f"a multiple of num_generations ({self.num_generations}); adjust per_device_train_batch_size."
+            )
+        while True:
+            if self._refill_iterator is None:
+                self._refill_epoch = getattr(self, "_refill_epoch", -1) + 1
+                sampler = RepeatSampler(
+                    self.train_dataset,
+                    mini_repeat_count=self.num_generations,
+                    batch_size=size // self.num_generations,
+                    shuffle=True,
+                    seed=self.args.seed + 1 + self.accelerator.process_index + 1000 * self._refill_epoch,
+                )
+                loader = DataLoader(self.train_dataset, batch_size=size, sampler=sampler, collate_fn=identity, drop_last=True)
+                self._refill_iterator = iter(loader)
+            try:
+                return next(self._refill_iterator)
+            except StopIteration:
+                self._refill_iterator = None
+
+
+def _check_columns(dataset) -> None:
+    if dataset is None:
+        return
+    datasets = dataset.values() if isinstance(dataset, dict) else [dataset]
+    for part in datasets:
+        missing = {"prompt", "memory"} - set(part.column_names or [])
+        if missing:
+            raise ValueError(
+                f"the RL dataset lacks the columns {sorted(missing)}: build it with examples/precompute_memory.py "
+                "(rows of prompt = question, memory = (k, d) embeddings, answer)."
+            )
+
+
+def _with_torch_memory(dataset):
+    """Serve the `memory` column as tensors (other columns unchanged)."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, dict):
+        return {name: _with_torch_memory(part) for name, part in dataset.items()}
+    return dataset.with_format("torch", columns=["memory"], output_all_columns=True)

@@ -1,0 +1,143 @@
+"""Compress the RL prompts' contexts once, with the SFT checkpoint, into a `datasets.Dataset`.
+
+RL then trains the decoder on these stored memories and never runs the encoder (paper, Section 3.3.3).
+Each output row has `prompt` (the question, as the trainer expects), `question`, `answer`, `memory`
+(`(k, d)`, one embedding per 16-token chunk), `num_memory` and `prompt_length` (tokens of the RL prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Array2D, Dataset, Features, Value, load_dataset
+
+from modeling_memcomp import MemCompForCausalLM
+from modeling_memcomp.prompting import build_prompt
+
+logger = logging.getLogger(__name__)
+METADATA_FILE = "memcomp_memory.json"
+"""Sidecar written next to the dataset: which compressor made the memories (checked before RL)."""
+
+
+@dataclass
+class PrecomputeArguments:
+    """What to compress, with what, and where to write it."""
+
+    model: str = field(metadata={"help": "SFT checkpoint (local folder or Hub id) whose encoder makes the memories."})
+    dataset: str = field(metadata={"help": "Hub dataset name, or a local .json/.jsonl/.parquet/.csv file."})
+    output_dir: str = field(metadata={"help": "Folder for the dataset (save_to_disk) and its metadata."})
+    split: str = field(default="train", metadata={"help": "Split to read."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name, if any."})
+    context_column: str = field(default="context", metadata={"help": "Column with the context (string or list of passages)."})
+    question_column: str = field(default="question", metadata={"help": "Column with the question."})
+    answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer(s)."})
+    max_prompt_length: int = field(default=1024, metadata={"help": "Drop rows whose RL prompt exceeds this many tokens (Table 10: 1024)."})
+    template: str = field(default="rl", metadata={"help": "Prompt template used to measure prompt_length."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows (smoke runs)."})
+    dtype: str = field(default="float32", metadata={"help": "Storage dtype of the memories: float32 or float16 (half the disk)."})
+    device: str | None = field(default=None, metadata={"help": "Device for the encoder; default cuda if available, else cpu."})
+
+
+def load_rows(path_or_name: str, split: str = "train", config: str | None = None) -> Dataset:
+    """A local json/jsonl/parquet/csv file or a Hub dataset, as a `Dataset`."""
+    suffix = Path(path_or_name).suffix.lower()
+    builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    if suffix in builders and Path(path_or_name).is_file():
+        return load_dataset(builders[suffix], data_files=path_or_name, split="train")
+    return load_dataset(path_or_name, config, split=split)
+
+
+def precompute_memory(
+    model: MemCompForCausalLM,
+    dataset: Dataset,
+    context_column: str = "context",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    max_prompt_length: int = 1024,
+    template: str = "rl",
+    dtype: str = "float32",
+) -> Dataset:
+    """Compress every row's context with `model` and return the RL dataset (rows too long are dropped, logged)."""
+    missing = {context_column, question_column, answer_column} - set(dataset.column_names)
+    if missing:
+        raise ValueError(
+            f"dataset has no column(s) {sorted(missing)} (it has {dataset.column_names}); set context_column=, "
+            "question_column= and answer_column= to its names."
+        )
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+    hidden = model.config.text_config.hidden_size
+    features = Features(
+        {
+            "prompt": Value("string"),
+            "question": Value("string"),
+            "answer": dataset.features[answer_column],
+            "memory": Array2D(shape=(None, hidden), dtype=dtype),
+            "num_memory": Value("int32"),
+            "prompt_length": Value("int32"),
+        }
+    )
+
+    def compress(row):
+        memory = model.compress(row[context_column])
+        prompt = build_prompt(model.tokenizer, model.config, len(memory), row[question_column], template=template)
+        return {
+            "prompt": row[question_column],
+            "question": row[question_column],
+            "answer": row[answer_column],
+            "memory": memory.embeds.to(torch.float32).cpu().numpy().astype(dtype),
+            "num_memory": len(memory),
+            "prompt_length": len(prompt.input_ids),
+        }
+
+    with torch.no_grad():
+        out = dataset.map(
+            compress,
+            remove_columns=dataset.column_names,
+            features=features,
+            desc="compress contexts",
+            new_fingerprint=f"memcomp-{model.fingerprint}-{dataset._fingerprint}-{template}-{dtype}",
+        )
+    kept = out.filter(lambda n: n <= max_prompt_length, input_columns="prompt_length")
+    if len(kept) < len(out):
+        logger.warning("dropped %d of %d rows whose prompt exceeds %d tokens.", len(out) - len(kept), len(out), max_prompt_length)
+    return kept
+
+
+def write_metadata(folder: str | Path, model: MemCompForCausalLM, args: PrecomputeArguments, num_rows: int) -> None:
+    """Record which compressor made the memories, so RL can refuse a mismatched checkpoint."""
+    meta = {
+        "model": args.model,
+        "fingerprint": model.fingerprint,
+        "chunk_size": model.config.chunk_size,
+        "hidden_size": model.config.text_config.hidden_size,
+        "template": args.template,
+        "num_rows": num_rows,
+    }
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def read_metadata(folder: str | Path) -> dict | None:
+    path = Path(folder) / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(args: PrecomputeArguments) -> Dataset:
+    """Load the SFT model and the rows, compress, save to `args.output_dir`."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = MemCompForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model.to(device).eval()
+    rows = load_rows(args.dataset, args.split, args.dataset_config)
+    if args.max_samples is not None:
+        rows = rows.select(range(min(args.max_samples, len(rows))))
+    out = precompute_memory(
+        model, rows, args.context_column, args.question_column, args.answer_column, args.max_prompt_length,
+        args.template, args.dtype,
+    )
+    out.save_to_disk(args.output_dir)
+    write_metadata(args.output_dir, model, args, len(out))
+    return out
