@@ -1,0 +1,36 @@
+"""Callbacks for MemCompTrainer runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class RankTraceCallback(TrainerCallback):
+    """Writes one JSON line per optimizer step and rank: world size, example ids seen, gradient checksum.
+
+    Evidence that a data-parallel run really is one: ranks see different examples yet step with the same
+    (all-reduced) gradients. Files: `<trace_dir>/rank<r>.jsonl`.
+    """
+
+    def __init__(self, trainer, trace_dir: str | Path):
+        self.trainer = trainer
+        self.trace_dir = Path(trace_dir)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        checksum = float(sum(g.double().sum() for g in grads)) if grads else 0.0
+        record = {
+            "step": state.global_step + 1,
+            "rank": args.process_index,
+            "world_size": args.world_size,
+            "example_ids": self.trainer.example_ids_seen[:],
+            "grad_checksum": checksum,
+        }
+        self.trainer.example_ids_seen.clear()
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.trace_dir / f"rank{args.process_index}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+

@@ -1,0 +1,125 @@
+"""Training sources through `datasets`: Table 2 corpora by Hub name (streamed) or local JSONL/Parquet files.
+
+Every source is normalised to one schema per kind, so task builders never see source-specific columns:
+
+    document   {"text": str}                                    reconstruction, continuation, plain LM
+    summary    {"text": str, "summary": str}                    summarization
+    qa         {"context": list[str], "question": str, "answer": str}   QA (a string context becomes one passage)
+
+Columns named differently in a source are mapped with `columns` ({schema name: source column}).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+SCHEMAS: dict[str, datasets.Features] = {
+    "document": datasets.Features({"text": datasets.Value("string")}),
+    "summary": datasets.Features({"text": datasets.Value("string"), "summary": datasets.Value("string")}),
+    "qa": datasets.Features(
+        {
+            "context": datasets.List(datasets.Value("string")),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+        }
+    ),
+}
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a stage."""
+
+    path: str  # Hub dataset id (e.g. "mlfoundations/dclm-baseline-1.0") or a local .jsonl/.json/.parquet/.csv file
+    kind: str = "document"  # schema the source provides: document | summary | qa
+    name: str | None = None  # Hub dataset configuration
+    split: str = "train"
+    streaming: bool | None = None  # default: streamed from the Hub, read in full from local files
+    weight: float = 1.0  # sampling weight among the sources of the same kind
+    columns: dict[str, str] = field(default_factory=dict)  # schema column -> source column
+
+    def __post_init__(self):
+        if self.kind not in SCHEMAS:
+            raise ValueError(f"source kind must be one of {sorted(SCHEMAS)}, got {self.kind!r} for {self.path!r}.")
+        if self.weight <= 0:
+            raise ValueError(f"source weight must be > 0, got {self.weight} for {self.path!r}.")
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).suffix in LOCAL_FORMATS and Path(self.path).exists()
+
+
+def _normalise(record: dict, kind: str, columns: dict[str, str]) -> dict:
+    out = {key: record[columns.get(key, key)] for key in SCHEMAS[kind]}
+    if kind == "qa" and isinstance(out["context"], str):
+        out["context"] = [out["context"]]
+    return out
+
+
+def load_source(source: SourceConfig) -> datasets.IterableDataset:
+    """The source as an `IterableDataset` in its kind's schema (local files are read, Hub ids streamed)."""
+    if source.is_local:
+        data = datasets.load_dataset(
+            LOCAL_FORMATS[Path(source.path).suffix], data_files=source.path, split=source.split,
+            streaming=bool(source.streaming),
+        )
+    elif Path(source.path).suffix in LOCAL_FORMATS:
+        raise ValueError(f"local data file {source.path!r} does not exist.")
+    else:
+        streaming = True if source.streaming is None else source.streaming
+        data = datasets.load_dataset(source.path, source.name, split=source.split, streaming=streaming)
+    if isinstance(data, datasets.Dataset):
+        data = data.to_iterable_dataset()
+    missing = [source.columns.get(k, k) for k in SCHEMAS[source.kind] if source.columns.get(k, k) not in data.column_names]
+    if data.column_names is not None and missing:
+        raise ValueError(
+            f"source {source.path!r} ({source.kind}) has no column(s) {missing}; it has {data.column_names}. "
+            f"Map them with columns={{schema name: source column}}."
+        )
+    return data.map(
+        _normalise,
+        fn_kwargs={"kind": source.kind, "columns": source.columns},
+        remove_columns=data.column_names,
+        features=SCHEMAS[source.kind],
+    )
+
+
+def record_stream(sources: list[SourceConfig], seed: int = 0) -> Iterator[dict]:
+    """Endless records from `sources` (all one kind), interleaved by weight and cycled epoch after epoch."""
+    if not sources:
+        raise ValueError("record_stream needs at least one source.")
+    kinds = {s.kind for s in sources}
+    if len(kinds) > 1:
+        raise ValueError(f"sources mixed in one stream must share a kind, got {sorted(kinds)}.")
+    loaded = [load_source(s) for s in sources]
+    total = sum(s.weight for s in sources)
+    mixed = (
+        loaded[0]
+        if len(loaded) == 1
+        else datasets.interleave_datasets(
+            loaded, probabilities=[s.weight / total for s in sources], seed=seed, stopping_strategy="all_exhausted"
+        )
+    )
+    for epoch in itertools.count():
+        mixed.set_epoch(epoch)
+        empty = True
+        for record in mixed:
+            empty = False
+            yield record
+        if empty:
+            raise ValueError(f"sources {[s.path for s in sources]} yielded no records.")
+
+
+def sources_by_kind(sources: list[SourceConfig | dict]) -> dict[str, list[SourceConfig]]:
+    """Group source configs (or their dicts, e.g. from YAML) by kind."""
+    groups: dict[str, list[SourceConfig]] = {}
+    for source in sources:
+        source = source if isinstance(source, SourceConfig) else SourceConfig(**source)
+        groups.setdefault(source.kind, []).append(source)
+    return groups

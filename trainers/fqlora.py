@@ -1,0 +1,228 @@
+"""FQLoRA (Appendix I.1): full fine-tuning of uniformly spaced layers, embeddings and LM head; QLoRA elsewhere.
+
+    model = load_fqlora_model("Qwen/Qwen2.5-7B", FQLoRAConfig())   # 4-bit base, full layers 0,3,...,27
+    ...train with MemCompTrainer...
+    save_fqlora(model, "out/cpt1", merge=True)                      # a plain MemCompForCausalLM folder
+
+Layers are selected by index, never by name prefix, so layer 1 never drags in layers 10-19; fully
+fine-tuned layers are excluded from 4-bit quantization by exact module names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .stages import FULL_FT_FRACTION, LORA_DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_DIR = "adapter"
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass
+class FQLoRAConfig:
+    """Which layers are fully fine-tuned, how the others are adapted, and whether they are 4-bit."""
+
+    full_ft_layers: list[int] | None = None  # explicit indices; None: uniform selection by full_ft_fraction
+    full_ft_fraction: float = FULL_FT_FRACTION  # 10/28: 28 layers -> 0,3,...,27; 64 layers -> 23 layers
+    quantize: bool = True  # 4-bit NF4 base for the LoRA layers (QLoRA); needs bitsandbytes
+    lora_r: int = LORA_DEFAULTS["r"]
+    lora_alpha: int = LORA_DEFAULTS["lora_alpha"]
+    lora_dropout: float = LORA_DEFAULTS["lora_dropout"]
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    layers_prefix: str = "model.layers"  # module path of the decoder layers inside the base causal LM
+    compute_dtype: str = "bfloat16"  # dtype of 4-bit matmuls
+
+    def layers(self, num_layers: int) -> list[int]:
+        """The fully fine-tuned layer indices for a model with `num_layers` layers."""
+        if self.full_ft_layers is None:
+            return full_ft_layer_indices(num_layers, self.full_ft_fraction)
+        bad = [i for i in self.full_ft_layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"full_ft_layers {bad} are out of range for a model with {num_layers} layers.")
+        return sorted(set(self.full_ft_layers))
+
+
+def full_ft_layer_indices(num_layers: int, fraction: float = FULL_FT_FRACTION) -> list[int]:
+    """`round(fraction * num_layers)` indices spread evenly from the first layer to the last."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    count = min(num_layers, max(1, math.floor(fraction * num_layers + 0.5)))
+    if count == 1:
+        return [0]
+    return sorted({math.floor(i * (num_layers - 1) / (count - 1) + 0.5) for i in range(count)})
+
+
+def _bitsandbytes_available() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quantization_config(num_layers: int, config: FQLoRAConfig, module_prefix: str = ""):
+    """A 4-bit `BitsAndBytesConfig` that skips the full-FT layers, embeddings, LM head and projection.
+
+    `module_prefix` is the base LM's path in the model being loaded ("" for a base LM,
+    "language_model." for a memcomp checkpoint). Returns None when not quantizing; without bitsandbytes
+    it warns and returns None, so the LoRA layers stay in full precision.
+    """
+    if not config.quantize:
+        return None
+    if not _bitsandbytes_available():
+        warnings.warn("bitsandbytes is not installed: FQLoRA falls back to plain LoRA (no 4-bit base).", stacklevel=2)
+        return None
+    from transformers import BitsAndBytesConfig
+
+    full = config.layers(num_layers)
+    names = ["lm_head", "model.embed_tokens"] + [f"{config.layers_prefix}.{i}" for i in full]
+    skip = ["memory_projection"] + [re.escape(module_prefix + name) for name in names]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, config.compute_dtype),
+        llm_int8_skip_modules=skip,
+    )
+
+
+def load_fqlora_model(base: str, config: FQLoRAConfig | None = None, chunk_size: int = 16, wrap: str = "each", **kwargs):
+    """Load `base` 4-bit outside the full-FT layers and apply FQLoRA.
+
+    `base` is a base LM (Hub id or folder; wrapped with `from_base`, CPT-1) or a memcomp checkpoint from
+    the previous stage (loaded with `from_pretrained`, CPT-2 and SFT). `kwargs` go to the loader.
+    """
+    from transformers import AutoConfig
+
+    from modeling_memcomp import MemCompConfig, MemCompForCausalLM
+
+    config = config or FQLoRAConfig()
+    loaded = AutoConfig.from_pretrained(base)
+    is_memcomp = isinstance(loaded, MemCompConfig)
+    num_layers = (loaded.text_config if is_memcomp else loaded).num_hidden_layers
+    quant = quantization_config(num_layers, config, module_prefix="language_model." if is_memcomp else "")
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if is_memcomp:
+        model = MemCompForCausalLM.from_pretrained(base, **kwargs)
+    else:
+        model = MemCompForCausalLM.from_base(base, chunk_size=chunk_size, wrap=wrap, **kwargs)
+    return apply_fqlora(model, config)
+
+
+def apply_fqlora(model, config: FQLoRAConfig | None = None):
+    """Wrap a `MemCompForCausalLM` with LoRA on the non-selected layers and unfreeze the full-FT parameters.
+
+    Trainable afterwards: LoRA adapters, the selected layers, embeddings, LM head, memory projection and
+    pooling. Returns a `peft.PeftModel` (or the model itself when every layer is fully fine-tuned).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = config or FQLoRAConfig()
+    num_layers = model.config.text_config.num_hidden_layers
+    full = set(config.layers(num_layers))
+    lora_layers = [i for i in range(num_layers) if i not in full]
+    if lora_layers:
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.target_modules),
+                layers_to_transform=lora_layers,
+                layers_pattern="layers",
+                bias="none",
+            ),
+        )
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            continue
+        match = _LAYER_INDEX.search(name)
+        trainable = int(match.group(1)) in full if match else parameter.is_floating_point()
+        parameter.requires_grad_(trainable and parameter.is_floating_point())
+    return model
+
+
+def trainable_layers(model) -> dict[str, list[int]]:
+    """Layer indices with trainable full weights (`full`) and with LoRA adapters (`lora`)."""
+    full, lora = set(), set()
+    for name, parameter in model.named_parameters():
+        match = _LAYER_INDEX.search(name)
+        if match and parameter.requires_grad:
+            (lora if "lora_" in name else full).add(int(match.group(1)))
+    return {"full": sorted(full), "lora": sorted(lora)}
+
+
+def _dequantize_4bit(model: nn.Module) -> None:
+    """Replace bitsandbytes 4-bit linears by `nn.Linear` with the dequantized weights, in place."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device=weight.device)
+            linear.weight = nn.Parameter(weight.to(module.weight.quant_state.dtype), requires_grad=False)
+            if module.bias is not None:
+                linear.bias = nn.Parameter(module.bias.data, requires_grad=False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, linear)
+    text_config = model.config.text_config if hasattr(model.config, "text_config") else model.config
+    if getattr(text_config, "quantization_config", None) is not None:
+        del text_config.quantization_config
+    for sub in model.modules():
+        for attr in ("hf_quantizer", "quantization_method"):
+            if getattr(sub, attr, None) is not None:
+                setattr(sub, attr, None)
+        if getattr(sub, "is_quantized", False):
+            sub.is_quantized = False
+
+
+def save_fqlora(model, path: str | Path, merge: bool = True) -> Path:
+    """Save a trained FQLoRA model so that `MemCompForCausalLM.from_pretrained(path)` loads it.
+
+    `merge=True` folds the adapters into the weights (one plain folder, no peft needed to load);
+    `merge=False` saves the adapters under `path/adapter` and the rest unmerged (`load_fqlora` restores
+    both). 4-bit layers are saved dequantized, i.e. as the weights the adapters were trained against.
+    The model is unwrapped in place: call this once training is over.
+    """
+    from peft import PeftModel
+
+    path = Path(path)
+    _dequantize_4bit(model)  # adapters then merge into the weights they were trained against
+    if isinstance(model, PeftModel):
+        if merge:
+            model = model.merge_and_unload()
+        else:
+            model.save_pretrained(path / ADAPTER_DIR)
+            model = model.unload()
+    model.save_pretrained(path)
+    return path
+
+
+def load_fqlora(path: str | Path, **from_pretrained_kwargs):
+    """Load what `save_fqlora` wrote: the model, with its LoRA adapters attached when they were not merged."""
+    from modeling_memcomp import MemCompForCausalLM
+
+    path = Path(path)
+    model = MemCompForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
+    if (path / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path / ADAPTER_DIR)
+    return model

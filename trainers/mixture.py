@@ -1,0 +1,135 @@
+"""Stage mixtures: compression tasks and plain LM in the stage's proportions, both kinds in every batch.
+
+The order is fixed by the seed, so a resumed run sees the same examples in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import datasets
+from tqdm.auto import tqdm
+
+from .stages import STANDARD_TASK, StageSpec
+from .tasks import TaskBuilder
+
+EXAMPLE_FEATURES = datasets.Features(
+    {
+        "example_id": datasets.Value("int64"),
+        "task": datasets.Value("string"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "labels": datasets.List(datasets.Value("int32")),
+        "chunks": datasets.List(datasets.List(datasets.Value("int32"))),
+    }
+)
+SOURCE_KIND_OF_TASK = {
+    "reconstruction": "document",
+    "continuation": "document",
+    "language_modeling": "document",
+    "summarization": "summary",
+    "qa": "qa",
+}
+
+
+def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: random.Random) -> list[bool]:
+    """True where a sample is a compression example: `ratio` overall, and every batch holds both kinds.
+
+    Each batch takes the count that keeps the running share closest to `ratio` (clamped so that a batch of
+    two or more has at least one of each kind when 0 < ratio < 1), then shuffles its positions.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"compression ratio must be in [0, 1], got {ratio}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    schedule: list[bool] = []
+    done = 0
+    while len(schedule) < num_samples:
+        size = min(batch_size, num_samples - len(schedule))
+        count = round(ratio * (len(schedule) + size)) - done
+        if 0.0 < ratio < 1.0 and size >= 2:
+            count = min(max(count, 1), size - 1)
+        count = min(max(count, 0), size)
+        batch = [True] * count + [False] * (size - count)
+        rng.shuffle(batch)
+        schedule += batch
+        done += count
+    return schedule
+
+
+class StageMixture:
+    """Iterates `num_samples` examples of a stage from record streams keyed by source kind."""
+
+    def __init__(
+        self,
+        stage: StageSpec,
+        builder: TaskBuilder,
+        streams: dict[str, Iterator[dict]],
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+    ):
+        needed = {SOURCE_KIND_OF_TASK[t] for t, w in stage.task_weights.items() if w > 0}
+        if stage.compression_ratio < 1:
+            needed.add("document")
+        missing = sorted(needed - set(streams))
+        if missing:
+            raise ValueError(
+                f"stage {stage.name!r} needs sources of kind {missing}: add them to the data config "
+                f"(tasks {sorted(stage.task_weights)} and plain LM)."
+            )
+        self.stage, self.builder, self.streams = stage, builder, streams
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+
+    def _build(self, task: str, rng: random.Random) -> dict:
+        """One example of `task`, drawing records until one fits the length limit."""
+        stream = self.streams[SOURCE_KIND_OF_TASK[task]]
+        for _ in range(1000):
+            record = next(stream)
+            if task == "qa":
+                example = self.builder.qa(record["context"], record["question"], record["answer"])
+            elif task == "summarization":
+                example = self.builder.summarization(record["text"], record["summary"])
+            elif task == "continuation":
+                low, high = self.stage.bridge_chunks
+                example = self.builder.continuation(record["text"], num_bridges=rng.randint(low, high))
+            else:
+                example = getattr(self.builder, task)(record["text"])
+            if example is not None:
+                return example
+        raise ValueError(f"1000 records in a row did not fit a {task} example in max_length={self.builder.max_length}.")
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = random.Random(self.seed)
+        self.builder.rng = random.Random(self.seed + 1)
+        tasks, weights = zip(*self.stage.task_weights.items())
+        schedule = compression_schedule(self.num_samples, self.stage.compression_ratio, self.batch_size, rng)
+        for index, compressed in enumerate(schedule):
+            task = rng.choices(tasks, weights)[0] if compressed else STANDARD_TASK
+            yield {"example_id": index, **self._build(task, rng)}
+
+    def fingerprint(self, extra: dict | None = None) -> str:
+        """Cache key of the materialised dataset: stage, sizes, seed, prompt settings and `extra` (the sources)."""
+        tokenizer = self.builder.tokenizer
+        key = dict(
+            stage=asdict(self.stage), n=self.num_samples, batch=self.batch_size, seed=self.seed,
+            template=self.builder.template, max_length=self.builder.max_length, system=self.builder.system_prompt,
+            chunk=self.builder.config.chunk_size, wrap=self.builder.config.wrap,
+            vocab=hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),
+            extra=extra,
+        )
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_stage_dataset(mixture: StageMixture, extra_fingerprint: dict | None = None, cache_dir: str | None = None) -> datasets.Dataset:
+    """Materialise a mixture as a `datasets.Dataset` (cached by content, so ranks and resumed runs reuse it)."""
+
+    def generate():
+        yield from tqdm(mixture, total=mixture.num_samples, desc=f"{mixture.stage.name} examples", unit="ex")
+
+    return datasets.Dataset.from_generator(
+        generate, features=EXAMPLE_FEATURES, cache_dir=cache_dir, fingerprint=mixture.fingerprint(extra_fingerprint)
+    )

@@ -1,0 +1,106 @@
+"""Run one curriculum stage from a config file: build the model and the mixture, train, save.
+
+Used by `examples/train_cpt.py` and `examples/train_sft.py` under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from .config import StageConfig, load_config
+from .data import record_stream, sources_by_kind
+from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora
+from .mixture import StageMixture, build_stage_dataset
+from .stages import get_stage
+from .tasks import TaskBuilder
+from .trainer import MemCompTrainer
+
+logger = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 10_000
+
+
+def build_model(config: StageConfig):
+    """The model to train: tiny random (CPU runs), a base LM to wrap, or the previous stage's checkpoint."""
+    from transformers import AutoConfig
+
+    from modeling_memcomp import MemCompConfig, MemCompForCausalLM
+
+    args = config.model
+    if args.tiny:
+        from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+
+        corpus = Path(args.tiny_corpus).read_text().splitlines()
+        tokenizer = train_tokenizer(corpus, vocab_size=args.tiny_vocab_size)
+        model = build_tiny_memcomp(
+            tokenizer, chunk_size=args.chunk_size, seed=config.training.seed, hidden_size=args.tiny_hidden_size,
+            num_layers=args.tiny_layers, wrap=args.wrap,
+        )
+        return apply_fqlora(model, args.fqlora) if args.fqlora else model
+    load_kwargs = {"dtype": getattr(torch, args.dtype)}
+    if args.attn_implementation:
+        load_kwargs["attn_implementation"] = args.attn_implementation
+    if args.fqlora:
+        return load_fqlora_model(args.base, args.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
+    if isinstance(AutoConfig.from_pretrained(args.base), MemCompConfig):
+        return MemCompForCausalLM.from_pretrained(args.base, **load_kwargs)
+    return MemCompForCausalLM.from_base(args.base, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
+
+
+def build_datasets(config: StageConfig, model):
+    """Train (and eval) mixtures of the stage, materialised with `datasets` (rank 0 first, the others reuse)."""
+    stage = get_stage(config.training.stage)
+    data = config.data
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def mixture(sources, num_samples, seed):
+        builder = TaskBuilder(
+            unwrapped.tokenizer, unwrapped.config, template=data.template or stage.template,
+            max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
+            rng=random.Random(seed),
+        )
+        streams = {kind: record_stream(group, seed) for kind, group in sources_by_kind(sources).items()}
+        mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)
+        return build_stage_dataset(mix, extra_fingerprint={"sources": sources}, cache_dir=data.cache_dir)
+
+    with config.training.main_process_first(desc="build stage mixture"):
+        train = mixture(data.sources, data.num_samples, data.seed)
+        evaluation = None
+        if data.eval_samples:
+            evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.seed + EVAL_SEED_OFFSET)
+    return train, evaluation
+
+
+def run_stage(config: StageConfig, resume_from_checkpoint: str | bool | None = None) -> MemCompTrainer:
+    """Train one stage and save the result to `training.output_dir` (adapters merged unless configured)."""
+    model = build_model(config)
+    train, evaluation = build_datasets(config, model)
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train, eval_dataset=evaluation)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if config.training.load_best_model_at_end or not config.model.fqlora:
+        trainer.save_model()
+    if config.model.fqlora and trainer.is_world_process_zero():
+        save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
+    return trainer
+
+
+def main(argv: list[str] | None = None, expected_stages: tuple[str, ...] = ("cpt1", "cpt2", "sft")) -> None:
+    """Command line: `--config stage.yaml [--resume [CHECKPOINT]] [section.key=value ...]`."""
+    parser = argparse.ArgumentParser(description="Train one memcomp curriculum stage.")
+    parser.add_argument("--config", required=True, help="stage YAML (examples/configs/*.yaml)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, help="resume from the last (or given) checkpoint")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.max_steps=10")
+    cli = parser.parse_args(argv)
+    config = load_config(cli.config, cli.overrides)
+    if config.training.stage not in expected_stages:
+        raise ValueError(f"this script trains {expected_stages}, but the config's stage is {config.training.stage!r}.")
+    logging.basicConfig(level=logging.INFO if config.training.process_index == 0 else logging.WARNING)
+    try:
+        run_stage(config, resume_from_checkpoint=cli.resume)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

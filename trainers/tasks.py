@@ -1,0 +1,137 @@
+"""Task builders (Table 1): text in, one tokenized training example out, loss on the target only.
+
+Every decoder sequence is made by `modeling_memcomp.prompting.build_prompt`, so training prompts are the
+inference prompts. An example is a dict:
+
+    task        one of `stages.TASKS`
+    input_ids   decoder ids, one `<MEM>` placeholder per memory chunk
+    labels      -100 everywhere except the target (and its end token)
+    chunks      the compressed context, cut into chunks of at most `chunk_size` tokens (passages separately)
+
+A builder returns None when an example cannot fit in `max_length` even after truncating its document
+(e.g. a QA context longer than the decoder can hold), so that data pipelines can skip it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from modeling_memcomp.prompting import IGNORE_INDEX, TEMPLATES, build_prompt
+
+from .instructions import sample_instruction
+_MAX_FIT_ROUNDS = 16
+
+@dataclass
+class TaskBuilder:
+    """Builds examples of every task for one tokenizer, model config, prompt template and length limit."""
+
+    tokenizer: object
+    config: object  # MemCompConfig (chunk_size, wrap and memory token ids are read from it)
+    template: str = "plain"
+    max_length: int = 2048
+    system_prompt: str | None = None
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}.")
+        if self.max_length < 4 * self.config.chunk_size:
+            raise ValueError(f"max_length={self.max_length} is too short; use at least 4 * chunk_size.")
+
+    # ------------------------------------------------------------------ helpers
+    def tokenize(self, text: str) -> list[int]:
+        """Plain text -> ids; special-token strings in data stay text (they cannot forge a placeholder)."""
+        if not isinstance(text, str):
+            raise TypeError(f"expected text as a string, got {type(text).__name__}.")
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def chunk(self, ids: Sequence[int]) -> list[list[int]]:
+        """Cut one passage's ids into chunks of `chunk_size` tokens (the last may be shorter)."""
+        size = self.config.chunk_size
+        return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+    def _example(self, task, chunks, instruction, target, bridge=None) -> dict:
+        prompt = build_prompt(
+            self.tokenizer,
+            self.config,
+            len(chunks),
+            instruction,
+            template=self.template,
+            target=target,
+            bridge_ids=bridge,
+            system_prompt=self.system_prompt,
+        )
+        return {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
+
+    def _fit(self, ids: list[int], build) -> dict | None:
+        """`build(ids)` with `ids` truncated from the end until the example fits in `max_length`."""
+        ids = ids[: self.max_length]
+        for _ in range(_MAX_FIT_ROUNDS):
+            if not ids:
+                return None
+            example = build(ids)
+            if example is None:
+                return None
+            over = len(example["input_ids"]) - self.max_length
+            if over <= 0:
+                return example
+            ids = ids[: len(ids) - over]
+        return None
+
+    # ------------------------------------------------------------------ tasks
+    def reconstruction(self, text: str, instruction: str | None = None) -> dict | None:
+        """Memory: the whole document; target: the document itself."""
+        instruction = instruction or sample_instruction("reconstruction", self.rng)
+        return self._fit(
+            self.tokenize(text), lambda ids: self._example("reconstruction", self.chunk(ids), instruction, ids)
+        )
+
+    def continuation(self, text: str, num_bridges: int = 1, instruction: str | None = None) -> dict | None:
+        """Memory: the first half; then `num_bridges` uncompressed chunks (no loss); target: the rest."""
+        if num_bridges < 0:
+            raise ValueError(f"num_bridges must be >= 0, got {num_bridges}.")
+        instruction = instruction or sample_instruction("continuation", self.rng)
+        size = self.config.chunk_size
+
+        def build(ids):
+            half = len(ids) // 2
+            bridges = num_bridges
+            while bridges and half + bridges * size >= len(ids):
+                bridges -= 1  # a short document keeps at least one target token
+            if half == 0:
+                return None
+            cut = half + bridges * size
+            return self._example("continuation", self.chunk(ids[:half]), instruction, ids[cut:], bridge=ids[half:cut])
+
+        return self._fit(self.tokenize(text), build)
+
+    def summarization(self, text: str, summary: str, instruction: str | None = None) -> dict | None:
+        """Memory: the document; target: its summary."""
+        instruction = instruction or sample_instruction("summarization", self.rng)
+        target = self.tokenize(summary)
+        return self._fit(
+            self.tokenize(text), lambda ids: self._example("summarization", self.chunk(ids), instruction, target)
+        )
+
+    def qa(self, context: str | Sequence[str], question: str, answer: str) -> dict | None:
+        """Memory: the context (each passage chunked separately); instruction: the question; target: the answer."""
+        passages = [context] if isinstance(context, str) else list(context)
+        if not passages or not question.strip():
+            raise ValueError("qa needs a non-empty context and question.")
+        chunks = [c for passage in passages for c in self.chunk(self.tokenize(passage))]
+        example = self._example("qa", chunks, question, self.tokenize(answer))
+        return example if len(example["input_ids"]) <= self.max_length else None
+
+    def language_modeling(self, text: str) -> dict | None:
+        """Standard full-context LM on the raw text (no memory), mixed in to prevent forgetting."""
+        ids = self.tokenize(text)[: self.max_length - 1]
+        if not ids:
+            return None
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        return {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}
+
+def target_token_count(example: dict) -> int:
+    """Number of tokens in the loss of one example."""
+    return sum(label != IGNORE_INDEX for label in example["labels"])

@@ -1,0 +1,166 @@
+"""`MemCompTrainer` for CPT and SFT: Table 9 parameter groups, per-task losses, early stopping, frozen projection."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+from modeling_memcomp.prompting import IGNORE_INDEX
+
+from .callbacks import RankTraceCallback
+from .collator import MemCompCollator
+from .param_groups import parameter_groups, parameter_report
+from .stages import TASKS, get_stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MemCompTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the learning rates and switches of the paper's Table 9.
+
+    `learning_rate` / `weight_decay` apply to fully fine-tuned parameters. Build a stage's defaults with
+    `MemCompTrainingArguments.for_stage("cpt1", output_dir=...)`.
+    """
+
+    stage: str | None = field(default=None, metadata={"help": "Curriculum stage (cpt1, cpt2, sft); informational."})
+    projection_learning_rate: float = field(default=3e-4, metadata={"help": "LR of the memory projection (and pooling)."})
+    lora_learning_rate: float = field(default=1e-4, metadata={"help": "LR of LoRA adapters."})
+    lora_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of LoRA adapters."})
+    freeze_projection: bool = field(default=False, metadata={"help": "Freeze the memory projection (SFT)."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without a better eval loss (None: off)."}
+    )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Examples per optimizer step over all ranks; sets gradient_accumulation_steps."},
+    )
+    rank_trace_dir: str | None = field(
+        default=None, metadata={"help": "Write per-rank example ids and gradient checksums here (DDP checks)."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep task/chunks columns for the collator."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluate losses only (no logits gathered)."})
+    train_sampling_strategy: str = field(
+        default="sequential", metadata={"help": "Sequential: the mixture's seeded order (both kinds per batch)."}
+    )
+
+    def __post_init__(self):
+        if self.global_batch_size is not None:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            per_step = self.per_device_train_batch_size * world
+            if self.global_batch_size % per_step:
+                raise ValueError(
+                    f"global_batch_size={self.global_batch_size} is not a multiple of per_device_train_batch_size "
+                    f"({self.per_device_train_batch_size}) x {world} processes; change either."
+                )
+            self.gradient_accumulation_steps = self.global_batch_size // per_step
+        if self.early_stopping_patience is not None:
+            self.load_best_model_at_end = True
+            self.metric_for_best_model = self.metric_for_best_model or "loss"
+            self.greater_is_better = False
+        super().__post_init__()
+
+    @classmethod
+    def for_stage(cls, stage: str, **overrides) -> "MemCompTrainingArguments":
+        """Arguments with the stage's Table 9 defaults (see `trainers.stages`), updated by `overrides`."""
+        kwargs = get_stage(stage).training_defaults()
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+class MemCompTrainer(Trainer):
+    """Trainer for memory-compression tasks: the loss is the token mean over all targets of the batch, and
+    the same per-token losses are also averaged per task (logged as `loss_<task>` / `eval_loss_<task>`)."""
+
+    def __init__(self, model=None, args: MemCompTrainingArguments | None = None, data_collator=None, callbacks=None, **kwargs):
+        if not isinstance(args, MemCompTrainingArguments):
+            raise TypeError("MemCompTrainer needs args=MemCompTrainingArguments(...) (e.g. .for_stage('cpt1', ...)).")
+        if data_collator is None and model is not None:
+            data_collator = MemCompCollator.for_model(model)
+        callbacks = list(callbacks or [])
+        if args.early_stopping_patience is not None:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+        if args.freeze_projection and model is not None:
+            for name, parameter in model.named_parameters():
+                if "memory_projection" in name:
+                    parameter.requires_grad_(False)
+        super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
+        self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
+        self.example_ids_seen: list[int] = []
+        self.parameter_report: str | None = None
+        if args.rank_trace_dir:
+            self.add_callback(RankTraceCallback(self, args.rank_trace_dir))
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model=None):
+        """AdamW over the Table 9 groups: full fine-tuning, LoRA and projection, each with its LR and decay."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            args = self.args
+            groups = parameter_groups(
+                opt_model,
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                lora_learning_rate=args.lora_learning_rate,
+                lora_weight_decay=args.lora_weight_decay,
+                projection_learning_rate=args.projection_learning_rate,
+                decay_names=set(self.get_decay_parameter_names(opt_model)),
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            self.parameter_report = parameter_report(groups)
+            if self.is_world_process_zero():
+                logger.info("trainable parameters:\n%s", self.parameter_report)
+        return self.optimizer
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        task_ids = inputs.pop("task_ids", None)
+        example_ids = inputs.pop("example_ids", None)
+        labels = inputs.pop("labels")
+        if example_ids is not None and model.training:
+            self.example_ids_seen.extend(example_ids.tolist())
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1]
+        targets = labels[:, 1:].to(logits.device)
+        token_loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view_as(targets)
+        valid = targets != IGNORE_INDEX
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            loss = token_loss.sum() / valid.sum().clamp(min=1)  # Trainer then scales for gradient accumulation
+        else:
+            loss = token_loss.sum() / num_items_in_batch  # token mean over the whole accumulated global batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        if task_ids is not None:
+            self._record_task_losses(token_loss.detach(), valid, task_ids, "train" if model.training else "eval")
+        outputs.loss = loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_task_losses(self, token_loss, valid, task_ids, split):
+        per_row = torch.stack([(token_loss * valid).sum(1), valid.sum(1)], dim=1).double().cpu()
+        self._task_totals[split].index_add_(0, task_ids.cpu(), per_row)
+
+    def _task_metrics(self, split: str, prefix: str) -> dict[str, float]:
+        totals = self._task_totals[split].to(self.accelerator.device)
+        totals = self.accelerator.reduce(totals, reduction="sum").cpu()
+        self._task_totals[split].zero_()
+        return {f"{prefix}loss_{task}": round(float(s / n), 4) for task, (s, n) in zip(TASKS, totals.tolist()) if n > 0}
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add per-task losses: `loss_<task>` to training logs, `eval_loss_<task>` to evaluation metrics."""
+        if "loss" in logs:
+            logs.update(self._task_metrics("train", ""))
+        eval_keys = [key for key in logs if key.endswith("_loss") and key != "loss" and not key.startswith("train")]
+        if eval_keys:
+            prefix = eval_keys[0][: -len("loss")]
+            logs.update(self._task_metrics("eval", prefix))
+        super().log(logs, *args, **kwargs)
