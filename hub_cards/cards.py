@@ -125,7 +125,7 @@ def model_card(
         datasets=list(datasets) or None,
         license=license,
         tags=list(dict.fromkeys([*MODEL_TAGS, *stage_tags, *tags])),
-        model_name=model_name,
+        model_name=model_name if results else None,
         eval_results=results or None,
     )
     text = config.text_config

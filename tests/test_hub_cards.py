@@ -72,6 +72,9 @@ def test_model_card_body_has_usage_stage_rates_and_limitations(tmp_path):
     assert "16 tokens per memory embedding (16x)" in text and "| 5.33x" in text
     assert "**Encoder cost**" in text and "**Effective rate**" in text
     assert "Untrained" not in text
+    assert "Training data: [hotpotqa/hotpot_qa](https://huggingface.co/datasets/hotpotqa/hotpot_qa)." in model_card(
+        make_config(), "someone/m", "sft", datasets=["hotpotqa/hotpot_qa"]
+    ).text
 
     block = model_card(make_config(16, "block"), "someone/m", "sft").text
     assert "| 15.88x" in block and "template=" not in block
