@@ -164,7 +164,8 @@ def model_card(
 class DatasetContents:
     """What a precomputed-memory dataset folder holds, as the card reports it.
 
-    `layout` is `"splits"` (parquet per split, loadable with `load_dataset`) or `"files"` (memory files).
+    `layout` is `"splits"` (parquet per split, loadable with `load_dataset`) or `"files"` (memory files);
+    `compressor` is the precompute step's record of the model that made the memories, when there is one.
     """
 
     layout: str
@@ -172,6 +173,7 @@ class DatasetContents:
     features: dict[str, str] = field(default_factory=dict)
     chunk_size: int | None = None
     hidden_size: int | None = None
+    compressor: dict = field(default_factory=dict)
 
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
@@ -235,4 +237,5 @@ def dataset_card(
         features=list(contents.features.items()),
         chunk_size=contents.chunk_size,
         hidden_size=contents.hidden_size,
+        compressor=contents.compressor,
     )

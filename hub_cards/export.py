@@ -13,6 +13,8 @@ from .evaluation import load_evaluation
 
 MEMORY_FORMAT = "memcomp.memory"
 """`format` metadata of a `MemoryEmbeddings.save` file."""
+PRECOMPUTE_METADATA = "memcomp_memory.json"
+"""Sidecar `trainers.precompute` writes next to its dataset: the compressor's id, fingerprint and sizes."""
 
 
 def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -109,8 +111,9 @@ def export_dataset(
     """Write the Hub repo folder of a precomputed-memory dataset and its README.md card; return the file list.
 
     `folder` holds either memcomp memory files (`*.safetensors` from `MemoryEmbeddings.save`, copied as they
-    are) or a table `datasets` reads (a `save_to_disk` folder, or parquet/arrow/json files), written as one
-    parquet file per split under `data/` so that `load_dataset(repo_id)` works.
+    are) or a table `datasets` reads (a `save_to_disk` folder such as `trainers.precompute` writes, or
+    parquet/arrow/json files), written as one parquet file per split under `data/` so that
+    `load_dataset(repo_id)` works; the precompute sidecar `memcomp_memory.json` is kept.
     """
     source = _source_folder(folder, "dataset folder")
     memory_files = sorted(source.rglob("*.safetensors"))
@@ -176,4 +179,12 @@ def _write_parquet_splits(source: Path, out: Path) -> DatasetContents:
         part.to_parquet(os.fspath(out / "data" / f"{split}-00000-of-00001.parquet"))
     first = next(iter(table.values()))
     features = {name: str(feature) for name, feature in first.features.items()}
-    return DatasetContents("splits", {split: part.num_rows for split, part in table.items()}, features)
+    rows = {split: part.num_rows for split, part in table.items()}
+    sidecar = source / PRECOMPUTE_METADATA
+    if not sidecar.is_file():
+        return DatasetContents("splits", rows, features)
+    shutil.copy2(sidecar, out / PRECOMPUTE_METADATA)
+    compressor = json.loads(sidecar.read_text())
+    return DatasetContents(
+        "splits", rows, features, compressor.get("chunk_size"), compressor.get("hidden_size"), compressor
+    )

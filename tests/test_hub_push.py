@@ -212,3 +212,30 @@ def test_memory_files_are_copied_with_their_sizes(model, corpus, tmp_path, capsy
     save_file({"embeds": torch.zeros(2, 64)}, str(folder / "stray.safetensors"))
     assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 1
     assert "'stray.safetensors' is not a memcomp memory" in capsys.readouterr().err
+
+
+def test_rl_precompute_output_publishes_with_its_compressor_record(model, corpus, tmp_path, capsys):
+    precompute = pytest.importorskip("trainers.precompute")
+    from datasets import Dataset, load_dataset
+
+    from hub_cards.export import PRECOMPUTE_METADATA
+
+    assert PRECOMPUTE_METADATA == precompute.METADATA_FILE
+    rows = Dataset.from_dict({"context": corpus[:3], "question": ["Who?", "What?", "Where?"], "answer": ["a", "b", "c"]})
+    memories = precompute.precompute_memory(model, rows)
+    source = tmp_path / "memories"
+    memories.save_to_disk(source)
+    args = precompute.PrecomputeArguments(model="someone/memcomp-sft", dataset="local.json", output_dir=str(source))
+    precompute.write_metadata(source, model, args, len(memories))
+
+    out = tmp_path / "repo"
+    argv = ["--source", str(source), "--repo-id", "someone/memories", "--repo-type", "dataset", "--dry-run",
+            "--output-dir", str(out)]
+    assert push.main(argv) == 0
+    assert (out / PRECOMPUTE_METADATA).read_text() == (source / PRECOMPUTE_METADATA).read_text()
+    back = load_dataset("parquet", data_files=str(out / "data" / "train-*.parquet"), split="train",
+                        cache_dir=str(tmp_path / "cache"))
+    assert back.features == memories.features
+    assert all(torch.equal(torch.tensor(b["memory"]), torch.tensor(m["memory"])) for b, m in zip(back, memories))
+    text = (out / "README.md").read_text()
+    assert f"fingerprint\n`{model.fingerprint}`" in text and "hidden size 64 and chunk size 16" in text
