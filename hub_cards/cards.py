@@ -11,6 +11,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from modeling_memcomp.prompting import memory_block_ids
+from trainers.stages import STAGES as RECIPE
 
 from .evaluation import load_evaluation
 
@@ -33,6 +34,21 @@ class Stage:
     trained: bool = True
 
 
+def _recipe(name: str) -> str:
+    """One sentence of a CPT/SFT stage's defaults, read from `trainers.stages` (the recipe's one home)."""
+    spec = RECIPE[name]
+    parts = [", ".join(f"{task} {weight * 100:g}%" for task, weight in spec.task_weights.items())]
+    if spec.compression_ratio < 1:
+        compressed = spec.compression_ratio * 100
+        parts.append(f"mixed {compressed:g}:{100 - compressed:g} with plain language modelling")
+    low, high = spec.bridge_chunks
+    if high:
+        parts.append(f"{low}-{high} bridge chunks" if low != high else f"{low} bridge chunk{'s' * (low > 1)}")
+    parts.append(f"`{spec.template}` template")
+    parts.append("projection frozen" if spec.projection_learning_rate is None else "projection trained")
+    return "; ".join(parts) + "."
+
+
 STAGES = {
     "untrained": Stage(
         "chat",
@@ -40,17 +56,12 @@ STAGES = {
         trained=False,
     ),
     "cpt1": Stage(
-        "plain",
-        "Continual pretraining, stage 1: reconstruction and continuation (50/50, one bridge chunk), "
-        "mixed 70:30 with plain language modelling, flat template.",
+        RECIPE["cpt1"].template,
+        f"Continual pretraining, stage 1 (recipe defaults): {_recipe('cpt1')}",
         example_question="Reconstruct the original text.",
     ),
-    "cpt2": Stage(
-        "chat",
-        "Continual pretraining, stage 2: continuation 40%, QA 27.5%, summarisation 17.5%, reconstruction 15%, "
-        "mixed 60:40 with plain language modelling, 0-4 bridge chunks, ChatML.",
-    ),
-    "sft": Stage("chat", "Instruction tuning on QA in ChatML; encoder and decoder trained, projection frozen."),
+    "cpt2": Stage(RECIPE["cpt2"].template, f"Continual pretraining, stage 2 (recipe defaults): {_recipe('cpt2')}"),
+    "sft": Stage(RECIPE["sft"].template, f"Instruction tuning on QA (recipe defaults): {_recipe('sft')}"),
     "rl": Stage(
         "rl",
         "DAPO reinforcement learning from the SFT checkpoint with a binary judge reward; memories precomputed, "

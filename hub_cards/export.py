@@ -113,7 +113,8 @@ def export_dataset(
     `folder` holds either memcomp memory files (`*.safetensors` from `MemoryEmbeddings.save`, copied as they
     are) or a table `datasets` reads (a `save_to_disk` folder such as `trainers.precompute` writes, or
     parquet/arrow/json files), written as one parquet file per split under `data/` so that
-    `load_dataset(repo_id)` works; the precompute sidecar `memcomp_memory.json` is kept.
+    `load_dataset(repo_id)` works; the precompute sidecar `memcomp_memory.json` is kept. Other files
+    (indexes, logs) are not published.
     """
     source = _source_folder(folder, "dataset folder")
     memory_files = sorted(source.rglob("*.safetensors"))

@@ -24,8 +24,9 @@ from .export import export_dataset, export_model
 DEFAULT_EXPORT_ROOT = "hub_export"
 
 
-def _arg(help: str, **kwargs):
-    return field(metadata={"help": help}, **kwargs)
+def _arg(text: str, **kwargs):
+    """A dataclass field whose `--help` line is `text`."""
+    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass

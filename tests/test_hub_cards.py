@@ -89,6 +89,16 @@ def test_untrained_and_pretraining_cards_say_so(tmp_path):
     assert 'template="plain"' in cpt1 and "**Pretraining checkpoint**" in cpt1
 
 
+def test_stage_summaries_state_the_recipe_defaults():
+    cpt2 = model_card(make_config(), "someone/m", "cpt2").text
+    assert (
+        "continuation 40%, qa 27.5%, summarization 17.5%, reconstruction 15%; mixed 60:40 with plain language "
+        "modelling; 0-4 bridge chunks; `chat` template; projection trained." in cpt2
+    )
+    assert "reconstruction 50%, continuation 50%; mixed 70:30" in model_card(make_config(), "someone/m", "cpt1").text
+    assert "qa 100%; `chat` template; projection frozen." in model_card(make_config(), "someone/m", "sft").text
+
+
 def test_bad_stage_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"stage must be one of \('untrained', 'cpt1', 'cpt2', 'sft', 'rl'\)"):
         model_card(make_config(), "someone/m", "dpo")
