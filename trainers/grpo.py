@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler, add_fused_lm_head, identity, pad
+from trl.trainer.utils import RepeatSampler, add_fused_lm_head, ensure_master_addr_port, identity, pad
 
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt, stop_token_ids
@@ -236,6 +237,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
             output = unwrapped.generate(
                 input_ids=input_ids,
@@ -262,12 +264,23 @@ class MemCompGRPOTrainer(GRPOTrainer):
                 raise ImportError(f"rollout_backend='vllm' needs vLLM: {error}") from error
             logger.warning("vLLM is not available (%s); rollouts use HF generate.", error)
             return None
-        if not torch.cuda.is_available():
-            if required:
-                raise RuntimeError("rollout_backend='vllm' needs a CUDA GPU; use rollout_backend='hf' on CPU.")
-            logger.warning("no CUDA GPU: rollouts use HF generate.")
+        if not torch.cuda.is_available() and not required:
+            logger.warning("no CUDA GPU: rollouts use HF generate (set rollout_backend='vllm' to force vLLM on CPU).")
             return None
-        settings = dict(gpu_memory_utilization=0.3, max_model_len=self.args.max_prompt_length + self.args.max_completion_length)
+        # In-process engine per rank, as TRL's colocate mode: weights can then be pushed straight into it.
+        os.environ.update(
+            RANK=str(self.accelerator.process_index),
+            LOCAL_RANK=str(self.accelerator.local_process_index),
+            WORLD_SIZE=str(self.accelerator.num_processes),
+        )
+        ensure_master_addr_port()
+        settings = dict(
+            gpu_memory_utilization=self.args.vllm_gpu_memory_utilization,
+            max_model_len=self.args.max_prompt_length + self.args.max_completion_length,
+            distributed_executor_backend="external_launcher",
+            seed=self.accelerator.process_index,
+            max_num_batched_tokens=4096,
+        )
         settings.update(self.args.vllm_decoder_kwargs or {})
         return VLLMDecoder(self.accelerator.unwrap_model(self.model), **settings)
 
@@ -292,7 +305,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
                 for i, (ids, slots) in enumerate(zip(prompt_ids, self._memory_lengths))
             ]
         params = self._vllm.sampling_params(
-            do_sample=True,
+            do_sample=self.generation_kwargs.get("do_sample", True),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k or -1,
@@ -367,7 +380,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
 
         Every process runs the same number of rounds (TRL gathers rewards across processes inside each),
         until all hold `len(inputs)` kept rows or `dynamic_sampling_max_tries` extra rounds are spent; the
-        remainder is then filled with dropped rows, whose advantages are zero.
+        remainder is then filled with filtered rows (zero advantage when all rewards, not just the filter
+        metric, are equal).
         """
         target, group = len(inputs), self.num_generations
         column = self._filter_column()
@@ -392,7 +406,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
         merged = concat_rollouts([b for b in kept + dropped if len(b["advantages"])], self._pad_values())
         if have < target:
             logger.warning(
-                "dynamic sampling: %d of %d rows have reward variance after %d tries; the rest have zero advantage.",
+                "dynamic sampling: %d of %d rows come from groups with varied rewards after %d rounds; filtered groups fill the rest.",
                 have, target, attempt + 1,
             )
         merged = take_rows(merged, range(target))

@@ -18,7 +18,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
@@ -340,3 +340,49 @@ class OpenAIJudgeBackend:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as error:
             raise ValueError(f"unexpected reply from {self.url}: {str(payload)[:200]}") from error
+
+
+# ---------------------------------------------------------------------------------------------- from a CLI
+@dataclass
+class JudgeArguments:
+    """Which judge scores the answers (command-line / YAML fields for the RL and evaluation scripts)."""
+
+    judge: str = field(default="match", metadata={"help": "'match' (offline exact/sub-span), 'openai' (a server) or 'hf' (a local model)."})
+    judge_model: str | None = field(default=None, metadata={"help": "Served model name ('openai') or HF path/id ('hf'), e.g. Qwen/Qwen3-32B."})
+    judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible API root, e.g. http://localhost:8000/v1."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds before a judge request is abandoned (then retried)."})
+    judge_retries: int = field(default=2, metadata={"help": "Retries of a failed or unparsable judge call before it scores 0."})
+    judge_max_tokens: int = field(default=1024, metadata={"help": "Reply budget of the judge (reasoning judges need more)."})
+    judge_max_workers: int = field(default=32, metadata={"help": "Concurrent requests to a judge server."})
+    judge_extra_body: str | None = field(
+        default=None, metadata={"help": 'JSON merged into each request, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\'.'}
+    )
+    match_mode: str = field(default="subspan", metadata={"help": "MatchJudge mode: 'subspan' (RULER) or 'exact'."})
+
+
+def build_judge(args: JudgeArguments):
+    """The judge `args` describe: `MatchJudge`, or an `LLMJudge` over a server or a local HF model."""
+    if args.judge == "match":
+        return MatchJudge(mode=args.match_mode)
+    if not args.judge_model:
+        raise ValueError(f"judge={args.judge!r} needs judge_model= (the served model name or an HF model path).")
+    if args.judge == "openai":
+        if not args.judge_base_url:
+            raise ValueError("judge='openai' needs judge_base_url=, e.g. http://localhost:8000/v1 (from `vllm serve`).")
+        backend = OpenAIJudgeBackend(
+            args.judge_base_url,
+            args.judge_model,
+            timeout=args.judge_timeout,
+            max_tokens=args.judge_max_tokens,
+            max_concurrency=args.judge_max_workers,
+            extra_body=json.loads(args.judge_extra_body) if args.judge_extra_body else None,
+        )
+    elif args.judge == "hf":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.judge_model)
+        model = AutoModelForCausalLM.from_pretrained(args.judge_model, dtype="auto", device_map="auto")
+        backend = HFJudgeBackend(model, tokenizer, max_new_tokens=args.judge_max_tokens)
+    else:
+        raise ValueError(f"judge must be 'match', 'openai' or 'hf', got {args.judge!r}.")
+    return LLMJudge(backend, retries=args.judge_retries)

@@ -1,0 +1,19 @@
+"""Compress the RL prompts' contexts once with the SFT checkpoint, so RL never runs the encoder.
+
+    python examples/precompute_memory.py --model out/sft --dataset data/rl_qa.jsonl --output_dir out/rl_memory
+    python examples/precompute_memory.py --model out/tiny/sft --dataset tests/fixtures/rl/qa.jsonl --output_dir out/tiny/rl_memory
+
+Writes a `datasets` folder (`load_from_disk`) with prompt/question/answer/memory rows and `memcomp_memory.json`.
+"""
+
+import logging
+
+from transformers import HfArgumentParser
+
+from trainers.precompute import PrecomputeArguments, run
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    (args,) = HfArgumentParser(PrecomputeArguments).parse_args_into_dataclasses()
+    dataset = run(args)
+    print(f"{len(dataset)} rows with memories written to {args.output_dir}")

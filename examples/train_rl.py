@@ -1,0 +1,48 @@
+"""RL with DAPO on precomputed memories (paper Section 3.3.3, Table 10): only the decoder is trained.
+
+    accelerate launch --config_file examples/accelerate/rl_multi_gpu.yaml examples/train_rl.py --config examples/configs/rl.yaml
+    python examples/train_rl.py --config examples/configs/rl_tiny.yaml
+
+Any field of `MemCompGRPOConfig`, `RLScriptArguments` or `JudgeArguments` can be set in the YAML or on the command line.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from datasets import load_from_disk
+from trl import TrlParser
+
+from modeling_memcomp import MemCompForCausalLM
+from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
+from trainers.judges import JudgeArguments, build_judge
+from trainers.precompute import read_metadata
+
+
+@dataclass
+class RLScriptArguments:
+    """The SFT checkpoint and its precomputed memories."""
+
+    model: str = field(metadata={"help": "SFT checkpoint (folder or Hub id): the policy to train."})
+    memory_dataset: str = field(metadata={"help": "Folder written by examples/precompute_memory.py with this checkpoint."})
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    script, judge_args, args = TrlParser((RLScriptArguments, JudgeArguments, MemCompGRPOConfig)).parse_args_and_config()
+    model = MemCompForCausalLM.from_pretrained(script.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    meta = read_metadata(script.memory_dataset)
+    if meta is not None and meta["fingerprint"] != model.fingerprint:
+        raise ValueError(
+            f"{script.memory_dataset} was compressed by another model ({meta['model']}); re-run "
+            f"examples/precompute_memory.py --model {script.model}."
+        )
+    trainer = MemCompGRPOTrainer(
+        model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
