@@ -259,12 +259,12 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if show_progress is None:
             show_progress = num_batches >= 8
         device = self.device
-        embeds = torch.empty((len(chunk_ids), self.config.text_config.hidden_size), dtype=self.dtype)
+        embeds = torch.empty((len(chunk_ids), self.config.text_config.hidden_size), dtype=self.dtype, device=device)
         for start in tqdm(range(0, len(chunk_ids), batch_size), desc="compress", unit="batch", disable=not show_progress):
             stop = start + batch_size
-            embeds[start:stop] = self.encode_chunks(chunk_ids[start:stop].to(device), chunk_mask[start:stop].to(device)).cpu()
+            embeds[start:stop] = self.encode_chunks(chunk_ids[start:stop].to(device), chunk_mask[start:stop].to(device))
         return MemoryEmbeddings(
-            embeds=embeds.to(device),
+            embeds=embeds,
             chunk_size=self.config.chunk_size,
             num_source_tokens=sum(len(p) for p in passages),
             content_hash=content_hash(passages, self.config.chunk_size),

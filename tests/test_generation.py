@@ -113,3 +113,11 @@ def test_targets_are_the_only_labels(model):
     im_end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert labelled == target + [im_end]
     assert prompt.input_ids[-len(labelled) - 2 : -len(labelled)] == [7, 8]
+
+
+def test_beam_search_expands_each_rows_memory(model, corpus):
+    memories = [model.compress(corpus[0]), model.compress(" ".join(corpus[1:3]))]
+    questions = [QUESTION, "Who?"]
+    beams = dict(GREEDY, num_beams=2, max_new_tokens=6)
+    batched = model.generate(memory=memories, question=questions, **beams)
+    assert batched == [model.generate(memory=m, question=q, **beams) for m, q in zip(memories, questions)]
