@@ -1,0 +1,94 @@
+"""Timing and peak-memory helpers shared by the speed benchmarks: warm-ups, medians, CUDA events, RSS peaks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> list[float]:
+    """Seconds taken by each of `repeats` calls of `fn` after `warmup` untimed ones (CUDA events on GPU)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize(device)
+            seconds.append(start.elapsed_time(stop) / 1000)
+        else:
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """`torch.cuda.max_memory_allocated` over one call of `fn`: weights included, as in the paper's Table 7."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def rss_peak_bytes(fn: Callable[[], object]) -> int:
+    """Resident-memory high-water reached during one call of `fn`, above the resident size before it.
+
+    Linux only: resets the kernel's high-water mark (`/proc/self/clear_refs`, value 5), runs `fn`, reads
+    `VmHWM`. Call it in a fresh process: memory freed by earlier work stays resident in the allocator and
+    would hide part of the peak.
+    """
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return max(_status_kib("VmHWM") - before, 0) * 1024
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the figures were measured on: CPU model, threads, load, accelerator and library versions."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
