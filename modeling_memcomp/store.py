@@ -1,0 +1,204 @@
+"""`MemoryStore`: compress a corpus once, keep the memories on disk, answer later questions without re-encoding.
+
+Entries are safetensors files at `<root>/<model key>/C<chunk size>/<content hash>.safetensors`, where the
+model key is `MemCompForCausalLM.fingerprint` plus a hash of the encoder's output on a fixed probe chunk
+(the fingerprint covers the projection, not the LM weights that also shape a memory). Every read checks
+the file, its checksum, content hash, model and chunk size; a bad entry is recomputed with a
+`StaleMemoryWarning`, never used.
+
+    store = MemoryStore("memories/", model)
+    corpus = store.compress_corpus(load_dataset("json", data_files="docs.jsonl")["train"])  # progress bar
+    memory = store.compress(document)          # a hit: read from disk, no encoder call
+    model.generate(memory=memory, question=["Who?", "When?"])
+
+Not Hub remote code: the model file never imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .memory import MemoryEmbeddings, content_hash
+
+CHECKSUM_KEY = "embeds_sha256"
+MODEL_KEY = "store_model_key"
+
+
+class StaleMemoryWarning(UserWarning):
+    """A stored memory was unreadable, corrupt or made by another model, and was recomputed."""
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class MemoryStore:
+    """On-disk cache of `MemoryEmbeddings` for one model, keyed by model, chunk size and content hash."""
+
+    def __init__(self, root: str | os.PathLike, model):
+        if not hasattr(model, "compress") or not hasattr(model, "fingerprint"):
+            raise TypeError(f"model must be a MemCompForCausalLM, got {type(model).__name__}.")
+        self.root = Path(root)
+        self.model = model
+        self._model_key: tuple[str, str] | None = None
+
+    # ------------------------------------------------------------------ keys
+    @property
+    def model_key(self) -> str:
+        """`fingerprint-probe`: changes when the projection, pooling or encoder weights change."""
+        fingerprint = self.model.fingerprint
+        if self._model_key is None or self._model_key[0] != fingerprint:
+            size = self.model.config.chunk_size
+            probe_ids = (torch.arange(size) % 7 + 3).view(1, size).to(self.model.device)
+            with torch.no_grad():
+                probe = self.model.encode_chunks(probe_ids, torch.ones_like(probe_ids))
+            self._model_key = (fingerprint, f"{fingerprint}-{_tensor_digest(probe.float())[:12]}")
+        return self._model_key[1]
+
+    @property
+    def directory(self) -> Path:
+        """Folder holding this model's entries."""
+        return self.root / self.model_key / f"C{self.model.config.chunk_size}"
+
+    def path_for(self, memory_hash: str) -> Path:
+        return self.directory / f"{memory_hash}.safetensors"
+
+    def hash_of(self, context) -> str:
+        """Content hash of a context (str, list of passages or token ids), as `compress` computes it."""
+        return content_hash(self.model.tokenize_context(context), self.model.config.chunk_size)
+
+    # ------------------------------------------------------------------ reads and writes
+    def compress(self, context) -> MemoryEmbeddings:
+        """The stored memory of `context`, or compress it now and store it."""
+        memory_hash = self.hash_of(context)
+        memory = self._read(memory_hash)
+        if memory is None:
+            memory = self.model.compress(context)
+            self._write(memory)
+        return memory
+
+    def load(self, memory_hash: str) -> MemoryEmbeddings:
+        """The stored memory with this content hash (e.g. from `compress_corpus`'s `memory_hash` column)."""
+        memory = self._read(memory_hash)
+        if memory is None:
+            raise KeyError(
+                f"no valid memory {memory_hash!r} in {self.directory}: compress the context with "
+                "`store.compress(context)` or `store.compress_corpus(dataset)` first."
+            )
+        return memory
+
+    def __contains__(self, context) -> bool:
+        return self.path_for(self.hash_of(context)).is_file()
+
+    def _read(self, memory_hash: str) -> MemoryEmbeddings | None:
+        """A valid entry, or None (missing, or invalid: warned about and removed)."""
+        path = self.path_for(memory_hash)
+        if not path.is_file():
+            return None
+        problem = self._check(path, memory_hash)
+        if problem is None:
+            return MemoryEmbeddings.load(path).to(self.model.device)
+        warnings.warn(f"stored memory {path} {problem}; recomputing it.", StaleMemoryWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+    def _check(self, path: Path, memory_hash: str) -> str | None:
+        """Why the entry at `path` must not be used, or None when it is sound."""
+        try:
+            memory = MemoryEmbeddings.load(path)
+            with safe_open(os.fspath(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (ValueError, OSError) as error:
+            return f"is unreadable ({error})"
+        if metadata.get(CHECKSUM_KEY) != _tensor_digest(memory.embeds):
+            return "fails its checksum (corrupt data)"
+        if memory.content_hash != memory_hash:
+            return "holds another context (content hash mismatch)"
+        if memory.model_fingerprint != self.model.fingerprint or metadata.get(MODEL_KEY) != self.model_key:
+            return "was made by another model (fingerprint mismatch)"
+        try:
+            memory.check_compatible(self.model.config)
+        except ValueError as error:
+            return f"does not fit this model ({error})"
+        return None
+
+    def _write(self, memory: MemoryEmbeddings) -> Path:
+        """Write atomically (temporary file, then rename), with a checksum and the model key."""
+        path = self.path_for(memory.content_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        memory.save(temporary)
+        with safe_open(os.fspath(temporary), framework="pt") as handle:
+            metadata = dict(handle.metadata())
+        metadata.update({CHECKSUM_KEY: _tensor_digest(memory.embeds), MODEL_KEY: self.model_key})
+        save_file({"embeds": memory.embeds.detach().cpu().contiguous()}, os.fspath(temporary), metadata=metadata)
+        os.replace(temporary, path)
+        return path
+
+    # ------------------------------------------------------------------ corpora
+    def compress_corpus(self, dataset, text_column: str = "text", batch_size: int = 64, **map_kwargs):
+        """Compress every row of a `datasets.Dataset` once; returns it with `memory_hash` and `num_memory` columns.
+
+        Runs through `dataset.map` (progress bar, batched); stored rows are read, the others are encoded
+        together in encoder micro-batches, so short passages do not each pay a forward pass.
+        """
+        if text_column not in dataset.column_names:
+            raise ValueError(
+                f"text_column={text_column!r} is not a column of the dataset (columns: {dataset.column_names}); "
+                "pass text_column= naming the column with the documents."
+            )
+        map_kwargs.setdefault("desc", "memcomp: compressing corpus")
+        return dataset.map(
+            lambda batch: self._compress_batch(batch[text_column]), batched=True, batch_size=batch_size, **map_kwargs
+        )
+
+    def _compress_batch(self, texts: list) -> dict[str, list]:
+        model, size = self.model, self.model.config.chunk_size
+        passages = [model.tokenize_context(text) for text in texts]
+        hashes = [content_hash(p, size) for p in passages]
+        missing = [i for i, h in enumerate(hashes) if self._read(h) is None]
+        num_memory = {i: sum(-(-len(ids) // size) for ids in p) for i, p in enumerate(passages)}
+        for i, memory in zip(missing, self._encode_many([passages[i] for i in missing])):
+            self._write(memory)
+        return {"memory_hash": hashes, "num_memory": [num_memory[i] for i in range(len(texts))]}
+
+    @torch.no_grad()
+    def _encode_many(self, documents: list[list[list[int]]]) -> list[MemoryEmbeddings]:
+        """Encode several documents' chunks in shared micro-batches; one memory per document."""
+        if not documents:
+            return []
+        model, size = self.model, self.model.config.chunk_size
+        if any(len(ids) == 0 for passages in documents for ids in passages):
+            raise ValueError("a document has no tokens: drop empty rows from the corpus before compressing it.")
+        chunk_ids, chunk_mask, counts = model.chunk_passages([ids for passages in documents for ids in passages])
+        step = model.config.encoder_batch_size
+        embeds = torch.cat(
+            [
+                model.encode_chunks(chunk_ids[i : i + step].to(model.device), chunk_mask[i : i + step].to(model.device))
+                for i in range(0, len(chunk_ids), step)
+            ]
+        )
+        memories, row, passage = [], 0, 0
+        for passages in documents:
+            per_passage = counts[passage : passage + len(passages)]
+            passage += len(passages)
+            memories.append(
+                MemoryEmbeddings(
+                    embeds=embeds[row : row + sum(per_passage)],
+                    chunk_size=size,
+                    num_source_tokens=sum(len(ids) for ids in passages),
+                    content_hash=content_hash(passages, size),
+                    chunks_per_passage=per_passage,
+                    model_fingerprint=model.fingerprint,
+                )
+            )
+            row += sum(per_passage)
+        return memories

@@ -1,0 +1,117 @@
+"""MemoryStore: hits never call the encoder; misses, corrupt and foreign entries are (re)computed, never used."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+
+from modeling_memcomp import MemoryEmbeddings
+from modeling_memcomp.store import MemoryStore, StaleMemoryWarning
+
+DOCUMENT = "The observatory was founded in 1887 by Maria Keller, who mapped the northern sky for forty years. " * 3
+
+
+@pytest.fixture
+def count_encodes(monkeypatch):
+    """Patch a model's encoder to count its calls (the store's model key is computed before patching)."""
+
+    def patch(store: MemoryStore) -> list[int]:
+        store.model_key  # the probe runs the encoder once; compute it before counting
+        calls, original = [], store.model.encode_chunks
+        monkeypatch.setattr(store.model, "encode_chunks", lambda *a, **k: calls.append(1) or original(*a, **k))
+        return calls
+
+    return patch
+
+
+def test_miss_writes_then_hit_reads_without_encoding(model, tmp_path, count_encodes):
+    first = MemoryStore(tmp_path, model)
+    calls = count_encodes(first)
+    assert DOCUMENT not in first
+    stored = first.compress(DOCUMENT)
+    assert calls and first.path_for(stored.content_hash).is_file()
+    assert DOCUMENT in first
+
+    later = MemoryStore(tmp_path, model)  # e.g. another process, days later
+    calls = count_encodes(later)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleMemoryWarning)
+        again = later.compress(DOCUMENT)
+    assert calls == []
+    assert torch.equal(again.embeds, stored.embeds)
+    assert again.content_hash == model.compress(DOCUMENT).content_hash
+    assert model.generate(memory=again, question="Who?", do_sample=False, max_new_tokens=4) == model.generate(
+        context=DOCUMENT, question="Who?", do_sample=False, max_new_tokens=4
+    )
+
+
+def test_corpus_is_compressed_once_through_datasets_map(model, tmp_path, count_encodes):
+    documents = [DOCUMENT, "A short passage about tides.", "Another passage, on the harbour of the old town."]
+    store = MemoryStore(tmp_path, model)
+    calls = count_encodes(store)
+    corpus = store.compress_corpus(Dataset.from_dict({"text": documents}), batch_size=8)
+    assert len(calls) == 1  # all documents' chunks share encoder micro-batches
+    assert corpus["memory_hash"] == [store.hash_of(d) for d in documents]
+    for document, memory_hash, count in zip(documents, corpus["memory_hash"], corpus["num_memory"]):
+        memory = store.load(memory_hash)
+        direct = model.compress(document)
+        assert len(memory) == count == len(direct)
+        torch.testing.assert_close(memory.embeds, direct.embeds, rtol=1e-4, atol=1e-5)
+
+    calls.clear()
+    store.compress_corpus(Dataset.from_dict({"text": documents}))
+    assert calls == []
+
+
+def test_corrupted_entry_is_detected_and_recomputed(model, tmp_path):
+    store = MemoryStore(tmp_path, model)
+    path = store.path_for(store.compress(DOCUMENT).content_hash)
+    data = bytearray(path.read_bytes())
+    data[-8:] = bytes(8)  # flip the last tensor values: the header still parses
+    path.write_bytes(bytes(data))
+    with pytest.warns(StaleMemoryWarning, match="checksum"):
+        memory = store.compress(DOCUMENT)
+    torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleMemoryWarning)
+        assert torch.equal(store.compress(DOCUMENT).embeds, memory.embeds)  # rewritten, sound again
+
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.warns(StaleMemoryWarning, match="unreadable"):
+        store.compress(DOCUMENT)
+
+
+def test_other_models_never_use_an_entry(model, make_model, tmp_path, count_encodes):
+    MemoryStore(tmp_path, model).compress(DOCUMENT)
+    other = MemoryStore(tmp_path, make_model(seed=1))
+    assert other.model_key != MemoryStore(tmp_path, model).model_key
+    calls = count_encodes(other)
+    other.compress(DOCUMENT)  # another model's folder: a miss
+    assert calls
+
+    own = MemoryStore(tmp_path, model)
+    shutil.copy(own.path_for(own.hash_of(DOCUMENT)), other.path_for(other.hash_of(DOCUMENT)))
+    with pytest.warns(StaleMemoryWarning, match="another model"):
+        memory = other.compress(DOCUMENT)
+    torch.testing.assert_close(memory.embeds, other.model.compress(DOCUMENT).embeds)
+
+
+def test_model_key_sees_encoder_weights_that_the_fingerprint_ignores(model, make_model, tmp_path):
+    """Same projection (as after SFT, which freezes it) but other LM weights: other memories, other key."""
+    tuned = make_model(seed=1)
+    tuned.memory_projection.load_state_dict(model.memory_projection.state_dict())
+    assert tuned.fingerprint == model.fingerprint
+    assert MemoryStore(tmp_path, tuned).model_key != MemoryStore(tmp_path, model).model_key
+
+
+def test_errors_name_the_fix(model, tmp_path):
+    store = MemoryStore(tmp_path, model)
+    with pytest.raises(KeyError, match="compress the context"):
+        store.load("0" * 64)
+    with pytest.raises(ValueError, match="text_column='body'"):
+        store.compress_corpus(Dataset.from_dict({"text": ["x"]}), text_column="body")
+    with pytest.raises(TypeError, match="MemCompForCausalLM"):
+        MemoryStore(tmp_path, object())
+    assert isinstance(store.compress(["passage one", "passage two"]), MemoryEmbeddings)
