@@ -1,0 +1,153 @@
+"""The `memcomp` console script: compress a file, answer from a memory, run the latency benchmark, publish.
+
+    memcomp compress report.txt -o report.memory.safetensors --model ./my-memcomp
+    memcomp ask --model ./my-memcomp --memory report.memory.safetensors --question "Who signed it?"
+    memcomp ask --model ./my-memcomp --context report.txt --question "Who?" --question "When?"
+    memcomp bench --lengths 4096 8192          # benchmarks.latency (see `memcomp bench --help`)
+    memcomp push ...                           # hub_cards.push (see `memcomp push --help`)
+
+Not Hub remote code: the model file never imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DELEGATED = {
+    "bench": ("benchmarks.latency", "measure TTFT, encode time and peak memory: full context vs memory"),
+    "push": ("hub_cards.push", "publish a checkpoint (weights, remote code, model card) to the Hub"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memcomp", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{compress,ask,bench,push}")
+
+    compress = commands.add_parser("compress", help="compress a text file into a memory (.safetensors)")
+    compress.add_argument("file", type=Path, help="UTF-8 text file to compress")
+    compress.add_argument("-o", "--output", type=Path, required=True, help="where to write the memory (.safetensors)")
+    _model_arguments(compress)
+    compress.add_argument("--batch-size", type=int, default=None, help="chunks per encoder pass (default: the model's)")
+    compress.add_argument("--store", type=Path, default=None, help="MemoryStore folder: reuse a stored memory, store new ones")
+    compress.set_defaults(handler=_compress, subparser=compress)
+
+    ask = commands.add_parser("ask", help="answer questions from a memory file or a context file")
+    source = ask.add_mutually_exclusive_group(required=True)
+    source.add_argument("--memory", type=Path, help="memory written by `memcomp compress`")
+    source.add_argument("--context", type=Path, help="UTF-8 text file, compressed on the fly")
+    ask.add_argument("--question", "-q", action="append", required=True, help="question to answer (repeatable)")
+    _model_arguments(ask)
+    ask.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit in tokens")
+    ask.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling defaults")
+    ask.add_argument("--template", default="chat", choices=("plain", "chat", "rl"), help="prompt template")
+    ask.set_defaults(handler=_ask, subparser=ask)
+
+    for name, (module, text) in DELEGATED.items():
+        commands.add_parser(name, help=f"{text} (arguments go to {module}.main)", add_help=False)
+    return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="memcomp checkpoint: local folder or Hub id")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:i]'")
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """Hand the remaining arguments to the module that owns the command (imported only now)."""
+    import importlib
+
+    module_name = DELEGATED[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        print(f"memcomp {command}: error: {module_name} is not available ({error}); install memcomp with its extras.", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def _load_model(parser: argparse.ArgumentParser, name: str, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)
+    except (OSError, ValueError) as error:
+        parser.error(f"--model {name!r} could not be loaded ({error}). Give a memcomp checkpoint folder or Hub id.")
+    if not hasattr(model, "compress"):
+        parser.error(f"--model {name!r} is a {type(model).__name__}, not a memcomp checkpoint (no compress()).")
+    return model.to(device).eval()
+
+
+def _read_text(parser: argparse.ArgumentParser, path: Path, flag: str) -> str:
+    if not path.is_file():
+        parser.error(f"{flag} {str(path)!r} does not exist or is not a file.")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        parser.error(f"{flag} {str(path)!r} is empty: nothing to compress.")
+    return text
+
+
+def _compress(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    text = _read_text(parser, args.file, "FILE")
+    if args.output.suffix != ".safetensors":
+        parser.error(f"-o/--output must end with .safetensors, got {str(args.output)!r}.")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    model = _load_model(parser, args.model, args.device)
+    if args.store is not None:
+        from .store import MemoryStore
+
+        memory = MemoryStore(args.store, model).compress(text)
+    else:
+        memory = model.compress(text, batch_size=args.batch_size)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    memory.save(args.output)
+    print(
+        f"compressed {memory.num_source_tokens} tokens into {len(memory)} memory embeddings "
+        f"({memory.compression_rate:.1f}x) -> {args.output}"
+    )
+    return 0
+
+
+def _ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .memory import MemoryEmbeddings
+
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}.")
+    if any(not q.strip() for q in args.question):
+        parser.error("--question is empty: give the question text.")
+    if args.memory is not None:
+        try:
+            source = {"memory": MemoryEmbeddings.load(args.memory)}
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(f"--memory: {error}")
+    else:
+        source = {"context": _read_text(parser, args.context, "--context")}
+    model = _load_model(parser, args.model, args.device)
+    sampling = {"do_sample": False, "top_k": None, "top_p": None} if args.greedy else {}
+    try:
+        answers = model.generate(
+            **source, question=list(args.question), template=args.template, max_new_tokens=args.max_new_tokens, **sampling
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    for question, answer in zip(args.question, answers):
+        print(f"Q: {question}\nA: {answer}" if len(args.question) > 1 else answer)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `memcomp` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args.subparser, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
