@@ -1,0 +1,159 @@
+"""Each benchmark end to end on a tiny random model and small local fixtures, the baseline prompt, and resuming."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.eval import EvalArguments, LongBenchArguments, NIAHArguments, ReconstructionArguments
+from benchmarks.eval import longbench, multihop, niah, qa, reconstruction, response_length
+from benchmarks.eval.loaders import load_qa, read_rows, read_texts
+from benchmarks.eval.systems import FullContextSystem, MemCompSystem
+from modeling_memcomp.prompting import build_prompt
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+TINY = dict(max_new_tokens=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls run several times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def qa_sets(hotpot=True):
+    squad = load_qa(str(FIXTURES / "squad.jsonl"))
+    return dict([load_qa(f"hotpotqa={FIXTURES / 'hotpotqa.jsonl'}"), squad] if hotpot else [squad])
+
+
+def check_outputs(out: Path, benchmark: str, plots: list[str], n_examples: int, systems=("full", "memcomp")):
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmark"] == benchmark and results["num_errors"] == 0
+    assert sorted({r["system"] for r in results["records"]}) == sorted(systems)
+    assert len(results["records"]) == n_examples * len(systems)
+    for record in results["records"]:
+        assert isinstance(record["response"], str) and record["response_tokens"] <= TINY["max_new_tokens"]
+    table = (out / "table.md").read_text()
+    assert table.startswith(f"# {benchmark}") and "| **all** |" in table
+    for name in plots:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    return results
+
+
+def test_reconstruction_end_to_end(model, tmp_path):
+    docs = read_texts(FIXTURES / "documents.jsonl")
+    results = reconstruction.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), ReconstructionArguments(lengths=[32, 64], samples_per_length=1), docs)
+    check_outputs(tmp_path, "reconstruction", ["rouge1_vs_length.png", "rougeL_vs_length.png"], 2)
+    assert results["settings"]["template"] == "plain"  # the paper's Stage-1 format, whatever --template says
+    assert set(results["aggregates"]["rouge1"]) == {"32", "64", "all"} or set(results["aggregates"]["rouge1"]) == {32, 64, "all"}
+    assert all(0 <= r["rouge1"] <= 1 and r["reference"] for r in results["records"])
+
+
+def test_qa_end_to_end_with_judge_and_retention(model, tmp_path):
+    class AlwaysCorrect:
+        def complete(self, prompt):
+            return "Verdict: CORRECT"
+
+    from trainers.judges import LLMJudge
+
+    results = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), qa_sets(), judge=LLMJudge(AlwaysCorrect()))
+    check_outputs(tmp_path, "qa", ["qa_accuracy.png"], 5)
+    overall = results["aggregates"]["accuracy"]["all"]
+    assert overall["memcomp"]["mean"] == overall["full"]["mean"] == 1.0
+    table = (tmp_path / "table.md").read_text()
+    assert "| **all** | 100.00 | 100.00 | 100.0 | 5 |" in table  # retention of a perfect judge is 100 %
+    assert "in-distribution" in table and "Average response length" in table
+
+
+def test_niah_end_to_end_writes_one_heatmap_per_system(model, tmp_path):
+    haystack = (FIXTURES / "haystack.txt").read_text()
+    results = niah.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), NIAHArguments(lengths=[64], depths=[0, 100]), haystack)
+    check_outputs(tmp_path, "niah", ["niah_score_vs_length.png", "niah_heatmap_memcomp.png", "niah_heatmap_full.png"], 2)
+    assert results["settings"]["temperature"] is None and all(1 <= r["score"] <= 10 for r in results["records"])
+
+
+def test_multihop_end_to_end(model, tmp_path):
+    datasets = {"hotpotqa": load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]}
+    results = multihop.evaluate(model, EvalArguments(output_dir=str(tmp_path), template="rl", limit=2, **TINY), datasets, [64, 128])
+    check_outputs(tmp_path, "multihop", ["multihop_accuracy_vs_length.png"], 2)
+    assert {r["length"] for r in results["records"]} == {64, 128}
+    assert all(r["accuracy"] == r["subspan_em"] for r in results["records"])
+
+
+def test_longbench_end_to_end(model, tmp_path):
+    rows = read_rows(FIXTURES / "longbench.jsonl")
+    results = longbench.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), LongBenchArguments(max_tokens=400, buckets=[0, 200]), rows)
+    check_outputs(tmp_path, "longbench", ["longbench_accuracy_vs_length.png"], 2)
+    assert list(results["aggregates"]["accuracy_by_bucket"])[-1] == "all"
+
+
+def test_response_length_from_finished_runs(model, tmp_path):
+    qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "qa"), **TINY), qa_sets(hotpot=False))
+    report = response_length.evaluate([tmp_path / "qa"], tmp_path / "lengths")
+    records = json.loads((tmp_path / "qa" / "results.json").read_text())["records"]
+    memcomp = [r["response_tokens"] for r in records if r["system"] == "memcomp"]
+    assert report["summary"]["all"]["memcomp"]["mean"] == pytest.approx(sum(memcomp) / len(memcomp))
+    assert (tmp_path / "lengths" / "response_length.png").exists() and "squad" in report["table"]
+    with pytest.raises(ValueError, match="no results"):
+        response_length.evaluate([tmp_path / "nowhere"], tmp_path / "lengths")
+
+
+def test_full_context_prompt_is_the_memcomp_prompt_with_text_for_memory(model):
+    """Same template, system prompt and instruction: only the memory block becomes the context's text."""
+    tokenizer, context, question = model.tokenizer, "The old library painted an ancient map.", "What did it paint?"
+    memory = model.compress(context)
+    compressed = build_prompt(tokenizer, model.config, len(memory), question, template="chat", system_prompt="S.").input_ids
+    full, n_context = FullContextSystem(model, template="chat", system_prompt="S.").prompt_ids(context, question)
+    mem_ids = set(model.config.memory_token_ids)
+    first = next(i for i, t in enumerate(compressed) if t in mem_ids)
+    last = max(i for i, t in enumerate(compressed) if t in mem_ids)
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    assert full[:first] == compressed[:first]  # system turn and user header
+    assert full[first + 1 : first + 1 + len(context_ids)] == context_ids and n_context == len(context_ids)
+    assert full[-(len(compressed) - last - 1) :] == compressed[last + 1 :]  # question and assistant header
+
+
+def test_a_context_too_long_for_the_baseline_is_recorded_not_fatal(model, tmp_path):
+    """The tiny base LM has 4096 positions: the full-context baseline must fail cleanly where memcomp still answers."""
+    long_doc = " ".join((FIXTURES / "haystack.txt").read_text().split() * 25)
+    datasets = {"long": [load_qa(str(FIXTURES / "squad.jsonl"))[1][0]]}
+    datasets["long"][0].passages = [long_doc]
+    results = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), datasets)
+    by_system = {r["system"]: r for r in results["records"]}
+    assert "positions" in by_system["full"]["error"] and "accuracy" not in by_system["full"]
+    assert by_system["memcomp"]["context_tokens"] > 4096 and "error" not in by_system["memcomp"]
+    assert results["num_errors"] == 1 and "not evaluated" in (tmp_path / "table.md").read_text()
+
+
+def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_run(model, tmp_path, monkeypatch):
+    args = dict(systems=["memcomp"], temperature=0.7, **TINY)  # sampled: resuming must not change any answer
+    datasets = {"hotpotqa": load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]}
+    reference = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "ref"), **args), datasets)
+
+    calls = []
+    original = MemCompSystem.generate
+
+    def crash_after_two(self, contexts, instructions, **kwargs):
+        calls.append(len(contexts))
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return original(self, contexts, instructions, **kwargs)
+
+    monkeypatch.setattr(MemCompSystem, "generate", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "run"), **args), datasets)
+    assert len((tmp_path / "run" / "records.jsonl").read_text().splitlines()) == 2
+
+    calls.clear()
+    monkeypatch.setattr(MemCompSystem, "generate", lambda self, c, i, **k: calls.append(len(c)) or original(self, c, i, **k))
+    resumed = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "run"), **args), datasets)
+    assert sum(calls) == 1  # only the unfinished example is generated again
+    assert [(r["id"], r["response"]) for r in resumed["records"]] == [(r["id"], r["response"]) for r in reference["records"]]
+
+    calls.clear()
+    qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "run"), **{**args, "temperature": 0.1}), datasets)
+    assert sum(calls) == 3  # another temperature is another config: nothing is reused

@@ -1,0 +1,138 @@
+"""Evaluation data: loader layouts and errors, resumable record store, NIAH / multi-hop / LongBench example builders."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.eval import protocol
+from benchmarks.eval.config import EvalArguments, LongBenchArguments
+from benchmarks.eval.loaders import load_qa, read_rows, read_texts, to_qa_item
+from benchmarks.eval.longbench import bucket_of
+from benchmarks.eval.longbench import build_examples as longbench_examples
+from benchmarks.eval.multihop import build_examples as multihop_examples
+from benchmarks.eval.niah import build_examples as niah_examples
+from benchmarks.eval.records import RecordStore, config_hash
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+def test_qa_layouts_normalise_to_passages_answers_and_gold():
+    hotpot = to_qa_item(
+        {"id": "a", "question": "Q?", "answer": "yes",
+         "context": {"title": ["T1", "T2"], "sentences": [["S1 ", "S2"], ["S3"]]},
+         "supporting_facts": {"title": ["T2"], "sent_id": [0]}}, 0)
+    assert hotpot.passages == ["T1\nS1 S2", "T2\nS3"] and hotpot.supporting == [1] and hotpot.answers == ["yes"]
+    musique = to_qa_item(
+        {"id": "m", "question": "Q?", "answer": "x", "answer_aliases": ["X", "x"],
+         "paragraphs": [{"title": "A", "paragraph_text": "p", "is_supporting": False},
+                        {"title": "B", "paragraph_text": "q", "is_supporting": True}]}, 0)
+    assert musique.passages == ["A\np", "B\nq"] and musique.supporting == [1] and musique.answers == ["x", "X"]
+    wiki = to_qa_item({"_id": "w", "question": "Q?", "answer": "z", "context": [["A", ["s1", "s2"]], ["B", ["s3"]]],
+                       "supporting_facts": [["A", 0]]}, 0)
+    assert (wiki.id, wiki.passages, wiki.supporting) == ("w", ["A\ns1 s2", "B\ns3"], [0])
+    marco = to_qa_item({"query_id": 7, "query": "Q?", "answers": ["No Answer Present.", "ok"],
+                        "passages": {"passage_text": ["p1", "p2"], "is_selected": [0, 1]}}, 0)
+    assert (marco.id, marco.answers, marco.supporting) == ("7", ["ok"], [1])
+    squad = to_qa_item({"id": "s", "question": "Q?", "answers": {"text": ["a", "a"]}, "context": "ctx"}, 0)
+    assert (squad.passages, squad.answers) == (["ctx"], ["a"])
+
+
+def test_qa_loader_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="no 'question'"):
+        to_qa_item({"answers": ["a"], "context": "c"}, 3)
+    with pytest.raises(ValueError, match="no answers"):
+        to_qa_item({"question": "Q?", "context": "c"}, 0)
+    with pytest.raises(ValueError, match="known layout"):
+        to_qa_item({"question": "Q?", "answers": ["a"], "context": 5}, 0)
+    with pytest.raises(ValueError, match="unknown QA source 'hotpot'"):
+        load_qa("hotpot")
+    with pytest.raises(ValueError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "context": "c"}) + "\n")
+    with pytest.raises(ValueError, match="no answers"):
+        load_qa(str(bad))  # a local file's bad rows are reported, not skipped
+    with pytest.raises(ValueError, match="text_field"):
+        read_texts(FIXTURES / "squad.jsonl")
+
+
+def test_qa_sampling_is_seeded_and_named():
+    name, items = load_qa(f"multi={FIXTURES / 'hotpotqa.jsonl'}", samples=2, seed=1)
+    again = load_qa(f"multi={FIXTURES / 'hotpotqa.jsonl'}", samples=2, seed=1)[1]
+    assert name == "multi" and [i.id for i in items] == [i.id for i in again] and len(items) == 2
+    assert load_qa(str(FIXTURES / "squad.jsonl"))[0] == "squad"
+
+
+def test_record_store_resumes_by_config_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    store = RecordStore(path, config_hash({"t": 0.7}))
+    store.append({"id": "a", "system": "memcomp", "score": 1})
+    store.append({"id": "a", "system": "full", "score": 0})
+    with path.open("a") as handle:
+        handle.write('{"id": "b", "system": "memc')  # crash mid-write
+    resumed = RecordStore(path, config_hash({"t": 0.7}))
+    assert resumed.done("a", "memcomp") and resumed.done("a", "full") and not resumed.done("b", "memcomp")
+    resumed.append({"id": "b", "system": "memcomp", "score": 1})
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "a", "b"]
+    assert len(RecordStore(path, config_hash({"t": 0.1}))) == 0  # another config reuses nothing
+    with pytest.raises(ValueError, match="'id' and 'system'"):
+        resumed.append({"id": "c"})
+
+
+def test_niah_needle_sits_at_its_depth_on_a_sentence_boundary(tokenizer):
+    haystack = (FIXTURES / "haystack.txt").read_text()
+    examples = niah_examples(tokenizer, haystack, [200], [0, 50, 100])
+    needle = protocol.NIAH_NEEDLE
+    starts = [e.context.index(needle) for e in examples]
+    assert starts[0] == 0 and examples[2].context.endswith(needle)
+    middle = examples[1].context
+    assert 0.3 < starts[1] / len(middle) < 0.6 and middle[: starts[1]].rstrip().endswith(".")
+    for e in examples:
+        assert abs(len(tokenizer(e.context)["input_ids"]) - 200) <= 5
+        assert (e.instruction, e.reference) == (protocol.NIAH_QUESTION, protocol.NIAH_ANSWER)
+    with pytest.raises(ValueError, match="percentages"):
+        niah_examples(tokenizer, haystack, [200], [150])
+
+
+def test_multihop_hides_gold_paragraphs_among_other_questions_distractors(tokenizer):
+    datasets = {"hotpotqa": load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]}
+    examples = multihop_examples(tokenizer, datasets, [60, 120], template="chat", seed=0)
+    assert [e.id for e in examples] == ["hotpotqa/h1@60", "hotpotqa/h1@120", "hotpotqa/h2@60", "hotpotqa/h2@120", "hotpotqa/h3@60", "hotpotqa/h3@120"]
+    item = datasets["hotpotqa"][0]
+    long_one = examples[1]
+    texts = [d.split("\n", 1)[1] for d in long_one.context]
+    assert all(item.passages[i] in texts for i in item.supporting)
+    assert item.passages[2] not in texts  # the question's own non-gold paragraph is not a distractor
+    assert len(texts) > len(item.supporting)  # distractors were added
+    assert len(tokenizer("\n\n".join(texts))["input_ids"]) <= 120 + len(texts)
+    assert long_one.instruction.endswith(f"Question: {item.question}\nAnswer:")
+    assert multihop_examples(tokenizer, datasets, [60], template="rl")[0].instruction == item.question
+    assert [e.context for e in examples] == [e.context for e in multihop_examples(tokenizer, datasets, [60, 120], seed=0)]
+
+
+def test_longbench_filters_by_length_and_buckets(tokenizer):
+    rows = read_rows(FIXTURES / "longbench.jsonl")
+    examples = longbench_examples(tokenizer, rows, LongBenchArguments(max_tokens=400, buckets=[0, 200]))
+    lengths = [len(tokenizer(r["context"])["input_ids"]) for r in rows]
+    assert [e.id for e in examples] == [r["_id"] for r, n in zip(rows, lengths) if n < 400]
+    assert all(e.meta["bucket"] in ("0-200", "200-400") for e in examples)
+    assert "(B) The bridge" in examples[0].instruction and examples[0].reference == "A"
+    assert bucket_of(8_000, [0, 8_000, 16_000]) == (8_000, "8K-16K")
+    with pytest.raises(ValueError, match="outside the bucket edges"):
+        bucket_of(20_000, [0, 8_000, 16_000])
+    with pytest.raises(ValueError, match="official schema"):
+        longbench_examples(tokenizer, [{"question": "Q"}], LongBenchArguments())
+
+
+def test_eval_arguments_reject_bad_values():
+    with pytest.raises(ValueError, match="systems"):
+        EvalArguments(systems=["pisco"])
+    with pytest.raises(ValueError, match="template"):
+        EvalArguments(template="alpaca")
+    with pytest.raises(ValueError, match="limit"):
+        EvalArguments(limit=0)
+    with pytest.raises(ValueError, match="temperature"):
+        EvalArguments(temperature=-1)
+    assert EvalArguments(temperature=0.5).run_settings("qa") != EvalArguments().run_settings("qa")
+    assert EvalArguments(limit=3, batch_size=4).run_settings("qa") == EvalArguments().run_settings("qa")

@@ -1,0 +1,145 @@
+"""Evaluation scorers on hand-made cases: answer extraction order, EM/F1/sub-span EM, ROUGE, MC letters, judge replies."""
+
+import pytest
+
+from benchmarks.eval.judging import ScoreJudge
+from benchmarks.eval.qa import make_scorer
+from benchmarks.eval.harness import Example
+from benchmarks.eval.systems import Generation
+from benchmarks.eval.scoring import answer_scores, needle_recall_score, parse_choice, parse_judge_score, rouge_f1, token_f1
+from trainers.judges import LLMJudge
+
+
+class ScriptedBackend:
+    """A judge backend replying from a script (an Exception item is raised), recording prompts."""
+
+    def __init__(self, *replies):
+        self.replies, self.prompts = list(replies), []
+
+    def complete(self, prompt):
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+@pytest.mark.parametrize(
+    "response, references, expected",
+    [
+        ("It was built by \\boxed{Northbridge}.", ["Northbridge"], dict(em=1, subspan_em=1, f1=1)),
+        ("The city is Northbridge.", ["Northbridge"], dict(em=0, subspan_em=1)),
+        ("Answer: in the year 1921", ["1921"], dict(em=0, subspan_em=1)),
+        ("Answer: 19210", ["1921"], dict(em=0, subspan_em=0, f1=0)),  # whole words only
+        ("The musician.", ["a travelling musician", "the musician"], dict(em=1, subspan_em=1)),
+    ],
+)
+def test_answer_scores(response, references, expected):
+    scores = answer_scores(response, references)
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value), key
+
+
+def test_extraction_order_boxed_then_answer_then_last_20_words():
+    # \boxed{} wins over a later "Answer:"; "Answer:" wins over the tail; else only the last 20 words count.
+    assert answer_scores("Answer: Paris. So \\boxed{Rome}", ["Rome"])["em"] == 1
+    assert answer_scores("Answer: Paris. So \\boxed{Rome}", ["Paris"])["subspan_em"] == 0
+    assert answer_scores("Rome is wrong.\nAnswer: Paris", ["Paris"])["em"] == 1
+    assert answer_scores("Rome is wrong.\nAnswer: Paris", ["Rome"])["subspan_em"] == 0
+    filler = " ".join(["word"] * 20)
+    assert answer_scores(f"Rome {filler}", ["Rome"])["subspan_em"] == 0  # 21st word from the end is cut off
+    assert answer_scores(f"{filler} Rome", ["Rome"])["subspan_em"] == 1
+
+
+def test_token_f1_and_rouge_known_values():
+    assert token_f1("the silver engine", "silver engine room") == pytest.approx(0.8)  # P=1, R=2/3
+    assert token_f1("nothing shared", ["silver engine"]) == 0.0
+    assert rouge_f1("the cat sat on the mat", "the cat sat on the mat") == {"rouge1": 1.0, "rougeL": 1.0}
+    assert rouge_f1("the cat sat", "the cat sat on the mat") == pytest.approx({"rouge1": 2 / 3, "rougeL": 2 / 3})
+    # same words, scrambled: unigram overlap is perfect, the longest common subsequence is 3 of 6 words
+    assert rouge_f1("mat the on sat cat the", "the cat sat on the mat") == pytest.approx({"rouge1": 1.0, "rougeL": 0.5})
+
+
+@pytest.mark.parametrize(
+    "reply, letter",
+    [
+        ('The correct answer is (B).', "B"),
+        ("The correct answer is **C**", "C"),
+        ("Reasoning... so \\boxed{D}", "D"),
+        ("Answer: A", "A"),
+        ("(A) The silver engine", "A"),
+        ("C) the crowd", "C"),
+        ("B", "B"),
+        ("I think (B) is right, (B) it is.", "B"),
+        ("Either (A) or (C).", None),  # ambiguous
+        ("A sandwich in the park.", None),  # a word, not a choice
+        ("the answer is a sandwich", None),
+        ("", None),
+    ],
+)
+def test_parse_choice(reply, letter):
+    assert parse_choice(reply) == letter
+
+
+@pytest.mark.parametrize(
+    "reply, score",
+    [
+        ("Rating: [[7]]", 7),
+        ("[[10]]", 10),
+        ("Score: 8", 8),
+        ("7/10", 7),
+        (" 9 ", 9),
+        ("Rating: [[11]]", None),
+        ("Rating: [[0]]", None),
+        ("I cannot rate this response.", None),
+        ("", None),
+    ],
+)
+def test_parse_judge_score(reply, score):
+    assert parse_judge_score(reply) == score
+
+
+def test_needle_recall_score_spans_1_to_10():
+    answer = "Eat a sandwich and sit in Dolores Park on a sunny day."
+    assert needle_recall_score("You should eat a sandwich and sit in Dolores Park on a sunny day!", answer) == 10
+    assert needle_recall_score("No idea.", answer) == 1
+    assert needle_recall_score("Eat a sandwich.", answer) == pytest.approx(1 + 9 * 2 / 7)  # 2 of 7 content words
+    with pytest.raises(ValueError, match="content words"):
+        needle_recall_score("x", "the a an")
+
+
+def test_score_judge_retries_malformed_then_parses():
+    backend = ScriptedBackend("I think it is good", "Rating: [[8]]")
+    result = ScoreJudge(backend, retries=2).score("Q?", "response", "reference")
+    assert (result.score, result.failed, len(backend.prompts)) == (8, False, 2)
+    assert "Reference answer: reference" in backend.prompts[0] and "Response to grade: response" in backend.prompts[0]
+
+
+def test_score_judge_fails_to_1_after_retries_and_survives_errors():
+    backend = ScriptedBackend(TimeoutError("slow"), "no score here", "Rating: [[42]]")
+    result = ScoreJudge(backend, retries=2).score("Q?", "response", "reference")
+    assert (result.score, result.failed, len(backend.prompts)) == (1.0, True, 3)
+    with pytest.raises(TypeError, match="complete"):
+        ScoreJudge(object())
+
+
+def test_qa_scorer_uses_the_llm_judge_verdict_and_marks_failures():
+    example = Example("x", "ctx", "Who?", ["Northbridge"], "Who?")
+    correct = make_scorer(LLMJudge(ScriptedBackend("Verdict: CORRECT"), retries=0))(example, Generation("It is N.", 3, 10))
+    assert correct["accuracy"] == 1.0 and correct["judge_failed"] is False and correct["subspan_em"] == 0.0
+    broken = make_scorer(LLMJudge(ScriptedBackend("hmm", "???"), retries=1, retry_delay=0))(example, Generation("Northbridge", 1, 10))
+    assert broken["accuracy"] == 0.0 and broken["judge_failed"] is True and broken["em"] == 1.0
+    offline = make_scorer(None)(example, Generation("The city of Northbridge.", 5, 10))
+    assert offline["accuracy"] == offline["subspan_em"] == 1.0 and "judge_failed" not in offline
+
+
+def test_judges_from_args_pick_the_backend_the_arguments_name():
+    from benchmarks.eval.config import EvalArguments
+    from benchmarks.eval.judging import judges_from_args
+    from trainers.judges import OpenAIJudgeBackend
+
+    assert judges_from_args(EvalArguments()) == (None, None)  # offline: rule-based scores
+    qa_judge, niah_judge = judges_from_args(EvalArguments(judge_model="Qwen/Qwen2.5-72B-Instruct", judge_url="http://localhost:8000/v1"))
+    assert isinstance(qa_judge.backend, OpenAIJudgeBackend) and niah_judge.backend is qa_judge.backend
+    with pytest.raises(ValueError, match="judge_model"):
+        judges_from_args(EvalArguments(judge_url="http://localhost:8000/v1"))
