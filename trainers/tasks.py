@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from modeling_memcomp.prompting import IGNORE_INDEX, TEMPLATES, build_prompt
 
 from .instructions import sample_instruction
-_MAX_FIT_ROUNDS = 16
+
 
 @dataclass
 class TaskBuilder:
@@ -66,19 +66,24 @@ class TaskBuilder:
         return {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
 
     def _fit(self, ids: list[int], build) -> dict | None:
-        """`build(ids)` with `ids` truncated from the end until the example fits in `max_length`."""
-        ids = ids[: self.max_length]
-        for _ in range(_MAX_FIT_ROUNDS):
-            if not ids:
-                return None
-            example = build(ids)
-            if example is None:
-                return None
-            over = len(example["input_ids"]) - self.max_length
-            if over <= 0:
-                return example
-            ids = ids[: len(ids) - over]
-        return None
+        """`build(ids[:n])` for the largest `n` whose example fits in `max_length` (binary search)."""
+        ids = ids[: 2 * self.max_length]  # no task puts more than twice the decoder length into memory + target
+
+        def fits(n):
+            example = build(ids[:n]) if n else None
+            return example if example is not None and len(example["input_ids"]) <= self.max_length else None
+
+        best = fits(len(ids))
+        if best is not None:
+            return best
+        low, high = 0, len(ids)  # fits(low) or low == 0; not fits(high)
+        while high - low > 1:
+            mid = (low + high) // 2
+            if fits(mid) is not None:
+                low = mid
+            else:
+                high = mid
+        return fits(low)
 
     # ------------------------------------------------------------------ tasks
     def reconstruction(self, text: str, instruction: str | None = None) -> dict | None:

@@ -1,0 +1,179 @@
+"""Task builders, instruction pools, the collator and stage mixtures (no training)."""
+
+import random
+from collections import Counter
+from itertools import cycle
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_memcomp.prompting import IGNORE_INDEX
+from trainers.collator import MemCompCollator
+from trainers.data import SourceConfig, record_stream
+from trainers.instructions import INSTRUCTIONS, LENGTHS, PAPER_EXAMPLES, sample_instruction
+from trainers.mixture import StageMixture, compression_schedule
+from trainers.stages import STAGES, TASKS
+from trainers.tasks import TaskBuilder
+
+FIXTURES = Path(__file__).parent / "fixtures" / "training"
+
+
+@pytest.fixture(scope="module")
+def builder(model):
+    return TaskBuilder(model.tokenizer, model.config, template="plain", max_length=512)
+
+
+def target_ids(example):
+    return [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+
+
+def test_instruction_pools_have_5_to_8_variants_and_the_paper_examples():
+    for task, pools in INSTRUCTIONS.items():
+        assert set(pools) == set(LENGTHS)
+        for length, pool in pools.items():
+            assert 5 <= len(pool) <= 8 and len(set(pool)) == len(pool), (task, length)
+    assert PAPER_EXAMPLES["reconstruction"]["medium"] == (
+        "Reconstruct the original text from the compressed memory provided above."
+    )
+    assert PAPER_EXAMPLES["continuation"]["short"] == "Continue writing:"
+    rng = random.Random(0)
+    drawn = {sample_instruction("summarization", rng) for _ in range(400)}
+    assert len(drawn) == 15  # every variant of every length is reachable
+    with pytest.raises(ValueError, match="QA uses its question"):
+        sample_instruction("qa", rng)
+
+
+def test_reconstruction_memory_is_the_document_and_labels_are_exactly_it(builder, corpus, model):
+    ids = builder.tokenize(corpus[0])
+    example = builder.reconstruction(corpus[0])
+    assert [t for chunk in example["chunks"] for t in chunk] == ids
+    assert all(len(c) == 16 for c in example["chunks"][:-1])
+    assert target_ids(example) == ids + [model.tokenizer.eos_token_id]
+    placeholders = example["input_ids"].count(model.config.mem_token_id)
+    assert placeholders == len(example["chunks"])
+
+
+@pytest.mark.parametrize("bridges", [0, 1, 4])
+def test_continuation_bridges_are_uncompressed_and_outside_the_loss(builder, corpus, bridges):
+    text = " ".join(corpus[:4])
+    ids = builder.tokenize(text)
+    assert len(ids) > 2 * (16 * 4 + 1)
+    example = builder.continuation(text, num_bridges=bridges)
+    half = len(ids) // 2
+    cut = half + 16 * bridges
+    assert [t for chunk in example["chunks"] for t in chunk] == ids[:half]
+    assert target_ids(example)[:-1] == ids[cut:]
+    # The bridge sits right before the target, as plain tokens, with label -100.
+    start = len(example["input_ids"]) - len(ids[cut:]) - 1 - 16 * bridges
+    assert example["input_ids"][start : start + 16 * bridges] == ids[half:cut]
+    assert set(example["labels"][start : start + 16 * bridges]) <= {IGNORE_INDEX}
+
+
+def test_summarization_and_qa_targets(builder, model):
+    summary = builder.summarization("The old library painted an ancient map. It rained.", "A map was painted.")
+    assert target_ids(summary)[:-1] == builder.tokenize("A map was painted.")
+    qa = builder.qa(["First passage here.", "Second passage."], "What is second?", "Second passage")
+    assert len(qa["chunks"]) == 2  # passages are chunked separately
+    assert target_ids(qa)[:-1] == builder.tokenize("Second passage")
+    assert "What is second?" in model.tokenizer.decode(qa["input_ids"])
+
+
+def test_chat_template_and_plain_lm(model, corpus):
+    chat = TaskBuilder(model.tokenizer, model.config, template="chat", max_length=512)
+    example = chat.qa("A passage.", "Q?", "A")
+    text = model.tokenizer.decode(example["input_ids"])
+    assert text.startswith("<|im_start|>system\n") and text.endswith("A<|im_end|>")
+    lm = chat.language_modeling(corpus[2])
+    assert lm["chunks"] == [] and lm["labels"] == lm["input_ids"]
+
+
+def test_long_documents_are_truncated_to_max_length(model, corpus):
+    short = TaskBuilder(model.tokenizer, model.config, max_length=128)
+    text = " ".join(corpus[:10])
+    for example in (short.reconstruction(text), short.continuation(text, 2), short.language_modeling(text)):
+        assert 100 < len(example["input_ids"]) <= 128
+    assert short.qa(" ".join(corpus[:60]), "Q?", "A") is None  # a QA context is never cut: the example is skipped
+
+
+def test_collator_stacks_chunks_in_row_order_and_pads_labels(builder, corpus, model):
+    examples = [
+        builder.language_modeling(corpus[3]),
+        builder.reconstruction(corpus[0]),
+        builder.continuation(corpus[1], 1),
+    ]
+    batch = MemCompCollator.for_model(model)(examples)
+    flat = [chunk for e in examples for chunk in e["chunks"]]
+    assert batch["chunk_ids"].shape == (len(flat), 16)
+    for row, chunk in enumerate(flat):
+        assert batch["chunk_ids"][row, : len(chunk)].tolist() == chunk
+        assert batch["chunk_attention_mask"][row].sum() == len(chunk)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        assert batch["labels"][row, :n].tolist() == example["labels"]
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all() and batch["attention_mask"][row].sum() == n
+    assert [TASKS[i] for i in batch["task_ids"]] == ["language_modeling", "reconstruction", "continuation"]
+    # The model consumes the batch as is: the chunk path equals the precomputed-memory path.
+    inputs = {k: v for k, v in batch.items() if k != "task_ids"}
+    with torch.no_grad():
+        direct = model(**inputs).loss
+        memory = model.encode_chunks(batch["chunk_ids"], batch["chunk_attention_mask"])
+        cached = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], memory_embeds=memory).loss
+    torch.testing.assert_close(direct, cached)
+
+
+def test_collator_rejects_mismatched_placeholders(builder, corpus, model):
+    example = builder.reconstruction(corpus[0])
+    example["chunks"] = example["chunks"][:-1]
+    with pytest.raises(ValueError, match="placeholders"):
+        MemCompCollator.for_model(model)([example])
+
+
+def test_schedule_keeps_both_kinds_in_every_batch():
+    schedule = compression_schedule(2000, 0.7, 8, random.Random(0))
+    assert abs(sum(schedule) / 2000 - 0.7) < 0.005
+    for start in range(0, 2000, 8):
+        assert 0 < sum(schedule[start : start + 8]) < 8
+
+
+@pytest.mark.parametrize("stage_name", ["cpt1", "cpt2"])
+def test_mixture_proportions_over_2000_samples(model, stage_name):
+    stage = STAGES[stage_name]
+    builder = TaskBuilder(model.tokenizer, model.config, template=stage.template, max_length=512)
+    # Records are irrelevant to the proportions: stub streams make this fast.
+    streams = {
+        "document": cycle([{"text": "The quiet village discovered a forgotten song under a pale moon, twice over."}]),
+        "summary": cycle([{"text": "A short text about a bridge.", "summary": "A bridge."}]),
+        "qa": cycle([{"context": ["The code is 7."], "question": "What is the code?", "answer": "7"}]),
+    }
+    mixture = StageMixture(stage, builder, streams, num_samples=2000, batch_size=8, seed=3)
+    examples = list(mixture)
+    counts = Counter(e["task"] for e in examples)
+    compressed = 2000 - counts["language_modeling"]
+    assert abs(compressed / 2000 - stage.compression_ratio) < 0.01
+    for task, weight in stage.task_weights.items():
+        assert abs(counts[task] / compressed - weight) < 0.04, (task, counts)
+    for start in range(0, 2000, 8):
+        kinds = {e["task"] == "language_modeling" for e in examples[start : start + 8]}
+        assert kinds == {True, False}
+    again = [e["task"] for e in StageMixture(stage, builder, streams, 2000, 8, seed=3)]
+    assert again == [e["task"] for e in examples]  # deterministic for a seed
+
+
+def test_mixture_needs_a_source_for_every_task(model):
+    builder = TaskBuilder(model.tokenizer, model.config, template="chat", max_length=512)
+    with pytest.raises(ValueError, match=r"needs sources of kind \['qa', 'summary'\]"):
+        StageMixture(STAGES["cpt2"], builder, {"document": iter([])}, 10, 4)
+
+
+def test_local_sources_are_normalised_and_cycled():
+    summaries = SourceConfig(str(FIXTURES / "summaries.jsonl"), kind="summary", columns={"text": "document", "summary": "abstract"})
+    stream = record_stream([summaries])
+    records = [next(stream) for _ in range(61)]
+    assert set(records[0]) == {"text", "summary"} and records[60] == records[0]
+    qa = next(record_stream([SourceConfig(str(FIXTURES / "qa.jsonl"), kind="qa")]))
+    assert isinstance(qa["context"], list) and qa["answer"].isdigit()
+    with pytest.raises(ValueError, match="no column"):
+        next(record_stream([SourceConfig(str(FIXTURES / "summaries.jsonl"), kind="summary")]))
+    with pytest.raises(ValueError, match="source kind must be one of"):
+        SourceConfig("x.jsonl", kind="dialogue")
