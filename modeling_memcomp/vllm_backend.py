@@ -134,7 +134,7 @@ class VLLMDecoder:
                 "MemCompForCausalLM or a folder written by export_decoder(model, folder)."
             )
         vllm = require_vllm()
-        self._tmp = None
+        self._tmp = self._sync_dir = None
         if isinstance(folder_or_model, MemCompForCausalLM):
             if export_dir is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="memcomp-vllm-")
@@ -148,6 +148,20 @@ class VLLMDecoder:
         settings.update(llm_kwargs)
         self.llm = vllm.LLM(**settings)
         self._sampling_params_class = vllm.SamplingParams
+
+    def sync_weights(self, model: MemCompForCausalLM) -> None:
+        """Load the model's current decoder weights into the running engine (e.g. after an RL step).
+
+        The weights go through a safetensors file into vLLM's in-place `reload_weights` on every worker
+        (works with engine subprocesses, where tensors cannot travel by RPC); the prefix cache is reset.
+        """
+        if not isinstance(model, MemCompForCausalLM):
+            raise TypeError(f"model must be a MemCompForCausalLM, got {type(model).__name__}.")
+        if self._sync_dir is None:
+            self._sync_dir = tempfile.TemporaryDirectory(prefix="memcomp-vllm-sync-")
+        model.language_model.save_pretrained(self._sync_dir.name, safe_serialization=True)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self._sync_dir.name})
+        self.llm.reset_prefix_cache()
 
     def sampling_params(self, **overrides):
         """`SamplingParams` from the model's generation config (paper defaults, stop and suppressed tokens)."""
