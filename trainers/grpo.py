@@ -284,15 +284,23 @@ class MemCompGRPOTrainer(GRPOTrainer):
         settings.update(self.args.vllm_decoder_kwargs or {})
         return VLLMDecoder(self.accelerator.unwrap_model(self.model), **settings)
 
+    def _decoder_state(self):
+        """(name, tensor) of the decoder's full state dict (tied heads included), gathered under ZeRO-3/FSDP."""
+        decoder = self.accelerator.unwrap_model(self.model).language_model
+        for name, tensor in decoder.state_dict(keep_vars=True).items():
+            with self._dist.gather_params([tensor]):
+                data = tensor.data
+                yield name, data.full_tensor() if hasattr(data, "full_tensor") else data
+
     def _sync_vllm_weights(self) -> None:
         """Copy the decoder's current weights into the vLLM engine (once per optimizer step)."""
         if self._vllm_step == self.state.global_step:
             return
-        decoder = self.accelerator.unwrap_model(self.model).language_model
-        engine_model = self._vllm.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        for name, parameter in decoder.named_parameters():
-            with self._dist.gather_params([parameter]):
-                engine_model.load_weights([(name, parameter.data)])
+        runner = self._vllm.llm.llm_engine.model_executor.driver_worker.model_runner
+        if hasattr(runner, "reload_weights"):  # vLLM >= 0.11: re-runs the post-load weight processing too
+            runner.reload_weights(weights_iterator=self._decoder_state())
+        else:
+            runner.model.load_weights(self._decoder_state())
         self._vllm.llm.reset_prefix_cache()
         self._vllm_step = self.state.global_step
 
