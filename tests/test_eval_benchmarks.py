@@ -102,6 +102,17 @@ def test_response_length_from_finished_runs(model, tmp_path):
         response_length.evaluate([tmp_path / "nowhere"], tmp_path / "lengths")
 
 
+def test_model_index_feeds_the_model_card(model, tmp_path):
+    from benchmarks.eval.model_index import model_index
+    from hub_cards import load_evaluation
+
+    results = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "qa"), systems=["memcomp"], **TINY), qa_sets(hotpot=False))
+    name, rows = load_evaluation(model_index([tmp_path / "qa"], "memcomp-tiny"))
+    assert name == "memcomp-tiny" and len(rows) == 1  # one row per QA dataset, memcomp only
+    expected = results["aggregates"]["accuracy"]["squad"]["memcomp"]["mean"] * 100
+    assert (rows[0].dataset_name, rows[0].metric_type, rows[0].metric_value) == ("squad", "accuracy", pytest.approx(expected, abs=0.01))
+
+
 def test_full_context_prompt_is_the_memcomp_prompt_with_text_for_memory(model):
     """Same template, system prompt and instruction: only the memory block becomes the context's text."""
     tokenizer, context, question = model.tokenizer, "The old library painted an ancient map.", "What did it paint?"
@@ -157,3 +168,26 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     calls.clear()
     qa.evaluate(model, EvalArguments(output_dir=str(tmp_path / "run"), **{**args, "temperature": 0.1}), datasets)
     assert sum(calls) == 3  # another temperature is another config: nothing is reused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, options",
+    [
+        ("evaluate_qa.py", ["--datasets", f"hotpotqa={FIXTURES / 'hotpotqa.jsonl'}", "--limit", "2"]),
+        ("evaluate_niah.py", ["--haystack", str(FIXTURES / "haystack.txt"), "--lengths", "64", "--depths", "0", "100"]),
+        ("evaluate_longbench.py", ["--source", str(FIXTURES / "longbench.jsonl"), "--max_tokens", "400", "--buckets", "0", "200"]),
+    ],
+)
+def test_entry_points_run_on_a_tiny_model(script, options, tmp_path):
+    """The thin scripts parse their dataclasses and write the report (model 'tiny': untrained, built offline)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    command = [sys.executable, str(root / "examples" / script), "--output_dir", str(tmp_path), "--max_new_tokens", "4", *options]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| **all** |" in done.stdout and (tmp_path / "results.json").exists()

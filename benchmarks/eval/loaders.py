@@ -52,8 +52,10 @@ class QAItem:
     supporting: list[int] = field(default_factory=list)
 
 
-def read_rows(source: str | Path, split: str = "train", name: str | None = None, data_files: str | None = None) -> list[dict]:
-    """Rows of a local .jsonl/.json file or a Hub dataset (through `datasets`)."""
+def read_rows(
+    source: str | Path, split: str = "train", name: str | None = None, data_files: str | None = None, subset: str | None = None
+) -> list[dict]:
+    """Rows of a local .jsonl/.json file or a Hub dataset (through `datasets`; `subset` keeps MRQA's rows of one set)."""
     path = Path(source)
     if path.suffix in (".jsonl", ".json") and path.exists():
         text = path.read_text()
@@ -67,7 +69,10 @@ def read_rows(source: str | Path, split: str = "train", name: str | None = None,
         raise ValueError(f"no such file: {path}. Give an existing .jsonl/.json file or a Hub dataset name.")
     from datasets import load_dataset
 
-    return list(load_dataset(str(source), name, split=split, data_files=data_files))
+    dataset = load_dataset(str(source), name, split=split, data_files=data_files)
+    if subset is not None:
+        dataset = dataset.filter(lambda value: value == subset, input_columns="subset")
+    return list(dataset)
 
 
 def _answers(row: dict) -> list[str]:
@@ -126,9 +131,7 @@ def load_qa(spec: str, samples: int | None = None, seed: int = 0, presets: dict 
     name, _, location = spec.partition("=") if "=" in spec else (None, "", spec)
     if location in presets:
         hub = presets[location]
-        rows = read_rows(hub.path, hub.split, hub.name, hub.data_files)
-        if hub.subset:
-            rows = [r for r in rows if r.get("subset") == hub.subset]
+        rows = read_rows(hub.path, hub.split, hub.name, hub.data_files, hub.subset)
         name = name or location
     else:
         if not Path(location).exists() and "/" not in location:
