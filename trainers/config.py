@@ -1,11 +1,13 @@
 """Stage config files: YAML with `model`, `data` and `training` sections, each parsed into a dataclass.
 
 `training` holds `MemCompTrainingArguments` fields; anything it leaves out comes from the stage's Table 9
-defaults (`trainers.stages`). Command-line overrides look like `training.learning_rate=1e-5`.
+defaults (`trainers.stages`). Command-line overrides look like `training.learning_rate=1e-5`
+(quote YAML's booleans where a string is meant: `training.eval_strategy='"no"'`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -64,6 +66,18 @@ class StageConfig:
     training: MemCompTrainingArguments
 
 
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _floats(tree):
+    """YAML 1.1 reads `5e-5` as a string; read it as the float everyone means."""
+    if isinstance(tree, dict):
+        return {key: _floats(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_floats(value) for value in tree]
+    return float(tree) if isinstance(tree, str) and _FLOAT.match(tree) else tree
+
+
 def _set(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -79,6 +93,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StageCo
             raise ValueError(f"override {item!r} must look like section.key=value (e.g. training.max_steps=10).")
         key, value = item.split("=", 1)
         _set(raw, key.lstrip("-"), yaml.safe_load(value))
+    raw = _floats(raw)
     unknown = set(raw) - {"model", "data", "training"}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}; use model, data and training.")

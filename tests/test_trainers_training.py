@@ -1,0 +1,141 @@
+"""MemCompTrainer on tiny models: each stage learns, per-task losses are logged, runs resume exactly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers import MemCompTrainer
+from trainers.config import load_config
+from trainers.run import build_datasets, build_model
+from trainers.stages import TASKS
+
+CONFIGS = Path(__file__).parent.parent / "examples" / "configs"
+ROOT = Path(__file__).parent.parent
+
+
+def tiny_stage(name, tmp_path, *overrides):
+    return load_config(
+        CONFIGS / f"{name}_tiny.yaml",
+        [f"training.output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "training.report_to=[]",
+         "training.disable_tqdm=true", *overrides],
+    )
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the tiny configs name fixture files relative to the repository
+
+
+def fixed_batch_loss(trainer, batch):
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+    model.train()
+    return loss.item()
+
+
+@pytest.mark.parametrize("stage", ["cpt1", pytest.param("cpt2", marks=pytest.mark.slow), pytest.param("sft", marks=pytest.mark.slow)])
+def test_each_stage_learns_on_a_fixed_batch(stage, tmp_path):
+    config = tiny_stage(
+        stage, tmp_path, "data.num_samples=8", "data.eval_samples=0", "training.eval_strategy=\"no\"",
+        "training.save_strategy=\"no\"", "training.max_steps=12", "training.global_batch_size=4",
+        "training.per_device_train_batch_size=4", "training.early_stopping_patience=null",
+        "training.learning_rate=1e-2", "training.lora_learning_rate=1e-2", "training.warmup_steps=0",
+    )
+    model = build_model(config)
+    train, _ = build_datasets(config, model)
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train)
+    batch = trainer.data_collator([train[i] for i in range(8)])
+    before = fixed_batch_loss(trainer, batch)
+    trainer.train()
+    after = fixed_batch_loss(trainer, batch)
+    assert after < 0.75 * before, (before, after)
+    tasks = {e["task"] for e in train}
+    logged = {key for log in trainer.state.log_history for key in log}
+    assert {f"loss_{task}" for task in tasks} <= logged
+
+
+def test_per_task_losses_in_training_and_evaluation(tmp_path):
+    config = tiny_stage("cpt1", tmp_path, "data.num_samples=8", "data.eval_samples=8", "training.max_steps=2",
+                        "training.global_batch_size=4", "training.save_strategy=\"no\"", "training.eval_strategy=\"no\"",
+                        "training.early_stopping_patience=null", "training.logging_steps=1")
+    model = build_model(config)
+    train, evaluation = build_datasets(config, model)
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train, eval_dataset=evaluation)
+    trainer.train()
+    metrics = trainer.evaluate()
+    eval_tasks = {e["task"] for e in evaluation}
+    assert {"reconstruction", "continuation", "language_modeling"} == eval_tasks
+    assert {f"eval_loss_{t}" for t in eval_tasks} <= set(metrics)
+    # The per-task losses are token-weighted parts of the overall loss.
+    counts = {t: 0 for t in TASKS}
+    batch = trainer.data_collator([evaluation[i] for i in range(len(evaluation))])
+    for task_id, labels in zip(batch["task_ids"], batch["labels"]):
+        counts[TASKS[task_id]] += int((labels[1:] != -100).sum())
+    mixed = sum(metrics[f"eval_loss_{t}"] * counts[t] for t in eval_tasks) / sum(counts.values())
+    assert mixed == pytest.approx(fixed_batch_loss(trainer, batch), rel=1e-3)
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert all("loss_reconstruction" in log or "loss_continuation" in log for log in train_logs)
+
+
+def test_early_stopping_is_wired_to_eval_loss(tmp_path):
+    config = tiny_stage("cpt1", tmp_path)
+    args = config.training
+    assert args.load_best_model_at_end and args.metric_for_best_model == "loss" and not args.greater_is_better
+    trainer = MemCompTrainer(model=build_model(config), args=args)
+    assert any(type(cb).__name__ == "EarlyStoppingCallback" for cb in trainer.callback_handler.callbacks)
+
+
+class StopAt:
+    """Stops training right after a checkpoint, as a killed job would have left it."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _Stop(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    control.should_training_stop = True
+
+        return _Stop()
+
+
+@pytest.mark.slow
+def test_resumed_run_logs_the_same_next_loss(tmp_path):
+    common = ["data.num_samples=24", "data.eval_samples=0", "training.eval_strategy=\"no\"", "training.max_steps=6",
+              "training.save_steps=3", "training.logging_steps=1", "training.global_batch_size=4",
+              "training.early_stopping_patience=null"]
+
+    def run(out, resume=None, stop=None):
+        config = tiny_stage("cpt1", out, *common)
+        model = build_model(config)
+        train, _ = build_datasets(config, model)
+        trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
+                                 callbacks=[StopAt(stop)] if stop else None)
+        trainer.train(resume_from_checkpoint=resume)
+        return {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+    full = run(tmp_path / "full")
+    interrupted = run(tmp_path / "cut", stop=3)
+    assert max(interrupted) == 3
+    resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-3"))
+    assert resumed[4] == full[4] and resumed[6] == full[6]
+
+
+def test_configs_mirror_table_9():
+    expected = {"cpt1": (5e-5, 3e-4, 0.04, 0.10, 2048), "cpt2": (5e-5, 2e-4, 0.03, 0.02, 2048), "sft": (2e-5, None, 0.03, 0.10, 4096)}
+    for stage, (lr, proj, warmup, min_lr, seq) in expected.items():
+        config = load_config(CONFIGS / f"{stage}.yaml", ["training.report_to=[]", "training.bf16=false"])
+        args = config.training
+        assert args.learning_rate == lr and args.lora_learning_rate == 1e-4 and args.warmup_steps == warmup
+        assert args.freeze_projection == (proj is None) and (proj is None or args.projection_learning_rate == proj)
+        assert args.lr_scheduler_kwargs == {"min_lr_rate": min_lr} and args.max_grad_norm == 1.0
+        assert args.weight_decay == 0.1 and args.lora_weight_decay == 0.0
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == args.global_batch_size
+        assert config.model.fqlora.lora_r == 64 and config.model.fqlora.lora_alpha == 16
+        assert config.data.max_length is None  # sequence length comes from the stage: {seq}
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(CONFIGS / "cpt1.yaml", ["learning_rate"])
+    with pytest.raises(ValueError, match="unknown model keys"):
+        load_config(CONFIGS / "cpt1.yaml", ["model.bse=x"])
