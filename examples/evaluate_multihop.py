@@ -12,10 +12,10 @@ from benchmarks.eval.runtime import load_model
 
 def main() -> None:
     args, data = HfArgumentParser((EvalArguments, MultiHopArguments)).parse_args_into_dataclasses()
-    datasets = dict(load_qa(spec, data.samples_per_set, args.seed, presets=MULTIHOP_PRESETS) for spec in data.datasets)
+    datasets = dict(load_qa(spec, presets=MULTIHOP_PRESETS) for spec in data.datasets)  # all items: the distractor pool
     corpus = [p for items in datasets.values() for item in items for p in item.passages]
     model = load_model(args, tiny_corpus=corpus)
-    multihop.evaluate(model, args, datasets, data.lengths)
+    multihop.evaluate(model, args, data, datasets)
     print(open(f"{args.output_dir}/table.md").read())
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.eval import EvalArguments, LongBenchArguments, NIAHArguments, ReconstructionArguments
+from benchmarks.eval import EvalArguments, LongBenchArguments, MultiHopArguments, NIAHArguments, ReconstructionArguments
 from benchmarks.eval import longbench, multihop, niah, qa, reconstruction, response_length
 from benchmarks.eval.loaders import load_qa, read_rows, read_texts
 from benchmarks.eval.systems import FullContextSystem, MemCompSystem
@@ -78,7 +78,8 @@ def test_niah_end_to_end_writes_one_heatmap_per_system(model, tmp_path):
 
 def test_multihop_end_to_end(model, tmp_path):
     datasets = {"hotpotqa": load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]}
-    results = multihop.evaluate(model, EvalArguments(output_dir=str(tmp_path), template="rl", limit=2, **TINY), datasets, [64, 128])
+    data = MultiHopArguments(samples_per_set=1, lengths=[64, 128])
+    results = multihop.evaluate(model, EvalArguments(output_dir=str(tmp_path), template="rl", **TINY), data, datasets)
     check_outputs(tmp_path, "multihop", ["multihop_accuracy_vs_length.png"], 2)
     assert {r["length"] for r in results["records"]} == {64, 128}
     assert all(r["accuracy"] == r["subspan_em"] for r in results["records"])
@@ -191,3 +192,22 @@ def test_entry_points_run_on_a_tiny_model(script, options, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| **all** |" in done.stdout and (tmp_path / "results.json").exists()
+
+
+def test_a_separate_baseline_model_with_yarn_positions(model, tokenizer, tmp_path):
+    """`--full_context_model` loads another LM (the paper's Instruct baseline) and its tokenizer; YaRN widens its window."""
+    from benchmarks.eval.runtime import build_systems
+    from modeling_memcomp.tiny import tiny_qwen2_config
+    from transformers import Qwen2ForCausalLM
+
+    config = tiny_qwen2_config(len(tokenizer), max_position_embeddings=256)
+    config.pad_token_id = tokenizer.pad_token_id
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    args = EvalArguments(output_dir=str(tmp_path / "qa"), systems=["full"], full_context_model=str(tmp_path / "base"), **TINY)
+    (plain,) = build_systems(model, args)
+    (widened,) = build_systems(model, EvalArguments(**{**vars(args), "full_context_yarn_factor": 4.0}))
+    assert (plain.max_positions, widened.max_positions) == (256, 1024)
+    assert widened.language_model.config.rope_parameters["rope_type"] == "yarn" and plain.language_model is not model.language_model
+    results = qa.evaluate(model, args, qa_sets(hotpot=False))
+    assert [r["system"] for r in results["records"]] == ["full", "full"] and results["num_errors"] == 0

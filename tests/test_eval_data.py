@@ -98,6 +98,9 @@ def test_niah_needle_sits_at_its_depth_on_a_sentence_boundary(tokenizer):
 def test_multihop_hides_gold_paragraphs_among_other_questions_distractors(tokenizer):
     datasets = {"hotpotqa": load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]}
     examples = multihop_examples(tokenizer, datasets, [60, 120], template="chat", seed=0)
+    assert [e.id for e in multihop_examples(tokenizer, datasets, [60], samples_per_set=1, seed=3)] == [
+        e.id for e in multihop_examples(tokenizer, datasets, [60], samples_per_set=1, seed=3)
+    ] and len(multihop_examples(tokenizer, datasets, [60], samples_per_set=2)) == 2
     assert [e.id for e in examples] == ["hotpotqa/h1@60", "hotpotqa/h1@120", "hotpotqa/h2@60", "hotpotqa/h2@120", "hotpotqa/h3@60", "hotpotqa/h3@120"]
     item = datasets["hotpotqa"][0]
     long_one = examples[1]
@@ -105,6 +108,8 @@ def test_multihop_hides_gold_paragraphs_among_other_questions_distractors(tokeni
     assert all(item.passages[i] in texts for i in item.supporting)
     assert item.passages[2] not in texts  # the question's own non-gold paragraph is not a distractor
     assert len(texts) > len(item.supporting)  # distractors were added
+    short_texts = [d.split("\n", 1)[1] for d in examples[0].context]
+    assert set(short_texts) <= set(texts)  # the longer context extends the shorter one
     assert len(tokenizer("\n\n".join(texts))["input_ids"]) <= 120 + len(texts)
     assert long_one.instruction.endswith(f"Question: {item.question}\nAnswer:")
     assert multihop_examples(tokenizer, datasets, [60], template="rl")[0].instruction == item.question

@@ -20,6 +20,7 @@ class EvalArguments:
     output_dir: str = field(default="eval_results", metadata={"help": "folder for records.jsonl, results.json, table.md and plots"})
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata={"help": "systems to run: memcomp (compressed memory) and/or full (full-context baseline)"})
     full_context_model: str | None = field(default=None, metadata={"help": "baseline LM (e.g. Qwen/Qwen2.5-7B-Instruct); default: the checkpoint's own base LM"})
+    full_context_yarn_factor: float | None = field(default=None, metadata={"help": "YaRN factor for the baseline's positions (Qwen2.5 at 120K tokens: 4.0)"})
     template: str = field(default="chat", metadata={"help": "prompt template: chat (SFT checkpoints) or rl (RL checkpoints, \\boxed{} answers)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt for memcomp; default: the training one"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N examples (smoke runs)"})
@@ -43,6 +44,8 @@ class EvalArguments:
             raise ValueError(f"limit must be a positive number of examples, got {self.limit}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.full_context_yarn_factor is not None and self.full_context_yarn_factor <= 1:
+            raise ValueError(f"full_context_yarn_factor must be > 1 (e.g. 4.0), got {self.full_context_yarn_factor}.")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
 

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from . import protocol
-from .config import EvalArguments
+from .config import EvalArguments, MultiHopArguments
 from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_lines, summarize, write_report
@@ -23,27 +23,36 @@ def instruction_for(question: str, template: str) -> str:
     return question if template == "rl" else protocol.MULTIHOP_INSTRUCTION.format(question=question)
 
 
-def build_examples(tokenizer, datasets: dict[str, list[QAItem]], lengths: list[int], template: str = "chat", seed: int = 0) -> list[Example]:
-    """For each item and length: its gold paragraphs at random places among other items' paragraphs, up to `length` tokens."""
-    pool = [(name, item.id, p) for name, items in datasets.items() for item in items for p in item.passages]
-    pool_tokens = [len(ids) for ids in tokenizer([p for _, _, p in pool], add_special_tokens=False)["input_ids"]]
+def build_examples(
+    tokenizer,
+    datasets: dict[str, list[QAItem]],
+    lengths: list[int],
+    samples_per_set: int | None = None,
+    template: str = "chat",
+    seed: int = 0,
+) -> list[Example]:
+    """`samples_per_set` questions per dataset, each at every length: its gold paragraphs at random places among
+    paragraphs of the dataset's other questions (the distractors), filled up to `length` tokens."""
     examples = []
     for name, items in datasets.items():
-        for item in items:
+        pool = [(item.id, p) for item in items for p in item.passages]
+        pool_tokens = [len(ids) for ids in tokenizer([p for _, p in pool], add_special_tokens=False)["input_ids"]]
+        chosen = items if samples_per_set is None or samples_per_set >= len(items) else random.Random(seed).sample(items, samples_per_set)
+        for item in chosen:
             gold = [item.passages[i] for i in item.supporting] or item.passages
             gold_tokens = sum(len(ids) for ids in tokenizer(gold, add_special_tokens=False)["input_ids"])
+            rng = random.Random(f"{seed}/{name}/{item.id}")
+            order = [k for k in range(len(pool)) if pool[k][0] != item.id]
+            rng.shuffle(order)
             for length in lengths:
-                rng = random.Random(f"{seed}/{name}/{item.id}/{length}")
-                order = [k for k in range(len(pool)) if pool[k][:2] != (name, item.id)]
-                rng.shuffle(order)
                 passages, total = [], gold_tokens
-                for k in order:
+                for k in order:  # a prefix of the draw, so contexts of all lengths nest
                     if total + pool_tokens[k] > length:
-                        continue
-                    passages.append(pool[k][2])
+                        break
+                    passages.append(pool[k][1])
                     total += pool_tokens[k]
                 if total < 0.9 * length:
-                    logger.warning("%s/%s: only %d distractor tokens for length %d; add more data.", name, item.id, total, length)
+                    logger.warning("%s/%s: the distractors fill only %d of %d tokens; use more data.", name, item.id, total, length)
                 for passage in gold:
                     passages.insert(rng.randint(0, len(passages)), passage)
                 documents = [f"Document {i + 1}:\n{p}" for i, p in enumerate(passages)]
@@ -61,9 +70,12 @@ def score(example: Example, generation) -> dict:
     return {**scores, "accuracy": scores["subspan_em"]}
 
 
-def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], lengths: list[int]) -> dict:
-    """Run the multi-hop stress test for `args.systems` and write the table and the accuracy-vs-length curve."""
-    examples = build_examples(model.tokenizer, datasets, lengths, args.template, args.seed)[: args.limit]
+def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict[str, list[QAItem]]) -> dict:
+    """Run the multi-hop stress test for `args.systems` and write the table and the accuracy-vs-length curve.
+
+    `datasets` holds every item of each set: `data.samples_per_set` of them are asked, all of them supply distractors.
+    """
+    examples = build_examples(model.tokenizer, datasets, data.lengths, data.samples_per_set, args.template, args.seed)[: args.limit]
     if not examples:
         raise ValueError("no multi-hop examples: check the datasets and lengths arguments.")
     store, settings = open_store(args, "multihop", model)

@@ -35,6 +35,26 @@ def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
     return model.eval()
 
 
+def load_baseline(args: EvalArguments):
+    """The separate full-context model and its tokenizer, with YaRN positions when `full_context_yarn_factor` is set."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.full_context_model)
+    if args.full_context_yarn_factor:
+        config.rope_parameters = {
+            **(config.rope_parameters or {}),
+            "rope_type": "yarn",
+            "factor": args.full_context_yarn_factor,
+            "original_max_position_embeddings": config.max_position_embeddings,
+        }
+    device_map = "auto" if torch.cuda.is_available() else None
+    baseline = AutoModelForCausalLM.from_pretrained(args.full_context_model, config=config, dtype=args.dtype, device_map=device_map)
+    tokenizer = AutoTokenizer.from_pretrained(args.full_context_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return baseline.eval(), tokenizer
+
+
 def build_systems(model, args: EvalArguments) -> list:
     """The systems `args.systems` names, in order; the baseline is the checkpoint's base LM unless one is given."""
     systems = []
@@ -44,12 +64,8 @@ def build_systems(model, args: EvalArguments) -> list:
         elif args.full_context_model:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            device_map = "auto" if torch.cuda.is_available() else None
-            baseline = AutoModelForCausalLM.from_pretrained(args.full_context_model, dtype=args.dtype, device_map=device_map)
-            tokenizer = AutoTokenizer.from_pretrained(args.full_context_model)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            systems.append(FullContextSystem(model, template=args.template, language_model=baseline.eval(), tokenizer=tokenizer))
+            baseline, tokenizer = load_baseline(args)
+            systems.append(FullContextSystem(model, template=args.template, language_model=baseline, tokenizer=tokenizer))
         else:
             systems.append(FullContextSystem(model, template=args.template))
     return systems

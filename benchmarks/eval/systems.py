@@ -45,6 +45,15 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
+def max_positions(config) -> int | None:
+    """How many positions a causal LM takes: `max_position_embeddings`, times the factor of a YaRN-style rope scaling."""
+    limit = getattr(config, "max_position_embeddings", None)
+    rope = getattr(config, "rope_parameters", None) or {}
+    if limit is not None and rope.get("rope_type") in ("yarn", "dynamic", "linear", "longrope") and rope.get("factor"):
+        limit = int(rope["factor"] * rope.get("original_max_position_embeddings", limit))
+    return limit
+
+
 def _passages(context: str | list[str]) -> list[str]:
     return [context] if isinstance(context, str) else list(context)
 
@@ -89,7 +98,7 @@ class FullContextSystem:
         self.language_model = language_model if language_model is not None else model.language_model
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.template, self.system_prompt = template, system_prompt
-        self.max_positions = getattr(self.language_model.config, "max_position_embeddings", None)
+        self.max_positions = max_positions(self.language_model.config)
 
     def prompt_ids(self, context, instruction: str) -> tuple[list[int], int]:
         """Prompt ids with the context as text where the memory block would be, and the context's token count."""
