@@ -60,7 +60,8 @@ def test_qa_end_to_end_with_judge_and_retention(model, tmp_path):
 
     from trainers.judges import LLMJudge
 
-    results = qa.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), qa_sets(), judge=LLMJudge(AlwaysCorrect()))
+    args = EvalArguments(output_dir=str(tmp_path), batch_size=2, **TINY)  # batches of 2, 2, 1
+    results = qa.evaluate(model, args, qa_sets(), judge=LLMJudge(AlwaysCorrect()))
     check_outputs(tmp_path, "qa", ["qa_accuracy.png"], 5)
     overall = results["aggregates"]["accuracy"]["all"]
     assert overall["memcomp"]["mean"] == overall["full"]["mean"] == 1.0

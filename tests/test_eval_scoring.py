@@ -143,3 +143,17 @@ def test_judges_from_args_pick_the_backend_the_arguments_name():
     assert isinstance(qa_judge.backend, OpenAIJudgeBackend) and niah_judge.backend is qa_judge.backend
     with pytest.raises(ValueError, match="judge_model"):
         judges_from_args(EvalArguments(judge_url="http://localhost:8000/v1"))
+
+
+def test_qa_scorer_judges_a_batch_in_one_judge_batch_call():
+    class Counting(LLMJudge):
+        batches = []
+
+        def judge_batch(self, questions, responses, references):
+            self.batches.append(len(questions))
+            return super().judge_batch(questions, responses, references)
+
+    judge = Counting(ScriptedBackend("Verdict: CORRECT", "Verdict: INCORRECT"), retries=0)
+    examples = [Example(str(i), "ctx", "Q?", ["a"], "Q?") for i in range(2)]
+    scores = make_scorer(judge).score_batch(examples, [Generation("a", 1, 3), Generation("b", 1, 3)])
+    assert Counting.batches == [2] and [s["accuracy"] for s in scores] == [1.0, 0.0]

@@ -29,6 +29,7 @@ class Example:
 
 
 Scorer = Callable[[Example, Generation], dict]
+"""Scores one answer; a scorer with `score_batch(examples, generations)` gets a whole batch (e.g. to judge concurrently)."""
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -50,6 +51,14 @@ def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) ->
         if len(batch) == 1:
             return [str(error)]
         return [out for example in batch for out in _generate(system, [example], seed, generate_kwargs)]
+
+
+def _score(scorer: Scorer, answered: list[tuple[Example, Generation]]) -> list[dict]:
+    if not answered:
+        return []
+    if hasattr(scorer, "score_batch"):
+        return scorer.score_batch([e for e, _ in answered], [g for _, g in answered])
+    return [scorer(e, g) for e, g in answered]
 
 
 def run(
@@ -77,13 +86,16 @@ def run(
         if skipped:
             logger.info("%s [%s]: %d finished examples reused from %s", desc, system.name, skipped, store.path)
         for batch in _batches(todo, batch_size):
-            for example, output in zip(batch, _generate(system, batch, seed, generate_kwargs)):
+            outputs = _generate(system, batch, seed, generate_kwargs)
+            answered = [(e, o) for e, o in zip(batch, outputs) if not isinstance(o, str)]
+            scores = iter(_score(scorer, answered))
+            for example, output in zip(batch, outputs):
                 record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference, **example.meta}
                 if isinstance(output, str):
                     record["error"] = output
                 else:
                     record.update(response=output.text, response_tokens=output.num_tokens, context_tokens=output.context_tokens)
-                    record.update(scorer(example, output))
+                    record.update(next(scores))
                 store.append(record)
             bar.update(len(batch))
         bar.close()

@@ -34,17 +34,31 @@ def build_examples(datasets: dict[str, list[QAItem]]) -> list[Example]:
     ]
 
 
-def make_scorer(judge=None):
-    """EM / F1 / sub-span EM always; with an `LLMJudge`, its verdict is the accuracy (else sub-span EM is)."""
+class QAScorer:
+    """EM / F1 / sub-span EM always; with an `LLMJudge`, its verdict is the accuracy (else sub-span EM is).
 
-    def score(example: Example, generation) -> dict:
-        scores = answer_scores(generation.text, example.reference)
-        if judge is None:
-            return {**scores, "accuracy": scores["subspan_em"]}
-        verdict = judge.judge(example.question, generation.text, example.reference)
-        return {**scores, "accuracy": float(verdict.correct), "judge_failed": verdict.failed, "judge_raw": verdict.raw}
+    `score_batch` sends a batch's judge calls through `judge_batch`, concurrently for a remote judge.
+    """
 
-    return score
+    def __init__(self, judge=None):
+        self.judge = judge
+
+    def __call__(self, example: Example, generation) -> dict:
+        return self.score_batch([example], [generation])[0]
+
+    def score_batch(self, examples: list[Example], generations: list) -> list[dict]:
+        scores = [answer_scores(g.text, e.reference) for e, g in zip(examples, generations)]
+        if self.judge is None:
+            return [{**s, "accuracy": s["subspan_em"]} for s in scores]
+        verdicts = self.judge.judge_batch(
+            [e.question for e in examples], [g.text for g in generations], [e.reference for e in examples]
+        )
+        return [
+            {**s, "accuracy": float(v.correct), "judge_failed": v.failed, "judge_raw": v.raw} for s, v in zip(scores, verdicts)
+        ]
+
+
+make_scorer = QAScorer
 
 
 def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judge=None) -> dict:
