@@ -155,7 +155,11 @@ class MemoryStore:
                 f"text_column={text_column!r} is not a column of the dataset (columns: {dataset.column_names}); "
                 "pass text_column= naming the column with the documents."
             )
+        from datasets.fingerprint import Hasher
+
         map_kwargs.setdefault("desc", "memcomp: compressing corpus")
+        # Named here so that `datasets` does not pickle the whole model to fingerprint the transform.
+        map_kwargs.setdefault("new_fingerprint", Hasher.hash([dataset._fingerprint, self.model_key, text_column, str(self.root)]))
         return dataset.map(
             lambda batch: self._compress_batch(batch[text_column]), batched=True, batch_size=batch_size, **map_kwargs
         )
