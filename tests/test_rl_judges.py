@@ -6,6 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+import torch
 
 from trainers.judges import (
     HFJudgeBackend,
@@ -173,16 +174,41 @@ def test_match_judge_rejects_unknown_mode():
 def test_hf_backend_greedy_completion_is_deterministic(tokenizer):
     from modeling_memcomp.tiny import tiny_qwen2_config
     from transformers import Qwen2ForCausalLM
-    import torch
 
     torch.manual_seed(0)
     lm = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), hidden_size=32, num_layers=1)).eval()
     backend = HFJudgeBackend(lm, tokenizer, max_new_tokens=4)
     first = backend.complete("Question: is it correct?")
     assert isinstance(first, str) and first == backend.complete("Question: is it correct?")
-    # a random model's reply is malformed: the judge must score it 0 and report the failure, not raise
-    result = LLMJudge(backend, retries=0).judge("q?", "a", "a")
-    assert result.failed or parse_verdict(result.raw) is not None
+    # whatever a random model replies, the judge's verdict is exactly what parsing that reply gives
+    judge = LLMJudge(backend, retries=0)
+    result = judge.judge("q?", "a", "a")
+    verdict = parse_verdict(backend.complete(judge.build_prompt("q?", "a", "a")))
+    assert result.failed == (verdict is None) and result.correct == bool(verdict)
+
+
+def test_hf_backend_uses_the_chat_template_when_there_is_one(tokenizer):
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    seen = []
+
+    class Recorder:
+        device = "cpu"
+
+        def generate(self, input_ids, **kwargs):
+            seen.append(input_ids)
+            return torch.cat([input_ids, torch.tensor([chat("Verdict: CORRECT")["input_ids"]])], dim=1)
+
+    backend = HFJudgeBackend(Recorder(), chat, max_new_tokens=8, system_prompt="Be strict.")
+    assert backend.complete("Is it right?") == "Verdict: CORRECT"
+    text = chat.decode(seen[0][0])
+    assert text.startswith("<|im_start|>system\nBe strict.<|im_end|>") and text.endswith("<|im_start|>assistant\n")
+    assert "Is it right?" in text
 
 
 class _ChatHandler(BaseHTTPRequestHandler):

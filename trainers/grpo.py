@@ -401,7 +401,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
             keep_groups = set(filter_groups(rewards, group))
             local = range(self.accelerator.process_index * len(batch), (self.accelerator.process_index + 1) * len(batch))
             keep_rows = [i for i, row in enumerate(local) if row // group in keep_groups]
-            drop_rows = [i for i in range(len(batch)) if i not in set(keep_rows)]
+            drop_rows = [i for i, row in enumerate(local) if row // group not in keep_groups]
             kept.append(take_rows(output, keep_rows))
             dropped.append(take_rows(output, drop_rows))
             seen += len(rewards) // group
