@@ -12,7 +12,6 @@ from .report import comparison_table, plot_lines, summarize, write_report
 from .runtime import build_systems, generate_kwargs, open_store
 from .scoring import parse_choice
 
-DEFAULT_MAX_NEW_TOKENS = 600
 REQUIRED = ("question", "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context")
 
 
@@ -63,7 +62,7 @@ def evaluate(model, args: EvalArguments, data: LongBenchArguments, rows: list[di
         raise ValueError(f"no LongBench v2 example is under {data.max_tokens} tokens.")
     store, settings = open_store(args, "longbench", model)
     records = run(
-        examples, build_systems(model, args), score, store, generate_kwargs(args, "longbench", DEFAULT_MAX_NEW_TOKENS),
+        examples, build_systems(model, args), score, store, generate_kwargs(args, "longbench"),
         batch_size=args.batch_size, seed=args.seed, desc="longbench",
     )
     out = Path(args.output_dir)

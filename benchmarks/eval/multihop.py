@@ -15,7 +15,6 @@ from .runtime import build_systems, generate_kwargs, open_store
 from .scoring import answer_scores
 
 logger = logging.getLogger(__name__)
-DEFAULT_MAX_NEW_TOKENS = 600
 
 
 def instruction_for(question: str, template: str) -> str:
@@ -80,7 +79,7 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
         raise ValueError("no multi-hop examples: check the datasets and lengths arguments.")
     store, settings = open_store(args, "multihop", model)
     records = run(
-        examples, build_systems(model, args), score, store, generate_kwargs(args, "multihop", DEFAULT_MAX_NEW_TOKENS),
+        examples, build_systems(model, args), score, store, generate_kwargs(args, "multihop"),
         batch_size=args.batch_size, seed=args.seed, desc="multihop",
     )
     out = Path(args.output_dir)

@@ -11,8 +11,6 @@ from .report import comparison_table, plot_heatmap, plot_lines, summarize, write
 from .runtime import build_systems, generate_kwargs, open_store
 from .scoring import needle_recall_score
 
-DEFAULT_MAX_NEW_TOKENS = 64
-
 
 def insert_needle(tokenizer, haystack_ids: list[int], needle: str, length: int, depth: int, sentence_ends: set[int]) -> str:
     """A `length`-token context of repeated haystack with the needle at `depth`% (moved back to a sentence end)."""
@@ -68,7 +66,7 @@ def evaluate(model, args: EvalArguments, data: NIAHArguments, haystack: str, jud
     store, settings = open_store(args, "niah", model, {"judge": type(judge).__name__ if judge else "needle_recall"})
     systems = build_systems(model, args)
     records = run(
-        examples, systems, make_scorer(judge), store, generate_kwargs(args, "niah", DEFAULT_MAX_NEW_TOKENS),
+        examples, systems, make_scorer(judge), store, generate_kwargs(args, "niah"),
         batch_size=args.batch_size, seed=args.seed, desc="niah",
     )
     out = Path(args.output_dir)

@@ -11,6 +11,10 @@ TEMPERATURE = {
     "multihop": 0.7,
     "longbench": 0.7,
 }
+# Answer length caps: the RL stage's response budget (Table 10) leaves room for the expanded reasoning;
+# a needle answer is one sentence; a reconstruction gets 1.25 x its context length.
+MAX_NEW_TOKENS = {"qa": 600, "multihop": 600, "longbench": 600, "niah": 64}
+RECONSTRUCTION_LENGTH_FACTOR = 1.25
 
 # Reconstruction (Appendix A, G.2): plain (Stage 1) template, ROUGE F1 at these lengths (tokens).
 RECONSTRUCTION_INSTRUCTION = "Reconstruct the original text from the compressed memory provided above."

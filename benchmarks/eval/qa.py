@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import protocol
-from .config import EvalArguments, QAArguments
+from .config import EvalArguments
 from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_bars, summarize, write_report
 from .runtime import build_systems, generate_kwargs, open_store
 from .scoring import answer_scores
 
-DEFAULT_MAX_NEW_TOKENS = 600  # the RL stage's response budget (Table 10): room for the expanded reasoning
-
 
 def split_of(dataset: str) -> str:
-    """"in" / "out" of distribution for the paper's sets, "other" for anything else."""
+    """Which side of the paper's split a dataset is on: in-distribution, out-of-distribution, or other."""
     if dataset in protocol.QA_IN_DISTRIBUTION:
         return "in-distribution"
     return "out-of-distribution" if dataset in protocol.QA_OUT_OF_DISTRIBUTION else "other"
@@ -69,7 +67,7 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
     store, settings = open_store(args, "qa", model, {"judge": type(judge).__name__ if judge else "subspan_em"})
     records = run(
         examples, build_systems(model, args), make_scorer(judge), store,
-        generate_kwargs(args, "qa", DEFAULT_MAX_NEW_TOKENS), batch_size=args.batch_size, seed=args.seed, desc="qa",
+        generate_kwargs(args, "qa"), batch_size=args.batch_size, seed=args.seed, desc="qa",
     )
     accuracy = "judge accuracy" if judge else "sub-span EM"
     aggregates = {

@@ -45,7 +45,7 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
     store, settings = open_store(args, "reconstruction", model)
     longest = max(e.meta["length"] for e in examples)
     records = run(
-        examples, build_systems(model, args), score, store, generate_kwargs(args, "reconstruction", int(longest * 1.25) + 16),
+        examples, build_systems(model, args), score, store, generate_kwargs(args, "reconstruction", int(longest * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 16),
         batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
     )
     out = Path(args.output_dir)

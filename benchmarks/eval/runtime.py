@@ -71,10 +71,11 @@ def build_systems(model, args: EvalArguments) -> list:
     return systems
 
 
-def generate_kwargs(args: EvalArguments, benchmark: str, max_new_tokens: int) -> dict:
+def generate_kwargs(args: EvalArguments, benchmark: str, max_new_tokens: int | None = None) -> dict:
     """Sampling for the benchmark (paper temperature unless overridden) and the answer length cap."""
     temperature = protocol.TEMPERATURE[benchmark] if args.temperature is None else args.temperature
-    return {**protocol.sampling_kwargs(temperature), "max_new_tokens": args.max_new_tokens or max_new_tokens}
+    cap = args.max_new_tokens or max_new_tokens or protocol.MAX_NEW_TOKENS[benchmark]
+    return {**protocol.sampling_kwargs(temperature), "max_new_tokens": cap}
 
 
 def open_store(args: EvalArguments, benchmark: str, model, extra_settings: dict | None = None) -> tuple[RecordStore, dict]:
