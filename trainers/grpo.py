@@ -127,15 +127,20 @@ class MemCompGRPOTrainer(GRPOTrainer):
         if isinstance(model, str):
             model = MemCompForCausalLM.from_pretrained(model)
         if not isinstance(model, MemCompForCausalLM):
-            raise TypeError(f"model must be a MemCompForCausalLM (the SFT checkpoint) or its path, got {type(model).__name__}.")
+            raise TypeError(
+                f"model must be a MemCompForCausalLM (the SFT checkpoint) or its path, got {type(model).__name__}."
+            )
         args = args or MemCompGRPOConfig(output_dir="memcomp-rl")
         if not isinstance(args, MemCompGRPOConfig):
             raise TypeError(f"args must be a MemCompGRPOConfig, got {type(args).__name__}.")
         if reward_funcs is not None and judge is not None:
             raise ValueError("pass either judge= (for the default judge reward) or reward_funcs=, not both.")
-        reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs or JudgeReward(judge or MatchJudge())]
+        if reward_funcs is None:
+            reward_funcs = [JudgeReward(judge or MatchJudge())]
+        reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if args.overlong_penalty_factor > 0:
-            reward_funcs.append(OverlongPenalty(args.max_completion_length, args.overlong_buffer, args.overlong_penalty_factor))
+            penalty = OverlongPenalty(args.max_completion_length, args.overlong_buffer, args.overlong_penalty_factor)
+            reward_funcs.append(penalty)
         for dataset in (train_dataset, eval_dataset):
             _check_columns(dataset)
         # Only the decoder learns: the compressor side is frozen, and the encoder never runs (memory is precomputed).
@@ -154,7 +159,12 @@ class MemCompGRPOTrainer(GRPOTrainer):
         # TRL patches the fused log-prob head onto the model it is given; for memcomp it belongs on the inner LM
         # (MemCompForCausalLM.forward fills the memory slots, then passes `fused_lm_head` through).
         vars(model).pop("forward", None)
-        add_fused_lm_head(model.language_model, temperature=self.temperature, outputs=("log_probs", "entropy"))
+        add_fused_lm_head(
+            model.language_model,
+            temperature=self.temperature,
+            cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
+            outputs=("log_probs", "entropy"),
+        )
         start, end, mem = model.config.memory_token_ids
         self.generation_config.suppress_tokens = [start, end, mem]
         self.generation_kwargs["suppress_tokens"] = [start, end, mem]
@@ -215,7 +225,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
             if len(ids) > self.args.max_prompt_length:
                 raise ValueError(
                     f"a prompt needs {len(ids)} tokens ({slots} memory slots) but max_prompt_length is "
-                    f"{self.args.max_prompt_length}; drop such rows in precompute_memory (max_prompt_length=) or raise it."
+                    f"{self.args.max_prompt_length}; drop such rows in precompute_memory (max_prompt_length=) "
+                    "or raise it."
                 )
             prompt_ids.append(ids)
         return prompt_ids, None, {}
@@ -307,9 +318,10 @@ class MemCompGRPOTrainer(GRPOTrainer):
     def _generate_vllm(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         self._sync_vllm_weights()
         unwrapped = self.accelerator.unwrap_model(self.model)
+        device = self._memory.device
         with torch.no_grad():
             embeds = [
-                unwrapped.embed_inputs(torch.tensor([ids], device=self._memory.device), self._memory[i : i + 1, :slots])[0].cpu()
+                unwrapped.embed_inputs(torch.tensor([ids], device=device), self._memory[i : i + 1, :slots])[0].cpu()
                 for i, (ids, slots) in enumerate(zip(prompt_ids, self._memory_lengths))
             ]
         params = self._vllm.sampling_params(
@@ -399,7 +411,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
             output = self._score(batch)
             rewards = self._last_rewards_per_func[:, column].cpu()
             keep_groups = set(filter_groups(rewards, group))
-            local = range(self.accelerator.process_index * len(batch), (self.accelerator.process_index + 1) * len(batch))
+            first = self.accelerator.process_index * len(batch)
+            local = range(first, first + len(batch))  # this process's rows in the gathered reward table
             keep_rows = [i for i, row in enumerate(local) if row // group in keep_groups]
             drop_rows = [i for i, row in enumerate(local) if row // group not in keep_groups]
             kept.append(take_rows(output, keep_rows))
@@ -414,7 +427,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
         merged = concat_rollouts([b for b in kept + dropped if len(b["advantages"])], self._pad_values())
         if have < target:
             logger.warning(
-                "dynamic sampling: %d of %d rows come from groups with varied rewards after %d rounds; filtered groups fill the rest.",
+                "dynamic sampling: %d of %d rows come from groups with varied rewards after %d rounds; "
+                "filtered groups fill the rest.",
                 have, target, attempt + 1,
             )
         merged = take_rows(merged, range(target))
@@ -448,7 +462,9 @@ class MemCompGRPOTrainer(GRPOTrainer):
                     shuffle=True,
                     seed=self.args.seed + 1 + self.accelerator.process_index + 1000 * self._refill_epoch,
                 )
-                loader = DataLoader(self.train_dataset, batch_size=size, sampler=sampler, collate_fn=identity, drop_last=True)
+                loader = DataLoader(
+                    self.train_dataset, batch_size=size, sampler=sampler, collate_fn=identity, drop_last=True
+                )
                 self._refill_iterator = iter(loader)
             try:
                 return next(self._refill_iterator)

@@ -104,7 +104,8 @@ def precompute_memory(
         )
     kept = out.filter(lambda n: n <= max_prompt_length, input_columns="prompt_length")
     if len(kept) < len(out):
-        logger.warning("dropped %d of %d rows whose prompt exceeds %d tokens.", len(out) - len(kept), len(out), max_prompt_length)
+        dropped = len(out) - len(kept)
+        logger.warning("dropped %d of %d rows whose prompt exceeds %d tokens.", dropped, len(out), max_prompt_length)
     return kept
 
 
@@ -129,7 +130,8 @@ def read_metadata(folder: str | Path) -> dict | None:
 def run(args: PrecomputeArguments) -> Dataset:
     """Load the SFT model and the rows, compress, save to `args.output_dir`."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = MemCompForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = MemCompForCausalLM.from_pretrained(args.model, dtype=dtype)
     model.to(device).eval()
     rows = load_rows(args.dataset, args.split, args.dataset_config)
     if args.max_samples is not None:
