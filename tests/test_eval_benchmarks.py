@@ -68,6 +68,7 @@ def test_qa_end_to_end_with_judge_and_retention(model, tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| **all** | 100.00 | 100.00 | 100.0 | 5 |" in table  # retention of a perfect judge is 100 %
     assert "in-distribution" in table and "Average response length" in table
+    assert "Judge: 0 of 10 verdicts failed" in table and results["num_judge_failures"] == 0
 
 
 def test_niah_end_to_end_writes_one_heatmap_per_system(model, tmp_path):
@@ -189,7 +190,7 @@ def test_entry_points_run_on_a_tiny_model(script, options, tmp_path):
 
     root = Path(__file__).parents[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    command = [sys.executable, str(root / "examples" / script), "--output_dir", str(tmp_path), "--max_new_tokens", "4", *options]
+    command = [sys.executable, str(root / "examples" / script), "--model", "tiny", "--output_dir", str(tmp_path), "--max_new_tokens", "4", *options]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| **all** |" in done.stdout and (tmp_path / "results.json").exists()

@@ -13,6 +13,7 @@ from benchmarks.eval.longbench import build_examples as longbench_examples
 from benchmarks.eval.multihop import build_examples as multihop_examples
 from benchmarks.eval.niah import build_examples as niah_examples
 from benchmarks.eval.records import RecordStore, config_hash
+from benchmarks.eval.runtime import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -139,5 +140,9 @@ def test_eval_arguments_reject_bad_values():
         EvalArguments(limit=0)
     with pytest.raises(ValueError, match="temperature"):
         EvalArguments(temperature=-1)
+    with pytest.raises(ValueError, match="--model tiny"):
+        load_model(EvalArguments())
+    with pytest.raises(ValueError, match="yarn"):
+        EvalArguments(full_context_yarn_factor=0.5)
     assert EvalArguments(temperature=0.5).run_settings("qa") != EvalArguments().run_settings("qa")
     assert EvalArguments(limit=3, batch_size=4).run_settings("qa") == EvalArguments().run_settings("qa")

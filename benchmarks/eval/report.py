@@ -103,6 +103,7 @@ def write_report(output_dir: Path, benchmark: str, settings: dict, records: list
         "settings": settings,
         "num_records": len(records),
         "num_errors": len(errors),
+        "num_judge_failures": sum(bool(r.get("judge_failed")) for r in records),
         "aggregates": aggregates,
         "tables": tables,
         "plots": [str(p.name) for p in plots],
@@ -114,6 +115,10 @@ def write_report(output_dir: Path, benchmark: str, settings: dict, records: list
         body += [f"## {title}", "", table, ""]
     if errors:
         body.append(f"{len(errors)} example(s) not evaluated (see `error` in results.json), e.g.: {errors[0]['error']}")
+    judged = [r for r in records if "judge_failed" in r]
+    if judged:
+        failed = sum(bool(r["judge_failed"]) for r in judged)
+        body.append(f"Judge: {failed} of {len(judged)} verdicts failed after retries and count as wrong (`judge_raw` in results.json).")
     (output_dir / "table.md").write_text("\n".join(body).rstrip() + "\n")
     return results
 

@@ -21,6 +21,8 @@ def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
     `args.model == "tiny"` builds an untrained random model with a tokenizer trained on `tiny_corpus`:
     the pipeline is real, the answers are noise (smoke runs and tests only).
     """
+    if not args.model:
+        raise ValueError("no model given: pass --model CHECKPOINT (folder or Hub id), or --model tiny for a smoke run.")
     if args.model == "tiny":
         from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
 
