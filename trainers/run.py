@@ -81,9 +81,9 @@ def run_stage(config: StageConfig, resume_from_checkpoint: str | bool | None = N
     train, evaluation = build_datasets(config, model)
     trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train, eval_dataset=evaluation)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    if config.training.load_best_model_at_end or not config.model.fqlora:
+    if not config.model.fqlora:
         trainer.save_model()
-    if config.model.fqlora and trainer.is_world_process_zero():
+    elif trainer.is_world_process_zero():  # the best model is already loaded when load_best_model_at_end
         save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
     return trainer
 

@@ -18,6 +18,8 @@ from .param_groups import parameter_groups, parameter_report
 from .stages import TASKS, get_stage
 
 logger = logging.getLogger(__name__)
+FULL_FT_WEIGHTS = "full_ft_model.safetensors"
+"""Checkpoint file of the fully fine-tuned parameters of a peft-wrapped (FQLoRA) model: peft saves adapters only."""
 
 
 @dataclass
@@ -118,6 +120,45 @@ class MemCompTrainer(Trainer):
             if self.is_world_process_zero():
                 logger.info("trainable parameters:\n%s", self.parameter_report)
         return self.optimizer
+
+    # ------------------------------------------------------------------ checkpoints
+    def _full_ft_model(self):
+        """The peft model when it has trainable non-LoRA parameters (FQLoRA), else None."""
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel) and any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
+            return model
+        return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as Trainer does, plus the fully fine-tuned weights that peft's adapter save leaves out."""
+        super()._save(output_dir, state_dict)
+        model = self._full_ft_model()
+        if model is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            output_dir = output_dir or self.args.output_dir
+            tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+            save_file(tensors, os.path.join(output_dir, FULL_FT_WEIGHTS))
+
+    def _load_full_ft(self, checkpoint: str | None, model=None) -> None:
+        path = os.path.join(checkpoint or "", FULL_FT_WEIGHTS)
+        if checkpoint and os.path.exists(path):
+            from safetensors.torch import load_file
+
+            model = model or self.accelerator.unwrap_model(self.model)
+            unexpected = model.load_state_dict(load_file(path), strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"{path} holds weights this model does not have: {unexpected[:3]}...")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_full_ft(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        self._load_full_ft(self.state.best_model_checkpoint)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
