@@ -1,5 +1,6 @@
 """RL stage on a tiny model: precomputed memories, memory-aware rollouts and log-probs, dynamic sampling, training."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,16 @@ def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
     with pytest.raises(ValueError, match="not both"):
         MemCompGRPOTrainer(rl_model, reward_funcs=[OverlongPenalty()], judge=MatchJudge(),
                            args=MemCompGRPOConfig(output_dir=str(tmp_path), **TINY), train_dataset=rl_data)
+
+
+def test_rollout_backend_auto_falls_back_to_hf_and_vllm_explains(tokenizer, rl_data, tmp_path, monkeypatch):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM absent, whatever this environment has
+    trainer = _trainer(build_tiny_memcomp(tokenizer), rl_data, tmp_path, rollout_backend="auto")
+    assert trainer._vllm is None
+    with pytest.raises(ImportError, match="rollout_backend='vllm' needs vLLM.*make_vllm_env.sh"):
+        _trainer(build_tiny_memcomp(tokenizer), rl_data, tmp_path, rollout_backend="vllm")
 
 
 @pytest.fixture(scope="module")
