@@ -73,5 +73,5 @@ def evaluate(model, args: EvalArguments, data: LongBenchArguments, rows: list[di
         "Accuracy (%) by context length": comparison_table(by_bucket, "length", scale=100),
         "Accuracy (%) by difficulty": comparison_table(aggregates["accuracy_by_difficulty"], "difficulty", scale=100),
     }
-    plots = [plot_lines(by_bucket, out / "longbench_accuracy_vs_length.png", "context length (tokens)", "accuracy (%)", "LongBench v2", scale=100)]
+    plots = [plot_lines(by_bucket, out / "longbench_accuracy_vs_length.png", "context length (tokens)", "accuracy (%)", "LongBench v2", scale=100, ylim=(0, 100))]
     return write_report(out, "longbench", settings, records, aggregates, tables, plots)

@@ -88,5 +88,5 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
         "Sub-span EM (%) by context length": comparison_table(aggregates["accuracy_by_length"], "length", scale=100),
         "Sub-span EM (%) by dataset": comparison_table(aggregates["accuracy_by_dataset"], "dataset", scale=100),
     }
-    plots = [plot_lines(aggregates["accuracy_by_length"], out / "multihop_accuracy_vs_length.png", "context length (tokens)", "sub-span EM (%)", "Long-context multi-hop QA", scale=100)]
+    plots = [plot_lines(aggregates["accuracy_by_length"], out / "multihop_accuracy_vs_length.png", "context length (tokens)", "sub-span EM (%)", "Long-context multi-hop QA", scale=100, ylim=(0, 100))]
     return write_report(out, "multihop", settings, records, aggregates, tables, plots)

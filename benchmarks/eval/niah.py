@@ -75,6 +75,6 @@ def evaluate(model, args: EvalArguments, data: NIAHArguments, haystack: str, jud
         "NIAH score (1-10) by context length": comparison_table(aggregates["score_by_length"], "length"),
         "NIAH score (1-10) by needle depth (%)": comparison_table(aggregates["score_by_depth"], "depth"),
     }
-    plots = [plot_lines(aggregates["score_by_length"], out / "niah_score_vs_length.png", "context length (tokens)", "score (1-10)", "NIAH")]
+    plots = [plot_lines(aggregates["score_by_length"], out / "niah_score_vs_length.png", "context length (tokens)", "score (1-10)", "NIAH", ylim=(1, 10))]
     plots += [plot_heatmap(records, s.name, "score", out / f"niah_heatmap_{s.name}.png", f"NIAH: {s.name}") for s in systems]
     return write_report(out, "niah", settings, records, aggregates, tables, plots)

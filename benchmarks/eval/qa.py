@@ -85,5 +85,5 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
         "Average response length (tokens)": comparison_table(aggregates["response_tokens"], "dataset", digits=1, ratio_label="memcomp / full %"),
     }
     out = Path(args.output_dir)
-    plots = [plot_bars(aggregates["accuracy"], out / "qa_accuracy.png", "dataset", f"{accuracy} (%)", "QA accuracy", scale=100)]
+    plots = [plot_bars(aggregates["accuracy"], out / "qa_accuracy.png", "dataset", f"{accuracy} (%)", "QA accuracy", scale=100, ylim=(0, 100))]
     return write_report(out, "qa", settings, records, aggregates, tables, plots)

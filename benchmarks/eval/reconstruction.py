@@ -52,7 +52,7 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
     summaries = {m: summarize(records, m, by="length") for m in ("rouge1", "rougeL")}
     tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}
     plots = [
-        plot_lines(s, out / f"{m}_vs_length.png", "context length (tokens)", f"{m} F1", f"Reconstruction {m} F1")
+        plot_lines(s, out / f"{m}_vs_length.png", "context length (tokens)", f"{m} F1", f"Reconstruction {m} F1", ylim=(0, 1))
         for m, s in summaries.items()
     ]
     return write_report(out, "reconstruction", settings, records, summaries, tables, plots)

@@ -13,6 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ALL = "all"
 LABELS = {"memcomp": "memcomp (compressed)", "full": "full context"}
+COLORS = {"memcomp": "tab:blue", "full": "tab:orange"}
+
+
+def _systems(summary: dict) -> list[str]:
+    """The systems in a summary, memcomp first."""
+    return sorted({s for row in summary.values() for s in row}, key=lambda s: (s != "memcomp", s))
 
 
 def summarize(records: list[dict], metric: str, by: str | None = None) -> dict:
@@ -42,7 +48,7 @@ def retention(compressed: float | None, full: float | None) -> float | None:
 
 def comparison_table(summary: dict, group_label: str, scale: float = 1.0, digits: int = 2, ratio_label: str = "retention %") -> str:
     """Markdown: one row per group, a column per system, and memcomp / full in % (retention) when both ran."""
-    systems = sorted({s for row in summary.values() for s in row}, key=lambda s: (s != "memcomp", s))
+    systems = _systems(summary)
     both = {"memcomp", "full"} <= set(systems)
     header = [group_label] + [LABELS.get(s, s) for s in systems] + ([ratio_label] if both else []) + ["n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -57,16 +63,17 @@ def comparison_table(summary: dict, group_label: str, scale: float = 1.0, digits
     return "\n".join(lines)
 
 
-def plot_lines(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
+def plot_lines(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0, ylim=None) -> Path:
     """Metric vs group (e.g. context length), one line per system; the "all" group is left out."""
     fig, ax = plt.subplots(figsize=(6, 4))
     groups = [g for g in summary if g != ALL]
-    for system in sorted({s for g in groups for s in summary[g]}):
+    for system in _systems({g: summary[g] for g in groups}):
         xs = [g for g in groups if system in summary[g]]
-        ax.plot([str(x) for x in xs], [summary[x][system]["mean"] * scale for x in xs], marker="o", label=LABELS.get(system, system))
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ys = [summary[x][system]["mean"] * scale for x in xs]
+        ax.plot([str(x) for x in xs], ys, marker="o", color=COLORS.get(system), label=LABELS.get(system, system))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=ylim)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,18 +130,18 @@ def write_report(output_dir: Path, benchmark: str, settings: dict, records: list
     return results
 
 
-def plot_bars(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0) -> Path:
+def plot_bars(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, scale: float = 1.0, ylim=None) -> Path:
     """Grouped bars of a metric per group (e.g. dataset), one bar per system; the "all" group is left out."""
     groups = [g for g in summary if g != ALL]
-    systems = sorted({s for g in groups for s in summary[g]}, key=lambda s: (s != "memcomp", s))
+    systems = _systems({g: summary[g] for g in groups})
     width = 0.8 / max(len(systems), 1)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(groups), 4))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(groups), 4))
     for k, system in enumerate(systems):
         heights = [summary[g][system]["mean"] * scale if system in summary[g] else 0 for g in groups]
-        ax.bar([i + k * width for i in range(len(groups))], heights, width, label=LABELS.get(system, system))
+        ax.bar([i + k * width for i in range(len(groups))], heights, width, color=COLORS.get(system), label=LABELS.get(system, system))
     ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(groups))], [str(g) for g in groups])
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend()
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=ylim)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
