@@ -32,10 +32,11 @@ def main() -> None:
     script, judge_args, args = TrlParser((RLScriptArguments, JudgeArguments, MemCompGRPOConfig)).parse_args_and_config()
     model = MemCompForCausalLM.from_pretrained(script.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     meta = read_metadata(script.memory_dataset)
-    if meta is not None and meta["fingerprint"] != model.fingerprint:
-        raise ValueError(
-            f"{script.memory_dataset} was compressed by another model ({meta['model']}); re-run "
-            f"examples/precompute_memory.py --model {script.model}."
+    if meta is not None and meta["fingerprint"] != model.fingerprint:  # also differs across dtypes: warn only
+        logging.warning(
+            "%s was compressed by %s, whose compressor fingerprint differs from %s; unless only the dtype "
+            "differs, re-run examples/precompute_memory.py --model %s.",
+            script.memory_dataset, meta["model"], script.model, script.model,
         )
     trainer = MemCompGRPOTrainer(
         model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
