@@ -56,9 +56,6 @@ def export_decoder(model: MemCompForCausalLM, folder: str | os.PathLike) -> Path
     model.language_model.save_pretrained(folder, safe_serialization=True)
     model.generation_config.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
-    (folder / "memcomp_decoder.json").write_text(
-        json.dumps({"memory_token_ids": list(model.config.memory_token_ids), "fingerprint": model.fingerprint}, indent=2)
-    )
     return folder
 
 
@@ -168,7 +165,10 @@ class VLLMDecoder:
         return self._sampling_params_class(**sampling_kwargs(self.generation_config, **overrides))
 
     def generate(self, prompt_embeds: list[torch.Tensor], sampling_params=None, use_tqdm: bool = False) -> list[list[int]]:
-        """Generated token ids per prompt (stop token included, as in HF output), in input order."""
+        """Generated token ids per prompt, in input order (stop token included, as in HF output).
+
+        With `n` samples per prompt (GRPO groups), each prompt's `n` lists are consecutive.
+        """
         if isinstance(prompt_embeds, torch.Tensor) or not prompt_embeds:
             raise TypeError("prompt_embeds must be a non-empty list of (seq, hidden) tensors from build_prompt_embeds.")
         if any(not isinstance(e, torch.Tensor) or e.ndim != 2 for e in prompt_embeds):
@@ -176,7 +176,7 @@ class VLLMDecoder:
         sampling_params = sampling_params or self.sampling_params()
         prompts = [{"prompt_embeds": embeds} for embeds in prompt_embeds]
         outputs = self.llm.generate(prompts, sampling_params, use_tqdm=use_tqdm)
-        return [list(output.outputs[0].token_ids) for output in outputs]
+        return [list(sample.token_ids) for output in outputs for sample in output.outputs]
 
     def answer(
         self,
