@@ -118,3 +118,15 @@ def test_trained_model_saves_and_reloads_through_from_pretrained(base_dir, tmp_p
     reloaded = load_fqlora(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).loss, before)
+
+
+@pytest.mark.slow
+def test_next_stage_loads_a_memcomp_checkpoint_4bit_with_the_same_selection(base_dir, tmp_path, corpus):
+    save_fqlora(load_fqlora_model(str(base_dir), FQLoRAConfig(lora_r=4, quantize=False)), tmp_path, merge=True)
+    model = load_fqlora_model(str(tmp_path), FQLoRAConfig(full_ft_layers=[1, 11], lora_r=4, compute_dtype="float32"))
+    inner = model.get_base_model()
+    assert trainable_layers(model) == {"full": [1, 11], "lora": [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]}
+    layers = inner.language_model.model.layers
+    assert type(layers[1].self_attn.q_proj) is torch.nn.Linear and type(layers[11].mlp.down_proj) is torch.nn.Linear
+    assert isinstance(layers[10].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
+    assert type(inner.memory_projection) is torch.nn.Linear  # the projection is never quantized

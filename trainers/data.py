@@ -76,7 +76,8 @@ def load_source(source: SourceConfig) -> datasets.IterableDataset:
         data = datasets.load_dataset(source.path, source.name, split=source.split, streaming=streaming)
     if isinstance(data, datasets.Dataset):
         data = data.to_iterable_dataset()
-    missing = [source.columns.get(k, k) for k in SCHEMAS[source.kind] if source.columns.get(k, k) not in data.column_names]
+    present = data.column_names or []  # None: a streamed source whose features are not declared
+    missing = [source.columns.get(k, k) for k in SCHEMAS[source.kind] if source.columns.get(k, k) not in present]
     if data.column_names is not None and missing:
         raise ValueError(
             f"source {source.path!r} ({source.kind}) has no column(s) {missing}; it has {data.column_names}. "

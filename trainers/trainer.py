@@ -187,8 +187,9 @@ class MemCompTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _record_task_losses(self, token_loss, valid, task_ids, split):
-        per_row = torch.stack([(token_loss * valid).sum(1), valid.sum(1)], dim=1).double().cpu()
-        self._task_totals[split].index_add_(0, task_ids.cpu(), per_row)
+        per_row = torch.stack([(token_loss * valid).sum(1), valid.sum(1)], dim=1).double()
+        totals = self._task_totals[split] = self._task_totals[split].to(per_row.device)  # no host sync per step
+        totals.index_add_(0, task_ids.to(per_row.device), per_row)
 
     def _task_metrics(self, split: str, prefix: str) -> dict[str, float]:
         totals = self._task_totals[split].to(self.accelerator.device)
