@@ -14,8 +14,8 @@ def main() -> None:
     args, data = HfArgumentParser((EvalArguments, LongBenchArguments)).parse_args_into_dataclasses()
     rows = read_rows(data.source, split="train")
     model = load_model(args, tiny_corpus=[r["context"] for r in rows])
-    longbench.evaluate(model, args, data, rows)
-    print(open(f"{args.output_dir}/table.md").read())
+    results = longbench.evaluate(model, args, data, rows)
+    print(open(f"{results['output_dir']}/table.md").read())
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ def main() -> None:
     datasets = dict(load_qa(spec, presets=MULTIHOP_PRESETS) for spec in data.datasets)  # all items: the distractor pool
     corpus = [p for items in datasets.values() for item in items for p in item.passages]
     model = load_model(args, tiny_corpus=corpus)
-    multihop.evaluate(model, args, data, datasets)
-    print(open(f"{args.output_dir}/table.md").read())
+    results = multihop.evaluate(model, args, data, datasets)
+    print(open(f"{results['output_dir']}/table.md").read())
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ def main() -> None:
     args, data = HfArgumentParser((EvalArguments, NIAHArguments)).parse_args_into_dataclasses()
     haystack = "\n\n".join(read_texts(data.haystack))
     model = load_model(args, tiny_corpus=[haystack])
-    niah.evaluate(model, args, data, haystack, judge=judges_from_args(args)[1])
-    print(open(f"{args.output_dir}/table.md").read())
+    results = niah.evaluate(model, args, data, haystack, judge=judges_from_args(args)[1])
+    print(open(f"{results['output_dir']}/table.md").read())
 
 
 if __name__ == "__main__":

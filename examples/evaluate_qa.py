@@ -17,8 +17,8 @@ def main() -> None:
     datasets = dict(load_qa(spec, data.samples_per_set, args.seed) for spec in data.datasets)
     corpus = [p for items in datasets.values() for item in items for p in item.passages]
     model = load_model(args, tiny_corpus=corpus)
-    qa.evaluate(model, args, datasets, judge=judges_from_args(args)[0])
-    print(open(f"{args.output_dir}/table.md").read())
+    results = qa.evaluate(model, args, datasets, judge=judges_from_args(args)[0])
+    print(open(f"{results['output_dir']}/table.md").read())
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ def main() -> None:
     args, data = HfArgumentParser((EvalArguments, ReconstructionArguments)).parse_args_into_dataclasses()
     documents = read_texts(data.documents, data.text_field, data.split)
     model = load_model(args, tiny_corpus=documents)
-    reconstruction.evaluate(model, args, data, documents)
-    print(open(f"{args.output_dir}/table.md").read())
+    results = reconstruction.evaluate(model, args, data, documents)
+    print(open(f"{results['output_dir']}/table.md").read())
 
 
 if __name__ == "__main__":

@@ -146,3 +146,18 @@ def test_eval_arguments_reject_bad_values():
         EvalArguments(full_context_yarn_factor=0.5)
     assert EvalArguments(temperature=0.5).run_settings("qa") != EvalArguments().run_settings("qa")
     assert EvalArguments(limit=3, batch_size=4).run_settings("qa") == EvalArguments().run_settings("qa")
+    from benchmarks.eval.runtime import output_dir
+
+    assert output_dir(EvalArguments(), "niah") == Path("eval_results/niah")  # benchmarks never share a folder by default
+    assert output_dir(EvalArguments(output_dir="x"), "niah") == Path("x")
+
+
+def test_generation_settings_follow_the_paper_per_benchmark():
+    from benchmarks.eval.runtime import generate_kwargs
+
+    assert generate_kwargs(EvalArguments(), "niah") == {"do_sample": False, "repetition_penalty": 1.05, "max_new_tokens": 64}
+    qa_kwargs = generate_kwargs(EvalArguments(), "qa")
+    assert qa_kwargs == {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05, "max_new_tokens": 600}
+    assert generate_kwargs(EvalArguments(), "reconstruction", 336)["temperature"] == 0.1
+    overridden = generate_kwargs(EvalArguments(temperature=0, max_new_tokens=9), "qa")
+    assert overridden["do_sample"] is False and overridden["max_new_tokens"] == 9

@@ -17,7 +17,7 @@ class EvalArguments:
     """Settings every benchmark shares: model, systems, prompt, sampling, judge, output."""
 
     model: str | None = field(default=None, metadata={"help": "memcomp checkpoint (folder or Hub id); 'tiny' = untrained random model for smoke runs"})
-    output_dir: str = field(default="eval_results", metadata={"help": "folder for records.jsonl, results.json, table.md and plots"})
+    output_dir: str | None = field(default=None, metadata={"help": "folder for records.jsonl, results.json, table.md and plots (default: eval_results/<benchmark>)"})
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata={"help": "systems to run: memcomp (compressed memory) and/or full (full-context baseline)"})
     full_context_model: str | None = field(default=None, metadata={"help": "baseline LM (e.g. Qwen/Qwen2.5-7B-Instruct); default: the checkpoint's own base LM"})
     full_context_yarn_factor: float | None = field(default=None, metadata={"help": "YaRN factor for the baseline's positions (Qwen2.5 at 120K tokens: 4.0)"})

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from pathlib import Path
-
 from . import protocol
 from .config import EvalArguments, LongBenchArguments
 from .harness import Example, run
 from .report import comparison_table, plot_lines, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store
+from .runtime import build_systems, generate_kwargs, open_store, output_dir
 from .scoring import parse_choice
 
 REQUIRED = ("question", "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context")
@@ -65,7 +63,7 @@ def evaluate(model, args: EvalArguments, data: LongBenchArguments, rows: list[di
         examples, build_systems(model, args), score, store, generate_kwargs(args, "longbench"),
         batch_size=args.batch_size, seed=args.seed, desc="longbench",
     )
-    out = Path(args.output_dir)
+    out = output_dir(args, "longbench")
     starts = {r["bucket"]: r["bucket_start"] for r in records}
     by_bucket = dict(sorted(summarize(records, "accuracy", by="bucket").items(), key=lambda kv: starts.get(kv[0], float("inf"))))
     aggregates = {"accuracy_by_bucket": by_bucket, "accuracy_by_difficulty": summarize(records, "accuracy", by="difficulty")}

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
-from pathlib import Path
-
 from . import protocol
 from .config import EvalArguments, MultiHopArguments
 from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_lines, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store
+from .runtime import build_systems, generate_kwargs, open_store, output_dir
 from .scoring import answer_scores
 
 logger = logging.getLogger(__name__)
@@ -82,7 +80,7 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
         examples, build_systems(model, args), score, store, generate_kwargs(args, "multihop"),
         batch_size=args.batch_size, seed=args.seed, desc="multihop",
     )
-    out = Path(args.output_dir)
+    out = output_dir(args, "multihop")
     aggregates = {"accuracy_by_length": summarize(records, "accuracy", by="length"), "accuracy_by_dataset": summarize(records, "accuracy", by="dataset")}
     tables = {
         "Sub-span EM (%) by context length": comparison_table(aggregates["accuracy_by_length"], "length", scale=100),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import protocol
 from .config import EvalArguments, NIAHArguments
 from .harness import Example, run
 from .report import comparison_table, plot_heatmap, plot_lines, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store
+from .runtime import build_systems, generate_kwargs, open_store, output_dir
 from .scoring import needle_recall_score
 
 
@@ -69,7 +67,7 @@ def evaluate(model, args: EvalArguments, data: NIAHArguments, haystack: str, jud
         examples, systems, make_scorer(judge), store, generate_kwargs(args, "niah"),
         batch_size=args.batch_size, seed=args.seed, desc="niah",
     )
-    out = Path(args.output_dir)
+    out = output_dir(args, "niah")
     aggregates = {"score_by_length": summarize(records, "score", by="length"), "score_by_depth": summarize(records, "score", by="depth")}
     tables = {
         "NIAH score (1-10) by context length": comparison_table(aggregates["score_by_length"], "length"),

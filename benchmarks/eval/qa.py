@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import protocol
 from .config import EvalArguments
 from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_bars, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store
+from .runtime import build_systems, generate_kwargs, open_store, output_dir
 from .scoring import answer_scores
 
 
@@ -84,6 +82,6 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
         "Token F1 (%)": comparison_table(aggregates["f1"], "dataset", scale=100),
         "Average response length (tokens)": comparison_table(aggregates["response_tokens"], "dataset", digits=1, ratio_label="memcomp / full %"),
     }
-    out = Path(args.output_dir)
+    out = output_dir(args, "qa")
     plots = [plot_bars(aggregates["accuracy"], out / "qa_accuracy.png", "dataset", f"{accuracy} (%)", "QA accuracy", scale=100, ylim=(0, 100))]
     return write_report(out, "qa", settings, records, aggregates, tables, plots)

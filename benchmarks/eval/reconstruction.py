@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
-
 from . import protocol
 from .config import EvalArguments, ReconstructionArguments
 from .harness import Example, run
 from .report import comparison_table, plot_lines, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store
+from .runtime import build_systems, generate_kwargs, open_store, output_dir
 from .scoring import rouge_f1
 
 logger = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
         examples, build_systems(model, args), score, store, generate_kwargs(args, "reconstruction", int(longest * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 16),
         batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
     )
-    out = Path(args.output_dir)
+    out = output_dir(args, "reconstruction")
     summaries = {m: summarize(records, m, by="length") for m in ("rouge1", "rougeL")}
     tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}
     plots = [

@@ -107,6 +107,7 @@ def write_report(output_dir: Path, benchmark: str, settings: dict, records: list
     errors = [r for r in records if "error" in r]
     results = {
         "benchmark": benchmark,
+        "output_dir": str(output_dir),
         "settings": settings,
         "num_records": len(records),
         "num_errors": len(errors),

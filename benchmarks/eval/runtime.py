@@ -83,6 +83,11 @@ def generate_kwargs(args: EvalArguments, benchmark: str, max_new_tokens: int | N
 def open_store(args: EvalArguments, benchmark: str, model, extra_settings: dict | None = None) -> tuple[RecordStore, dict]:
     """The run's record store (`<output_dir>/records.jsonl`) keyed by the hash of the output-changing settings."""
     settings = {**args.run_settings(benchmark), "model_fingerprint": model.fingerprint, **(extra_settings or {})}
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return RecordStore(output_dir / "records.jsonl", config_hash(settings)), settings
+    folder = output_dir(args, benchmark)
+    folder.mkdir(parents=True, exist_ok=True)
+    return RecordStore(folder / "records.jsonl", config_hash(settings)), settings
+
+
+def output_dir(args: EvalArguments, benchmark: str) -> Path:
+    """Where a benchmark writes: `--output_dir`, else `eval_results/<benchmark>`."""
+    return Path(args.output_dir or Path("eval_results") / benchmark)
