@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import bisect
+
+from tqdm.auto import tqdm
+
 from . import protocol
 from .config import EvalArguments, LongBenchArguments
 from .harness import Example, run
@@ -28,7 +31,7 @@ def build_examples(tokenizer, rows: list[dict], data: LongBenchArguments) -> lis
     if edges[-1] < data.max_tokens:
         edges.append(data.max_tokens)
     examples = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(tqdm(rows, desc="longbench: measure contexts", unit="ex", disable=len(rows) < 50)):
         missing = [k for k in REQUIRED if k not in row]
         if missing:
             raise ValueError(f"LongBench v2 row {index} lacks {missing}: use the official schema (see docs/evaluation.md).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+
 from . import protocol
 from .config import EvalArguments, MultiHopArguments
 from .harness import Example, run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+
 from . import protocol
 from .config import EvalArguments, ReconstructionArguments
 from .harness import Example, run
