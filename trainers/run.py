@@ -45,6 +45,9 @@ def build_model(config: StageConfig):
     if args.attn_implementation:
         load_kwargs["attn_implementation"] = args.attn_implementation
     if args.fqlora:
+        if args.fqlora.quantize and torch.cuda.is_available():
+            # bitsandbytes quantizes while loading: each rank loads its copy straight onto its own GPU.
+            load_kwargs["device_map"] = {"": config.training.local_process_index}
         return load_fqlora_model(args.base, args.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
     if isinstance(AutoConfig.from_pretrained(args.base), MemCompConfig):
         return MemCompForCausalLM.from_pretrained(args.base, **load_kwargs)
