@@ -177,3 +177,19 @@ def test_local_sources_are_normalised_and_cycled():
         next(record_stream([SourceConfig(str(FIXTURES / "summaries.jsonl"), kind="summary")]))
     with pytest.raises(ValueError, match="source kind must be one of"):
         SourceConfig("x.jsonl", kind="dialogue")
+
+
+@pytest.mark.parametrize(
+    "preset, passages, answer",
+    [
+        ("hotpotqa", ["Amber vault: The amber vault holds code 417.  It is old.", "Stone tower: The stone tower is tall."], "the amber vault"),
+        ("trivia_qa", ["The cedar vault code is 233.", "Search: cedar 233."], "233"),
+        ("ragbench", ["The northern city built the bridge.", "A cat slept."], "The northern city."),
+    ],
+)
+def test_presets_flatten_hub_qa_schemas(preset, passages, answer):
+    source = SourceConfig(str(FIXTURES / f"{preset}_sample.jsonl"), kind="qa", preset=preset)
+    record = next(record_stream([source]))
+    assert record["context"] == passages and record["answer"] == answer and record["question"].endswith("?")
+    with pytest.raises(ValueError, match="set kind: qa"):
+        SourceConfig("x", kind="document", preset=preset)

@@ -6,7 +6,8 @@ Every source is normalised to one schema per kind, so task builders never see so
     summary    {"text": str, "summary": str}                    summarization
     qa         {"context": list[str], "question": str, "answer": str}   QA (a string context becomes one passage)
 
-Columns named differently in a source are mapped with `columns` ({schema name: source column}).
+Columns named differently in a source are mapped with `columns` ({schema name: source column}); the
+QA corpora of Table 2 whose contexts are nested have a `preset` that flattens them (see `PRESETS`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ SCHEMAS: dict[str, datasets.Features] = {
         }
     ),
 }
+def _hotpotqa(record: dict) -> dict:
+    """hotpotqa/hotpot_qa: one passage per titled paragraph of `context`."""
+    context = record["context"]
+    passages = [f"{title}: {' '.join(sentences)}" for title, sentences in zip(context["title"], context["sentences"])]
+    return {"context": passages, "question": record["question"], "answer": record["answer"]}
+
+
+def _trivia_qa(record: dict) -> dict:
+    """mandarjoshi/trivia_qa (rc): Wikipedia pages, then search results, as passages; the answer's value."""
+    passages = list(record["entity_pages"]["wiki_context"]) + list(record["search_results"]["search_context"])
+    return {"context": passages, "question": record["question"], "answer": record["answer"]["value"]}
+
+
+def _ragbench(record: dict) -> dict:
+    """rungalileo/ragbench: retrieved `documents` as passages, the reference `response` as the answer."""
+    return {"context": list(record["documents"]), "question": record["question"], "answer": record["response"]}
+
+
+PRESETS = {"hotpotqa": _hotpotqa, "trivia_qa": _trivia_qa, "ragbench": _ragbench}
+"""Flatteners of nested QA sources into the `qa` schema, by name."""
+
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -43,8 +65,14 @@ class SourceConfig:
     streaming: bool | None = None  # default: streamed from the Hub, read in full from local files
     weight: float = 1.0  # sampling weight among the sources of the same kind
     columns: dict[str, str] = field(default_factory=dict)  # schema column -> source column
+    preset: str | None = None  # flattener of a nested QA source: hotpotqa | trivia_qa | ragbench
 
     def __post_init__(self):
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r} for {self.path!r}.")
+            if self.kind != "qa":
+                raise ValueError(f"preset {self.preset!r} gives QA records: set kind: qa for {self.path!r}.")
         if self.kind not in SCHEMAS:
             raise ValueError(f"source kind must be one of {sorted(SCHEMAS)}, got {self.kind!r} for {self.path!r}.")
         if self.weight <= 0:
@@ -55,7 +83,9 @@ class SourceConfig:
         return Path(self.path).suffix in LOCAL_FORMATS and Path(self.path).exists()
 
 
-def _normalise(record: dict, kind: str, columns: dict[str, str]) -> dict:
+def _normalise(record: dict, kind: str, columns: dict[str, str], preset: str | None = None) -> dict:
+    if preset is not None:
+        record = PRESETS[preset](record)
     out = {key: record[columns.get(key, key)] for key in SCHEMAS[kind]}
     if kind == "qa" and isinstance(out["context"], str):
         out["context"] = [out["context"]]
@@ -78,14 +108,14 @@ def load_source(source: SourceConfig) -> datasets.IterableDataset:
         data = data.to_iterable_dataset()
     present = data.column_names or []  # None: a streamed source whose features are not declared
     missing = [source.columns.get(k, k) for k in SCHEMAS[source.kind] if source.columns.get(k, k) not in present]
-    if data.column_names is not None and missing:
+    if data.column_names is not None and missing and source.preset is None:
         raise ValueError(
             f"source {source.path!r} ({source.kind}) has no column(s) {missing}; it has {data.column_names}. "
             f"Map them with columns={{schema name: source column}}."
         )
     return data.map(
         _normalise,
-        fn_kwargs={"kind": source.kind, "columns": source.columns},
+        fn_kwargs={"kind": source.kind, "columns": source.columns, "preset": source.preset},
         remove_columns=data.column_names,
         features=SCHEMAS[source.kind],
     )
