@@ -10,7 +10,6 @@ fine-tuned layers are excluded from 4-bit quantization by exact module names.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import warnings
@@ -22,7 +21,6 @@ from torch import nn
 
 from .stages import FULL_FT_FRACTION, LORA_DEFAULTS
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_DIR = "adapter"

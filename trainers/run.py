@@ -20,7 +20,6 @@ from .stages import get_stage
 from .tasks import TaskBuilder
 from .trainer import MemCompTrainer
 
-logger = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 10_000
 
 
@@ -54,6 +53,12 @@ def build_model(config: StageConfig):
     return MemCompForCausalLM.from_base(args.base, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
 
 
+def _stat(path: str) -> tuple[int, int]:
+    """Size and modification time of a local source: an edited file gets a fresh cached mixture."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def build_datasets(config: StageConfig, model):
     """Train (and eval) mixtures of the stage, materialised with `datasets` (rank 0 first, the others reuse)."""
     stage = get_stage(config.training.stage)
@@ -68,7 +73,8 @@ def build_datasets(config: StageConfig, model):
         )
         streams = {kind: record_stream(group, seed) for kind, group in sources_by_kind(sources).items()}
         mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)
-        return build_stage_dataset(mix, extra_fingerprint={"sources": sources}, cache_dir=data.cache_dir)
+        files = [(s["path"], *_stat(s["path"])) for s in sources if Path(s["path"]).is_file()]
+        return build_stage_dataset(mix, extra_fingerprint={"sources": sources, "files": files}, cache_dir=data.cache_dir)
 
     with config.training.main_process_first(desc="build stage mixture"):
         train = mixture(data.sources, data.num_samples, data.seed)

@@ -18,7 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from modeling_memcomp.prompting import IGNORE_INDEX, TEMPLATES, build_prompt
+from modeling_memcomp.prompting import TEMPLATES, build_prompt
 
 from .instructions import sample_instruction
 
@@ -136,7 +136,3 @@ class TaskBuilder:
             return None
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}
-
-def target_token_count(example: dict) -> int:
-    """Number of tokens in the loss of one example."""
-    return sum(label != IGNORE_INDEX for label in example["labels"])
