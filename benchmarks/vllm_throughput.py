@@ -36,7 +36,7 @@ class ThroughputConfig:
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per prompt (fixed)."})
     hf_batch_size: int = field(default=32, metadata={"help": "Prompts per HF generate call (left-padded batch)."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per backend after one warm-up; the median is kept."})
-    threads: int = field(default=2, metadata={"help": "CPU threads for HF (torch) and vLLM's worker (cores 0..threads-1)."})
+    threads: int = field(default=1, metadata={"help": "CPU threads for HF (torch) and for vLLM's worker (cores 0..threads-1)."})
     out: str = field(default="benchmarks/results", metadata={"help": "Folder for vllm_throughput.json / .md."})
 
 
