@@ -18,6 +18,10 @@ from modeling_memcomp.tiny import build_tiny_memcomp  # noqa: E402
 from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm  # noqa: E402
 
 pytestmark = pytest.mark.vllm
+try:
+    require_vllm()
+except ImportError as error:
+    pytest.skip(str(error), allow_module_level=True)
 
 GREEDY = dict(do_sample=False, max_new_tokens=24, repetition_penalty=1.0)
 QUESTIONS = ["What did the engineer build?", "Who watched?", "Where was the map?", "Summarise the story."]
@@ -34,10 +38,7 @@ def models(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine(models, tmp_path_factory):
-    require_vllm()
-    decoder = VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0)
-    yield decoder
-    del decoder
+    return VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0)
 
 
 def hf_greedy_tokens(model, memories, questions) -> list[list[int]]:
@@ -83,3 +84,30 @@ def test_sync_weights_follows_a_decoder_update(models, engine, corpus):
         assert engine.generate(build_prompt_embeds(model, memories, QUESTIONS[:2]), engine.sampling_params(**GREEDY)) == expected
     finally:
         engine.sync_weights(models["each"])
+
+
+def test_throughput_benchmark_runs_identical_work(models, engine, corpus):
+    from benchmarks.vllm_throughput import ThroughputConfig, measure
+
+    config = ThroughputConfig(num_prompts=3, context_lines=2, max_new_tokens=8, hf_batch_size=2, repeats=1)
+    result = measure(models["each"], engine, config, corpus)
+    assert result["tokens_identical"] and result["generated_tokens"] == 24
+    assert result["hf_tokens_per_s"] > 0 and result["vllm_tokens_per_s"] > 0
+
+
+def test_n_samples_per_prompt_come_grouped(models, engine, corpus):
+    model = models["each"]
+    embeds = build_prompt_embeds(model, [model.compress(corpus[0])], QUESTIONS[:2])
+    greedy = engine.generate(embeds, engine.sampling_params(**GREEDY))
+    top1 = dict(GREEDY, do_sample=True, temperature=1.0, top_k=1)  # sampling mode (n > 1 allowed), argmax result
+    grouped = engine.generate(embeds, engine.sampling_params(**top1, n=3))
+    assert grouped == [greedy[0]] * 3 + [greedy[1]] * 3
+
+
+def test_output_ends_with_the_stop_token(models, engine, corpus):
+    model = models["each"]
+    embeds = build_prompt_embeds(model, [model.compress(corpus[3])], QUESTIONS[:1])
+    (greedy,) = engine.generate(embeds, engine.sampling_params(**GREEDY))
+    stop = greedy[2]
+    (stopped,) = engine.generate(embeds, engine.sampling_params(**GREEDY, stop_token_ids=[stop]))
+    assert stopped == greedy[: greedy.index(stop) + 1]
