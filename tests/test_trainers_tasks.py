@@ -10,7 +10,7 @@ import torch
 
 from modeling_memcomp.prompting import IGNORE_INDEX
 from trainers.collator import MemCompCollator
-from trainers.data import SourceConfig, record_stream
+from trainers.data import SourceConfig, record_stream, stage_streams
 from trainers.instructions import INSTRUCTIONS, LENGTHS, PAPER_EXAMPLES, sample_instruction
 from trainers.mixture import StageMixture, compression_schedule
 from trainers.stages import STAGES, TASKS
@@ -193,3 +193,24 @@ def test_presets_flatten_hub_qa_schemas(preset, passages, answer):
     assert record["context"] == passages and record["answer"] == answer and record["question"].endswith("?")
     with pytest.raises(ValueError, match="set kind: qa"):
         SourceConfig("x", kind="document", preset=preset)
+
+
+def test_lm_only_sources_feed_plain_lm_and_never_compression(model):
+    builder = TaskBuilder(model.tokenizer, model.config, template="plain", max_length=512)
+    streams = {"document": cycle([{"text": "A document about the stone tower."}]), "standard": cycle([{"text": "human: hi\ngpt: hello"}])}
+    examples = list(StageMixture(STAGES["cpt1"], builder, streams, num_samples=64, batch_size=8))
+    for example in examples:
+        text = model.tokenizer.decode(example["input_ids"])
+        assert ("gpt: hello" in text) == (example["task"] == "language_modeling")
+
+
+def test_openhermes_preset_joins_the_plain_lm_stream():
+    sources = [
+        {"path": str(FIXTURES / "openhermes_sample.jsonl"), "kind": "standard", "preset": "openhermes"},
+        {"path": str(FIXTURES / "documents.jsonl"), "kind": "document"},
+    ]
+    streams = stage_streams(sources)
+    assert set(streams) == {"document", "standard"}
+    texts = [next(streams["standard"])["text"] for _ in range(400)]
+    assert "system: Be brief.\nhuman: Name a colour.\ngpt: Amber." in texts
+    assert any(text.startswith("The ") for text in texts)  # documents are plain-LM material too

@@ -3,6 +3,7 @@
 Every source is normalised to one schema per kind, so task builders never see source-specific columns:
 
     document   {"text": str}                                    reconstruction, continuation, plain LM
+    standard   {"text": str}                                    plain LM only (e.g. OpenHermes-2.5 in CPT)
     summary    {"text": str, "summary": str}                    summarization
     qa         {"context": list[str], "question": str, "answer": str}   QA (a string context becomes one passage)
 
@@ -21,6 +22,7 @@ import datasets
 
 SCHEMAS: dict[str, datasets.Features] = {
     "document": datasets.Features({"text": datasets.Value("string")}),
+    "standard": datasets.Features({"text": datasets.Value("string")}),
     "summary": datasets.Features({"text": datasets.Value("string"), "summary": datasets.Value("string")}),
     "qa": datasets.Features(
         {
@@ -48,8 +50,14 @@ def _ragbench(record: dict) -> dict:
     return {"context": list(record["documents"]), "question": record["question"], "answer": record["response"]}
 
 
-PRESETS = {"hotpotqa": _hotpotqa, "trivia_qa": _trivia_qa, "ragbench": _ragbench}
-"""Flatteners of nested QA sources into the `qa` schema, by name."""
+def _openhermes(record: dict) -> dict:
+    """teknium/OpenHermes-2.5: the conversation as one text, a `role: message` line per turn."""
+    return {"text": "\n".join(f"{turn['from']}: {turn['value']}" for turn in record["conversations"])}
+
+
+PRESETS = {"hotpotqa": _hotpotqa, "trivia_qa": _trivia_qa, "ragbench": _ragbench, "openhermes": _openhermes}
+"""Flatteners of nested sources into a schema, by name."""
+PRESET_KINDS = {"hotpotqa": "qa", "trivia_qa": "qa", "ragbench": "qa", "openhermes": "standard"}
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -59,20 +67,23 @@ class SourceConfig:
     """One data source of a stage."""
 
     path: str  # Hub dataset id (e.g. "mlfoundations/dclm-baseline-1.0") or a local .jsonl/.json/.parquet/.csv file
-    kind: str = "document"  # schema the source provides: document | summary | qa
+    kind: str = "document"  # schema the source provides: document | standard | summary | qa
     name: str | None = None  # Hub dataset configuration
     split: str = "train"
     streaming: bool | None = None  # default: streamed from the Hub, read in full from local files
     weight: float = 1.0  # sampling weight among the sources of the same kind
     columns: dict[str, str] = field(default_factory=dict)  # schema column -> source column
-    preset: str | None = None  # flattener of a nested QA source: hotpotqa | trivia_qa | ragbench
+    preset: str | None = None  # flattener of a nested source: hotpotqa | trivia_qa | ragbench | openhermes
 
     def __post_init__(self):
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r} for {self.path!r}.")
-            if self.kind != "qa":
-                raise ValueError(f"preset {self.preset!r} gives QA records: set kind: qa for {self.path!r}.")
+            if self.kind != PRESET_KINDS[self.preset]:
+                raise ValueError(
+                    f"preset {self.preset!r} gives {PRESET_KINDS[self.preset]} records: set kind: "
+                    f"{PRESET_KINDS[self.preset]} for {self.path!r}."
+                )
         if self.kind not in SCHEMAS:
             raise ValueError(f"source kind must be one of {sorted(SCHEMAS)}, got {self.kind!r} for {self.path!r}.")
         if self.weight <= 0:
@@ -125,9 +136,9 @@ def record_stream(sources: list[SourceConfig], seed: int = 0) -> Iterator[dict]:
     """Endless records from `sources` (all one kind), interleaved by weight and cycled epoch after epoch."""
     if not sources:
         raise ValueError("record_stream needs at least one source.")
-    kinds = {s.kind for s in sources}
-    if len(kinds) > 1:
-        raise ValueError(f"sources mixed in one stream must share a kind, got {sorted(kinds)}.")
+    schemas = {tuple(SCHEMAS[s.kind]) for s in sources}
+    if len(schemas) > 1:
+        raise ValueError(f"sources mixed in one stream must share a schema, got kinds {sorted({s.kind for s in sources})}.")
     loaded = [load_source(s) for s in sources]
     total = sum(s.weight for s in sources)
     mixed = (
@@ -154,3 +165,12 @@ def sources_by_kind(sources: list[SourceConfig | dict]) -> dict[str, list[Source
         source = source if isinstance(source, SourceConfig) else SourceConfig(**source)
         groups.setdefault(source.kind, []).append(source)
     return groups
+
+
+def stage_streams(sources: list[SourceConfig | dict], seed: int = 0) -> dict[str, Iterator[dict]]:
+    """One record stream per kind; `standard` (plain LM) draws from the document and standard sources."""
+    groups = sources_by_kind(sources)
+    streams = {kind: record_stream(group, seed) for kind, group in groups.items() if kind != "standard"}
+    if "standard" in groups:
+        streams["standard"] = record_stream(groups.get("document", []) + groups["standard"], seed)
+    return streams

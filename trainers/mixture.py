@@ -61,7 +61,10 @@ def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: r
 
 
 class StageMixture:
-    """Iterates `num_samples` examples of a stage from record streams keyed by source kind."""
+    """Iterates `num_samples` examples of a stage from record streams keyed by source kind.
+
+    Plain LM reads the `standard` stream when there is one (documents plus LM-only sources), else documents.
+    """
 
     def __init__(
         self,
@@ -73,7 +76,7 @@ class StageMixture:
         seed: int = 0,
     ):
         needed = {SOURCE_KIND_OF_TASK[t] for t, w in stage.task_weights.items() if w > 0}
-        if stage.compression_ratio < 1:
+        if stage.compression_ratio < 1 and "standard" not in streams:
             needed.add("document")
         missing = sorted(needed - set(streams))
         if missing:
@@ -86,7 +89,8 @@ class StageMixture:
 
     def _build(self, task: str, rng: random.Random) -> dict:
         """One example of `task`, drawing records until one fits the length limit."""
-        stream = self.streams[SOURCE_KIND_OF_TASK[task]]
+        kind = "standard" if task == STANDARD_TASK and "standard" in self.streams else SOURCE_KIND_OF_TASK[task]
+        stream = self.streams[kind]
         for _ in range(1000):
             record = next(stream)
             if task == "qa":

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import StageConfig, load_config
-from .data import record_stream, sources_by_kind
+from .data import stage_streams
 from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora
 from .mixture import StageMixture, build_stage_dataset
 from .stages import get_stage
@@ -71,7 +71,7 @@ def build_datasets(config: StageConfig, model):
             max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
             rng=random.Random(seed),
         )
-        streams = {kind: record_stream(group, seed) for kind, group in sources_by_kind(sources).items()}
+        streams = stage_streams(sources, seed)
         mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)
         files = [(s["path"], *_stat(s["path"])) for s in sources if Path(s["path"]).is_file()]
         return build_stage_dataset(mix, extra_fingerprint={"sources": sources, "files": files}, cache_dir=data.cache_dir)
