@@ -28,6 +28,8 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus.tx
 
 @dataclass
 class ThroughputConfig:
+    """Model size, workload and timing settings of one HF-vs-vLLM comparison."""
+
     hidden_size: int = field(default=256, metadata={"help": "Width of the random Qwen2 base (issue 8's CPU config)."})
     num_layers: int = field(default=4, metadata={"help": "Layers of the random Qwen2 base."})
     wrap: str = field(default="each", metadata={"help": "Memory wrapping: 'each' or 'block'."})
@@ -51,6 +53,7 @@ def median_seconds(run, repeats: int) -> tuple[float, object]:
 
 
 def machine(threads: int) -> str:
+    """CPU model, threads and OS, for the results table."""
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
         platform.processor(),
