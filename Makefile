@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast vllm-env
+.PHONY: demo test test-fast vllm-env test-vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not vllm and not gpu"
+
+vllm-env:
+	bash scripts/make_vllm_env.sh
+
+test-vllm: vllm-env
+	.venv-vllm/bin/python -m pytest -m vllm tests/vllm_env

@@ -419,15 +419,16 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         """
         if context is None and memory is None and question is None:
             return super().generate(inputs, *args, **kwargs)
-        memories, questions, single = self._text_batch(context, question, memory)
+        memories, questions, single = self.pair_memories(question, context=context, memory=memory)
         batch = self.prepare_prompts(memories, questions, template=template, system_prompt=system_prompt)
         output = super().generate(**batch, **kwargs)
         texts = self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         texts = [text.strip() for text in texts]
         return texts[0] if single else texts
 
-    def _text_batch(self, context, question, memory) -> tuple[list[MemoryEmbeddings], list[str], bool]:
-        """Validate the text-path arguments and return one memory per question."""
+    def pair_memories(self, question, context=None, memory=None) -> tuple[list[MemoryEmbeddings], list[str], bool]:
+        """Validate text-path arguments; return one memory per question (compressing contexts) and whether
+        the input was a single question. One context or memory may serve a list of questions."""
         if question is None:
             raise ValueError("question is required with context= or memory=: pass question='...'.")
         if (context is None) == (memory is None):

