@@ -43,3 +43,17 @@ def make_model(tokenizer):
 
 
 GREEDY = dict(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+
+
+class ScriptedBackend:
+    """A judge backend that replies from a script (an exception in the script is raised) and records prompts."""
+
+    def __init__(self, *replies):
+        self.replies, self.prompts = list(replies), []
+
+    def complete(self, prompt):
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply

@@ -16,15 +16,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 TINY = dict(max_new_tokens=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def qa_sets(hotpot=True):
     squad = load_qa(str(FIXTURES / "squad.jsonl"))
     return dict([load_qa(f"hotpotqa={FIXTURES / 'hotpotqa.jsonl'}"), squad] if hotpot else [squad])

@@ -2,26 +2,14 @@
 
 import pytest
 
+from conftest import ScriptedBackend
+
 from benchmarks.eval.judging import ScoreJudge
 from benchmarks.eval.qa import make_scorer
 from benchmarks.eval.harness import Example
 from benchmarks.eval.systems import Generation
 from benchmarks.eval.scoring import answer_scores, needle_recall_score, parse_choice, parse_judge_score, rouge_f1, token_f1
 from trainers.judges import LLMJudge
-
-
-class ScriptedBackend:
-    """A judge backend replying from a script (an Exception item is raised), recording prompts."""
-
-    def __init__(self, *replies):
-        self.replies, self.prompts = list(replies), []
-
-    def complete(self, prompt):
-        self.prompts.append(prompt)
-        reply = self.replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+
+from conftest import ScriptedBackend
 import torch
 
 from trainers.judges import (
@@ -18,20 +20,6 @@ from trainers.judges import (
     normalize_answer,
     parse_verdict,
 )
-
-
-class ScriptedBackend:
-    """Replies from a script; an Exception instance in the script is raised instead."""
-
-    def __init__(self, *replies):
-        self.replies, self.prompts = list(replies), []
-
-    def complete(self, prompt):
-        self.prompts.append(prompt)
-        reply = self.replies.pop(0)
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
 
 
 # ------------------------------------------------------------------ extraction

@@ -14,14 +14,6 @@ from trainers.tasks import TaskBuilder
 bnb = pytest.importorskip("bitsandbytes")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_layer_selection_reproduces_the_paper():
     assert full_ft_layer_indices(28) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]

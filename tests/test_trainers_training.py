@@ -27,14 +27,6 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # the tiny configs name fixture files relative to the repository
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def fixed_batch_loss(trainer, batch):
     model = trainer.model.eval()
