@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks.eval import EvalArguments, LongBenchArguments, MultiHopArguments, NIAHArguments, ReconstructionArguments
 from benchmarks.eval import longbench, multihop, niah, qa, reconstruction, response_length
