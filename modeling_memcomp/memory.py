@@ -89,9 +89,10 @@ class MemoryEmbeddings:
                 f"chunk_size={config.chunk_size}. Re-compress the context with this model."
             )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tensor and its metadata to one `.safetensors` file (no pickle)."""
+    def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write the tensor and its metadata (plus `extra_metadata`) to one `.safetensors` file (no pickle)."""
         metadata = {
+            **(extra_metadata or {}),
             "format": "memcomp.memory",
             "format_version": FORMAT_VERSION,
             "chunk_size": str(self.chunk_size),

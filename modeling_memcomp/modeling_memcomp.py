@@ -27,6 +27,18 @@ PAPER_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=20, top_
 """Qwen2.5 defaults the paper uses for QA (Appendix H.1)."""
 
 
+FINGERPRINT_SAMPLES = 1024
+"""Values hashed per parameter for `MemCompForCausalLM.fingerprint` (a strided sample: cheap even at 32B)."""
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """In-place update counter; inference tensors have none (they cannot be updated outside inference mode)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
 class MemCompPreTrainedModel(PreTrainedModel):
     config_class = MemCompConfig
     base_model_prefix = "memcomp"
@@ -167,18 +179,25 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the compressor: architecture, chunk size, pooling and projection weights (cached)."""
-        weight = self.memory_projection.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        """Identity of the compressor: architecture, chunk size, pooling and a strided sample of every weight.
+
+        Any training step changes it (the LM weights shape memories as much as the projection does);
+        it is recomputed only when a parameter was replaced or updated in place.
+        """
+        parameters = sorted(self.named_parameters())
+        key = tuple((p.data_ptr(), _version(p), p.dtype) for _, p in parameters)
         if self._fingerprint_cache is None or self._fingerprint_cache[0] != key:
             text = self.config.text_config
             digest = hashlib.sha256(
                 f"{text.model_type}|{text.hidden_size}|{text.num_hidden_layers}|{text.vocab_size}|"
                 f"C={self.config.chunk_size}|{self.config.pooling}".encode()
             )
-            digest.update(weight.detach().float().cpu().numpy().tobytes())
-            for parameter in self.pooling.parameters():
-                digest.update(parameter.detach().float().cpu().numpy().tobytes())
+            with torch.no_grad():
+                for name, parameter in parameters:
+                    flat = parameter.detach().reshape(-1)
+                    sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES]
+                    digest.update(name.encode())
+                    digest.update(sample.float().cpu().numpy().tobytes())
             self._fingerprint_cache = (key, digest.hexdigest()[:16])
         return self._fingerprint_cache[1]
 

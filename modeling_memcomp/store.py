@@ -1,10 +1,8 @@
 """`MemoryStore`: compress a corpus once, keep the memories on disk, answer later questions without re-encoding.
 
-Entries are safetensors files at `<root>/<model key>/C<chunk size>/<content hash>.safetensors`, where the
-model key is `MemCompForCausalLM.fingerprint` plus a hash of the encoder's output on a fixed probe chunk
-(the fingerprint covers the projection, not the LM weights that also shape a memory). Every read checks
-the file, its checksum, content hash, model and chunk size; a bad entry is recomputed with a
-`StaleMemoryWarning`, never used.
+Entries are safetensors files at `<root>/<model fingerprint>/C<chunk size>/<content hash>.safetensors`
+(`MemCompForCausalLM.fingerprint` changes with any weight). Every read checks the file, its checksum,
+content hash, model and chunk size; a bad entry is recomputed with a `StaleMemoryWarning`, never used.
 
     store = MemoryStore("memories/", model)
     corpus = store.compress_corpus(load_dataset("json", data_files="docs.jsonl")["train"])  # progress bar
@@ -23,12 +21,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .memory import MemoryEmbeddings, content_hash
 
 CHECKSUM_KEY = "embeds_sha256"
-MODEL_KEY = "store_model_key"
 
 
 class StaleMemoryWarning(UserWarning):
@@ -48,20 +44,12 @@ class MemoryStore:
             raise TypeError(f"model must be a MemCompForCausalLM, got {type(model).__name__}.")
         self.root = Path(root)
         self.model = model
-        self._model_key: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ keys
     @property
     def model_key(self) -> str:
-        """`fingerprint-probe`: changes when the projection, pooling or encoder weights change."""
-        fingerprint = self.model.fingerprint
-        if self._model_key is None or self._model_key[0] != fingerprint:
-            size = self.model.config.chunk_size
-            probe_ids = (torch.arange(size) % 7 + 3).view(1, size).to(self.model.device)
-            with torch.no_grad():
-                probe = self.model.encode_chunks(probe_ids, torch.ones_like(probe_ids))
-            self._model_key = (fingerprint, f"{fingerprint}-{_tensor_digest(probe.float())[:12]}")
-        return self._model_key[1]
+        """The model's fingerprint: changes when any of its weights (LM, pooling, projection) change."""
+        return self.model.fingerprint
 
     @property
     def directory(self) -> Path:
@@ -122,7 +110,7 @@ class MemoryStore:
             return "fails its checksum (corrupt data)"
         if memory.content_hash != memory_hash:
             return "holds another context (content hash mismatch)"
-        if memory.model_fingerprint != self.model.fingerprint or metadata.get(MODEL_KEY) != self.model_key:
+        if memory.model_fingerprint != self.model_key:
             return "was made by another model (fingerprint mismatch)"
         try:
             memory.check_compatible(self.model.config)
@@ -135,11 +123,7 @@ class MemoryStore:
         path = self.path_for(memory.content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        memory.save(temporary)
-        with safe_open(os.fspath(temporary), framework="pt") as handle:
-            metadata = dict(handle.metadata())
-        metadata.update({CHECKSUM_KEY: _tensor_digest(memory.embeds), MODEL_KEY: self.model_key})
-        save_file({"embeds": memory.embeds.detach().cpu().contiguous()}, os.fspath(temporary), metadata=metadata)
+        memory.save(temporary, extra_metadata={CHECKSUM_KEY: _tensor_digest(memory.embeds)})
         os.replace(temporary, path)
         return path
 

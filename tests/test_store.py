@@ -15,10 +15,9 @@ DOCUMENT = "The observatory was founded in 1887 by Maria Keller, who mapped the 
 
 @pytest.fixture
 def count_encodes(monkeypatch):
-    """Patch a model's encoder to count its calls (the store's model key is computed before patching)."""
+    """Patch a model's encoder to count its calls."""
 
     def patch(store: MemoryStore) -> list[int]:
-        store.model_key  # the probe runs the encoder once; compute it before counting
         calls, original = [], store.model.encode_chunks
         monkeypatch.setattr(store.model, "encode_chunks", lambda *a, **k: calls.append(1) or original(*a, **k))
         return calls
@@ -98,11 +97,10 @@ def test_other_models_never_use_an_entry(model, make_model, tmp_path, count_enco
     torch.testing.assert_close(memory.embeds, other.model.compress(DOCUMENT).embeds)
 
 
-def test_model_key_sees_encoder_weights_that_the_fingerprint_ignores(model, make_model, tmp_path):
+def test_model_key_sees_encoder_weights_not_only_the_projection(model, make_model, tmp_path):
     """Same projection (as after SFT, which freezes it) but other LM weights: other memories, other key."""
     tuned = make_model(seed=1)
     tuned.memory_projection.load_state_dict(model.memory_projection.state_dict())
-    assert tuned.fingerprint == model.fingerprint
     assert MemoryStore(tmp_path, tuned).model_key != MemoryStore(tmp_path, model).model_key
 
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer  # noqa: E402
 from trainers.precompute import load_rows, precompute_memory  # noqa: E402
 
-QA = Path(__file__).parent / "fixtures" / "rl" / "qa.jsonl"
+QA = Path(__file__).parents[1] / "fixtures" / "rl" / "qa.jsonl"
 TINY = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=12, overlong_buffer=4,
             use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no")
 
