@@ -60,3 +60,19 @@ def test_content_hash_tracks_the_source(model, corpus):
     assert model.compress(corpus[0]).content_hash == model.compress(corpus[0]).content_hash
     assert model.compress(corpus[0]).content_hash != model.compress(corpus[1]).content_hash
     assert model.compress([corpus[0], corpus[1]]).content_hash != model.compress(corpus[0] + corpus[1]).content_hash
+
+
+def test_fingerprint_follows_every_weight(make_model, corpus):
+    model = make_model()
+    assert model.fingerprint == make_model().fingerprint, "same seed, same weights, same fingerprint"
+    before = model.fingerprint
+    with torch.no_grad():
+        model.language_model.model.layers[1].mlp.down_proj.weight.mul_(1.01)  # an LM weight, not the projection
+    assert model.fingerprint != before
+    assert model.compress(corpus[0]).model_fingerprint == model.fingerprint
+
+
+def test_fingerprint_under_inference_mode(make_model, corpus):
+    with torch.inference_mode():
+        model = make_model()
+        assert model.compress(corpus[0]).model_fingerprint == model.fingerprint
