@@ -2,19 +2,15 @@
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
-from safetensors.torch import load_file
 
-from conftest import GREEDY
 from hub_cards import push
-from test_remote_code import LOAD_WITHOUT_MEMCOMP, QUESTION
+from test_remote_code import assert_same_model, load_without_memcomp
 
 EVALUATION = Path(__file__).parent / "fixtures" / "hub" / "evaluation.json"
 REPO_FILES = {
@@ -99,16 +95,7 @@ def test_dry_run_folder_loads_without_memcomp_and_generates_identically(model, c
     if not (out / "README.md").exists():
         assert push.main(argv) == 0
     context = " ".join(corpus[:2])
-    result = tmp_path / "result"
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_MEMCOMP, str(out), context, str(result)],
-        check=True, cwd=tmp_path, env=env, timeout=300,
-    )
-    answer = json.loads((tmp_path / "result.json").read_text())["answer"]
-    assert answer == model.generate(context=context, question=QUESTION, **GREEDY)
-    remote, local = load_file(str(tmp_path / "result.safetensors")), model.state_dict()
-    assert remote.keys() == local.keys() and all(torch.equal(remote[k], local[k]) for k in local)
+    assert_same_model(model, context, *load_without_memcomp(out, context, tmp_path))
 
 
 def test_push_creates_a_private_repo_and_uploads_the_folder(checkpoint, fake_hub, capsys):

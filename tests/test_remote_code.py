@@ -48,22 +48,30 @@ def test_saved_folder_has_remote_code_auto_map_and_tokenizer(model, tmp_path):
     assert "tiny" not in files and "tiny.py" not in files, "test helpers must not ship as remote code"
 
 
-def test_remote_code_round_trip_in_a_process_without_memcomp(model, corpus, tmp_path):
-    folder = tmp_path / "checkpoint"
-    model.save_pretrained(folder)
-    context = " ".join(corpus[:2])
+def load_without_memcomp(folder, context: str, tmp_path) -> tuple[str, dict]:
+    """Load `folder` with trust_remote_code in a process that cannot import memcomp; its greedy answer and weights."""
     out = tmp_path / "result"
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_MEMCOMP, str(folder), context, str(out)],
         check=True, cwd=tmp_path, env=env, timeout=300,
     )
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["answer"] == model.generate(context=context, question=QUESTION, **GREEDY)
-    remote = load_file(str(tmp_path / "result.safetensors"))
+    return json.loads((tmp_path / "result.json").read_text())["answer"], load_file(str(tmp_path / "result.safetensors"))
+
+
+def assert_same_model(model, context: str, answer: str, remote: dict) -> None:
+    """The remote load answered like `model` and holds exactly its parameters."""
+    assert answer == model.generate(context=context, question=QUESTION, **GREEDY)
     local = model.state_dict()
     assert remote.keys() == local.keys()
     assert all(torch.equal(remote[k], local[k]) for k in local)
+
+
+def test_remote_code_round_trip_in_a_process_without_memcomp(model, corpus, tmp_path):
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    context = " ".join(corpus[:2])
+    assert_same_model(model, context, *load_without_memcomp(folder, context, tmp_path))
 
 
 def test_local_auto_class_round_trip(model, corpus, tmp_path):
