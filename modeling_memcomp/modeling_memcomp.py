@@ -120,7 +120,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             projection_init=projection_init,
         )
         model = cls(config, language_model=base)
-        model.to(base.dtype)
+        embeddings = base.get_input_embeddings().weight  # the new modules follow the base's device and dtype
+        for module in (model.pooling, model.memory_projection):
+            module.to(device=embeddings.device, dtype=embeddings.dtype)
         model.tokenizer = tokenizer
         model.generation_config = model.default_generation_config(tokenizer)
         return model

@@ -102,3 +102,14 @@ def test_attention_pooling_starts_as_mean_and_ignores_padding(make_model):
         model.pooling.query.normal_()
     after = model.compress(ids)
     assert not torch.allclose(after.embeds[0], memory.embeds[0])
+
+
+def test_from_base_keeps_the_base_dtype(tokenizer):
+    from transformers import Qwen2ForCausalLM
+
+    from modeling_memcomp.tiny import tiny_qwen2_config
+
+    base = Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer))).to(torch.bfloat16)
+    model = MemCompForCausalLM.from_base(base, tokenizer=tokenizer)
+    assert model.memory_projection.weight.dtype == torch.bfloat16
+    assert model.compress("a short text to compress").embeds.dtype == torch.bfloat16
