@@ -1,0 +1,156 @@
+"""The synthetic corpus: seeded, held-out names unseen in training, answerable questions, loadable rows."""
+
+import re
+
+import pytest
+
+from modeling_memcomp.prompting import IGNORE_INDEX
+from modeling_memcomp.tiny import build_tiny_memcomp
+from trainers.data import SCHEMAS, SourceConfig, load_source, stage_streams
+from trainers.synthetic import (
+    ORG_FACTS,
+    PERSON_FACTS,
+    TWO_HOP,
+    SyntheticConfig,
+    generate,
+    iter_texts,
+    name_pool,
+    split_names,
+    train_synthetic_tokenizer,
+    vocabulary,
+    write_corpus,
+)
+from trainers.tasks import TaskBuilder
+
+CONFIG = SyntheticConfig(seed=3, train_episodes=60, heldout_episodes=15)
+NAMES = set(name_pool())
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def synthetic_tokenizer(corpus):
+    return train_synthetic_tokenizer(iter_texts(corpus, "train"))
+
+
+def names_in(text):
+    return {w for w in re.findall(r"[A-Za-z]+", text) if w in NAMES}
+
+
+def split_texts(corpus, split):
+    rows = corpus[split]
+    texts = [r["text"] for r in rows["document"] + rows["standard"]] + [r["summary"] for r in rows["summary"]]
+    return texts + [" ".join([*r["context"], r["question"], r["answer"]]) for r in rows["qa"]]
+
+
+def test_same_seed_same_corpus_and_another_seed_differs(corpus):
+    assert generate(CONFIG) == corpus
+    assert generate(SyntheticConfig(seed=4, train_episodes=60, heldout_episodes=15)) != corpus
+    assert len(corpus["train"]["document"]) == 2 * 60 and len(corpus["heldout"]["summary"]) == 2 * 15
+    # 3 person + 3 organisation questions + 1 two-hop question per episode
+    assert len(corpus["train"]["qa"]) == 7 * 60
+
+
+def test_heldout_names_never_occur_in_training_rows(corpus):
+    train_pool, heldout_pool = map(set, split_names(CONFIG.seed, CONFIG.heldout_fraction))
+    assert not train_pool & heldout_pool and train_pool | heldout_pool == NAMES
+    train_names = set().union(*map(names_in, split_texts(corpus, "train")))
+    heldout_names = set().union(*map(names_in, split_texts(corpus, "heldout")))
+    assert train_names <= train_pool and heldout_names <= heldout_pool
+    assert len(heldout_names) >= 4 * 15 - 5  # four names per episode, rare repeats
+    assert not train_names & heldout_names
+
+
+def test_every_syllable_of_a_heldout_name_occurs_in_training_names_at_default_size():
+    config = SyntheticConfig()
+    train_names = set().union(*(names_in(r["text"]) for r in generate(config)["train"]["document"]))
+    _, heldout_pool = split_names(config.seed, config.heldout_fraction)
+    assert {n[:2] for n in heldout_pool} <= {n[:2] for n in train_names}
+    assert {n[2:] for n in heldout_pool} <= {n[2:] for n in train_names}
+
+
+def test_documents_vary_so_they_must_be_read(corpus):
+    docs = [r["text"] for r in corpus["train"]["document"]]
+    assert len(set(docs)) == len(docs)
+    first_sentences = {d.split(". ")[0].replace(d.split()[0], "X") for d in docs}
+    assert len(first_sentences) > 5  # fact order is shuffled, not a fixed template
+
+
+def test_single_hop_answers_are_stated_once_in_their_document(corpus):
+    questions = {q: (attr, facts) for facts in (PERSON_FACTS, ORG_FACTS) for attr, (_, q) in facts.items()}
+    single = [r for r in corpus["heldout"]["qa"] + corpus["train"]["qa"] if not r["type"].startswith("two_hop")]
+    assert {r["type"] for r in single} == {f"person_{a}" for a in PERSON_FACTS} | {f"org_{a}" for a in ORG_FACTS}
+    for row in single:
+        (doc,) = row["context"]
+        (name,) = names_in(row["question"])
+        (attr, facts), = [v for q, v in questions.items() if q.format(name=name) == row["question"]]
+        sentence = facts[attr][0].format(name=name, value=row["answer"])
+        assert doc.count(sentence) == 1, (sentence, doc)
+        pattern = re.escape(facts[attr][0].format(name=name, value="@")).replace("@", r"(\w+)")
+        assert re.findall(pattern, doc) == [row["answer"]]  # no other value for the same fact
+
+
+def test_two_hop_answers_follow_from_both_documents(corpus):
+    two_hop = [r for r in corpus["heldout"]["qa"] + corpus["train"]["qa"] if r["type"].startswith("two_hop")]
+    assert {r["type"] for r in two_hop} == {f"two_hop_{a}" for a in TWO_HOP}
+    for row in two_hop:
+        attr = row["type"].removeprefix("two_hop_")
+        (person,) = names_in(row["question"])
+        assert row["question"] == TWO_HOP[attr].format(name=person)
+        people_doc, org_doc = sorted(row["context"], key=lambda d: f"{person} works for" not in d)
+        (org,) = re.findall(rf"{person} works for (\w+)\.", people_doc)
+        assert ORG_FACTS[attr][0].format(name=org, value=row["answer"]) in org_doc
+        assert org not in names_in(row["question"])  # the bridge entity is never named in the question
+
+
+def test_rows_load_through_the_stage_sources(corpus, tmp_path):
+    paths = write_corpus(corpus, tmp_path)
+    for kind, rows in corpus["train"].items():
+        loaded = list(load_source(SourceConfig(str(paths["train"][kind]), kind=kind)))
+        assert loaded == [{key: row[key] for key in SCHEMAS[kind]} for row in rows]
+    streams = stage_streams([{"path": str(p), "kind": k} for k, p in paths["heldout"].items()])
+    assert next(streams["qa"])["context"] == corpus["heldout"]["qa"][0]["context"]
+    lm = {next(streams["standard"])["text"] for _ in range(3 * 15)}  # documents and episode texts feed the LM mix
+    documents, episodes = ({r["text"] for r in corpus["heldout"][kind]} for kind in ("document", "standard"))
+    assert lm & documents and lm & episodes and lm <= documents | episodes
+
+
+def test_tokenizer_names_are_two_trained_syllables_and_other_words_one_token(corpus, synthetic_tokenizer, tmp_path):
+    tok = synthetic_tokenizer
+    _, heldout_pool = split_names(CONFIG.seed, CONFIG.heldout_fraction)
+    for name in heldout_pool[:300]:
+        first, second = name[:2], name[2:]
+        assert tok(" " + name)["input_ids"] == tok.convert_tokens_to_ids(["Ġ" + first, second]), name
+        assert tok(name)["input_ids"] == tok.convert_tokens_to_ids([first, second]), name
+    for word in set(vocabulary()) - NAMES:
+        assert len(tok(word)["input_ids"]) == 1 and len(tok(" " + word)["input_ids"]) == 1, word
+    text = corpus["heldout"]["document"][0]["text"]
+    assert tok.decode(tok(text)["input_ids"]) == text
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == tok(text)["input_ids"]
+
+
+def test_qa_rows_become_examples_whose_labels_are_the_answer(corpus, synthetic_tokenizer):
+    model = build_tiny_memcomp(synthetic_tokenizer, chunk_size=16)
+    builder = TaskBuilder(model.tokenizer, model.config, template="plain", max_length=512)
+    for row in corpus["heldout"]["qa"][:14]:
+        example = builder.qa(row["context"], row["question"], row["answer"])
+        target = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+        assert model.tokenizer.decode(target[:-1]) == row["answer"]
+        assert target[-1] == model.tokenizer.eos_token_id
+        context_ids = [t for passage in row["context"] for t in builder.tokenize(passage)]
+        assert [t for chunk in example["chunks"] for t in chunk] == context_ids
+    summary = corpus["heldout"]["summary"][0]
+    assert builder.summarization(summary["text"], summary["summary"]) is not None
+
+
+def test_bad_config_names_the_argument():
+    with pytest.raises(ValueError, match="train_episodes must be >= 1"):
+        SyntheticConfig(train_episodes=0)
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        split_names(0, heldout_fraction=1.5)

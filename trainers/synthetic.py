@@ -1,0 +1,272 @@
+"""A seeded synthetic corpus about fictional entities, for training and testing the whole curriculum offline.
+
+Each *episode* is a small random world: two people (name, profession, city, birth year, favourite colour)
+who work for one organisation (founder, year, city). It yields two documents, a people document and an
+organisation document, whose facts are fresh random combinations, so a model has to read them:
+
+    document   {"text"}                              both documents (reconstruction, continuation, plain LM)
+    standard   {"text"}                              the whole episode as one text (LM pretraining, plain LM mix)
+    summary    {"text", "summary"}                   one short summary per document
+    qa         {"context", "question", "answer", "type"}   single-hop questions over one document, two-hop
+                                                     questions whose bridge (the employer) spans both
+
+Names are invented consonant-vowel-consonant-vowel words ("Kobe", "Lusu"); the pool is split once so that
+held-out episodes use names that never occur in a training row. `train_synthetic_tokenizer` cuts every
+name into exactly two syllable tokens, all seen in training: a single token per name would leave held-out
+names with embeddings that never received a gradient, and the feasibility run found long multi-token
+names hard, so two short, always-trained tokens is the compromise. Rows follow `trainers.data.SCHEMAS`
+(the extra `type` column of QA rows names the question type for per-type evaluation; loaders drop it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+CITIES = (
+    "Oslo", "Tokyo", "Madrid", "Kyiv", "Cairo", "Quito", "Hanoi", "Perth", "Tunis", "Dakar",
+    "Athens", "Lisbon", "Sofia", "Bern", "Doha", "Minsk", "Accra", "Seoul", "Paris", "Dublin",
+)  # fmt: skip  (no city has a name's consonant-vowel-consonant-vowel shape)
+COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink")
+PROFESSIONS = ("baker", "doctor", "pilot", "painter", "farmer", "teacher", "lawyer", "nurse", "singer", "sailor")
+YEARS = tuple(str(y) for y in range(1950, 2020))
+
+PERSON_FACTS = {
+    "profession": ("{name} is a {value}.", "What is the profession of {name}?"),
+    "city": ("{name} lives in {value}.", "Where does {name} live?"),
+    "year": ("{name} was born in {value}.", "In which year was {name} born?"),
+    "colour": ("The favourite colour of {name} is {value}.", "What is the favourite colour of {name}?"),
+    "employer": ("{name} works for {value}.", "Who does {name} work for?"),
+}
+ORG_FACTS = {
+    "founder": ("{name} was founded by {value}.", "Who founded {name}?"),
+    "founded": ("{name} was founded in {value}.", "In which year was {name} founded?"),
+    "base": ("{name} is based in {value}.", "Where is {name} based?"),
+}
+TWO_HOP = {
+    "base": "Where is the company that {name} works for based?",
+    "founder": "Who founded the company that {name} works for?",
+    "founded": "In which year was the company that {name} works for founded?",
+}
+"""Two-hop questions: the person document names the employer, the organisation document holds the fact."""
+PEOPLE_SUMMARY = "{a} is a {pa} and {b} is a {pb}; both work for {org}."
+ORG_SUMMARY = "{org} is a company in {base} founded by {founder}."
+
+
+def name_pool() -> list[str]:
+    """Every invented name: consonant-vowel-consonant-vowel words such as "Kira" or "Bolo" (4,900 of them)."""
+    return [
+        (c1 + v1 + c2 + v2).capitalize() for c1 in CONSONANTS for v1 in VOWELS for c2 in CONSONANTS for v2 in VOWELS
+    ]
+
+
+def split_names(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """The name pool shuffled by `seed` and cut into disjoint (train, held-out) pools."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}.")
+    names = name_pool()
+    random.Random(seed).shuffle(names)
+    cut = int(len(names) * heldout_fraction)
+    return names[cut:], names[:cut]
+
+
+@dataclass
+class Episode:
+    """One random world: two people working for one organisation, and the two documents describing it."""
+
+    people: dict[str, dict[str, str]]  # name -> {profession, city, year, colour, employer}
+    org: str
+    org_facts: dict[str, str]  # {founder, founded, base}
+    people_doc: str
+    org_doc: str
+
+    def rows(self, rng: random.Random, questions_per_document: int = 3) -> dict[str, list[dict]]:
+        """This episode's rows by kind, with `questions_per_document` single-hop questions per document."""
+        names = list(self.people)
+        a, b = names
+        summaries = [
+            (
+                self.people_doc,
+                PEOPLE_SUMMARY.format(
+                    a=a, b=b, pa=self.people[a]["profession"], pb=self.people[b]["profession"], org=self.org
+                ),
+            ),
+            (self.org_doc, ORG_SUMMARY.format(org=self.org, **self.org_facts)),
+        ]
+        person_facts = [(name, attr) for name in names for attr in PERSON_FACTS]
+        qa = [
+            _qa([self.people_doc], PERSON_FACTS[attr][1].format(name=name), self.people[name][attr], f"person_{attr}")
+            for name, attr in rng.sample(person_facts, min(questions_per_document, len(person_facts)))
+        ]
+        qa += [
+            _qa([self.org_doc], ORG_FACTS[attr][1].format(name=self.org), self.org_facts[attr], f"org_{attr}")
+            for attr in rng.sample(list(ORG_FACTS), min(questions_per_document, len(ORG_FACTS)))
+        ]
+        attr = rng.choice(list(TWO_HOP))
+        context = [self.people_doc, self.org_doc]
+        rng.shuffle(context)
+        qa.append(_qa(context, TWO_HOP[attr].format(name=rng.choice(names)), self.org_facts[attr], f"two_hop_{attr}"))
+        return {
+            "document": [{"text": self.people_doc}, {"text": self.org_doc}],
+            "standard": [{"text": f"{self.people_doc} {self.org_doc}"}],
+            "summary": [{"text": text, "summary": summary} for text, summary in summaries],
+            "qa": qa,
+        }
+
+
+def _qa(context: list[str], question: str, answer: str, kind: str) -> dict:
+    return {"context": context, "question": question, "answer": answer, "type": kind}
+
+
+def _describe(name: str, facts: dict[str, str], templates: dict, rng: random.Random) -> list[str]:
+    sentences = [templates[attr][0].format(name=name, value=value) for attr, value in facts.items()]
+    rng.shuffle(sentences)  # fact order varies, so position alone never gives the answer
+    return sentences
+
+
+def make_episode(rng: random.Random, names: list[str]) -> Episode:
+    """A random episode whose four names (two people, an organisation, its founder) are drawn from `names`."""
+    a, b, org, founder = rng.sample(names, 4)
+    people = {
+        name: {
+            "profession": rng.choice(PROFESSIONS),
+            "city": rng.choice(CITIES),
+            "year": rng.choice(YEARS),
+            "colour": rng.choice(COLOURS),
+            "employer": org,
+        }
+        for name in (a, b)
+    }
+    org_facts = {"founder": founder, "founded": rng.choice(YEARS), "base": rng.choice(CITIES)}
+    people_doc = " ".join(s for name in (a, b) for s in _describe(name, people[name], PERSON_FACTS, rng))
+    org_doc = " ".join(_describe(org, org_facts, ORG_FACTS, rng))
+    return Episode(people, org, org_facts, people_doc, org_doc)
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes and seed of a synthetic corpus."""
+
+    seed: int = 0  # one seed fixes the name split and every episode
+    train_episodes: int = 2000  # episodes (two documents each) written to the training split
+    heldout_episodes: int = 200  # episodes over held-out names, for evaluation
+    heldout_fraction: float = 0.2  # share of the name pool reserved for held-out episodes
+    questions_per_document: int = 3  # single-hop questions per document (plus one two-hop question per episode)
+
+    def __post_init__(self):
+        for name in ("train_episodes", "heldout_episodes", "questions_per_document"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
+    """The corpus as {split: {kind: rows}} for splits "train" and "heldout"; same config, same rows."""
+    train_names, heldout_names = split_names(config.seed, config.heldout_fraction)
+    rng = random.Random(config.seed + 1)
+    corpus = {}
+    for split, names, count in (
+        ("train", train_names, config.train_episodes),
+        ("heldout", heldout_names, config.heldout_episodes),
+    ):
+        rows: dict[str, list[dict]] = {"document": [], "standard": [], "summary": [], "qa": []}
+        for _ in range(count):
+            for kind, new in make_episode(rng, names).rows(rng, config.questions_per_document).items():
+                rows[kind].extend(new)
+        corpus[split] = rows
+    return corpus
+
+
+def vocabulary() -> list[str]:
+    """Every word a document, summary or question can contain, held-out names included."""
+    templates = [t for facts in (PERSON_FACTS, ORG_FACTS) for pair in facts.values() for t in pair]
+    templates += list(TWO_HOP.values()) + [PEOPLE_SUMMARY, ORG_SUMMARY]
+    words = {w.strip(".,;?") for t in templates for w in re.sub(r"\{\w+\}", " ", t).split()}
+    return sorted(words - {""}) + name_pool() + list(CITIES) + list(COLOURS) + list(PROFESSIONS) + list(YEARS)
+
+
+NAME_SYLLABLES = (
+    rf" ?\b[{CONSONANTS.upper()}][{VOWELS}](?=[{CONSONANTS}][{VOWELS}]\b)"
+    rf"|(?<=\b[{CONSONANTS.upper()}][{VOWELS}])[{CONSONANTS}][{VOWELS}]\b"
+)
+"""Pre-tokenizer pattern isolating the two syllables of a name (the first with its leading space)."""
+
+
+def train_synthetic_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
+    """A byte-level BPE trained on `texts` plus every corpus word, names split into their two syllables.
+
+    Same special tokens as `modeling_memcomp.tiny.train_tokenizer`. The vocabulary list, with and without a
+    leading space, makes every corpus word but names a single token both inside a document and as an
+    answer (targets start right after a newline, with no space), so held-out rows tokenize like training ones.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(NAME_SYLLABLES), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=TOKENIZER_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = vocabulary()
+    spaced = [" " + " ".join(words), " " + " ".join(f"{w}." for w in words)]
+    backend.train_from_iterator([*texts, *spaced, *words], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    """`rows` as one JSON object per line (the local format `trainers.data.SourceConfig` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_corpus(corpus: dict[str, dict[str, list[dict]]], output_dir: str | Path) -> dict[str, dict[str, Path]]:
+    """Write `{output_dir}/{split}/{kind}.jsonl` for every split and kind; returns the paths."""
+    return {
+        split: {kind: write_jsonl(rows, Path(output_dir) / split / f"{kind}.jsonl") for kind, rows in kinds.items()}
+        for split, kinds in corpus.items()
+    }
+
+
+def iter_texts(corpus: dict[str, dict[str, list[dict]]], split: str = "train") -> Iterator[str]:
+    """Every text of one split (documents, summaries, questions and answers), e.g. to train a tokenizer."""
+    rows = corpus[split]
+    yield from (r["text"] for r in rows["document"])
+    yield from (r["summary"] for r in rows["summary"])
+    yield from (f"{r['question']} {r['answer']}" for r in rows["qa"])
+
+
+__all__ = [
+    "Episode",
+    "SyntheticConfig",
+    "generate",
+    "iter_texts",
+    "make_episode",
+    "name_pool",
+    "split_names",
+    "train_synthetic_tokenizer",
+    "vocabulary",
+    "write_corpus",
+    "write_jsonl",
+]
