@@ -154,3 +154,5 @@ def test_bad_config_names_the_argument():
         SyntheticConfig(train_episodes=0)
     with pytest.raises(ValueError, match="heldout_fraction"):
         split_names(0, heldout_fraction=1.5)
+    with pytest.raises(ValueError, match="split must be one of"):
+        next(iter_texts({"train": {}}, "test"))

@@ -21,8 +21,8 @@ names hard, so two short, always-trained tokens is the compromise. Rows follow `
 from __future__ import annotations
 
 import json
-import re
 import random
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +251,8 @@ def write_corpus(corpus: dict[str, dict[str, list[dict]]], output_dir: str | Pat
 
 def iter_texts(corpus: dict[str, dict[str, list[dict]]], split: str = "train") -> Iterator[str]:
     """Every text of one split (documents, summaries, questions and answers), e.g. to train a tokenizer."""
+    if split not in corpus:
+        raise ValueError(f"split must be one of {sorted(corpus)}, got {split!r}.")
     rows = corpus[split]
     yield from (r["text"] for r in rows["document"])
     yield from (r["summary"] for r in rows["summary"])
