@@ -16,12 +16,21 @@ from .special_tokens import add_memory_tokens
 TOKENIZER_SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `texts`, with Qwen's `<|endoftext|>` / ChatML specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, split_pattern: str | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`, with Qwen's `<|endoftext|>` / ChatML specials.
+
+    `split_pattern` (a regex) isolates its matches before byte-level splitting, so no merge crosses them.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_pattern is None:
+        backend.pre_tokenizer = byte_level
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"), byte_level]
+        )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

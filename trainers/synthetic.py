@@ -200,35 +200,15 @@ NAME_SYLLABLES = (
 def train_synthetic_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """A byte-level BPE trained on `texts` plus every corpus word, names split into their two syllables.
 
-    Same special tokens as `modeling_memcomp.tiny.train_tokenizer`. The vocabulary list, with and without a
+    Built by `modeling_memcomp.tiny.train_tokenizer` (same special tokens). The vocabulary list, with and without a
     leading space, makes every corpus word but names a single token both inside a document and as an
     answer (targets start right after a newline, with no space), so held-out rows tokenize like training ones.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from modeling_memcomp.tiny import train_tokenizer
 
-    from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(NAME_SYLLABLES), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=TOKENIZER_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     words = vocabulary()
     spaced = [" " + " ".join(words), " " + " ".join(f"{w}." for w in words)]
-    backend.train_from_iterator([*texts, *spaced, *words], trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left"
-    )
+    return train_tokenizer([*texts, *spaced, *words], vocab_size=vocab_size, split_pattern=NAME_SYLLABLES)
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
