@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from .configuration_memcomp import MemCompConfig
 from .memory import MemoryEmbeddings, content_hash
 from .pooling import build_pooling
-from .prompting import build_prompt, stop_token_ids
+from .prompting import build_prompt, left_pad, stop_token_ids
 from .special_tokens import add_memory_tokens, check_tokenizer_matches
 
 PAPER_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
@@ -403,22 +403,13 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 f"long for this model at chunk_size={self.config.chunk_size} with wrap={self.config.wrap!r}. "
                 "Shorten the context, use wrap='block', or a model trained with a larger chunk_size."
             )
-        pad = tokenizer.pad_token_id
-        input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, longest - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, longest - len(ids) :] = 1
+        batch = left_pad(prompts, tokenizer.pad_token_id)
         slots = max(len(m) for m in memories)
         memory_embeds = torch.zeros((len(memories), slots, self.config.text_config.hidden_size), dtype=self.dtype)
         for row, memory in enumerate(memories):
             memory_embeds[row, : len(memory)] = memory.embeds.to(memory_embeds)
-        device = self.device
-        return {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
-            "memory_embeds": memory_embeds.to(device),
-        }
+        batch["memory_embeds"] = memory_embeds
+        return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def generate(
         self,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 IGNORE_INDEX = -100
 TEMPLATES = ("plain", "chat", "rl")
 DEFAULT_SYSTEM_PROMPT = (
@@ -116,3 +118,14 @@ def stop_token_ids(tokenizer) -> list[int]:
     if im_end is not None and im_end not in ids:
         ids.append(im_end)
     return ids
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded `input_ids` and `attention_mask` for a batch of prompts (generation continues on the right)."""
+    longest = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, longest - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling_memcomp.prompting import build_prompt, stop_token_ids
+from modeling_memcomp.prompting import build_prompt, left_pad, stop_token_ids
 
 from .protocol import FULL_CONTEXT_SYSTEM_PROMPT
 
@@ -33,16 +33,6 @@ def _decode(tokenizer, output: torch.Tensor, prompt_length: int) -> list[tuple[s
         text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()
         results.append((text, length))
     return results
-
-
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, longest - len(ids) :] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
 def max_positions(config) -> int | None:
@@ -118,7 +108,7 @@ class FullContextSystem:
     def generate(self, contexts: list, instructions: list[str], **generate_kwargs) -> list[Generation]:
         prompts, context_tokens = zip(*(self.prompt_ids(c, q) for c, q in zip(contexts, instructions)))
         device = next(self.language_model.parameters()).device
-        batch = _left_pad(list(prompts), self.tokenizer.pad_token_id, device)
+        batch = {name: t.to(device) for name, t in left_pad(list(prompts), self.tokenizer.pad_token_id).items()}
         stops = stop_token_ids(self.tokenizer)
         output = self.language_model.generate(
             **batch, eos_token_id=stops, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs
