@@ -91,32 +91,32 @@ class MemoryStore:
         path = self.path_for(memory_hash)
         if not path.is_file():
             return None
-        problem = self._check(path, memory_hash)
+        memory, problem = self._check(path, memory_hash)
         if problem is None:
-            return MemoryEmbeddings.load(path).to(self.model.device)
+            return memory.to(self.model.device)
         warnings.warn(f"stored memory {path} {problem}; recomputing it.", StaleMemoryWarning, stacklevel=3)
         path.unlink(missing_ok=True)
         return None
 
-    def _check(self, path: Path, memory_hash: str) -> str | None:
-        """Why the entry at `path` must not be used, or None when it is sound."""
+    def _check(self, path: Path, memory_hash: str) -> tuple[MemoryEmbeddings | None, str | None]:
+        """The entry at `path`, read once, and why it must not be used (None when it is sound)."""
         try:
             memory = MemoryEmbeddings.load(path)
             with safe_open(os.fspath(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
         except (ValueError, OSError) as error:
-            return f"is unreadable ({error})"
+            return None, f"is unreadable ({error})"
         if metadata.get(CHECKSUM_KEY) != _tensor_digest(memory.embeds):
-            return "fails its checksum (corrupt data)"
+            return memory, "fails its checksum (corrupt data)"
         if memory.content_hash != memory_hash:
-            return "holds another context (content hash mismatch)"
+            return memory, "holds another context (content hash mismatch)"
         if memory.model_fingerprint != self.model_key:
-            return "was made by another model (fingerprint mismatch)"
+            return memory, "was made by another model (fingerprint mismatch)"
         try:
             memory.check_compatible(self.model.config)
         except ValueError as error:
-            return f"does not fit this model ({error})"
-        return None
+            return memory, f"does not fit this model ({error})"
+        return memory, None
 
     def _write(self, memory: MemoryEmbeddings) -> Path:
         """Write atomically (temporary file, then rename), with a checksum and the model key."""
