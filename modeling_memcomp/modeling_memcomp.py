@@ -160,7 +160,14 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights, config, remote code and `auto_map` (as transformers does) plus the tokenizer."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self._tokenizer is not None and kwargs.get("is_main_process", True):
+        if not kwargs.get("is_main_process", True):
+            return
+        if self._tokenizer is None and self.name_or_path:
+            try:  # a model loaded from a folder and saved elsewhere takes its (not yet loaded) tokenizer along
+                self.tokenizer
+            except (OSError, ValueError):
+                return
+        if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
 
     # ------------------------------------------------------------------ plumbing

@@ -48,6 +48,16 @@ def test_saved_folder_has_remote_code_auto_map_and_tokenizer(model, tmp_path):
     assert "tiny" not in files and "tiny.py" not in files, "test helpers must not ship as remote code"
 
 
+def test_reloaded_model_saved_elsewhere_keeps_its_tokenizer(model, tmp_path):
+    from modeling_memcomp import MemCompForCausalLM
+
+    model.save_pretrained(tmp_path / "a")
+    reloaded = MemCompForCausalLM.from_pretrained(tmp_path / "a")  # tokenizer not loaded yet (lazy)
+    reloaded.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "tokenizer.json").is_file()
+    assert reloaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+
+
 def load_without_memcomp(folder, context: str, tmp_path) -> tuple[str, dict]:
     """Load `folder` with trust_remote_code in a process that cannot import memcomp; its greedy answer and weights."""
     out = tmp_path / "result"

@@ -48,17 +48,33 @@ def _passages(context: str | list[str]) -> list[str]:
     return [context] if isinstance(context, str) else list(context)
 
 
+def full_context_instruction(context: str | list[str], instruction: str) -> str:
+    """The baseline's user turn: the passages as text (blank-line separated), then the instruction.
+
+    Shared with training code that fine-tunes a full-context baseline, so it sees exactly these prompts.
+    """
+    return "\n\n".join(_passages(context)) + f"\n{instruction}"
+
+
 class MemCompSystem:
     """memcomp: compress each context (`model.compress`), then answer from the memory (`model.generate`)."""
 
     name = "memcomp"
 
-    def __init__(self, model, template: str = "chat", system_prompt: str | None = None):
+    def __init__(
+        self, model, template: str = "chat", system_prompt: str | None = None, name: str | None = None, encoder=None
+    ):
         self.model, self.template, self.system_prompt = model, template, system_prompt
+        self.name = name or self.name
+        self.encoder = encoder if encoder is not None else model  # e.g. the SFT checkpoint for an RL decoder
+
+    def memories(self, contexts: list) -> list:
+        """One `MemoryEmbeddings` per context, made by `encoder` (a control subclass replaces them)."""
+        return [self.encoder.compress(c) for c in contexts]
 
     @torch.no_grad()
     def generate(self, contexts: list, instructions: list[str], **generate_kwargs) -> list[Generation]:
-        memories = [self.model.compress(c) for c in contexts]
+        memories = self.memories(contexts)
         batch = self.model.prepare_prompts(memories, instructions, template=self.template, system_prompt=self.system_prompt)
         output = self.model.generate(**batch, **generate_kwargs)
         decoded = _decode(self.model.tokenizer, output, batch["input_ids"].shape[1])
@@ -81,9 +97,11 @@ class FullContextSystem:
         system_prompt: str | None = FULL_CONTEXT_SYSTEM_PROMPT,
         language_model=None,
         tokenizer=None,
+        name: str | None = None,
     ):
         if (language_model is None) != (tokenizer is None):
             raise ValueError("pass both language_model= and tokenizer= for a separate baseline model, or neither.")
+        self.name = name or self.name
         self.config = model.config
         self.language_model = language_model if language_model is not None else model.language_model
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
@@ -92,11 +110,11 @@ class FullContextSystem:
 
     def prompt_ids(self, context, instruction: str) -> tuple[list[int], int]:
         """Prompt ids with the context as text where the memory block would be, and the context's token count."""
-        text = "\n\n".join(_passages(context))
         prompt = build_prompt(
-            self.tokenizer, self.config, 0, f"{text}\n{instruction}", template=self.template, system_prompt=self.system_prompt
+            self.tokenizer, self.config, 0, full_context_instruction(context, instruction), template=self.template,
+            system_prompt=self.system_prompt,
         ).input_ids
-        context_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        context_tokens = len(self.tokenizer("\n\n".join(_passages(context)), add_special_tokens=False)["input_ids"])
         if self.max_positions is not None and len(prompt) > self.max_positions:
             raise ValueError(
                 f"the full-context prompt needs {len(prompt)} positions but the baseline model has {self.max_positions}: "
