@@ -1,11 +1,13 @@
 """Compress a document into memory embeddings and answer a question from them.
 
-By default this builds a tiny, UNTRAINED memcomp model locally (random weights, tokenizer trained on the
-document), so the answer is noise: the run shows the pipeline and the compression figures. Pass
-`--model PATH_OR_HUB_ID` to use a trained checkpoint.
+By default this loads the demo checkpoint shipped in the repo (`checkpoints/memcomp-synthetic-tiny`, a tiny
+Qwen2 trained from scratch on the synthetic corpus by `examples/train_synthetic.py`), writes a fresh document
+about people it has never seen (held-out names), and answers a question about it from the compressed memory
+alone. `--context FILE --question TEXT` asks your own question; `--model PATH_OR_HUB_ID` uses another checkpoint.
 """
 
 import argparse
+import random
 from pathlib import Path
 
 import torch
@@ -13,39 +15,51 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
 from modeling_memcomp.prompting import memory_block_ids
-from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+from trainers.synthetic import make_episode, split_names
 
-HERE = Path(__file__).parent
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "memcomp-synthetic-tiny"
+
+
+def unseen_example(seed: int) -> tuple[list[str], str, str]:
+    """A new episode over held-out names (never in training): its documents, a question and the true answer."""
+    rng = random.Random(f"demo-{seed}")
+    _, heldout_names = split_names()
+    row = rng.choice(make_episode(rng, heldout_names).rows(rng)["qa"])
+    return row["context"], row["question"], row["answer"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="memcomp checkpoint (folder or Hub id); default: a tiny untrained model")
-    parser.add_argument("--context", type=Path, default=HERE / "data" / "document.txt", help="text file to compress")
-    parser.add_argument("--question", default="Who discovered the comet, and in which year?")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--model", default=str(CHECKPOINT), help="memcomp checkpoint (folder or Hub id)")
+    parser.add_argument("--context", type=Path, help="text file to compress (default: a fresh synthetic document)")
+    parser.add_argument("--question", help="question about the context (required with --context)")
+    parser.add_argument("--seed", type=int, default=0, help="which fresh synthetic document and question to draw")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
+    if (args.context is None) != (args.question is None):
+        parser.error("--context and --question go together.")
     logging.set_verbosity_error()
 
-    context = args.context.read_text()
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
-        label = args.model
+    if args.context is None:
+        context, question, reference = unseen_example(args.seed)
     else:
-        model = build_tiny_memcomp(train_tokenizer([context], vocab_size=400), chunk_size=16)
-        label = "tiny UNTRAINED random model (built locally; the answer is noise)"
+        context, question, reference = args.context.read_text(), args.question, None
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
 
     memory = model.compress(context)
     torch.manual_seed(0)
-    answer = model.generate(memory=memory, question=args.question, max_new_tokens=args.max_new_tokens)
+    answer = model.generate(memory=memory, question=question, max_new_tokens=args.max_new_tokens, do_sample=False)
     slots = len(memory_block_ids(memory.num_embeddings, model.config))
-    print(f"model:              {label}")
+    print(f"model:              {args.model}")
+    for passage in [context] if isinstance(context, str) else context:
+        print(f"context:            {passage[:300]}")
     print(f"context tokens:     {memory.num_source_tokens}")
-    print(f"memory embeddings:  {memory.num_embeddings} (chunk size {memory.chunk_size})")
-    print(f"decoder positions:  {slots} with wrap={model.config.wrap!r}")
-    print(f"compression:        {memory.compression_rate:.1f}x nominal, {memory.num_source_tokens / slots:.1f}x effective")
-    print(f"question:           {args.question}")
-    print(f"answer:             {answer!r}")
+    print(f"memory embeddings:  {memory.num_embeddings} (chunk size {memory.chunk_size}, wrap={model.config.wrap!r})")
+    print(f"effective rate:     {memory.num_source_tokens / slots:.1f}x ({memory.num_source_tokens} tokens -> {slots} decoder positions)")
+    print(f"question:           {question}")
+    print(f"answer:             {answer}")
+    if reference is not None:
+        print(f"true answer:        {reference}  ({'right' if answer.strip() == reference else 'wrong'})")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def test_same_seed_same_corpus_and_another_seed_differs(corpus):
     assert generate(CONFIG) == corpus
     assert generate(SyntheticConfig(seed=4, train_episodes=60, heldout_episodes=15)) != corpus
     assert len(corpus["train"]["document"]) == 2 * 60 and len(corpus["heldout"]["summary"]) == 2 * 15
-    # 3 person + 3 organisation questions + 1 two-hop question per episode
-    assert len(corpus["train"]["qa"]) == 7 * 60
+    # 5 person (one person, all five facts) + 3 organisation questions + 1 two-hop question per episode
+    assert len(corpus["train"]["qa"]) == 9 * 60
+    two_people = generate(SyntheticConfig(seed=4, train_episodes=6, heldout_episodes=1, people_per_episode=2))
+    assert len(two_people["train"]["qa"]) == 9 * 6  # five of the ten person facts
+    assert " and " in two_people["train"]["summary"][0]["summary"]
 
 
 def test_heldout_names_never_occur_in_training_rows(corpus):
@@ -69,7 +72,7 @@ def test_heldout_names_never_occur_in_training_rows(corpus):
     train_names = set().union(*map(names_in, split_texts(corpus, "train")))
     heldout_names = set().union(*map(names_in, split_texts(corpus, "heldout")))
     assert train_names <= train_pool and heldout_names <= heldout_pool
-    assert len(heldout_names) >= 4 * 15 - 5  # four names per episode, rare repeats
+    assert len(heldout_names) >= 3 * 15 - 5  # three names per episode (person, organisation, founder), rare repeats
     assert not train_names & heldout_names
 
 

@@ -1,8 +1,9 @@
 """A seeded synthetic corpus about fictional entities, for training and testing the whole curriculum offline.
 
-Each *episode* is a small random world: two people (name, profession, city, birth year, favourite colour)
-who work for one organisation (founder, year, city). It yields two documents, a people document and an
-organisation document, whose facts are fresh random combinations, so a model has to read them:
+Each *episode* is a small random world: one person by default (name, profession, city, birth year,
+favourite colour) working for one organisation (founder, year, city). It yields two documents, a people
+document and an organisation document, whose facts are fresh random combinations, so a model has to read
+them:
 
     document   {"text"}                              both documents (reconstruction, continuation, plain LM)
     standard   {"text"}                              the whole episode as one text (LM pretraining, plain LM mix)
@@ -55,7 +56,7 @@ TWO_HOP = {
     "founded": "In which year was the company that {name} works for founded?",
 }
 """Two-hop questions: the person document names the employer, the organisation document holds the fact."""
-PEOPLE_SUMMARY = "{a} is a {pa} and {b} is a {pb}; both work for {org}."
+PEOPLE_SUMMARY = "{people}; {verb} for {org}."  # people: "Kobe is a doctor and Nano is a nurse"
 ORG_SUMMARY = "{org} is a company in {base} founded by {founder}."
 
 
@@ -78,7 +79,7 @@ def split_names(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[str]
 
 @dataclass
 class Episode:
-    """One random world: two people working for one organisation, and the two documents describing it."""
+    """One random world: people working for one organisation, and the two documents describing it."""
 
     people: dict[str, dict[str, str]]  # name -> {profession, city, year, colour, employer}
     org: str
@@ -89,14 +90,10 @@ class Episode:
     def rows(self, rng: random.Random, questions_per_document: int = 3) -> dict[str, list[dict]]:
         """This episode's rows by kind, with `questions_per_document` single-hop questions per document."""
         names = list(self.people)
-        a, b = names
+        people = " and ".join(f"{name} is a {self.people[name]['profession']}" for name in names)
+        verb = "works" if len(names) == 1 else ("both work" if len(names) == 2 else "all work")
         summaries = [
-            (
-                self.people_doc,
-                PEOPLE_SUMMARY.format(
-                    a=a, b=b, pa=self.people[a]["profession"], pb=self.people[b]["profession"], org=self.org
-                ),
-            ),
+            (self.people_doc, PEOPLE_SUMMARY.format(people=people, verb=verb, org=self.org)),
             (self.org_doc, ORG_SUMMARY.format(org=self.org, **self.org_facts)),
         ]
         person_facts = [(name, attr) for name in names for attr in PERSON_FACTS]
@@ -130,9 +127,9 @@ def _describe(name: str, facts: dict[str, str], templates: dict, rng: random.Ran
     return sentences
 
 
-def make_episode(rng: random.Random, names: list[str]) -> Episode:
-    """A random episode whose four names (two people, an organisation, its founder) are drawn from `names`."""
-    a, b, org, founder = rng.sample(names, 4)
+def make_episode(rng: random.Random, names: list[str], num_people: int = 1) -> Episode:
+    """A random episode whose names (`num_people` people, an organisation, its founder) are drawn from `names`."""
+    *persons, org, founder = rng.sample(names, num_people + 2)
     people = {
         name: {
             "profession": rng.choice(PROFESSIONS),
@@ -141,10 +138,10 @@ def make_episode(rng: random.Random, names: list[str]) -> Episode:
             "colour": rng.choice(COLOURS),
             "employer": org,
         }
-        for name in (a, b)
+        for name in persons
     }
     org_facts = {"founder": founder, "founded": rng.choice(YEARS), "base": rng.choice(CITIES)}
-    people_doc = " ".join(s for name in (a, b) for s in _describe(name, people[name], PERSON_FACTS, rng))
+    people_doc = " ".join(s for name in persons for s in _describe(name, people[name], PERSON_FACTS, rng))
     org_doc = " ".join(_describe(org, org_facts, ORG_FACTS, rng))
     return Episode(people, org, org_facts, people_doc, org_doc)
 
@@ -157,10 +154,11 @@ class SyntheticConfig:
     train_episodes: int = 2000  # episodes (two documents each) written to the training split
     heldout_episodes: int = 200  # episodes over held-out names, for evaluation
     heldout_fraction: float = 0.2  # share of the name pool reserved for held-out episodes
-    questions_per_document: int = 3  # single-hop questions per document (plus one two-hop question per episode)
+    questions_per_document: int = 5  # single-hop questions per document (plus one two-hop question per episode)
+    people_per_episode: int = 1  # people in the people document; two need name binding (see docs/synthetic.md)
 
     def __post_init__(self):
-        for name in ("train_episodes", "heldout_episodes", "questions_per_document"):
+        for name in ("train_episodes", "heldout_episodes", "questions_per_document", "people_per_episode"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
@@ -176,7 +174,8 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
     ):
         rows: dict[str, list[dict]] = {"document": [], "standard": [], "summary": [], "qa": []}
         for _ in range(count):
-            for kind, new in make_episode(rng, names).rows(rng, config.questions_per_document).items():
+            episode = make_episode(rng, names, config.people_per_episode)
+            for kind, new in episode.rows(rng, config.questions_per_document).items():
                 rows[kind].extend(new)
         corpus[split] = rows
     return corpus
@@ -185,7 +184,7 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
 def vocabulary() -> list[str]:
     """Every word a document, summary or question can contain, held-out names included."""
     templates = [t for facts in (PERSON_FACTS, ORG_FACTS) for pair in facts.values() for t in pair]
-    templates += list(TWO_HOP.values()) + [PEOPLE_SUMMARY, ORG_SUMMARY]
+    templates += list(TWO_HOP.values()) + [PEOPLE_SUMMARY, ORG_SUMMARY, "is a and works both work all"]
     words = {w.strip(".,;?") for t in templates for w in re.sub(r"\{\w+\}", " ", t).split()}
     return sorted(words - {""}) + name_pool() + list(CITIES) + list(COLOURS) + list(PROFESSIONS) + list(YEARS)
 

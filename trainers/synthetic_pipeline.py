@@ -45,16 +45,16 @@ class SyntheticRunConfig:
     wrap: str = "block"  # memory wrapping: "block" keeps the effective rate at chunk_size
     max_length: int = 256  # decoder length of every stage
     batch_size: int = 32  # examples per optimizer step (LM, CPT, SFT, baseline)
-    lm_steps: int = 1500  # plain LM pretraining steps
+    lm_steps: int = 2500  # plain LM pretraining steps
     cpt1_steps: int = 2000
     cpt2_steps: int = 1000
-    sft_steps: int = 1500
-    baseline_steps: int = 1500  # full-context QA fine-tuning steps (same QA rows as SFT)
+    sft_steps: int = 2000
+    baseline_steps: int = 2500  # full-context QA fine-tuning steps (same QA rows as SFT)
     rl_steps: int = 60  # DAPO optimizer steps
     learning_rate: float = 1e-3  # LM, CPT and baseline peak LR (a model trained from scratch; Table 9's suit 7B)
     projection_learning_rate: float = 1e-3  # memory projection in CPT-1/CPT-2
     sft_learning_rate: float = 5e-4  # SFT and baseline QA fine-tuning
-    rl_learning_rate: float = 2e-5  # DAPO
+    rl_learning_rate: float = 1e-5  # DAPO
     rl_prompts: int = 2000  # training QA rows compressed for RL
     rl_generations: int = 8  # rollouts per prompt
     rl_batch_size: int = 64  # completions per optimizer step (rl_batch_size / rl_generations prompts)
@@ -230,17 +230,12 @@ def stage_config(config: SyntheticRunConfig, stage: str):
 
 
 def train_memcomp_stage(config: SyntheticRunConfig, stage: str) -> None:
-    """CPT-1, CPT-2 or SFT through the stage runner every other curriculum run uses."""
-    from .run import build_datasets, build_model
-    from .trainer import MemCompTrainer
+    """CPT-1, CPT-2 or SFT through the stage runner every other curriculum run uses (`trainers.run.run_stage`)."""
+    from .run import run_stage
 
-    stage_cfg = stage_config(config, stage)
-    model = build_model(stage_cfg)
-    train, _ = build_datasets(stage_cfg, model)
-    trainer = MemCompTrainer(model=model, args=stage_cfg.training, train_dataset=train)
-    seconds = _train(trainer, config, stage)
-    trainer.save_model()
-    _record(config, stage, seconds, trainer)
+    started = time.time()
+    trainer = run_stage(stage_config(config, stage), resume_from_checkpoint=_last_checkpoint(config.stage_dir(stage)))
+    _record(config, stage, time.time() - started, trainer)
 
 
 def baseline_examples(tokenizer, model_config, rows: list[dict], max_length: int) -> list[dict]:
@@ -378,7 +373,7 @@ class ReportArguments:
 
     report_dir: str = "benchmarks/results/synthetic"  # report.json, report.md, learning_curves.png
     checkpoint_dir: str | None = "checkpoints/memcomp-synthetic-tiny"  # the shipped model (None: do not export)
-    max_documents: int | None = None  # held-out documents for reconstruction (None: all)
+    max_documents: int | None = None  # held-out documents (and as many two-document episodes) to reconstruct (None: all)
     max_questions: int | None = None  # held-out questions for QA (None: all)
 
 

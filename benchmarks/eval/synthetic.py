@@ -200,7 +200,8 @@ def evaluate_run(
     settings = {"run": str(run_dir), **{s: m.fingerprint for s, m in models.items() if m is not None}}
     results = {}
 
-    documents = [r["text"] for r in _read_jsonl(heldout / "document.jsonl")][:max_documents]
+    # single documents (trained on) and whole two-document episodes (longer than any reconstruction target in training)
+    documents = [r["text"] for kind in ("document", "standard") for r in _read_jsonl(heldout / f"{kind}.jsonl")[:max_documents]]
     if models["cpt1"] is not None:
         examples = reconstruction_examples(tokenizer, documents)
         longest = max(e.meta["tokens"] for e in examples)
