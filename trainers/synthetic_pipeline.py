@@ -358,12 +358,14 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) -> Path:
-    """Save a stage's model as a self-contained checkpoint (safetensors, remote code, tokenizer) at `destination`."""
-    from modeling_memcomp import MemCompForCausalLM
+DEMO_REPO_ID = "memcomp/memcomp-synthetic-tiny"
 
-    model = MemCompForCausalLM.from_pretrained(str(Path(run_dir) / stage), dtype=torch.float32)
-    model.save_pretrained(str(destination))
+
+def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) -> Path:
+    """Write a stage's model as a Hub-ready folder (safetensors, remote code, tokenizer, model card) at `destination`."""
+    from hub_cards.export import export_model
+
+    export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
     return Path(destination)
 
 
