@@ -16,6 +16,7 @@ skipped and an interrupted one resumes from its last Trainer checkpoint, so a cr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import random
@@ -96,10 +97,14 @@ def _last_checkpoint(folder: Path) -> str | None:
 
 def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None) -> None:
     """Add a stage's wall time to timings.json and its Trainer log history next to its model."""
-    path = config.root / "timings.json"
-    timings = json.loads(path.read_text()) if path.is_file() else {}
-    timings[stage] = timings.get(stage, 0.0) + seconds  # a resumed stage adds its second part
-    path.write_text(json.dumps(timings, indent=2))
+    with open(config.root / "timings.json", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # the baseline process writes here too
+        f.seek(0)
+        timings = json.loads(f.read() or "{}")
+        timings[stage] = timings.get(stage, 0.0) + seconds  # a resumed stage adds its second part
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(timings, indent=2))
     if trainer is not None:
         (config.stage_dir(stage) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
