@@ -15,13 +15,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 
 from .configuration_memcomp import MemCompConfig
 from .memory import MemoryEmbeddings, content_hash
 from .pooling import build_pooling
 from .prompting import build_prompt, left_pad, stop_token_ids
 from .special_tokens import add_memory_tokens, check_tokenizer_matches
+from .tokenizer_io import load_tokenizer
 
 PAPER_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
 """Qwen2.5 defaults the paper uses for QA (Appendix H.1)."""
@@ -100,11 +101,11 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if isinstance(name_or_path_or_model, PreTrainedModel):
             base = name_or_path_or_model
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(base.name_or_path)
+                tokenizer = load_tokenizer(base.name_or_path)
         else:
             base = AutoModelForCausalLM.from_pretrained(name_or_path_or_model, **from_pretrained_kwargs)
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(name_or_path_or_model)
+                tokenizer = load_tokenizer(name_or_path_or_model)
         ids = add_memory_tokens(tokenizer)
         if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
             base.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -147,7 +148,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                     "this model has no tokenizer: set `model.tokenizer = ...` or pass `tokenizer=` to from_base."
                 )
             # The folder's code already runs as this model, so its config may be read to find the tokenizer.
-            self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
+            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=True)
         return self._tokenizer
 
     @tokenizer.setter

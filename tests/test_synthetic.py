@@ -219,3 +219,20 @@ def test_cpt1_stage_learns_on_the_synthetic_files(corpus, synthetic_tokenizer, t
     trainer.model.train()
     trainer.train()
     assert loss() < 0.75 * before
+
+
+def test_a_base_saved_with_this_tokenizer_keeps_its_tokenization_through_from_base(synthetic_tokenizer, tmp_path):
+    # transformers v5 would rebuild it as a Qwen2Tokenizer (digits split, names re-cut) next to a Qwen2 config
+    from modeling_memcomp import MemCompForCausalLM
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    text = "Tera was born in 2016. Tera works for Lebo."
+    expected = synthetic_tokenizer(text, add_special_tokens=False)["input_ids"]
+    model = build_tiny_memcomp(synthetic_tokenizer, chunk_size=4)
+    model.language_model.save_pretrained(tmp_path / "base")
+    synthetic_tokenizer.save_pretrained(tmp_path / "base")
+    wrapped = MemCompForCausalLM.from_base(str(tmp_path / "base"), chunk_size=4)
+    assert wrapped.tokenizer(text, add_special_tokens=False)["input_ids"] == expected
+    wrapped.save_pretrained(tmp_path / "memcomp")
+    reloaded = MemCompForCausalLM.from_pretrained(tmp_path / "memcomp")
+    assert reloaded.tokenizer(text, add_special_tokens=False)["input_ids"] == expected
