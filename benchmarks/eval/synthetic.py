@@ -91,11 +91,14 @@ def length_bucket(num_tokens: int) -> int:
     return max([b for b in LENGTH_BUCKETS if b <= num_tokens] or [LENGTH_BUCKETS[0]])
 
 
-def reconstruction_examples(tokenizer, documents: list[str]) -> list[Example]:
-    """One example per held-out document, grouped by its length bucket."""
+def reconstruction_examples(tokenizer, documents: list[str], kind: str = "document") -> list[Example]:
+    """One example per text, grouped by its length bucket and its `kind` ("document", or "episode" for two documents)."""
     lengths = [len(ids) for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
     return [
-        Example(f"doc{i}", text, protocol.RECONSTRUCTION_INSTRUCTION, text, meta={"length": length_bucket(n), "tokens": n})
+        Example(
+            f"{kind}{i}", text, protocol.RECONSTRUCTION_INSTRUCTION, text,
+            meta={"length": length_bucket(n), "tokens": n, "kind": kind},
+        )
         for i, (text, n) in enumerate(zip(documents, lengths))
     ]
 
@@ -143,6 +146,8 @@ def aggregate(reconstruction: list[dict], qa: list[dict]) -> dict:
     return {
         "reconstruction_rougeL": summarize(reconstruction, "rougeL", by="length"),
         "reconstruction_content_accuracy": summarize(reconstruction, "content_accuracy", by="length"),
+        "reconstruction_rougeL_by_kind": summarize(reconstruction, "rougeL", by="kind"),
+        "reconstruction_content_accuracy_by_kind": summarize(reconstruction, "content_accuracy", by="kind"),
         "qa_em": summarize(qa, "em", by="type"),
     }
 
@@ -193,20 +198,23 @@ def evaluate_run(
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     heldout = run_dir / "data" / "heldout"
-    models = {stage: _load(run_dir / stage) for stage in ("cpt1", "sft", "rl", "baseline")}
+    models = {stage: _load(run_dir / stage) for stage in ("cpt1", "cpt2", "sft", "rl", "baseline")}
     if models["sft"] is None:
         raise FileNotFoundError(f"{run_dir / 'sft'} has no checkpoint: run the pipeline's sft stage first.")
     tokenizer = models["sft"].tokenizer
     settings = {"run": str(run_dir), **{s: m.fingerprint for s, m in models.items() if m is not None}}
     results = {}
 
-    # single documents (trained on) and whole two-document episodes (longer than any reconstruction target in training)
-    documents = [r["text"] for kind in ("document", "standard") for r in _read_jsonl(heldout / f"{kind}.jsonl")[:max_documents]]
     if models["cpt1"] is not None:
-        examples = reconstruction_examples(tokenizer, documents)
+        # single documents (as trained) and whole two-document episodes (longer than any reconstruction target in training)
+        examples = reconstruction_examples(tokenizer, [r["text"] for r in _read_jsonl(heldout / "document.jsonl")[:max_documents]])
+        episodes = [r["text"] for r in _read_jsonl(heldout / "standard.jsonl")[:max_documents]]
+        examples += reconstruction_examples(tokenizer, episodes, kind="episode")
         longest = max(e.meta["tokens"] for e in examples)
-        systems = [
-            MemCompSystem(models["cpt1"], template="plain", name="cpt1"),
+        systems = [MemCompSystem(models["cpt1"], template="plain", name="cpt1")]
+        if models["cpt2"] is not None:  # CPT-2 also trains reconstruction, in the chat template
+            systems.append(MemCompSystem(models["cpt2"], template="chat", name="cpt2"))
+        systems += [
             ZeroMemorySystem(models["cpt1"], template="plain", name="zero_memory"),
             CopySystem(tokenizer),
         ]
