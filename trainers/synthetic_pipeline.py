@@ -48,10 +48,10 @@ class SyntheticRunConfig:
     batch_size: int = 32  # examples per optimizer step (LM, CPT, SFT, baseline)
     lm_steps: int = 2500  # plain LM pretraining steps
     cpt1_steps: int = 2000
-    cpt2_steps: int = 1000
-    sft_steps: int = 2000
+    cpt2_steps: int = 400
+    sft_steps: int = 1000
     baseline_steps: int = 2500  # full-context QA fine-tuning steps (same QA rows as SFT)
-    rl_steps: int = 60  # DAPO optimizer steps
+    rl_steps: int = 30  # DAPO optimizer steps
     learning_rate: float = 1e-3  # LM, CPT and baseline peak LR (a model trained from scratch; Table 9's suit 7B)
     projection_learning_rate: float = 1e-3  # memory projection in CPT-1/CPT-2
     sft_learning_rate: float = 5e-4  # SFT and baseline QA fine-tuning
@@ -371,7 +371,19 @@ def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) 
     from hub_cards.export import export_model
 
     export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
+    card = Path(destination) / "README.md"
+    card.write_text(card.read_text().rstrip() + "\n\n" + DEMO_CARD_NOTE)
     return Path(destination)
+
+
+DEMO_CARD_NOTE = """## About this checkpoint
+
+A 0.7M-parameter Qwen2-architecture model trained from scratch, on CPU, on the synthetic corpus of
+`trainers/synthetic.py` (fictional people and companies) by `examples/train_synthetic.py`, through the whole
+curriculum (LM pretraining, CPT-1, CPT-2, SFT, RL) with its own step counts and learning rates (see the run's
+`report.json`), chunk size 4 with block wrapping. It only knows that corpus: it is the demo and test model of the
+memcomp repository, not a general-purpose model, and the recipe figures above describe the stages' task mixtures only.
+"""
 
 
 @dataclass
@@ -403,7 +415,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     run, report_args = HfArgumentParser((SyntheticRunConfig, ReportArguments)).parse_args_into_dataclasses(argv)
     run_pipeline(run)
+    started = time.time()
     results = evaluate_run(run.output_dir, run.root / "eval", report_args.max_documents, report_args.max_questions)
+    _record(run, "eval", time.time() - started)
     command = "python examples/train_synthetic.py " + shlex.join(argv)
     report = write_report(run.output_dir, report_args.report_dir, results, machine_info(torch.device("cpu")), command.strip())
     if report_args.checkpoint_dir:
@@ -411,5 +425,9 @@ def main(argv: list[str] | None = None) -> dict:
         rl_ok = "rl_self" in em and em["rl_self"]["mean"] >= em["sft"]["mean"]
         report["shipped_stage"] = "rl" if rl_ok else "sft"
         export_checkpoint(run.output_dir, report["shipped_stage"], report_args.checkpoint_dir)
+        out = Path(report_args.report_dir)
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        with open(out / "report.md", "a") as f:
+            f.write(f"Shipped checkpoint: the `{report['shipped_stage']}` stage, exported to `{report_args.checkpoint_dir}`.\n")
         logger.info("exported %s to %s", report["shipped_stage"], report_args.checkpoint_dir)
     return report
