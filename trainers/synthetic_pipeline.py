@@ -34,7 +34,7 @@ STAGES = ("data", "lm", *MEMCOMP_STAGES, "rl", "baseline")
 
 @dataclass
 class SyntheticRunConfig:
-    """Every setting of the synthetic run; the defaults are the committed demo run (about 1.5 h on 2 CPU cores)."""
+    """Every setting of the synthetic run; the defaults are the committed demo run (1.7 h on a 2-core CPU)."""
 
     output_dir: str = "out/synthetic"  # one folder per stage under it
     seed: int = 0  # corpus, initialisation and data order
