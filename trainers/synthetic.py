@@ -220,6 +220,12 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a file written by `write_jsonl`."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def write_corpus(corpus: dict[str, dict[str, list[dict]]], output_dir: str | Path) -> dict[str, dict[str, Path]]:
     """Write `{output_dir}/{split}/{kind}.jsonl` for every split and kind; returns the paths."""
     return {
@@ -245,6 +251,7 @@ __all__ = [
     "iter_texts",
     "make_episode",
     "name_pool",
+    "read_jsonl",
     "split_names",
     "train_synthetic_tokenizer",
     "vocabulary",

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .synthetic import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 MEMCOMP_STAGES = ("cpt1", "cpt2", "sft")
@@ -154,11 +156,6 @@ def make_data(config: SyntheticRunConfig) -> None:
     train_synthetic_tokenizer(iter_texts(corpus, "train")).save_pretrained(config.root / "data" / "tokenizer")
 
 
-def read_rows(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
 def qa_text(row: dict) -> str:
     """A QA row as plain text for LM pretraining: the passages, the question, the answer, one per line."""
     return "\n\n".join(row["context"]) + f"\n{row['question']}\n{row['answer']}"
@@ -188,9 +185,9 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
         tokenizer, chunk_size=config.chunk_size, seed=config.seed, hidden_size=config.hidden_size,
         num_layers=config.num_layers, wrap=config.wrap,
     ).train()
-    texts = [r["text"] for r in read_rows(config.data_file("train", "standard"))]
+    texts = [r["text"] for r in read_jsonl(config.data_file("train", "standard"))]
     if config.lm_qa_text:
-        texts += [qa_text(r) for r in read_rows(config.data_file("train", "qa"))]
+        texts += [qa_text(r) for r in read_jsonl(config.data_file("train", "qa"))]
     builder = TaskBuilder(tokenizer, model.config, max_length=config.max_length)
     dataset = _examples_dataset([builder.language_modeling(t) for t in texts], config.seed)
     args = _training_args(config, "lm", config.lm_steps, config.learning_rate)
@@ -271,7 +268,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     model = MemCompForCausalLM.from_base(
         str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
     ).train()
-    rows = read_rows(config.data_file("train", "qa"))
+    rows = read_jsonl(config.data_file("train", "qa"))
     dataset = _examples_dataset(baseline_examples(model.tokenizer, model.config, rows, config.max_length), config.seed)
     args = _training_args(config, "baseline", config.baseline_steps, config.sft_learning_rate)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)

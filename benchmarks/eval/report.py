@@ -46,9 +46,14 @@ def retention(compressed: float | None, full: float | None) -> float | None:
     return 100.0 * compressed / full
 
 
-def comparison_table(summary: dict, group_label: str, scale: float = 1.0, digits: int = 2, ratio_label: str = "retention %") -> str:
-    """Markdown: one row per group, a column per system, and memcomp / full in % (retention) when both ran."""
-    systems = _systems(summary)
+def comparison_table(
+    summary: dict, group_label: str, scale: float = 1.0, digits: int = 2, ratio_label: str = "retention %", systems=None
+) -> str:
+    """Markdown: one row per group, a column per system, and memcomp / full in % (retention) when both ran.
+
+    `systems` picks and orders the columns (default: every system in `summary`, memcomp first).
+    """
+    systems = list(systems) if systems is not None else _systems(summary)
     both = {"memcomp", "full"} <= set(systems)
     header = [group_label] + [LABELS.get(s, s) for s in systems] + ([ratio_label] if both else []) + ["n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -58,7 +63,7 @@ def comparison_table(summary: dict, group_label: str, scale: float = 1.0, digits
         if both:
             kept = retention(row.get("memcomp", {}).get("mean"), row.get("full", {}).get("mean"))
             cells.append("–" if kept is None else f"{kept:.1f}")
-        cells.append(str(max(v["n"] for v in row.values())))
+        cells.append(str(max((row[s]["n"] for s in systems if s in row), default=0)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

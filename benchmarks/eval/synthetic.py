@@ -12,18 +12,17 @@ finds in the output. Two controls show that the memory is read:
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS
+from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS, read_jsonl
 
 from . import protocol
 from .harness import Example, run
 from .records import RecordStore, config_hash
-from .report import summarize
+from .report import retention, summarize
 from .scoring import answer_scores, rouge_f1
 from .systems import FullContextSystem, Generation, MemCompSystem
 
@@ -152,29 +151,10 @@ def aggregate(reconstruction: list[dict], qa: list[dict]) -> dict:
     }
 
 
-def retention(qa_em: dict, compressed: str, full: str = "full") -> dict:
-    """Per question type: compressed EM as a percentage of the full-context EM (None where full is 0)."""
-    out = {}
-    for group, row in qa_em.items():
-        if compressed in row and row.get(full, {}).get("mean"):
-            out[group] = 100 * row[compressed]["mean"] / row[full]["mean"]
-    return out
-
-
-def table(summary: dict, systems: list[str], group_label: str, scale: float = 1.0, digits: int = 2) -> str:
-    """Markdown table: one row per group, one column per system (in the given order), then n."""
-    lines = ["| " + " | ".join([group_label, *systems, "n"]) + " |", "|" + "---|" * (len(systems) + 2)]
-    for group, row in summary.items():
-        cells = [f"**{group}**" if group == "all" else str(group)]
-        cells += [f"{row[s]['mean'] * scale:.{digits}f}" if s in row else "–" for s in systems]
-        cells.append(str(max((row[s]["n"] for s in systems if s in row), default=0)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+def retention_by_group(summary: dict, compressed: str, full: str = "full") -> dict:
+    """Per group (question type): `compressed` as a percentage of `full` (`report.retention`; groups where it is undefined are left out)."""
+    kept = {g: retention(row.get(compressed, {}).get("mean"), row.get(full, {}).get("mean")) for g, row in summary.items()}
+    return {g: v for g, v in kept.items() if v is not None}
 
 
 def _load(folder: Path):
@@ -207,8 +187,8 @@ def evaluate_run(
 
     if models["cpt1"] is not None:
         # single documents (as trained) and whole two-document episodes (longer than any reconstruction target in training)
-        examples = reconstruction_examples(tokenizer, [r["text"] for r in _read_jsonl(heldout / "document.jsonl")[:max_documents]])
-        episodes = [r["text"] for r in _read_jsonl(heldout / "standard.jsonl")[:max_documents]]
+        examples = reconstruction_examples(tokenizer, [r["text"] for r in read_jsonl(heldout / "document.jsonl")[:max_documents]])
+        episodes = [r["text"] for r in read_jsonl(heldout / "standard.jsonl")[:max_documents]]
         examples += reconstruction_examples(tokenizer, episodes, kind="episode")
         longest = max(e.meta["tokens"] for e in examples)
         systems = [MemCompSystem(models["cpt1"], template="plain", name="cpt1")]
@@ -221,7 +201,7 @@ def evaluate_run(
         max_new = int(longest * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
         results["reconstruction"] = evaluate_systems("reconstruction", examples, systems, output_dir, max_new, batch_size, settings)
 
-    examples = qa_examples(_read_jsonl(heldout / "qa.jsonl")[:max_questions])
+    examples = qa_examples(read_jsonl(heldout / "qa.jsonl")[:max_questions])
     systems = [MemCompSystem(models["sft"], name="sft")]
     if models["rl"] is not None:
         systems += [MemCompSystem(models["rl"], name="rl", encoder=models["sft"]), MemCompSystem(models["rl"], name="rl_self")]

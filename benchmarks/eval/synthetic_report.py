@@ -13,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .synthetic import aggregate, retention, table  # noqa: E402
+from .report import comparison_table  # noqa: E402
+from .synthetic import aggregate, retention_by_group  # noqa: E402
 
 CURVES = {"lm": "loss", "cpt1": "loss", "cpt2": "loss", "sft": "loss", "baseline": "loss", "rl": "reward"}
 """Stage -> the logged value its learning curve shows."""
@@ -65,7 +66,7 @@ def check_targets(aggregates: dict, compressed: str) -> list[dict]:
         (f"held-out document content-token accuracy >= 0.8 ({best})", _mean(content, "document", best), 0.8),
         ("full-context EM >= 0.8 on every question type (lowest type)", min((_mean(qa, t, "full") or 0 for t in types), default=None), 0.8),
     ]
-    kept = retention(qa, compressed)
+    kept = retention_by_group(qa, compressed)
     targets.append((f"{compressed} EM >= 90% of full context on every type (lowest retention, %)", min((kept.get(t, 0) for t in types), default=None), 90.0))
     targets.append(("RL EM >= SFT EM (RL minus SFT, all questions)", (_mean(qa, "all", "rl") or 0) - (_mean(qa, "all", "sft") or 0), 0.0))
     return [{"target": name, "measured": value, "met": value is not None and value >= bound} for name, value, bound in targets]
@@ -81,7 +82,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     curves = learning_curves(run_dir)
     plot_curves(curves, output_dir / "learning_curves.png")
     qa_systems = [s for s in QA_SYSTEMS if any(s in row for row in aggregates["qa_em"].values())]
-    retentions = {s: retention(aggregates["qa_em"], s) for s in ("sft", "rl", "rl_self") if s in qa_systems}
+    retentions = {s: retention_by_group(aggregates["qa_em"], s) for s in ("sft", "rl", "rl_self") if s in qa_systems}
     compressed = max(retentions, key=lambda s: retentions[s].get("all", 0)) if retentions else "sft"
     report = {
         "command": command,
@@ -123,9 +124,9 @@ def render_markdown(report: dict, qa_systems: list[str]) -> str:
     if agg["reconstruction_rougeL"]:
         for title, key in (("ROUGE-L F1", "rougeL"), ("Content-token accuracy (names and values only)", "content_accuracy")):
             lines += [f"{title}, documents (as trained) vs two-document episodes (an untrained length):", ""]
-            lines += [table(agg[f"reconstruction_{key}_by_kind"], list(RECON_SYSTEMS), "kind"), ""]
-            lines += [f"{title} by length bucket (tokens):", "", table(agg[f"reconstruction_{key}"], list(RECON_SYSTEMS), "length"), ""]
-    lines += ["## QA exact match (%) on held-out questions, by type", "", table(agg["qa_em"], qa_systems, "type", scale=100, digits=1), ""]
+            lines += [comparison_table(agg[f"reconstruction_{key}_by_kind"], "kind", systems=RECON_SYSTEMS), ""]
+            lines += [f"{title} by length bucket (tokens):", "", comparison_table(agg[f"reconstruction_{key}"], "length", systems=RECON_SYSTEMS), ""]
+    lines += ["## QA exact match (%) on held-out questions, by type", "", comparison_table(agg["qa_em"], "type", scale=100, digits=1, systems=qa_systems), ""]
     for system, kept in report["retention_percent"].items():
         cells = ", ".join(f"{g} {v:.0f}%" for g, v in kept.items())
         lines.append(f"- retention of {system} (EM / full-context EM): {cells}")
