@@ -28,16 +28,25 @@ def tokenizer(corpus):
     return train_tokenizer(corpus, vocab_size=512)
 
 
+VARIED = {"initializer_range": 0.2}
+"""Random weights wide enough that greedy answers vary with the context (at 0.02 a tiny model echoes its last token),
+so the equivalence tests compare real, distinct answers."""
+
+
+def build_test_model(tokenizer, config_overrides: dict | None = None, **kwargs):
+    return build_tiny_memcomp(tokenizer, config_overrides={**VARIED, **(config_overrides or {})}, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def model(tokenizer):
     """Shared read-only tiny model (C=16, wrap='each'); tests that change it build their own."""
-    return build_tiny_memcomp(tokenizer, chunk_size=16)
+    return build_test_model(tokenizer, chunk_size=16)
 
 
 @pytest.fixture
 def make_model(tokenizer):
     def make(**kwargs):
-        return build_tiny_memcomp(tokenizer, **kwargs)
+        return build_test_model(tokenizer, **kwargs)
 
     return make
 

@@ -99,7 +99,7 @@ def test_chunk_larger_than_the_encoder_can_hold(make_model):
 def test_context_too_long_for_the_decoder(make_model):
     model = make_model(chunk_size=4, config_overrides={"max_position_embeddings": 128})
     memory = model.compress(list(range(20, 220)))  # 50 chunks -> 150 decoder positions with wrap="each"
-    with pytest.raises(ValueError, match="needs .* positions but the base model has 128.*wrap='block'"):
+    with pytest.raises(ValueError, match="needs .* positions .* but the base model has 128.*wrap='block'"):
         model.generate(memory=memory, question="Who?", **GREEDY)
 
 
@@ -112,3 +112,49 @@ def test_unknown_pooling_or_wrap(field, value):
 def test_unknown_template(model, corpus):
     with pytest.raises(ValueError, match="template must be one of"):
         model.generate(context=corpus[0], question="Who?", template="alpaca")
+
+
+def test_too_long_context_is_rejected_before_any_encoding(make_model, monkeypatch):
+    model = make_model(chunk_size=4, config_overrides={"max_position_embeddings": 128})
+    monkeypatch.setattr(model, "encode_chunks", lambda *a: pytest.fail("the context was encoded before the length check"))
+    with pytest.raises(ValueError, match="context is too long for this model"):
+        model.generate(context=[20 + i % 400 for i in range(2000)], question="Who?", **GREEDY)
+
+
+def test_too_long_question_is_named_and_block_wrap_is_not_suggested_twice(make_model):
+    model = make_model(chunk_size=4, wrap="block", config_overrides={"max_position_embeddings": 128})
+    memory = model.compress(list(range(20, 40)))
+    with pytest.raises(ValueError, match="the question alone needs .* shorten the question"):
+        model.generate(memory=memory, question="why " * 200, **GREEDY)
+    with pytest.raises(ValueError, match="context is too long") as error:
+        model.generate(memory=model.compress(list(range(20, 500)) * 2), question="Who?", **GREEDY)
+    assert "wrap='block'" not in str(error.value).split("this model.")[-1]
+
+
+@pytest.mark.parametrize("ids", [[5, 10_000], [-1, 5], [5, True]])
+def test_token_ids_outside_the_vocabulary(model, ids):
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        model.compress(ids)
+
+
+def test_lone_surrogates_are_value_errors_naming_the_input(model):
+    with pytest.raises(ValueError, match="context contains a character that is not valid Unicode"):
+        model.compress("a lone \ud800 surrogate")
+    with pytest.raises(ValueError, match="question 1 contains a character"):
+        model.generate(context="A text.", question=["Fine?", "bad \udfff?"], **GREEDY)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_compress_batch_size_must_be_positive(model, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive number of chunks"):
+        model.compress("Some text to compress.", batch_size=batch_size)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_memory_embeds_are_refused_on_the_tensor_path(model, bad):
+    batch = model.prepare_prompts([model.compress("Some text to compress.")], ["Who?"])
+    batch["memory_embeds"][0, 0, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.generate(**batch, **GREEDY)
+    with pytest.raises(ValueError, match="floating point"):
+        model.generate(**{**batch, "memory_embeds": batch["memory_embeds"].long()}, **GREEDY)

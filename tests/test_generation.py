@@ -121,3 +121,78 @@ def test_beam_search_expands_each_rows_memory(model, corpus):
     beams = dict(GREEDY, num_beams=2, max_new_tokens=6)
     batched = model.generate(memory=memories, question=questions, **beams)
     assert batched == [model.generate(memory=m, question=q, **beams) for m, q in zip(memories, questions)]
+
+
+QUESTIONS = [QUESTION, "Where was the map?", "Who watched the long procession of ships at dawn?"]
+
+
+@pytest.mark.parametrize("wrap", ["each", "block"])
+def test_prefilled_memory_prefix_gives_the_answers_of_the_full_prompt(make_model, corpus, wrap):
+    model = make_model(wrap=wrap)
+    memory = model.compress(" ".join(corpus[:3]))
+    full = model.generate(memory=memory, question=QUESTIONS, reuse_prefix=False, **GREEDY)
+    assert len(set(full)) == len(QUESTIONS) and all(full), "answers must be real and distinct to compare anything"
+    assert model.generate(memory=memory, question=QUESTIONS, **GREEDY) == full  # batched, prefix prefilled once
+    prefix = model.prefill_memory(memory)
+    assert [model.generate(memory=memory, question=q, memory_cache=prefix, **GREEDY) for q in QUESTIONS] == full
+    assert model.generate(memory=memory, question=QUESTIONS, memory_cache=prefix, batch_size=2, **GREEDY) == full
+    beams = dict(GREEDY, num_beams=2)
+    assert model.generate(memory=memory, question=QUESTIONS, **beams) == model.generate(
+        memory=memory, question=QUESTIONS, reuse_prefix=False, **beams
+    )
+
+
+def test_prefix_is_prefilled_once_for_many_questions(model, corpus, monkeypatch):
+    memory = model.compress(corpus[0])
+    calls = []
+    original = model.prefill_memory
+    monkeypatch.setattr(model, "prefill_memory", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model.generate(memory=memory, question=QUESTIONS * 3, batch_size=4, **GREEDY)
+    assert calls == [1]
+
+
+def test_memory_cache_must_match_its_memory_and_template(model, corpus):
+    prefix = model.prefill_memory(model.compress(corpus[0]))
+    with pytest.raises(ValueError, match="memory_cache was prefilled for another memory"):
+        model.generate(memory=model.compress(corpus[1]), question="Who?", memory_cache=prefix, **GREEDY)
+    with pytest.raises(ValueError, match="memory_cache was prefilled for another memory, template"):
+        model.generate(memory=model.compress(corpus[0]), question="Who?", memory_cache=prefix, template="rl", **GREEDY)
+
+
+def test_micro_batches_equal_one_batch(model, corpus):
+    contexts = [corpus[i] for i in range(5)]
+    questions = [QUESTION, "Who?", "Where?", "When?", "Why?"]
+    one = model.generate(context=contexts, question=questions, **GREEDY)
+    assert model.generate(context=contexts, question=questions, batch_size=2, **GREEDY) == one
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        model.generate(context=contexts, question=questions, batch_size=0, **GREEDY)
+
+
+def test_num_return_sequences_gives_a_list_per_question(model, corpus):
+    memory = model.compress(corpus[0])
+    torch.manual_seed(0)
+    texts = model.generate(memory=memory, question=["Who?", "Where?"], num_return_sequences=3, max_new_tokens=6)
+    assert len(texts) == 2 and all(isinstance(t, list) and len(t) == 3 for t in texts)
+    one = model.generate(memory=memory, question="Who?", num_return_sequences=3, max_new_tokens=6)
+    assert isinstance(one, list) and len(one) == 3 and all(isinstance(t, str) for t in one)
+
+
+def test_return_dict_in_generate_returns_the_generate_output_with_texts(model, corpus):
+    memory = model.compress(corpus[0])
+    output = model.generate(memory=memory, question=["Who?", "Where?"], return_dict_in_generate=True, output_scores=True, **GREEDY)
+    assert output.texts == model.generate(memory=memory, question=["Who?", "Where?"], **GREEDY)
+    assert output.sequences.shape[0] == 2 and len(output.scores) == GREEDY["max_new_tokens"]
+    with pytest.raises(ValueError, match="batch_size >= 3"):
+        model.generate(memory=memory, question=QUESTIONS, return_dict_in_generate=True, batch_size=2, **GREEDY)
+
+
+def test_generate_defaults_to_the_checkpoints_recorded_template(make_model, corpus):
+    model = make_model()
+    memory = model.compress(corpus[0])
+    model.config.prompt_template, model.config.system_prompt = "rl", "Answer tersely."
+    batch = model.prepare_prompts([memory], ["Who?"])
+    expected = build_prompt(model.tokenizer, model.config, len(memory), "Who?", template="rl", system_prompt="Answer tersely.")
+    assert batch["input_ids"][0].tolist() == expected.input_ids
+    assert model.generate(memory=memory, question="Who?", **GREEDY) == model.generate(
+        memory=memory, question="Who?", template="rl", system_prompt="Answer tersely.", **GREEDY
+    )

@@ -16,7 +16,7 @@ EVALUATION = Path(__file__).parent / "fixtures" / "hub" / "evaluation.json"
 REPO_FILES = {
     "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
     "tokenizer_config.json", "configuration_memcomp.py", "modeling_memcomp.py", "memory.py", "pooling.py",
-    "prompting.py", "special_tokens.py", "tokenizer_io.py",
+    "prompting.py", "special_tokens.py", "tokenizer_io.py", "prefix_cache.py", "pipeline_memcomp.py",
 }
 
 

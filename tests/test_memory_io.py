@@ -76,3 +76,31 @@ def test_fingerprint_under_inference_mode(make_model, corpus):
     with torch.inference_mode():
         model = make_model()
         assert model.compress(corpus[0]).model_fingerprint == model.fingerprint
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fingerprint_changes_after_an_optimizer_step_fused_or_not(make_model, corpus, tmp_path, fused):
+    """The Trainer's default fused AdamW updates weights without bumping their version counters."""
+    from modeling_memcomp.store import MemoryStore
+
+    model = make_model()
+    store = MemoryStore(tmp_path, model)
+    stale = store.compress(corpus[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+    ids = model.tokenizer(corpus[1], return_tensors="pt")["input_ids"]
+    model.language_model(input_ids=ids, labels=ids).loss.backward()
+    before = model.fingerprint
+    optimizer.step()
+    assert model.fingerprint != before
+    fresh = store.compress(corpus[0])
+    assert torch.equal(fresh.embeds, model.compress(corpus[0]).embeds)
+    assert not torch.equal(fresh.embeds, stale.embeds)
+
+
+def test_fingerprint_ignores_the_decoder_only_head(make_model):
+    """Memories depend on the encoder, pooling and projection, not on an untied LM head."""
+    model = make_model(config_overrides={"tie_word_embeddings": False})
+    before = model.fingerprint
+    with torch.no_grad():
+        model.language_model.lm_head.weight.mul_(2.0)
+    assert model.fingerprint == before

@@ -8,6 +8,7 @@ import textwrap
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from conftest import GREEDY
 
@@ -25,14 +26,22 @@ LOAD_WITHOUT_MEMCOMP = textwrap.dedent(
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
     folder, context, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    from transformers import AutoModel, pipeline
+    greedy = dict(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    answer = model.generate(context=context, question=%r, do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    answer = model.generate(context=context, question=QUESTION, **greedy)
+    # AutoModel, the shipped pipeline and memory files give the same answer, still without memcomp.
+    assert AutoModel.from_pretrained(folder, trust_remote_code=True).eval().generate(context=context, question=QUESTION, **greedy) == answer
+    pipe = pipeline("memcomp-qa", model=folder, trust_remote_code=True, device="cpu")
+    assert pipe(context=context, question=QUESTION, **greedy) == {"answer": answer}
+    assert pipe(context=context, question=[QUESTION, QUESTION], **greedy) == [{"answer": answer}] * 2
+    model.save_memory(model.compress(context), out + ".memory.safetensors")
+    assert model.generate(memory=model.load_memory(out + ".memory.safetensors"), question=QUESTION, **greedy) == answer
     save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, out + ".safetensors")
     json.dump({"answer": answer, "module": type(model).__module__}, open(out + ".json", "w"))
     """
-    % QUESTION
-)
+).replace("QUESTION", repr(QUESTION))
 
 
 def test_saved_folder_has_remote_code_auto_map_and_tokenizer(model, tmp_path):
@@ -43,8 +52,11 @@ def test_saved_folder_has_remote_code_auto_map_and_tokenizer(model, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_memcomp.MemCompConfig",
+        "AutoModel": "modeling_memcomp.MemCompForCausalLM",
         "AutoModelForCausalLM": "modeling_memcomp.MemCompForCausalLM",
     }
+    assert config["custom_pipelines"]["memcomp-qa"]["impl"] == "pipeline_memcomp.MemCompQAPipeline"
+    assert "pipeline_memcomp.py" in files
     assert "tiny" not in files and "tiny.py" not in files, "test helpers must not ship as remote code"
 
 
@@ -82,6 +94,19 @@ def test_remote_code_round_trip_in_a_process_without_memcomp(model, corpus, tmp_
     model.save_pretrained(folder)
     context = " ".join(corpus[:2])
     assert_same_model(model, context, *load_without_memcomp(folder, context, tmp_path))
+
+
+def test_a_package_memory_works_with_a_remote_code_model(model, corpus, tmp_path):
+    from modeling_memcomp import MemoryEmbeddings
+
+    model.save_pretrained(tmp_path)
+    remote_class = get_class_from_dynamic_module("modeling_memcomp.MemCompForCausalLM", str(tmp_path))
+    remote = remote_class.from_pretrained(tmp_path).eval()
+    assert remote_class.__module__.startswith("transformers_modules.")  # with its own MemoryEmbeddings class
+    memory = model.compress(corpus[0])
+    memory.save(tmp_path / "m.safetensors")
+    for given in (memory, MemoryEmbeddings.load(tmp_path / "m.safetensors")):
+        assert remote.generate(memory=given, question=QUESTION, **GREEDY) == model.generate(memory=memory, question=QUESTION, **GREEDY)
 
 
 def test_local_auto_class_round_trip(model, corpus, tmp_path):

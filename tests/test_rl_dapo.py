@@ -71,7 +71,7 @@ def test_filter_groups_rejects_ragged_tables():
 def test_dynamic_sampling_switches_on_at_step_25():
     assert [dynamic_sampling_enabled(step) for step in (0, 1, 24)] == [False, False, False]
     assert [dynamic_sampling_enabled(step) for step in (25, 26, 1000)] == [True, True, True]
-    assert dynamic_sampling_enabled(0, warmup_steps=0)
+    assert dynamic_sampling_enabled(0, warmup_rollouts=0)
 
 
 # ------------------------------------------------------------------ batch plumbing

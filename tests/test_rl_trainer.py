@@ -8,6 +8,7 @@ import torch
 
 from modeling_memcomp.prompting import build_prompt
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
+from trainers.grpo import derive_batches
 from trainers.judges import MatchJudge
 from trainers.precompute import load_rows, precompute_memory
 from trainers.rewards import JudgeReward, OverlongPenalty
@@ -18,7 +19,9 @@ TINY = dict(
     num_generations=4,
     max_completion_length=8,
     overlong_buffer=4,
-    warmup_steps=0,
+    rollout_batch_prompts=2,  # one rollout batch of 8 completions = one optimizer step
+    mini_batch_prompts=2,
+    lr_warmup_rollouts=0,
     learning_rate=1e-3,
     gradient_checkpointing=False,
     use_cpu=True,
@@ -49,12 +52,29 @@ def _trainer(model, data, tmp_path, **overrides):
 
 # ------------------------------------------------------------------ config
 def test_config_defaults_are_table_10(tmp_path):
-    args = MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False)
-    assert (args.learning_rate, args.warmup_steps, args.loss_type) == (1e-6, 10, "dapo")
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), use_cpu=True)  # the defaults, nothing else
+    assert (args.learning_rate, args.loss_type) == (1e-6, "dapo")
     assert (args.epsilon, args.epsilon_high, args.beta) == (0.2, 0.28, 0.0)
     assert (args.temperature, args.num_generations, args.max_completion_length, args.max_prompt_length) == (1.0, 16, 600, 1024)
-    assert (args.dynamic_sampling, args.dynamic_sampling_warmup_steps) == (True, 25)
     assert (args.overlong_buffer, args.overlong_penalty_factor) == (100, 0.5)
+    # 128 prompts per rollout batch, 64 per optimizer step: two optimizer steps per rollout batch
+    assert args.generation_batch_size == 128 * 16
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == 64 * 16
+    assert args.optimizer_steps_per_rollout == 2
+    # warm-ups count rollout batches as VERL does: LR over 10 of them, dynamic sampling after 25
+    assert (args.lr_warmup_rollouts, args.warmup_steps) == (10, 20)
+    assert (args.dynamic_sampling, args.dynamic_sampling_warmup_rollouts) == (True, 25)
+    assert (args.template, args.system_prompt) == ("rl", None)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4, 8])
+def test_prompts_per_step_do_not_depend_on_the_world_size(world_size):
+    accumulation, generation = derive_batches(8, 16, 128, 64, world_size)
+    assert 8 * world_size * accumulation == 64 * 16 and generation == 128 * 16
+    with pytest.raises(ValueError, match="not a multiple of per_device_train_batch_size x world size"):
+        derive_batches(48, 16, 128, 64, world_size)
+    with pytest.raises(ValueError, match="multiple of mini_batch_prompts"):
+        derive_batches(8, 16, 100, 64, world_size)
 
 
 def test_config_from_yaml_with_cli_override(tmp_path):
@@ -171,70 +191,133 @@ def test_policy_logps_use_the_memory(greedy_trainer, rl_data):
     assert not torch.allclose(blind, logps)  # the memory, not just the ids, decides the log-probs
 
 
-def test_dynamic_sampling_keeps_varied_groups_and_refills(greedy_trainer, rl_data, monkeypatch):
-    trainer = greedy_trainer
-    group = trainer.num_generations  # 4 -> 2 groups per batch of 8
-    tables = iter([[0, 0, 0, 0, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0]])
+def _fake_rounds(trainer, tables):
+    """Replace the rollout-and-score round by one that returns rows numbered by round and the given judge rewards,
+    with an overlong-penalty column that always varies (so only the accuracy decides what is kept)."""
     calls = []
+    tables = iter(tables)
 
     def fake_score(batch):
         rewards = torch.tensor(next(tables), dtype=torch.float)
-        trainer._last_rewards_per_func = torch.stack([rewards, torch.zeros(8)], dim=1)
-        offset = 100 * len(calls)
+        trainer._last_rewards_per_func = torch.stack([rewards, -torch.arange(8, dtype=torch.float) / 8], dim=1)
         calls.append(batch)
         return {
             "prompt_ids": torch.zeros(8, 3 + len(calls), dtype=torch.long),
             "prompt_mask": torch.ones(8, 3 + len(calls), dtype=torch.long),
             "completion_ids": torch.zeros(8, 2, dtype=torch.long),
             "completion_mask": torch.ones(8, 2, dtype=torch.long),
-            "advantages": torch.arange(8, dtype=torch.float) + offset,
+            "advantages": torch.arange(8, dtype=torch.float) + 100 * (len(calls) - 1) + 1,
             "memory_embeds": torch.zeros(8, 1, 4),
             "num_items_in_batch": torch.tensor(16),
         }
 
-    monkeypatch.setattr(trainer, "_score", fake_score)
-    rows = [rl_data[i // group] for i in range(8)]
-    merged = trainer._dynamic_sampling(rows)
-    # round 1 keeps group 1 (rows 4-7), round 2 keeps nothing, round 3 keeps group 0 (rows 200-203)
-    assert merged["advantages"].tolist() == [4, 5, 6, 7, 200, 201, 202, 203]
+    return fake_score, calls
+
+
+def test_dynamic_sampling_keeps_varied_accuracy_groups_and_refills(greedy_trainer, rl_data, monkeypatch):
+    trainer, group = greedy_trainer, greedy_trainer.num_generations  # 4 -> 2 groups per batch of 8
+    fake, calls = _fake_rounds(trainer, [[0, 0, 0, 0, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0]])
+    monkeypatch.setattr(trainer, "_score", fake)
+    merged = trainer._dynamic_sampling([rl_data[i // group] for i in range(8)])
+    # round 1 keeps group 1 (rows 5-8), round 2 nothing, round 3 group 0 (rows 201-204): a full batch, no fillers
+    assert merged["advantages"].tolist() == [5, 6, 7, 8, 201, 202, 203, 204]
     assert len(calls) == 3 and all(len(b) == 8 for b in calls[1:])
-    assert int(merged["num_items_in_batch"]) == 16
+    assert int(merged["num_items_in_batch"]) == 16 and merged["completion_mask"].all()
     assert merged["prompt_ids"].shape == (8, 6)
-    assert trainer._metrics["train"]["dynamic_sampling/filtered_ratio"][-1] == pytest.approx(4 / 6)
+    metrics = trainer._metrics["train"]
+    assert metrics["dynamic_sampling/filtered_ratio"][-1] == pytest.approx(4 / 6)
+    assert (metrics["dynamic_sampling/kept_groups"][-1], metrics["dynamic_sampling/dropped_groups"][-1]) == (2, 4)
+    assert (metrics["dynamic_sampling/rounds"][-1], metrics["dynamic_sampling/filler_groups"][-1]) == (3, 0)
 
 
-def test_dynamic_sampling_gives_up_after_max_tries(greedy_trainer, rl_data, monkeypatch):
+def test_when_the_round_limit_is_hit_only_varied_groups_train(greedy_trainer, rl_data, monkeypatch):
     trainer = greedy_trainer
     monkeypatch.setattr(trainer.args, "dynamic_sampling_max_tries", 1)
-    calls = []
-
-    def all_equal(batch):
-        calls.append(batch)
-        trainer._last_rewards_per_func = torch.zeros(8, 2)
-        return {
-            "completion_ids": torch.zeros(8, 2, dtype=torch.long),
-            "completion_mask": torch.ones(8, 2, dtype=torch.long),
-            "advantages": torch.zeros(8),
-        }
-
-    monkeypatch.setattr(trainer, "_score", all_equal)
+    fake, calls = _fake_rounds(trainer, [[0, 1, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0]])
+    monkeypatch.setattr(trainer, "_score", fake)
     merged = trainer._dynamic_sampling([rl_data[0]] * 8)
-    assert len(calls) == 2 and merged["advantages"].shape == (8,)
-    assert trainer._metrics["train"]["dynamic_sampling/kept_ratio"][-1] == 0.0
+    assert len(calls) == 2
+    assert merged["advantages"].tolist() == [1, 2, 3, 4, 0, 0, 0, 0]  # group 0 kept; group 1 (all right) never trains
+    assert merged["completion_mask"][:4].all() and not merged["completion_mask"][4:].any()
+    assert int(merged["num_items_in_batch"]) == 8  # the fillers' tokens are not counted
+    metrics = trainer._metrics["train"]
+    assert (metrics["dynamic_sampling/filler_groups"][-1], metrics["dynamic_sampling/limit_hit"][-1]) == (1, 1)
+    assert metrics["dynamic_sampling/nothing_to_train"][-1] == 0
+
+
+def test_warmups_count_rollout_batches(greedy_trainer, rl_data, monkeypatch):
+    trainer = greedy_trainer
+    monkeypatch.setattr(trainer.args, "dynamic_sampling_warmup_rollouts", 3)
+    monkeypatch.setattr(type(trainer.args), "optimizer_steps_per_rollout", property(lambda self: 2))
+    monkeypatch.setattr(trainer, "_score", lambda batch: "unfiltered")
+    monkeypatch.setattr(trainer, "_dynamic_sampling", lambda batch: "filtered")
+    trainer.model.train()
+    seen = []
+    for step in (0, 5, 6, 7):  # rollout batches done: 0, 2, 3, 3
+        trainer.state.global_step = step
+        seen.append(trainer._generate_and_score_completions([rl_data[0]] * 8))
+    trainer.state.global_step = 0
+    assert seen == ["unfiltered", "unfiltered", "filtered", "filtered"]
+
+
+@pytest.mark.slow
+def test_groups_constant_in_accuracy_never_train_whatever_their_other_rewards(tokenizer, rl_data, tmp_path):
+    """Every answer is wrong (accuracy constant) while a second reward varies within each group, as the overlong
+    penalty does when lengths vary: dynamic sampling must leave nothing to train on, so the gradient is zero, the step
+    is skipped and the weights (AdamW with weight decay) do not move."""
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    def shape_reward(completion_ids, **unused):
+        return [float(sum(ids) % 5) for ids in completion_ids]
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16).train()
+    impossible = rl_data.map(lambda row: {"answer": "no completion can ever be this answer"})
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = MemCompGRPOConfig(
+        output_dir=str(tmp_path), **{**TINY, "max_steps": 1, "dynamic_sampling_warmup_rollouts": 0,
+                                      "dynamic_sampling_max_tries": 1, "weight_decay": 0.1},
+    )
+    trainer = MemCompGRPOTrainer(model, reward_funcs=[JudgeReward(MatchJudge()), shape_reward], args=args, train_dataset=impossible)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["rewards/judge/mean"] == 0 and log["rewards/shape_reward/std"] > 0  # the total reward did vary
+    assert log["dynamic_sampling/nothing_to_train"] == 1 and log["dynamic_sampling/skipped_steps"] == 1
+    assert log["grad_norm"] == 0
+    after = dict(model.named_parameters())
+    assert all(torch.equal(p, after[name]) for name, p in before.items())
 
 
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_tiny_rl_run_trains_decoder_only(tokenizer, rl_data, tmp_path):
+def shape_reward(completion_ids, **unused):
+    """A reward that varies within groups (an untrained tiny model never answers right, so accuracy cannot)."""
+    return [float(sum(ids) % 5) for ids in completion_ids]
+
+
+def test_tiny_rl_run_trains_decoder_only_and_saves_the_rl_checkpoint(tokenizer, rl_data, tmp_path, corpus):
+    from modeling_memcomp import MemCompForCausalLM
     from modeling_memcomp.tiny import build_tiny_memcomp
 
     model = build_tiny_memcomp(tokenizer, chunk_size=16).train()
+    sft_memory = model.compress(corpus[0])
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = _trainer(model, rl_data, tmp_path, max_steps=2, dynamic_sampling_warmup_steps=1, dynamic_sampling_max_tries=1)
+    args = MemCompGRPOConfig(
+        output_dir=str(tmp_path), **{**TINY, "max_steps": 2, "dynamic_sampling_warmup_rollouts": 1, "dynamic_sampling_max_tries": 1}
+    )
+    trainer = MemCompGRPOTrainer(model, reward_funcs=[shape_reward, JudgeReward(MatchJudge())], args=args, train_dataset=rl_data)
     trainer.train()
-    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    after = dict(model.named_parameters())
+    changed = {name for name, p in before.items() if not torch.equal(p, after[name])}
     assert "memory_projection.weight" not in changed
     assert any(name.startswith("language_model.model.layers.") for name in changed)
+    assert not any(p.requires_grad for p in model.memory_encoder.parameters())
     logs = {key for entry in trainer.state.log_history for key in entry}
     assert {"rewards/judge/mean", "rewards/overlong_penalty/mean", "dynamic_sampling/filtered_ratio"} <= logs
     assert trainer.state.log_history[0]["dynamic_sampling/active"] == 0.0
+    # The saved RL checkpoint: SFT encoder (same memories, bit for bit), RL decoder, its template recorded.
+    trainer.save_model(str(tmp_path / "rl"))
+    reloaded = MemCompForCausalLM.from_pretrained(tmp_path / "rl").eval()
+    assert reloaded.config.separate_encoder and reloaded.config.prompt_template == "rl"
+    assert torch.equal(reloaded.compress(corpus[0]).embeds, sft_memory.embeds)
+    assert reloaded.fingerprint == sft_memory.model_fingerprint
+    assert not torch.equal(reloaded.language_model.model.layers[0].mlp.up_proj.weight, before["language_model.model.layers.0.mlp.up_proj.weight"])

@@ -46,22 +46,24 @@ def _grouped(rewards, group_size: int) -> torch.Tensor:
 
 
 def filter_groups(rewards, group_size: int) -> list[int]:
-    """Indices of the prompt groups whose rewards are not all equal (DAPO dynamic sampling).
+    """Indices of the prompt groups whose rewards are not all equal (DAPO dynamic sampling, VERL `filter_groups`).
 
-    `rewards` holds `num_groups * group_size` values, the `group_size` rollouts of each prompt contiguous.
-    An all-equal group has zero advantage everywhere, so it gives no gradient and is dropped.
+    `rewards` holds `num_groups * group_size` values, the `group_size` rollouts of each prompt contiguous. Pass the
+    accuracy (judge) reward: a group whose accuracy is constant carries no learning signal, whatever other rewards
+    such as the overlong penalty do to its total, so it is dropped.
     """
     grouped = _grouped(rewards, group_size)
     varied = (grouped != grouped[:, :1]).any(dim=1)
     return varied.nonzero().flatten().tolist()
 
 
-def dynamic_sampling_enabled(global_step: int, warmup_steps: int = 25) -> bool:
-    """Whether dynamic sampling runs at `global_step`: only once `warmup_steps` optimizer steps are done.
+def dynamic_sampling_enabled(rollouts_done: int, warmup_rollouts: int = 25) -> bool:
+    """Whether dynamic sampling filters the next rollout batch: only once `warmup_rollouts` batches are done.
 
-    The paper (Appendix I.3) lets the model learn the `\\boxed{}` format for 25 steps before filtering.
+    The paper (Appendix I.3) lets the model learn the `\\boxed{}` format for 25 steps before filtering; a step there
+    is one VERL rollout batch (128 prompts), not an optimizer step.
     """
-    return global_step >= warmup_steps
+    return rollouts_done >= warmup_rollouts
 
 
 # ------------------------------------------------------------------------------------- rollout batches
@@ -80,6 +82,17 @@ def take_rows(batch: dict, rows: Sequence[int]) -> dict:
             out[key] = [value[i] for i in index.tolist()]
         else:
             out[key] = value
+    return out
+
+
+def as_fillers(batch: dict) -> dict:
+    """The rows of a rollout batch with no completion tokens and zero advantage: they keep a batch's shape but never
+    enter the loss, its token count (`num_items_in_batch`) or the masked metrics."""
+    out = dict(batch)
+    for key in ("completion_mask", "tool_mask"):
+        if isinstance(out.get(key), torch.Tensor):
+            out[key] = torch.zeros_like(out[key])
+    out["advantages"] = torch.zeros_like(out["advantages"])
     return out
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, add_fused_lm_head, ensure_master_addr_port, identity, pad
@@ -27,7 +28,7 @@ from trl.trainer.utils import RepeatSampler, add_fused_lm_head, ensure_master_ad
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt, stop_token_ids
 
-from .dapo import concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
+from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
 from .judges import MatchJudge
 from .rewards import JudgeReward, OverlongPenalty
 
@@ -40,14 +41,30 @@ ROLLOUT_BACKENDS = ("hf", "vllm", "auto")
 class MemCompGRPOConfig(GRPOConfig):
     """`GRPOConfig` with the paper's DAPO defaults (Table 10) and the memcomp RL options.
 
-    Batch sizes are TRL's: one optimizer step sees `per_device_train_batch_size x gradient_accumulation_steps
-    x GPUs` completions (the paper's mini-batch of 64 prompts x 16 rollouts = 1024), and
-    `generation_batch_size` completions are generated at once (128 prompts x 16 = 2048).
+    Batches follow VERL, the paper's RL framework: a *rollout batch* of `rollout_batch_prompts` prompts (128) x
+    `num_generations` rollouts (16) is generated at once and trained on in mini-batches of `mini_batch_prompts`
+    prompts (64), i.e. two optimizer steps per rollout batch, at any world size (`gradient_accumulation_steps` and
+    `generation_batch_size` are derived from them). Warm-ups count rollout batches, as VERL's steps do.
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (Table 10: 1e-6)."})
-    warmup_steps: int = field(default=10, metadata={"help": "Linear LR warmup steps (Table 10: 10)."})
+    lr_warmup_rollouts: int | None = field(
+        default=10,
+        metadata={"help": "LR warm-up in rollout batches (Table 10: 10 steps of 128 prompts); sets warmup_steps to this "
+                  "times the optimizer steps per rollout batch. None keeps warmup_steps as given."},
+    )
     lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule after warmup."})
+    rollout_batch_prompts: int | None = field(
+        default=128,
+        metadata={"help": "Prompts per rollout batch (Table 10: 128): generation_batch_size = this x num_generations. "
+                  "None leaves generation_batch_size / steps_per_generation to TRL."},
+    )
+    mini_batch_prompts: int | None = field(
+        default=64,
+        metadata={"help": "Prompts per optimizer step (Table 10 mini-batch: 64) at any world size: "
+                  "gradient_accumulation_steps = this x num_generations / (per_device_train_batch_size x world size). "
+                  "None keeps gradient_accumulation_steps as given."},
+    )
     loss_type: str = field(default="dapo", metadata={"help": "Loss aggregation; 'dapo' is DAPO's token-mean."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip ratio (Table 10: 0.2)."})
     epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip ratio, DAPO clip-higher (Table 10: 0.28)."})
@@ -59,13 +76,19 @@ class MemCompGRPOConfig(GRPOConfig):
         default=1024, metadata={"help": "Maximum prompt tokens incl. memory slots (Table 10: 1024); longer rows are errors."}
     )
     template: str = field(default="rl", metadata={"help": "Prompt template of build_prompt ('rl' adds the \\boxed{} instruction)."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt; None uses the package default."})
-    dynamic_sampling: bool = field(default=True, metadata={"help": "Drop prompt groups whose filter reward is all equal, refill."})
-    dynamic_sampling_warmup_steps: int = field(
-        default=25, metadata={"help": "Optimizer steps before dynamic sampling starts (paper: 25)."}
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt; None uses the template's default (the RL one for 'rl')."}
+    )
+    dynamic_sampling: bool = field(
+        default=True, metadata={"help": "DAPO dynamic sampling: train only on prompt groups whose accuracy varies."}
+    )
+    dynamic_sampling_warmup_rollouts: int = field(
+        default=25, metadata={"help": "Rollout batches before dynamic sampling starts (paper: 25 steps of 128 prompts)."}
     )
     dynamic_sampling_max_tries: int = field(
-        default=4, metadata={"help": "Extra generation rounds per batch to refill dropped groups; then keep what is left."}
+        default=4,
+        metadata={"help": "Safety valve: extra generation rounds per rollout batch to collect varied groups; when spent, "
+                  "the step trains on the groups it has (none: the optimizer step is skipped), logged."},
     )
     dynamic_sampling_metric: str | None = field(
         default=None, metadata={"help": "Reward function filtered on (its __name__); None = the first ('judge': accuracy)."}
@@ -95,7 +118,51 @@ class MemCompGRPOConfig(GRPOConfig):
             import json
 
             self.vllm_decoder_kwargs = json.loads(self.vllm_decoder_kwargs)
+        self._derive_batches(int(os.environ.get("WORLD_SIZE", "1")))
         super().__post_init__()
+        if self.lr_warmup_rollouts is not None:
+            self.warmup_steps = self.lr_warmup_rollouts * self.optimizer_steps_per_rollout
+
+    def _derive_batches(self, world_size: int) -> None:
+        if self.rollout_batch_prompts is not None and (self.generation_batch_size is not None or self.steps_per_generation is not None):
+            raise ValueError("set rollout_batch_prompts=None to give generation_batch_size or steps_per_generation yourself.")
+        accumulation, generation = derive_batches(
+            self.per_device_train_batch_size, self.num_generations, self.rollout_batch_prompts, self.mini_batch_prompts,
+            world_size,
+        )
+        self.gradient_accumulation_steps = accumulation or self.gradient_accumulation_steps
+        self.generation_batch_size = generation or self.generation_batch_size
+
+    @property
+    def optimizer_steps_per_rollout(self) -> int:
+        """Optimizer steps trained on one rollout batch (Table 10: 128 / 64 = 2)."""
+        return max(1, self.num_iterations * self.steps_per_generation // self.gradient_accumulation_steps)
+
+
+def derive_batches(
+    per_device_batch_size: int, num_generations: int, rollout_prompts: int | None, mini_batch_prompts: int | None,
+    world_size: int,
+) -> tuple[int | None, int | None]:
+    """(gradient_accumulation_steps, generation_batch_size) giving `mini_batch_prompts` prompts per optimizer step and
+    `rollout_prompts` per rollout batch at this world size (None where the corresponding setting is None)."""
+    per_step = per_device_batch_size * world_size
+    accumulation = generation = None
+    if mini_batch_prompts is not None:
+        completions = mini_batch_prompts * num_generations
+        if completions % per_step:
+            raise ValueError(
+                f"mini_batch_prompts x num_generations ({completions} completions per optimizer step) is not a multiple "
+                f"of per_device_train_batch_size x world size ({per_step}); change per_device_train_batch_size."
+            )
+        accumulation = completions // per_step
+    if rollout_prompts is not None:
+        if mini_batch_prompts is not None and rollout_prompts % mini_batch_prompts:
+            raise ValueError(
+                f"rollout_batch_prompts ({rollout_prompts}) must be a multiple of mini_batch_prompts "
+                f"({mini_batch_prompts}): a rollout batch trains in whole mini-batches."
+            )
+        generation = rollout_prompts * num_generations
+    return accumulation, generation
 
 
 class MemCompGRPOTrainer(GRPOTrainer):
@@ -143,9 +210,12 @@ class MemCompGRPOTrainer(GRPOTrainer):
             reward_funcs.append(penalty)
         for dataset in (train_dataset, eval_dataset):
             _check_columns(dataset)
-        # Only the decoder learns: the compressor side is frozen, and the encoder never runs (memory is precomputed).
+        # Only the decoder learns. The encoder keeps the SFT weights as a frozen copy (it never runs here: memories
+        # are precomputed), so the saved RL checkpoint compresses exactly as the SFT one did (paper, Section 3.3.3).
+        model.split_encoder()
         for parameter in [*model.memory_projection.parameters(), *model.pooling.parameters()]:
             parameter.requires_grad_(False)
+        model.config.prompt_template, model.config.system_prompt = args.template, args.system_prompt
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,
@@ -153,7 +223,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
             train_dataset=_with_torch_memory(train_dataset),
             eval_dataset=_with_torch_memory(eval_dataset),
             processing_class=processing_class or model.tokenizer,
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), SkipEmptySteps(self)],
             optimizers=optimizers,
         )
         # TRL patches the fused log-prob head onto the model it is given; for memcomp it belongs on the inner LM
@@ -179,6 +249,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
         self._refill_iterator = None
         self._vllm = None
         self._vllm_step = -1
+        self._step_items = 0.0  # completion tokens of the current optimizer step on this process
         if self.args.rollout_backend != "hf":
             self._vllm = self._start_vllm(required=self.args.rollout_backend == "vllm")
 
@@ -362,6 +433,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     def _compute_loss(self, model, inputs):
+        if self.model.training:
+            self._step_items += float(inputs["completion_mask"].sum())
         with self._using_memory(inputs["memory_embeds"]):
             return super()._compute_loss(model, inputs)
 
@@ -383,7 +456,8 @@ class MemCompGRPOTrainer(GRPOTrainer):
         training = self.model.training
         if not (training and self.args.dynamic_sampling):
             return self._score(inputs)
-        if not dynamic_sampling_enabled(self.state.global_step, self.args.dynamic_sampling_warmup_steps):
+        rollouts_done = self.state.global_step // self.args.optimizer_steps_per_rollout
+        if not dynamic_sampling_enabled(rollouts_done, self.args.dynamic_sampling_warmup_rollouts):
             self._metrics["train"]["dynamic_sampling/active"].append(0.0)
             return self._score(inputs)
         return self._dynamic_sampling(inputs)
@@ -396,50 +470,55 @@ class MemCompGRPOTrainer(GRPOTrainer):
         return names.index(metric)
 
     def _dynamic_sampling(self, inputs: list[dict]) -> dict:
-        """DAPO dynamic sampling: keep groups whose filter reward varies, refill from further prompts.
+        """DAPO dynamic sampling (VERL `filter_groups`): keep generating until every process holds `len(inputs)` rows of
+        prompt groups whose accuracy reward varies; only those rows train.
 
-        Every process runs the same number of rounds (TRL gathers rewards across processes inside each),
-        until all hold `len(inputs)` kept rows or `dynamic_sampling_max_tries` extra rounds are spent; the
-        remainder is then filled with filtered rows (zero advantage when all rewards, not just the filter
-        metric, are equal).
+        Every process runs the same number of rounds (TRL gathers rewards across processes inside each, so every
+        process takes the same keep/drop decision for every group). `dynamic_sampling_max_tries` extra rounds are a
+        safety valve: when they are spent, the rest of the batch is filler rows with no completion tokens (zero loss,
+        not counted in `num_items_in_batch`), and an optimizer step left with no tokens at all is skipped.
         """
         target, group = len(inputs), self.num_generations
         column = self._filter_column()
-        kept, dropped, seen, num_dropped = [], [], 0, 0
-        batch = inputs
+        kept, batch, shape_source = [], inputs, None
+        seen = num_kept = 0
         for attempt in range(self.args.dynamic_sampling_max_tries + 1):
             output = self._score(batch)
+            shape_source = shape_source or output
             rewards = self._last_rewards_per_func[:, column].cpu()
             keep_groups = set(filter_groups(rewards, group))
-            first = self.accelerator.process_index * len(batch)
-            local = range(first, first + len(batch))  # this process's rows in the gathered reward table
-            keep_rows = [i for i, row in enumerate(local) if row // group in keep_groups]
-            drop_rows = [i for i, row in enumerate(local) if row // group not in keep_groups]
-            kept.append(take_rows(output, keep_rows))
-            dropped.append(take_rows(output, drop_rows))
+            first = self.accelerator.process_index * len(batch)  # this process's rows in the gathered reward table
+            kept.append(take_rows(output, [i for i in range(len(batch)) if (first + i) // group in keep_groups]))
             seen += len(rewards) // group
-            num_dropped += len(rewards) // group - len(keep_groups)
+            num_kept += len(keep_groups)
             have = sum(len(b["advantages"]) for b in kept)
             done = torch.tensor(float(have >= target), device=self.accelerator.device)
             if bool(self.accelerator.gather(done).min() > 0) or attempt == self.args.dynamic_sampling_max_tries:
                 break
             batch = self._next_refill_batch(len(inputs))
-        merged = concat_rollouts([b for b in kept + dropped if len(b["advantages"])], self._pad_values())
+        parts = [b for b in kept if len(b["advantages"])]
+        rows = take_rows(concat_rollouts(parts, self._pad_values()), range(min(have, target))) if parts else None
         if have < target:
+            fillers = as_fillers(take_rows(shape_source, range(target - have)))
+            rows = concat_rollouts([p for p in (rows, fillers) if p is not None], self._pad_values())
             logger.warning(
-                "dynamic sampling: %d of %d rows come from groups with varied rewards after %d rounds; "
-                "filtered groups fill the rest.",
-                have, target, attempt + 1,
+                "dynamic sampling: after %d rounds only %d of %d rows come from groups with varied accuracy; the rest are "
+                "fillers that do not train (raise dynamic_sampling_max_tries, or the data is too easy or too hard).",
+                attempt + 1, have, target,
             )
-        merged = take_rows(merged, range(target))
-        mask = merged["completion_mask"] * merged.get("tool_mask", 1)
-        merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        mask = rows["completion_mask"] * rows.get("tool_mask", 1)
+        rows["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        filler_groups = self.accelerator.gather(torch.tensor(float(max(target - have, 0) // group), device=self.accelerator.device))
         metrics = self._metrics["train"]
         metrics["dynamic_sampling/active"].append(1.0)
-        metrics["dynamic_sampling/filtered_ratio"].append(num_dropped / seen)
         metrics["dynamic_sampling/rounds"].append(float(attempt + 1))
-        metrics["dynamic_sampling/kept_ratio"].append(min(have, target) / target)
-        return merged
+        metrics["dynamic_sampling/kept_groups"].append(float(num_kept))
+        metrics["dynamic_sampling/dropped_groups"].append(float(seen - num_kept))
+        metrics["dynamic_sampling/filtered_ratio"].append((seen - num_kept) / seen)
+        metrics["dynamic_sampling/filler_groups"].append(float(filler_groups.sum()))
+        metrics["dynamic_sampling/limit_hit"].append(float(filler_groups.sum() > 0))
+        metrics["dynamic_sampling/nothing_to_train"].append(float(rows["num_items_in_batch"] == 0))
+        return rows
 
     def _pad_values(self) -> dict:
         pad_id = self._tokenizer.pad_token_id
@@ -470,6 +549,34 @@ class MemCompGRPOTrainer(GRPOTrainer):
                 return next(self._refill_iterator)
             except StopIteration:
                 self._refill_iterator = None
+
+
+class SkipEmptySteps(TrainerCallback):
+    """Skip an optimizer step that has no completion tokens on any process (dynamic sampling found nothing to train on).
+
+    Its gradient is zero already, but AdamW would still move the weights by its momentum and weight decay; a learning
+    rate of 0 for that one step leaves them exactly as they are. Logged as `dynamic_sampling/skipped_steps`.
+    """
+
+    def __init__(self, trainer: "MemCompGRPOTrainer"):
+        self.trainer, self._saved = trainer, None
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        trainer = self.trainer
+        items = torch.tensor(trainer._step_items, device=trainer.accelerator.device)
+        trainer._step_items = 0.0
+        empty = bool(trainer.accelerator.gather(items).sum() == 0)
+        trainer._metrics["train"]["dynamic_sampling/skipped_steps"].append(float(empty))
+        if empty and optimizer is not None:
+            self._saved = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self._saved is not None and optimizer is not None:
+            for group, lr in zip(optimizer.param_groups, self._saved):
+                group["lr"] = lr
+        self._saved = None
 
 
 def _check_columns(dataset) -> None:

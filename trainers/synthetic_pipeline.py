@@ -300,7 +300,7 @@ def train_rl(config: SyntheticRunConfig) -> None:
         max_steps=config.rl_steps,
         learning_rate=config.rl_learning_rate,
         warmup_steps=0,
-        dynamic_sampling_warmup_steps=0,
+        dynamic_sampling_warmup_rollouts=0,
         dynamic_sampling_max_tries=2,
         seed=config.seed,
         use_cpu=True,
