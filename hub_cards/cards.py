@@ -28,7 +28,6 @@ DATASET_TAGS = ("memcomp", "memory-embeddings", "context-compression")
 class Stage:
     """A point of the training recipe (paper Section 3.3) as the card describes it."""
 
-    template: str
     summary: str
     example_question: str = "What is the main finding of the document?"
     trained: bool = True
@@ -51,24 +50,21 @@ def _recipe(name: str) -> str:
 
 STAGES = {
     "untrained": Stage(
-        "chat",
         "This is `MemCompForCausalLM.from_base(...)` before any training: the memory projection is random.",
         trained=False,
     ),
     "cpt1": Stage(
-        RECIPE["cpt1"].template,
         f"Continual pretraining, stage 1 (recipe defaults): {_recipe('cpt1')}",
-        example_question="Reconstruct the original text.",
+        example_question="Reconstruct the original text from the compressed memory provided above.",
     ),
-    "cpt2": Stage(RECIPE["cpt2"].template, f"Continual pretraining, stage 2 (recipe defaults): {_recipe('cpt2')}"),
-    "sft": Stage(RECIPE["sft"].template, f"Instruction tuning on QA (recipe defaults): {_recipe('sft')}"),
+    "cpt2": Stage(f"Continual pretraining, stage 2 (recipe defaults): {_recipe('cpt2')}"),
+    "sft": Stage(f"Instruction tuning on QA (recipe defaults): {_recipe('sft')}"),
     "rl": Stage(
-        "rl",
-        "DAPO reinforcement learning from the SFT checkpoint with a binary judge reward; memories precomputed, "
-        "only the decoder trained. Answers end in `\\boxed{}`.",
+        "DAPO reinforcement learning from the SFT checkpoint with a binary judge reward; memories precomputed by the "
+        "SFT encoder, only the decoder trained. Answers end in `\\boxed{}`.",
     ),
 }
-"""Recipe stages a checkpoint can come from; `template` is the prompt template it was trained with."""
+"""Recipe stages a checkpoint can come from (the prompt template it was trained with is in its config)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,8 @@ def model_card(
         stage_summary=info.summary,
         trained=info.trained,
         example_question=info.example_question,
-        template_arg="" if info.template == "chat" else f', template="{info.template}"',
+        prompt_template=config.prompt_template,
+        separate_encoder=config.separate_encoder,
         base_architecture=text.model_type,
         num_layers=text.num_hidden_layers,
         hidden_size=text.hidden_size,

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(ask)
     ask.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit in tokens")
     ask.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling defaults")
-    ask.add_argument("--template", default="chat", choices=("plain", "chat", "rl"), help="prompt template")
+    ask.add_argument(
+        "--template", default=None, choices=("plain", "chat", "rl"),
+        help="prompt template (default: the one the checkpoint was trained with, config.prompt_template)",
+    )
     ask.set_defaults(handler=_ask, subparser=ask)
 
     for name, (module, text) in DELEGATED.items():

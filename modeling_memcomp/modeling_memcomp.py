@@ -246,16 +246,25 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         Covers what shapes memories (encoder, pooling, projection) and nothing else, so an RL checkpoint has its SFT
         encoder's fingerprint. Recomputed on every call: no optimizer (fused or not) can leave it stale.
         """
+        return self._digest(
+            f"C={self.config.chunk_size}|{self.config.pooling}",
+            [
+                *(("encoder." + name, p) for name, p in self.encoder_model.named_parameters()),
+                *(("pooling." + name, p) for name, p in self.pooling.named_parameters()),
+                *(("projection." + name, p) for name, p in self.memory_projection.named_parameters()),
+            ],
+        )
+
+    @property
+    def decoder_fingerprint(self) -> str:
+        """Identity of the decoder (every `language_model` weight), e.g. to key evaluation records of RL checkpoints."""
+        return self._digest(f"decoder|{self.config.wrap}", list(self.language_model.named_parameters()))
+
+    def _digest(self, settings: str, parameters: list) -> str:
         text = self.config.text_config
         digest = hashlib.sha256(
-            f"{text.model_type}|{text.hidden_size}|{text.num_hidden_layers}|{text.vocab_size}|"
-            f"C={self.config.chunk_size}|{self.config.pooling}".encode()
+            f"{text.model_type}|{text.hidden_size}|{text.num_hidden_layers}|{text.vocab_size}|{settings}".encode()
         )
-        parameters = [
-            *(("encoder." + name, p) for name, p in self.encoder_model.named_parameters()),
-            *(("pooling." + name, p) for name, p in self.pooling.named_parameters()),
-            *(("projection." + name, p) for name, p in self.memory_projection.named_parameters()),
-        ]
         with torch.no_grad():
             samples = []
             for name, parameter in sorted(parameters, key=lambda item: item[0]):
@@ -476,12 +485,12 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
-    def _prompt_settings(self, template: str | None, system_prompt: str | None) -> tuple[str, str | None]:
+    def prompt_settings(self, template: str | None, system_prompt: str | None) -> tuple[str, str | None]:
         """The template and system prompt to use: the given ones, else those the checkpoint was trained with."""
         template = template or self.config.prompt_template
         return template, system_prompt if system_prompt is not None else self.config.system_prompt
 
-    def _prompt_ids(self, num_memory: int, question: str, template: str, system_prompt: str | None) -> list[int]:
+    def prompt_ids(self, num_memory: int, question: str, template: str, system_prompt: str | None) -> list[int]:
         """Decoder prompt ids for one question, checked against the decoder's positions with an error naming the culprit."""
         ids = build_prompt(self.tokenizer, self.config, num_memory, question, template=template, system_prompt=system_prompt).input_ids
         limit = getattr(self.config.text_config, "max_position_embeddings", None)
@@ -510,9 +519,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         system_prompt: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Left-padded `input_ids`, `attention_mask` and `(batch, max_slots, d)` `memory_embeds` for generation."""
-        template, system_prompt = self._prompt_settings(template, system_prompt)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
         memories = [as_memory(m) for m in memories]
-        prompts = [self._prompt_ids(len(m), q, template, system_prompt) for m, q in zip(memories, questions)]
+        prompts = [self.prompt_ids(len(m), q, template, system_prompt) for m, q in zip(memories, questions)]
         batch = left_pad(prompts, self.tokenizer.pad_token_id)
         slots = max(len(m) for m in memories)
         memory_embeds = torch.zeros((len(memories), slots, self.config.text_config.hidden_size), dtype=self.dtype)
@@ -530,7 +539,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         """
         memory = as_memory(memory)
         memory.check_compatible(self.config)
-        template, system_prompt = self._prompt_settings(template, system_prompt)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
         length = shared_prefix_length(self.tokenizer, self.config, len(memory), template, system_prompt)
         ids = build_prompt(self.tokenizer, self.config, len(memory), "?", template=template, system_prompt=system_prompt).input_ids[:length]
         outputs = self(
@@ -571,7 +580,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             raise TypeError("the text path takes keyword arguments only: generate(context=... or memory=..., question=...).")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of questions per generate call, got {batch_size!r}.")
-        template, system_prompt = self._prompt_settings(template, system_prompt)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
         memories, questions, single = self.pair_memories(
             question, context=context, memory=memory, template=template, system_prompt=system_prompt
         )
@@ -613,7 +622,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         """Prompt ids laid out as [shared prefix][padding][question] with the prefix's cache copied for every row."""
         tails = []
         for question in questions:
-            ids = self._prompt_ids(prefix.num_memory, question, template, system_prompt)
+            ids = self.prompt_ids(prefix.num_memory, question, template, system_prompt)
             if ids[: len(prefix)] != prefix.input_ids:
                 raise RuntimeError("a prompt does not start with the shared prefix; the template renders it differently.")
             tails.append(ids[len(prefix) :])
@@ -638,7 +647,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             raise ValueError("question is required with context= or memory=: pass question='...'.")
         if (context is None) == (memory is None):
             raise ValueError("pass exactly one of context= (text to compress) or memory= (from model.compress).")
-        template, system_prompt = self._prompt_settings(template, system_prompt)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
         single = isinstance(question, str)
         questions = [question] if single else question
         if not isinstance(questions, (list, tuple)) or not questions:
@@ -658,7 +667,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             many = isinstance(context, (list, tuple)) and not single and not all(isinstance(x, int) for x in context)
             passages = [self.tokenize_context(c) for c in (context if many else [context])]
             for ids, q in zip(passages * len(questions) if len(passages) == 1 else passages, questions):
-                self._prompt_ids(self.num_chunks(ids), q, template, system_prompt)  # fail before encoding
+                self.prompt_ids(self.num_chunks(ids), q, template, system_prompt)  # fail before encoding
             memories = [self._compress_passages(ids) for ids in passages]
         memories = [m.to(self.device) for m in memories]
         if len(memories) == 1 and len(questions) > 1:

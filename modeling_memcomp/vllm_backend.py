@@ -18,7 +18,6 @@ from transformers import GenerationConfig
 
 from .memory import MemoryEmbeddings
 from .modeling_memcomp import MemCompForCausalLM
-from .prompting import build_prompt
 
 VLLM_INSTALL_HINT = (
     "vLLM is not installed in this environment. Build the separate vLLM environment with "
@@ -64,19 +63,21 @@ def build_prompt_embeds(
     model: MemCompForCausalLM,
     memories: MemoryEmbeddings | list[MemoryEmbeddings],
     questions: str | list[str],
-    template: str = "chat",
+    template: str | None = None,
     system_prompt: str | None = None,
 ) -> list[torch.Tensor]:
     """One `(seq, d)` CPU tensor per question: the decoder input HF `generate` sees, without padding.
 
     Ids come from `prompting.build_prompt` and the `<MEM>` slots are filled by `model.embed_inputs`,
-    exactly as in `model.generate(memory=..., question=...)`. One memory may serve many questions.
+    exactly as in `model.generate(memory=..., question=...)`, with the checkpoint's template unless one is given.
+    One memory may serve many questions.
     """
-    memories, questions, _ = model.pair_memories(questions, memory=memories)
-    tokenizer, embeds = model.tokenizer, []
+    template, system_prompt = model.prompt_settings(template, system_prompt)
+    memories, questions, _ = model.pair_memories(questions, memory=memories, template=template, system_prompt=system_prompt)
+    embeds = []
     for memory, question in zip(memories, questions):
-        ids = build_prompt(tokenizer, model.config, len(memory), question, template=template, system_prompt=system_prompt)
-        input_ids = torch.tensor([ids.input_ids], device=model.device)
+        ids = model.prompt_ids(len(memory), question, template, system_prompt)
+        input_ids = torch.tensor([ids], device=model.device)
         embeds.append(model.embed_inputs(input_ids, [memory])[0].cpu())
     return embeds
 
@@ -183,7 +184,7 @@ class VLLMDecoder:
         model: MemCompForCausalLM,
         memories: MemoryEmbeddings | list[MemoryEmbeddings],
         questions: str | list[str],
-        template: str = "chat",
+        template: str | None = None,
         system_prompt: str | None = None,
         **sampling,
     ) -> list[str]:

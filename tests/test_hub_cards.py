@@ -14,10 +14,10 @@ from modeling_memcomp.tiny import tiny_qwen2_config
 EVALUATION = Path(__file__).parent / "fixtures" / "hub" / "evaluation.json"
 
 
-def make_config(chunk_size=16, wrap="each"):
+def make_config(chunk_size=16, wrap="each", **kwargs):
     return MemCompConfig(
         text_config=tiny_qwen2_config(vocab_size=100), chunk_size=chunk_size, wrap=wrap,
-        mem_start_token_id=97, mem_end_token_id=98, mem_token_id=99,
+        mem_start_token_id=97, mem_end_token_id=98, mem_token_id=99, **kwargs,
     )
 
 
@@ -65,9 +65,11 @@ def test_model_card_metadata_round_trips_with_the_evaluation_numbers(tmp_path):
 
 
 def test_model_card_body_has_usage_stage_rates_and_limitations(tmp_path):
-    text = model_card(make_config(16, "each"), "someone/m", "rl").text
-    assert 'AutoModelForCausalLM.from_pretrained("someone/m", trust_remote_code=True' in text
-    assert 'model.generate(context=document, question="What is the main finding of the document?", template="rl")' in text
+    text = model_card(make_config(16, "each", prompt_template="rl", separate_encoder=True), "someone/m", "rl").text
+    assert 'AutoModel.from_pretrained("someone/m", trust_remote_code=True' in text
+    assert 'pipeline("memcomp-qa", model="someone/m", trust_remote_code=True)' in text
+    assert 'model.generate(context=document, question="What is the main finding of the document?")' in text
+    assert "trained with the `rl` prompt template" in text and "runs the SFT encoder" in text
     assert "**Recipe stage: rl.**" in text and "DAPO" in text
     assert "16 tokens per memory embedding (16x)" in text and "| 5.33x" in text
     assert "**Encoder cost**" in text and "**Effective rate**" in text
@@ -77,7 +79,7 @@ def test_model_card_body_has_usage_stage_rates_and_limitations(tmp_path):
     ).text
 
     block = model_card(make_config(16, "block"), "someone/m", "sft").text
-    assert "| 15.88x" in block and "template=" not in block
+    assert "| 15.88x" in block and "trained with the `chat` prompt template" in block and "SFT encoder" not in block
 
 
 def test_untrained_and_pretraining_cards_say_so(tmp_path):
@@ -85,15 +87,15 @@ def test_untrained_and_pretraining_cards_say_so(tmp_path):
     assert "untrained" in untrained.data.tags
     assert "**Untrained.**" in untrained.text and "**Untrained weights**" in untrained.text
     assert "model-index" not in untrained.data.to_dict()
-    cpt1 = model_card(make_config(), "someone/m", "cpt1").text
-    assert 'template="plain"' in cpt1 and "**Pretraining checkpoint**" in cpt1
+    cpt1 = model_card(make_config(prompt_template="plain"), "someone/m", "cpt1").text
+    assert "trained with the `plain` prompt template" in cpt1 and "**Pretraining checkpoint**" in cpt1
 
 
 def test_stage_summaries_state_the_recipe_defaults():
     cpt2 = model_card(make_config(), "someone/m", "cpt2").text
     assert (
         "continuation 40%, qa 27.5%, summarization 17.5%, reconstruction 15%; mixed 60:40 with plain language "
-        "modelling; 0-4 bridge chunks; `chat` template; projection trained." in cpt2
+        "modelling; 0-4 bridge chunks; `plain` template; projection trained." in cpt2
     )
     assert "reconstruction 50%, continuation 50%; mixed 70:30" in model_card(make_config(), "someone/m", "cpt1").text
     assert "qa 100%; `chat` template; projection frozen." in model_card(make_config(), "someone/m", "sft").text

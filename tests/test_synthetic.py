@@ -5,13 +5,14 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from modeling_memcomp.prompting import IGNORE_INDEX
 from modeling_memcomp.tiny import build_tiny_memcomp
 from modeling_memcomp.tiny import tiny_qwen2_config
 from trainers import MemCompTrainer
-from trainers.config import load_config
+from trainers.config import parse_stage_args
 from trainers.data import SCHEMAS, SourceConfig, load_source, stage_streams
 from trainers.synthetic import (
     ORG_FACTS,
@@ -170,7 +171,7 @@ def test_bad_config_names_the_argument():
         next(iter_texts({"train": {}}, "test"))
 
 
-def synthetic_stage(stage, corpus, tokenizer, tmp_path, kinds, *overrides):
+def synthetic_stage(stage, corpus, tokenizer, tmp_path, kinds, *fields):
     """A tiny stage config over a base LM saved with the synthetic tokenizer and the corpus's JSONL files."""
     from transformers import Qwen2ForCausalLM
 
@@ -179,18 +180,19 @@ def synthetic_stage(stage, corpus, tokenizer, tmp_path, kinds, *overrides):
     Qwen2ForCausalLM(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
     paths = write_corpus(corpus, tmp_path / "data")["train"]
-    sources = [{"path": str(paths[kind]), "kind": kind} for kind in kinds]
-    return load_config(
-        CONFIGS / f"{stage}_tiny.yaml",
-        [f"model.base={base}", "model.tiny=false", "model.fqlora=null", f"data.sources={json.dumps(sources)}",
-         f"training.output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "training.report_to=[]",
-         "training.disable_tqdm=true", "data.eval_samples=0", "training.eval_strategy=\"no\"",
-         "training.save_strategy=\"no\"", "training.early_stopping_patience=null", *overrides],
-    )
+    sources = [json.dumps({"path": str(paths[kind]), "kind": kind}) for kind in kinds]
+    yaml_config = {k: v for k, v in yaml.safe_load((CONFIGS / f"{stage}_tiny.yaml").read_text()).items() if k != "early_stopping_patience"}
+    merged = tmp_path / "stage.yaml"
+    merged.write_text(yaml.safe_dump(yaml_config))
+    return parse_stage_args([
+        "--config", str(merged), "--base", str(base), "--tiny", "false", "--fqlora", "false", "--sources", *sources,
+        "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--report_to", "none",
+        "--disable_tqdm", "true", "--eval_samples", "0", "--eval_strategy", "no", "--save_strategy", "no", *fields,
+    ])
 
 
 def test_sft_stage_builds_qa_examples_from_the_synthetic_files(corpus, synthetic_tokenizer, tmp_path):
-    config = synthetic_stage("sft", corpus, synthetic_tokenizer, tmp_path, ["qa"], "data.num_samples=16")
+    config = synthetic_stage("sft", corpus, synthetic_tokenizer, tmp_path, ["qa"], "--num_samples", "16")
     model = build_model(config)
     train, _ = build_datasets(config, model)
     answers = {r["answer"] for r in corpus["train"]["qa"]}
@@ -201,9 +203,9 @@ def test_sft_stage_builds_qa_examples_from_the_synthetic_files(corpus, synthetic
 
 def test_cpt1_stage_learns_on_the_synthetic_files(corpus, synthetic_tokenizer, tmp_path):
     config = synthetic_stage(
-        "cpt1", corpus, synthetic_tokenizer, tmp_path, ["document", "standard"], "data.num_samples=8",
-        "training.max_steps=12", "training.global_batch_size=4", "training.per_device_train_batch_size=4",
-        "training.learning_rate=1e-2", "training.warmup_steps=0",
+        "cpt1", corpus, synthetic_tokenizer, tmp_path, ["document", "standard"], "--num_samples", "8",
+        "--max_steps", "12", "--global_batch_size", "4", "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--warmup_steps", "0",
     )
     model = build_model(config)
     train, _ = build_datasets(config, model)

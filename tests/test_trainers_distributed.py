@@ -19,8 +19,8 @@ def test_two_ranks_train_on_different_shards_with_synchronised_gradients(tmp_pat
     command = [
         accelerate, "launch", "--config_file", "examples/accelerate/cpu_2proc.yaml", "--main_process_port", "29547",
         "examples/train_sft.py", "--config", "examples/configs/sft_tiny.yaml",
-        f"training.output_dir={tmp_path / 'out'}", f"training.rank_trace_dir={trace}",
-        f"data.cache_dir={tmp_path / 'cache'}", "training.disable_tqdm=true",
+        "--output_dir", str(tmp_path / "out"), "--rank_trace_dir", str(trace),
+        "--cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

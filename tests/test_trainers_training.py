@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from trainers import MemCompTrainer
-from trainers.config import load_config
+from trainers.config import parse_stage_args
 from trainers.run import build_datasets, build_model
 from trainers.stages import TASKS
 
@@ -14,11 +15,19 @@ CONFIGS = Path(__file__).parent.parent / "examples" / "configs"
 ROOT = Path(__file__).parent.parent
 
 
-def tiny_stage(name, tmp_path, *overrides):
-    return load_config(
-        CONFIGS / f"{name}_tiny.yaml",
-        [f"training.output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "training.report_to=[]",
-         "training.disable_tqdm=true", *overrides],
+def stage_from_yaml(path, tmp_path, **fields):
+    """Parse a stage YAML as the scripts do, with `fields` (None allowed) replacing or adding keys."""
+    config = {**yaml.safe_load(Path(path).read_text()), **fields}
+    merged = tmp_path / f"{Path(path).stem}.merged.yaml"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    merged.write_text(yaml.safe_dump(config))
+    return parse_stage_args(["--config", str(merged)])
+
+
+def tiny_stage(name, tmp_path, **fields):
+    return stage_from_yaml(
+        CONFIGS / f"{name}_tiny.yaml", tmp_path, output_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+        report_to=[], disable_tqdm=True, **fields,
     )
 
 
@@ -39,10 +48,9 @@ def fixed_batch_loss(trainer, batch):
 @pytest.mark.parametrize("stage", ["cpt1", pytest.param("cpt2", marks=pytest.mark.slow), pytest.param("sft", marks=pytest.mark.slow)])
 def test_each_stage_learns_on_a_fixed_batch(stage, tmp_path):
     config = tiny_stage(
-        stage, tmp_path, "data.num_samples=8", "data.eval_samples=0", "training.eval_strategy=\"no\"",
-        "training.save_strategy=\"no\"", "training.max_steps=12", "training.global_batch_size=4",
-        "training.per_device_train_batch_size=4", "training.early_stopping_patience=null",
-        "training.learning_rate=1e-2", "training.lora_learning_rate=1e-2", "training.warmup_steps=0",
+        stage, tmp_path, num_samples=8, eval_samples=0, eval_strategy="no", save_strategy="no", max_steps=12,
+        global_batch_size=4, per_device_train_batch_size=4, early_stopping_patience=None, learning_rate=1e-2,
+        lora_learning_rate=1e-2, warmup_steps=0,
     )
     model = build_model(config)
     train, _ = build_datasets(config, model)
@@ -58,9 +66,10 @@ def test_each_stage_learns_on_a_fixed_batch(stage, tmp_path):
 
 
 def test_per_task_losses_in_training_and_evaluation(tmp_path):
-    config = tiny_stage("cpt1", tmp_path, "data.num_samples=8", "data.eval_samples=8", "training.max_steps=2",
-                        "training.global_batch_size=4", "training.save_strategy=\"no\"", "training.eval_strategy=\"no\"",
-                        "training.early_stopping_patience=null", "training.logging_steps=1")
+    config = tiny_stage(
+        "cpt1", tmp_path, num_samples=8, eval_samples=8, max_steps=2, global_batch_size=4, save_strategy="no",
+        eval_strategy="no", early_stopping_patience=None, logging_steps=1,
+    )
     model = build_model(config)
     train, evaluation = build_datasets(config, model)
     trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train, eval_dataset=evaluation)
@@ -81,7 +90,7 @@ def test_per_task_losses_in_training_and_evaluation(tmp_path):
 
 
 def test_early_stopping_is_wired_to_eval_loss(tmp_path):
-    config = tiny_stage("cpt1", tmp_path, "data.num_samples=4", "data.eval_samples=4")
+    config = tiny_stage("cpt1", tmp_path, num_samples=4, eval_samples=4)
     args = config.training
     assert args.load_best_model_at_end and args.metric_for_best_model == "loss" and not args.greater_is_better
     model = build_model(config)
@@ -106,12 +115,11 @@ class StopAt:
 
 @pytest.mark.slow
 def test_resumed_run_logs_the_same_next_loss(tmp_path):
-    common = ["data.num_samples=24", "data.eval_samples=0", "training.eval_strategy=\"no\"", "training.max_steps=6",
-              "training.save_steps=3", "training.logging_steps=1", "training.global_batch_size=4",
-              "training.early_stopping_patience=null"]
+    common = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=6, save_steps=3, logging_steps=1,
+                  global_batch_size=4, early_stopping_patience=None)
 
     def run(out, resume=None, stop=None):
-        config = tiny_stage("cpt1", out, *common)
+        config = tiny_stage("cpt1", out, **common)
         model = build_model(config)
         train, _ = build_datasets(config, model)
         trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
@@ -126,19 +134,41 @@ def test_resumed_run_logs_the_same_next_loss(tmp_path):
     assert resumed[4] == full[4] and resumed[6] == full[6]
 
 
-def test_configs_mirror_table_9():
+def test_configs_mirror_table_9(tmp_path):
     expected = {"cpt1": (5e-5, 3e-4, 0.04, 0.10, 2048), "cpt2": (5e-5, 2e-4, 0.03, 0.02, 2048), "sft": (2e-5, None, 0.03, 0.10, 4096)}
     for stage, (lr, proj, warmup, min_lr, seq) in expected.items():
-        config = load_config(CONFIGS / f"{stage}.yaml", ["training.report_to=[]", "training.bf16=false"])
+        config = parse_stage_args(["--config", str(CONFIGS / f"{stage}.yaml"), "--bf16", "false", "--report_to", "none"])
         args = config.training
         assert args.learning_rate == lr and args.lora_learning_rate == 1e-4 and args.warmup_steps == warmup
         assert args.freeze_projection == (proj is None) and (proj is None or args.projection_learning_rate == proj)
         assert args.lr_scheduler_kwargs == {"min_lr_rate": min_lr} and args.max_grad_norm == 1.0
         assert args.weight_decay == 0.1 and args.lora_weight_decay == 0.0
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps == args.global_batch_size
-        assert config.model.fqlora.lora_r == 64 and config.model.fqlora.lora_alpha == 16
+        assert config.model.fqlora and config.fqlora.lora_r == 64 and config.fqlora.lora_alpha == 16
         assert config.data.max_length is None  # sequence length comes from the stage: {seq}
-    with pytest.raises(ValueError, match="section.key=value"):
-        load_config(CONFIGS / "cpt1.yaml", ["learning_rate"])
-    with pytest.raises(ValueError, match="unknown model keys"):
-        load_config(CONFIGS / "cpt1.yaml", ["model.bse=x"])
+
+
+def test_command_line_fields_override_the_yaml_and_the_stage_defaults():
+    config = parse_stage_args([
+        "--config", str(CONFIGS / "cpt1_tiny.yaml"), "--learning_rate", "3e-4", "--warmup_steps", "0.1",
+        "--sources", '{"path": "other.jsonl", "kind": "document"}', "--tiny_layers", "3",
+    ])
+    assert config.training.learning_rate == 3e-4 and config.training.warmup_steps == 0.1  # CLI over YAML / Table 9
+    assert config.training.projection_learning_rate == 3e-3  # YAML over Table 9
+    assert config.training.lr_scheduler_kwargs == {"min_lr_rate": 0.10}  # Table 9 where neither says otherwise
+    assert config.data.sources == [{"path": "other.jsonl", "kind": "document"}] and config.model.tiny_layers == 3
+
+
+def test_help_lists_every_field_and_bad_arguments_are_clear(capsys):
+    with pytest.raises(SystemExit):
+        parse_stage_args(["--help"])
+    help_text = capsys.readouterr().out
+    for name in ("--base", "--lora_r", "--sources", "--mixture_seed", "--projection_learning_rate", "--learning_rate"):
+        assert name in help_text
+    assert "Tokens per memory embedding" in help_text and "FQLoRA: LoRA rank" in help_text
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--bse'"):
+        parse_stage_args(["--config", str(CONFIGS / "cpt1_tiny.yaml"), "--bse", "x"])
+    with pytest.raises(ValueError, match="stage is required"):
+        parse_stage_args(["--output_dir", "x"])
+    with pytest.raises(ValueError, match="this script trains"):
+        parse_stage_args(["--config", str(CONFIGS / "cpt1.yaml")], expected_stages=("sft",))

@@ -1,114 +1,151 @@
-"""Stage config files: YAML with `model`, `data` and `training` sections, each parsed into a dataclass.
+"""Stage arguments: `ModelArguments`, `FQLoRAConfig`, `DataArguments` and `MemCompTrainingArguments`, parsed together by
+TRL's `TrlParser` from a YAML file (`--config stage.yaml`, flat keys) and command-line fields (`--learning_rate 1e-5`).
 
-`training` holds `MemCompTrainingArguments` fields; anything it leaves out comes from the stage's Table 9
-defaults (`trainers.stages`). Command-line overrides look like `training.learning_rate=1e-5`
-(quote YAML's booleans where a string is meant: `training.eval_strategy='"no"'`).
+Training fields the YAML and the command line leave out take the stage's Table 9 defaults (`trainers.stages`), so a
+config names only what differs from the paper. `--help` lists every field with its help text.
+
+    python examples/train_cpt.py --config examples/configs/cpt1_tiny.yaml --max_steps 8
+    python examples/train_sft.py --config examples/configs/sft_tiny.yaml --resume_from_checkpoint last
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .fqlora import FQLoRAConfig
-from .stages import get_stage
+from .stages import STAGES, get_stage
 from .trainer import MemCompTrainingArguments
+
+
+class SourceSpec(dict):
+    """One data source (`trainers.data.SourceConfig` fields): a mapping in YAML, a JSON object on the command line."""
+
+    def __init__(self, value=()):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"a source on the command line must be a JSON object, got {value!r} ({error}).") from None
+        super().__init__(value)
 
 
 @dataclass
 class ModelArguments:
     """Which model to train and how (FQLoRA or full fine-tuning)."""
 
-    base: str | None = None  # Hub id or folder of the base LM (CPT-1), or a memcomp checkpoint (CPT-2, SFT)
-    chunk_size: int = 16  # tokens per memory embedding (16x compression)
-    wrap: str = "each"  # memory wrapping of a new model: "each" (paper) or "block"
-    dtype: str = "bfloat16"  # weights dtype when loading `base`
-    attn_implementation: str | None = None  # e.g. "flash_attention_2"; None: transformers' default
-    fqlora: FQLoRAConfig | None = None  # FQLoRA settings; None trains every parameter in full
-    save_merged: bool = True  # merge LoRA adapters into the saved model (else saved under <output>/adapter)
-    tiny: bool = False  # build a tiny random Qwen2 and a local tokenizer instead of loading `base` (CPU runs)
-    tiny_corpus: str | None = None  # text file the tiny tokenizer is trained on (one document per line)
-    tiny_layers: int = 2
-    tiny_hidden_size: int = 64
-    tiny_vocab_size: int = 512
+    base: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or folder of the base LM (CPT-1), or the previous stage's memcomp checkpoint (CPT-2, SFT)."},
+    )
+    chunk_size: int = field(default=16, metadata={"help": "Tokens per memory embedding of a new model (16x compression)."})
+    wrap: str = field(default="each", metadata={"help": "Memory wrapping of a new model: 'each' (paper) or 'block'."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype when loading `base`."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel, e.g. 'sdpa' or 'flash_attention_2'; None: transformers' default."}
+    )
+    fqlora: bool = field(
+        default=False, metadata={"help": "Train with FQLoRA (the FQLoRA fields below); False trains every parameter in full."}
+    )
+    save_merged: bool = field(
+        default=True, metadata={"help": "Merge LoRA adapters into the saved model (else saved under <output_dir>/adapter)."}
+    )
+    tiny: bool = field(
+        default=False, metadata={"help": "Build a tiny random Qwen2 and a local tokenizer instead of loading `base` (CPU runs)."}
+    )
+    tiny_corpus: str | None = field(default=None, metadata={"help": "Text file the tiny tokenizer is trained on (one document per line)."})
+    tiny_layers: int = field(default=2, metadata={"help": "Layers of the tiny model."})
+    tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny model."})
+    tiny_vocab_size: int = field(default=512, metadata={"help": "Vocabulary size of the tiny tokenizer."})
 
     def __post_init__(self):
-        if isinstance(self.fqlora, dict):
-            self.fqlora = FQLoRAConfig(**self.fqlora)
         if not self.tiny and not self.base:
-            raise ValueError("model.base is required (a Hub id or folder) unless model.tiny is true.")
+            raise ValueError("base is required (a Hub id or folder, --base ...) unless tiny is true.")
         if self.tiny and not self.tiny_corpus:
-            raise ValueError("model.tiny needs model.tiny_corpus: a local text file to train the tokenizer on.")
+            raise ValueError("tiny needs tiny_corpus: a local text file to train the tokenizer on.")
 
 
 @dataclass
 class DataArguments:
     """Where examples come from and how many the stage mixture draws."""
 
-    sources: list[dict] = field(default_factory=list)  # SourceConfig dicts (path, kind, weight, columns, ...)
-    eval_sources: list[dict] | None = None  # validation sources; default: the training sources, another seed
-    num_samples: int = 1000  # training examples drawn from the mixture
-    eval_samples: int = 0  # validation examples (0: no evaluation)
-    max_length: int | None = None  # decoder length; default: the stage's (Table 9)
-    template: str | None = None  # "plain" or "chat"; default: the stage's
-    system_prompt: str | None = None  # ChatML system prompt; default: modeling_memcomp's
-    seed: int = 0  # mixture seed (task choice, instructions, bridges)
-    cache_dir: str | None = None  # where materialised mixtures are cached (default: datasets' cache)
+    sources: list[SourceSpec] = field(
+        default_factory=list,
+        metadata={"help": "Training sources (trainers.data.SourceConfig: path, kind, weight, columns, ...); YAML mappings or JSON objects."},
+    )
+    eval_sources: list[SourceSpec] | None = field(
+        default=None, metadata={"help": "Validation sources; default: the training sources with another seed."}
+    )
+    num_samples: int = field(default=1000, metadata={"help": "Training examples drawn from the mixture."})
+    eval_samples: int = field(default=0, metadata={"help": "Validation examples (0: no evaluation)."})
+    max_length: int | None = field(default=None, metadata={"help": "Decoder sequence length; default: the stage's (Table 9)."})
+    template: str | None = field(default=None, metadata={"help": "Prompt template ('plain' or 'chat'); default: the stage's."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Chat system prompt; default: the template's."})
+    mixture_seed: int = field(default=0, metadata={"help": "Mixture seed (task choice, instructions, bridges)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where materialised mixtures are cached (default: datasets' cache)."})
+
+    def __post_init__(self):
+        self.sources = [SourceSpec(s) for s in self.sources]
+        if self.eval_sources is not None:
+            self.eval_sources = [SourceSpec(s) for s in self.eval_sources]
 
 
 @dataclass
 class StageConfig:
     model: ModelArguments
+    fqlora: FQLoRAConfig
     data: DataArguments
     training: MemCompTrainingArguments
 
 
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+ARGUMENT_CLASSES = (ModelArguments, FQLoRAConfig, DataArguments, MemCompTrainingArguments)
 
 
-def _floats(tree):
-    """YAML 1.1 reads `5e-5` as a string; read it as the float everyone means."""
-    if isinstance(tree, dict):
-        return {key: _floats(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_floats(value) for value in tree]
-    return float(tree) if isinstance(tree, str) and _FLOAT.match(tree) else tree
+def _parser():
+    from trl import TrlParser
+
+    return TrlParser(ARGUMENT_CLASSES)
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
+def _stage_of(argv: list[str]) -> str:
+    """The stage named on the command line (`--stage`) or in the `--config` YAML, before the full parse."""
+    import yaml
+
+    for i, item in enumerate(argv):
+        if item == "--stage" and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith("--stage="):
+            return item.split("=", 1)[1]
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+        stage = (yaml.safe_load(Path(path).read_text()) or {}).get("stage")
+        if stage is not None:
+            return stage
+    raise ValueError(f"stage is required (one of {sorted(STAGES)}): set `stage:` in the config file or pass --stage.")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
-    """Parse a stage YAML (plus `section.key=value` overrides, values read as YAML) into a `StageConfig`."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. training.max_steps=10).")
-        key, value = item.split("=", 1)
-        _set(raw, key.lstrip("-"), yaml.safe_load(value))
-    raw = _floats(raw)
-    unknown = set(raw) - {"model", "data", "training"}
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; use model, data and training.")
-    training = dict(raw.get("training") or {})
-    stage = training.pop("stage", None)
-    if stage is None:
-        raise ValueError("training.stage is required: one of cpt1, cpt2, sft.")
-    get_stage(stage)
-    for name, cls in (("model", ModelArguments), ("data", DataArguments)):
-        allowed = {f.name for f in fields(cls)}
-        bad = set(raw.get(name) or {}) - allowed
-        if bad:
-            raise ValueError(f"unknown {name} keys {sorted(bad)}; allowed: {sorted(allowed)}.")
+def parse_stage_args(argv: list[str] | None = None, expected_stages: tuple[str, ...] | None = None) -> StageConfig:
+    """Parse a stage's YAML (`--config`) and command-line fields into a `StageConfig`, over the stage's Table 9 defaults."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args_and_config(argv)  # prints every field's help and exits
+    stage = get_stage(_stage_of(argv)).name
+    if expected_stages is not None and stage not in expected_stages:
+        raise ValueError(f"this script trains {expected_stages}, but the config's stage is {stage!r}.")
+    parser.set_defaults(**get_stage(stage).training_defaults())
+    model, fqlora, data, training = parser.parse_args_and_config(argv)
+    return StageConfig(model=model, fqlora=fqlora, data=data, training=training)
+
+
+def stage_config(stage: str, model: dict | None = None, fqlora: dict | None = None, data: dict | None = None, **training) -> StageConfig:
+    """A `StageConfig` from Python: the stage's Table 9 training defaults updated by `training`."""
     return StageConfig(
-        model=ModelArguments(**(raw.get("model") or {})),
-        data=DataArguments(**(raw.get("data") or {})),
+        model=ModelArguments(**(model or {})),
+        fqlora=FQLoRAConfig(**(fqlora or {})),
+        data=DataArguments(**(data or {})),
         training=MemCompTrainingArguments.for_stage(stage, **training),
     )

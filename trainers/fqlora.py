@@ -31,15 +31,23 @@ _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 class FQLoRAConfig:
     """Which layers are fully fine-tuned, how the others are adapted, and whether they are 4-bit."""
 
-    full_ft_layers: list[int] | None = None  # explicit indices; None: uniform selection by full_ft_fraction
-    full_ft_fraction: float = FULL_FT_FRACTION  # 10/28: 28 layers -> 0,3,...,27; 64 layers -> 23 layers
-    quantize: bool = True  # 4-bit NF4 base for the LoRA layers (QLoRA); needs bitsandbytes
-    lora_r: int = LORA_DEFAULTS["r"]
-    lora_alpha: int = LORA_DEFAULTS["lora_alpha"]
-    lora_dropout: float = LORA_DEFAULTS["lora_dropout"]
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    layers_prefix: str = "model.layers"  # module path of the decoder layers inside the base causal LM
-    compute_dtype: str = "bfloat16"  # dtype of 4-bit matmuls
+    full_ft_layers: list[int] | None = field(
+        default=None, metadata={"help": "FQLoRA: explicit fully fine-tuned layer indices; None: uniform selection by full_ft_fraction."}
+    )
+    full_ft_fraction: float = field(
+        default=FULL_FT_FRACTION, metadata={"help": "FQLoRA: share of layers fully fine-tuned (10/28: 28 layers -> 0,3,...,27)."}
+    )
+    quantize: bool = field(default=True, metadata={"help": "FQLoRA: 4-bit NF4 base for the LoRA layers (QLoRA); needs bitsandbytes."})
+    lora_r: int = field(default=LORA_DEFAULTS["r"], metadata={"help": "FQLoRA: LoRA rank (Table 9: 64)."})
+    lora_alpha: int = field(default=LORA_DEFAULTS["lora_alpha"], metadata={"help": "FQLoRA: LoRA alpha (Table 9: 16)."})
+    lora_dropout: float = field(default=LORA_DEFAULTS["lora_dropout"], metadata={"help": "FQLoRA: LoRA dropout (Table 9: 0.05)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), metadata={"help": "FQLoRA: linear modules that get adapters."}
+    )
+    layers_prefix: str = field(
+        default="model.layers", metadata={"help": "FQLoRA: module path of the decoder layers inside the base causal LM."}
+    )
+    compute_dtype: str = field(default="bfloat16", metadata={"help": "FQLoRA: dtype of the 4-bit matmuls."})
 
     def layers(self, num_layers: int) -> list[int]:
         """The fully fine-tuned layer indices for a model with `num_layers` layers."""

@@ -69,23 +69,38 @@ _ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
 _PUNCTUATION = frozenset(string.punctuation)
 
 
-def extract_answer(text: str, fallback_words: int = 20) -> str:
-    """The final answer in `text`: the last `\\boxed{...}` (nested braces), else the text after the last
-    "Answer:", else the last `fallback_words` words (the paper's RULER-style extraction, Appendix H.2)."""
+ANSWER_STYLES = ("any", "boxed", "answer")
+
+
+def extract_answer(text: str, fallback_words: int = 20, style: str = "any") -> str:
+    """The final answer in `text`, as the paper extracts it (Appendix H.2), else its last `fallback_words` words.
+
+    `style="boxed"` (the RL model) reads the last `\\boxed{...}` (nested braces), `"answer"` (SFT models and
+    baselines) the text after the last "Answer:", `"any"` tries both in that order.
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}.")
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, match.end()
-        for pos in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            if depth == 0:
-                return text[start:pos].strip()
-    answers = list(_ANSWER.finditer(text))
-    if answers:
-        tail = text[answers[-1].end() :].strip()
-        if tail:
-            return tail.splitlines()[0].strip()
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"style must be one of {ANSWER_STYLES}, got {style!r}.")
+    if style in ("any", "boxed"):
+        for match in reversed(list(_BOXED.finditer(text))):
+            depth, start = 1, match.end()
+            for pos in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[pos], 0)
+                if depth == 0:
+                    return text[start:pos].strip()
+    if style in ("any", "answer"):
+        answers = list(_ANSWER.finditer(text))
+        if answers:
+            tail = text[answers[-1].end() :].strip()
+            if tail:
+                return tail.splitlines()[0].strip()
     return " ".join(text.split()[-fallback_words:])
+
+
+def answer_style(template: str) -> str:
+    """How answers are read for a prompt template: `\\boxed{}` for `rl`, "Answer:" otherwise (Appendix H.2)."""
+    return "boxed" if template == "rl" else "answer"
 
 
 def normalize_answer(text: str) -> str:
@@ -142,17 +157,20 @@ class MatchJudge(_JudgeBase):
     """Deterministic judge: the extracted answer matches a reference after SQuAD normalisation.
 
     `mode="subspan"` (RULER) accepts a reference that occurs as a whole-word span of the answer;
-    `mode="exact"` needs equality. With `extract=False` the whole response is compared.
+    `mode="exact"` needs equality. With `extract=False` the whole response is compared; `style` picks the extraction
+    (`extract_answer`).
     """
 
-    def __init__(self, mode: str = "subspan", extract: bool = True) -> None:
+    def __init__(self, mode: str = "subspan", extract: bool = True, style: str = "any") -> None:
         if mode not in ("exact", "subspan"):
             raise ValueError(f"mode must be 'exact' or 'subspan', got {mode!r}.")
+        if style not in ANSWER_STYLES:
+            raise ValueError(f"style must be one of {ANSWER_STYLES}, got {style!r}.")
         super().__init__()
-        self.mode, self.extract = mode, extract
+        self.mode, self.extract, self.style = mode, extract, style
 
     def judge(self, question: str, response: str, reference: str | Sequence[str]) -> JudgeResult:
-        answer = normalize_answer(extract_answer(response) if self.extract else response)
+        answer = normalize_answer(extract_answer(response, style=self.style) if self.extract else response)
         refs = [normalize_answer(r) for r in _references(reference)]
         if self.mode == "exact":
             correct = answer in refs

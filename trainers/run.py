@@ -5,14 +5,13 @@ Used by `examples/train_cpt.py` and `examples/train_sft.py` under `accelerate la
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 from pathlib import Path
 
 import torch
 
-from .config import StageConfig, load_config
+from .config import StageConfig, parse_stage_args
 from .data import stage_streams
 from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora
 from .mixture import StageMixture, build_stage_dataset
@@ -39,15 +38,15 @@ def build_model(config: StageConfig):
             tokenizer, chunk_size=args.chunk_size, seed=config.training.seed, hidden_size=args.tiny_hidden_size,
             num_layers=args.tiny_layers, wrap=args.wrap,
         )
-        return apply_fqlora(model, args.fqlora) if args.fqlora else model
+        return apply_fqlora(model, config.fqlora) if args.fqlora else model
     load_kwargs = {"dtype": getattr(torch, args.dtype)}
     if args.attn_implementation:
         load_kwargs["attn_implementation"] = args.attn_implementation
     if args.fqlora:
-        if args.fqlora.quantize and torch.cuda.is_available():
+        if config.fqlora.quantize and torch.cuda.is_available():
             # bitsandbytes quantizes while loading: each rank loads its copy straight onto its own GPU.
             load_kwargs["device_map"] = {"": config.training.local_process_index}
-        return load_fqlora_model(args.base, args.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
+        return load_fqlora_model(args.base, config.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
     if isinstance(AutoConfig.from_pretrained(args.base), MemCompConfig):
         return MemCompForCausalLM.from_pretrained(args.base, **load_kwargs)
     return MemCompForCausalLM.from_base(args.base, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
@@ -65,9 +64,13 @@ def build_datasets(config: StageConfig, model):
     data = config.data
     unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
 
+    template = data.template or stage.template
+    # The checkpoint records how it is trained to be prompted: the default of generate, the CLI, evaluation and the card.
+    unwrapped.config.prompt_template, unwrapped.config.system_prompt = template, data.system_prompt
+
     def mixture(sources, num_samples, seed):
         builder = TaskBuilder(
-            unwrapped.tokenizer, unwrapped.config, template=data.template or stage.template,
+            unwrapped.tokenizer, unwrapped.config, template=template,
             max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
             rng=random.Random(seed),
         )
@@ -77,10 +80,10 @@ def build_datasets(config: StageConfig, model):
         return build_stage_dataset(mix, extra_fingerprint={"sources": sources, "files": files}, cache_dir=data.cache_dir)
 
     with config.training.main_process_first(desc="build stage mixture"):
-        train = mixture(data.sources, data.num_samples, data.seed)
+        train = mixture(data.sources, data.num_samples, data.mixture_seed)
         evaluation = None
         if data.eval_samples:
-            evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.seed + EVAL_SEED_OFFSET)
+            evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.mixture_seed + EVAL_SEED_OFFSET)
     return train, evaluation
 
 
@@ -97,19 +100,20 @@ def run_stage(config: StageConfig, resume_from_checkpoint: str | bool | None = N
     return trainer
 
 
+def resume_point(training) -> str | bool | None:
+    """`--resume_from_checkpoint`: a checkpoint folder, or `last` / `true` for the newest one in `output_dir`."""
+    value = training.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none", "no"):
+        return None
+    return True if str(value).lower() in ("last", "true", "yes") else value
+
+
 def main(argv: list[str] | None = None, expected_stages: tuple[str, ...] = ("cpt1", "cpt2", "sft")) -> None:
-    """Command line: `--config stage.yaml [--resume [CHECKPOINT]] [section.key=value ...]`."""
-    parser = argparse.ArgumentParser(description="Train one memcomp curriculum stage.")
-    parser.add_argument("--config", required=True, help="stage YAML (examples/configs/*.yaml)")
-    parser.add_argument("--resume", nargs="?", const=True, default=None, help="resume from the last (or given) checkpoint")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.max_steps=10")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config, cli.overrides)
-    if config.training.stage not in expected_stages:
-        raise ValueError(f"this script trains {expected_stages}, but the config's stage is {config.training.stage!r}.")
+    """Command line: `--config stage.yaml [--field value ...]` (every field: `--help`)."""
+    config = parse_stage_args(argv, expected_stages)
     logging.basicConfig(level=logging.INFO if config.training.process_index == 0 else logging.WARNING)
     try:
-        run_stage(config, resume_from_checkpoint=cli.resume)
+        run_stage(config, resume_from_checkpoint=resume_point(config.training))
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

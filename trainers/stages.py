@@ -24,7 +24,7 @@ class StageSpec:
     task_weights: dict[str, float]  # share of each compression task among compression examples
     compression_ratio: float  # share of compression examples; the rest is plain full-context LM
     bridge_chunks: tuple[int, int]  # inclusive range of uncompressed 16-token bridge chunks in continuation
-    template: str  # prompt template of modeling_memcomp.prompting: "plain" (flat) or "chat" (ChatML)
+    template: str  # prompt template of modeling_memcomp.prompting: "plain" (flat, both CPT phases) or "chat" (SFT)
     learning_rate: float  # fully fine-tuned parameters (FQLoRA full layers, embeddings, LM head)
     projection_learning_rate: float | None  # memory projection; None freezes it
     global_batch_size: int
@@ -74,7 +74,7 @@ STAGES: dict[str, StageSpec] = {
         task_weights={"continuation": 0.40, "qa": 0.275, "summarization": 0.175, "reconstruction": 0.15},
         compression_ratio=0.6,
         bridge_chunks=(0, 4),
-        template="chat",
+        template="plain",  # Figure 11: continual pretraining, both phases, is a flat sequence
         learning_rate=5e-5,
         projection_learning_rate=2e-4,
         global_batch_size=128,

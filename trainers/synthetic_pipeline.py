@@ -209,6 +209,7 @@ STAGE_SOURCES = {
 def stage_config(config: SyntheticRunConfig, stage: str):
     """The `StageConfig` of a memcomp stage: the previous stage's folder as base, the corpus files as sources."""
     from .config import DataArguments, ModelArguments, StageConfig
+    from .fqlora import FQLoRAConfig
 
     previous = {"cpt1": "lm", "cpt2": "cpt1", "sft": "cpt2"}[stage]
     steps = getattr(config, f"{stage}_steps")
@@ -221,9 +222,10 @@ def stage_config(config: SyntheticRunConfig, stage: str):
             sources=[{"path": config.data_file("train", f), "kind": k} for f, k in STAGE_SOURCES[stage]],
             num_samples=steps * config.batch_size,
             max_length=config.max_length,
-            seed=config.seed,
+            mixture_seed=config.seed,
             cache_dir=str(config.root / "cache"),
         ),
+        fqlora=FQLoRAConfig(),
         training=_training_args(
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
             **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),

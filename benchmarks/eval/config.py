@@ -21,8 +21,9 @@ class EvalArguments:
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata={"help": "systems to run: memcomp (compressed memory) and/or full (full-context baseline)"})
     full_context_model: str | None = field(default=None, metadata={"help": "baseline LM (e.g. Qwen/Qwen2.5-7B-Instruct); default: the checkpoint's own base LM"})
     full_context_yarn_factor: float | None = field(default=None, metadata={"help": "YaRN factor for the baseline's positions (Qwen2.5 at 120K tokens: 4.0)"})
-    template: str = field(default="chat", metadata={"help": "prompt template: chat (SFT checkpoints) or rl (RL checkpoints, \\boxed{} answers)"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for memcomp; default: the training one"})
+    template: str | None = field(default=None, metadata={"help": "prompt template (plain, chat or rl); default: the one the checkpoint records (config.prompt_template)"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt for memcomp; default: the one the checkpoint records"})
+    encoder_model: str | None = field(default=None, metadata={"help": "compress with this checkpoint instead (experiments; an RL checkpoint already compresses with its SFT encoder)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N examples (smoke runs)"})
     seed: int = field(default=0, metadata={"help": "seed for sampling examples and for generation"})
     batch_size: int = field(default=1, metadata={"help": "examples per generate call"})
@@ -38,7 +39,7 @@ class EvalArguments:
         unknown = set(self.systems) - set(SYSTEMS)
         if unknown or not self.systems:
             raise ValueError(f"systems must be a non-empty subset of {SYSTEMS}, got {self.systems}.")
-        if self.template not in ("plain", "chat", "rl"):
+        if self.template is not None and self.template not in ("plain", "chat", "rl"):
             raise ValueError(f"template must be 'plain', 'chat' or 'rl', got {self.template!r}.")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be a positive number of examples, got {self.limit}.")

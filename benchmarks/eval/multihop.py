@@ -10,7 +10,7 @@ from .config import EvalArguments, MultiHopArguments
 from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_lines, summarize, write_report
-from .runtime import build_systems, generate_kwargs, open_store, output_dir
+from .runtime import build_systems, generate_kwargs, open_store, output_dir, resolve_template
 from .scoring import answer_scores
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def build_examples(
 
 
 def score(example: Example, generation) -> dict:
-    scores = answer_scores(generation.text, example.reference)
+    scores = answer_scores(generation.text, example.reference, generation.answer_style)
     return {**scores, "accuracy": scores["subspan_em"]}
 
 
@@ -73,7 +73,9 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
 
     `datasets` holds every item of each set: `data.samples_per_set` of them are asked, all of them supply distractors.
     """
-    examples = build_examples(model.tokenizer, datasets, data.lengths, data.samples_per_set, args.template, args.seed)[: args.limit]
+    examples = build_examples(
+        model.tokenizer, datasets, data.lengths, data.samples_per_set, resolve_template(model, args), args.seed
+    )[: args.limit]
     if not examples:
         raise ValueError("no multi-hop examples: check the datasets and lengths arguments.")
     store, settings = open_store(args, "multihop", model)

@@ -43,7 +43,7 @@ class QAScorer:
         return self.score_batch([example], [generation])[0]
 
     def score_batch(self, examples: list[Example], generations: list) -> list[dict]:
-        scores = [answer_scores(g.text, e.reference) for e, g in zip(examples, generations)]
+        scores = [answer_scores(g.text, e.reference, g.answer_style) for e, g in zip(examples, generations)]
         if self.judge is None:
             return [{**s, "accuracy": s["subspan_em"]} for s in scores]
         verdicts = self.judge.judge_batch(

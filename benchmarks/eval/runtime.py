@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -57,19 +58,35 @@ def load_baseline(args: EvalArguments):
     return baseline.eval(), tokenizer
 
 
+def resolve_template(model, args: EvalArguments) -> str:
+    """The memcomp prompt template: `--template`, else the one the checkpoint records (`config.prompt_template`)."""
+    return args.template or model.config.prompt_template
+
+
+def load_encoder(args: EvalArguments):
+    """The `--encoder_model` checkpoint that compresses instead of the evaluated one, or None."""
+    if not args.encoder_model:
+        return None
+    return load_model(dataclasses.replace(args, model=args.encoder_model))
+
+
 def build_systems(model, args: EvalArguments) -> list:
-    """The systems `args.systems` names, in order; the baseline is the checkpoint's base LM unless one is given."""
+    """The systems `args.systems` names, in order; the baseline is the checkpoint's base LM unless one is given.
+
+    Both use the checkpoint's template (the baseline reads the chat template where memcomp uses the RL one: the
+    `\\boxed{}` instruction is the RL model's answer format, not the baseline's).
+    """
+    template = resolve_template(model, args)
+    baseline_template = "plain" if template == "plain" else "chat"
     systems = []
     for name in args.systems:
         if name == "memcomp":
-            systems.append(MemCompSystem(model, template=args.template, system_prompt=args.system_prompt))
+            systems.append(MemCompSystem(model, template=template, system_prompt=args.system_prompt, encoder=load_encoder(args)))
         elif args.full_context_model:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             baseline, tokenizer = load_baseline(args)
-            systems.append(FullContextSystem(model, template=args.template, language_model=baseline, tokenizer=tokenizer))
+            systems.append(FullContextSystem(model, template=baseline_template, language_model=baseline, tokenizer=tokenizer))
         else:
-            systems.append(FullContextSystem(model, template=args.template))
+            systems.append(FullContextSystem(model, template=baseline_template))
     return systems
 
 
@@ -82,7 +99,10 @@ def generate_kwargs(args: EvalArguments, benchmark: str, max_new_tokens: int | N
 
 def open_store(args: EvalArguments, benchmark: str, model, extra_settings: dict | None = None) -> tuple[RecordStore, dict]:
     """The run's record store (`<output_dir>/records.jsonl`) keyed by the hash of the output-changing settings."""
-    settings = {**args.run_settings(benchmark), "model_fingerprint": model.fingerprint, **(extra_settings or {})}
+    settings = {
+        **args.run_settings(benchmark), "model_fingerprint": model.fingerprint,
+        "decoder_fingerprint": model.decoder_fingerprint, "template": resolve_template(model, args), **(extra_settings or {}),
+    }
     folder = output_dir(args, benchmark)
     folder.mkdir(parents=True, exist_ok=True)
     return RecordStore(folder / "records.jsonl", config_hash(settings)), settings

@@ -16,7 +16,6 @@ from trainers.judges import MatchJudge, extract_answer, normalize_answer
 _STOPWORDS = frozenset(
     "a an the and or of in on at to is are was were be it its this that for with as by from do".split()
 )
-_EXACT, _SUBSPAN = MatchJudge(mode="exact"), MatchJudge(mode="subspan")
 
 
 def token_f1(prediction: str, references: str | Sequence[str]) -> float:
@@ -32,13 +31,14 @@ def token_f1(prediction: str, references: str | Sequence[str]) -> float:
     return best
 
 
-def answer_scores(response: str, references: str | Sequence[str]) -> dict[str, float]:
-    """EM, F1 and RULER sub-span EM of the answer extracted from a response (`\\boxed{}` -> "Answer:" -> last 20 words)."""
-    answer = extract_answer(response)
+def answer_scores(response: str, references: str | Sequence[str], style: str = "any") -> dict[str, float]:
+    """EM, F1 and RULER sub-span EM of the answer extracted from a response (`trainers.judges.extract_answer`:
+    `\\boxed{}` for `style="boxed"`, "Answer:" for `"answer"`, both for `"any"`, else the last 20 words)."""
+    answer = extract_answer(response, style=style)
     return {
-        "em": float(_EXACT.judge("", response, references).correct),
+        "em": float(MatchJudge(mode="exact", style=style).judge("", response, references).correct),
         "f1": token_f1(answer, references),
-        "subspan_em": float(_SUBSPAN.judge("", response, references).correct),
+        "subspan_em": float(MatchJudge(mode="subspan", style=style).judge("", response, references).correct),
     }
 
 

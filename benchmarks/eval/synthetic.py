@@ -115,7 +115,7 @@ def score_reconstruction(example: Example, generation: Generation) -> dict:
 
 
 def score_qa(example: Example, generation: Generation) -> dict:
-    return {"em": answer_scores(generation.text, example.reference)["em"]}
+    return {"em": answer_scores(generation.text, example.reference, generation.answer_style)["em"]}
 
 
 GREEDY = {"do_sample": False}

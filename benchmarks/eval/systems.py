@@ -11,17 +11,20 @@ from dataclasses import dataclass
 import torch
 
 from modeling_memcomp.prompting import build_prompt, left_pad, stop_token_ids
+from trainers.judges import answer_style
 
 from .protocol import FULL_CONTEXT_SYSTEM_PROMPT
 
 
 @dataclass
 class Generation:
-    """One answer: its text, its length in generated tokens (up to the stop token) and the context length."""
+    """One answer: its text, its length in generated tokens (up to the stop token), the context length, and how its
+    final answer is read (`trainers.judges.extract_answer` style: "boxed" for the RL template, else "answer")."""
 
     text: str
     num_tokens: int
     context_tokens: int
+    answer_style: str = "answer"
 
 
 def _decode(tokenizer, output: torch.Tensor, prompt_length: int) -> list[tuple[str, int]]:
@@ -57,16 +60,22 @@ def full_context_instruction(context: str | list[str], instruction: str) -> str:
 
 
 class MemCompSystem:
-    """memcomp: compress each context (`model.compress`), then answer from the memory (`model.generate`)."""
+    """memcomp: compress each context (`model.compress`), then answer from the memory (`model.generate`).
+
+    `template` / `system_prompt` default to the checkpoint's recorded ones (`config.prompt_template`); `encoder`
+    compresses instead of the model itself (an experiment: an RL checkpoint already compresses with its SFT encoder).
+    """
 
     name = "memcomp"
 
     def __init__(
-        self, model, template: str = "chat", system_prompt: str | None = None, name: str | None = None, encoder=None
+        self, model, template: str | None = None, system_prompt: str | None = None, name: str | None = None, encoder=None
     ):
-        self.model, self.template, self.system_prompt = model, template, system_prompt
+        self.model = model
+        self.template = template or model.config.prompt_template
+        self.system_prompt = system_prompt if system_prompt is not None else model.config.system_prompt
         self.name = name or self.name
-        self.encoder = encoder if encoder is not None else model  # e.g. the SFT checkpoint for an RL decoder
+        self.encoder = encoder if encoder is not None else model
 
     def memories(self, contexts: list) -> list:
         """One `MemoryEmbeddings` per context, made by `encoder` (a control subclass replaces them)."""
@@ -78,7 +87,8 @@ class MemCompSystem:
         batch = self.model.prepare_prompts(memories, instructions, template=self.template, system_prompt=self.system_prompt)
         output = self.model.generate(**batch, **generate_kwargs)
         decoded = _decode(self.model.tokenizer, output, batch["input_ids"].shape[1])
-        return [Generation(text, n, m.num_source_tokens) for (text, n), m in zip(decoded, memories)]
+        style = answer_style(self.template)
+        return [Generation(text, n, m.num_source_tokens, style) for (text, n), m in zip(decoded, memories)]
 
 
 class FullContextSystem:
