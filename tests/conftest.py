@@ -1,6 +1,7 @@
 """Shared fixtures: a tokenizer trained here from a local corpus, and tiny random memcomp models."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Remote code a test loads is copied here, not into the user's ~/.cache/huggingface/modules.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="memcomp-test-modules-"))
 
 from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
