@@ -1,5 +1,7 @@
 """`memcomp` console script: compress / ask round trips, delegation of bench and push, and clear errors."""
 
+import re
+import socket
 import subprocess
 import sys
 import types
@@ -121,8 +123,8 @@ import shutil  # noqa: E402
 
 
 def one_line(err: str) -> str:
-    """The only line of stderr, apart from the weight-loading progress bar."""
-    lines = [line for line in err.strip().splitlines() if "Loading weights" not in line]
+    """The only line of stderr, apart from progress bars (loading / writing weights)."""
+    lines = [line for line in err.strip().splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -235,3 +237,49 @@ def test_unusable_device_is_one_line(device, message, checkpoint, text_file, tmp
         code, _, err = run(capsys, *argv, "--model", checkpoint, "--device", device)
         assert code == 2 and message in one_line(err)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_push_with_the_connection_refused_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from hub_cards import push
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+
+    def online_api(token):  # offline while the folder is exported, online (to a closed local port) for the upload
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # the Hub client's own side requests go there too
+        return huggingface_hub.HfApi(token=token, endpoint=endpoint)
+
+    monkeypatch.setattr(push, "HfApi", online_api)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    code, _, err = run(capsys, "push", "--source", checkpoint, "--repo-id", "someone/m", "--stage", "sft")
+    line = one_line(err)
+    assert code == 2 and line.startswith("memcomp push: error: the upload to someone/m failed (")
+    assert "ConnectError" in line and "check the network connection" in line
+
+
+def test_push_with_a_monkeypatched_connection_error(checkpoint, monkeypatch, capsys):
+    from hub_cards import push
+
+    errors = [e for e in push.network_errors() if e is not OSError]
+    assert errors, "huggingface_hub's HTTP client error class was not found"
+
+    class RefusingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            raise errors[0]("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(push, "HfApi", RefusingApi)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    code, _, err = run(capsys, "push", "--source", checkpoint, "--repo-id", "someone/m", "--stage", "sft")
+    assert code == 2 and "Connection refused" in one_line(err)
