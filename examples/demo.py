@@ -11,9 +11,9 @@ import random
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
+from modeling_memcomp.loading import load_memcomp
 from modeling_memcomp.prompting import memory_block_ids
 from trainers.synthetic import make_episode, split_names
 
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--question", help="question about the context (required with --context)")
     parser.add_argument("--seed", type=int, default=0, help="which fresh synthetic document and question to draw")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--trust-remote-code", action="store_true", help="run Python code saved with the checkpoint")
     args = parser.parse_args()
     if (args.context is None) != (args.question is None):
         parser.error("--context and --question go together.")
@@ -44,7 +45,7 @@ def main() -> None:
         context, question, reference = unseen_example(args.seed)
     else:
         context, question, reference = args.context.read_text(), args.question, None
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    model = load_memcomp(args.model, trust_remote_code=args.trust_remote_code).eval()
 
     memory = model.compress(context)
     torch.manual_seed(0)

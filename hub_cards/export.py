@@ -79,7 +79,7 @@ def export_model(
     if evaluation is not None:
         load_evaluation(evaluation)
     try:
-        tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer or source))
+        tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer or source), trust_remote_code=False)  # run no folder code
     except (OSError, ValueError) as error:
         raise ValueError(
             f"no tokenizer could be loaded from {os.fspath(tokenizer or source)!r} ({error}); pass tokenizer= "

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -103,8 +104,20 @@ def upload(
     return commit.commit_url
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a failed Hub call raises: OSError (requests, offline mode, `HfHubHTTPError`) or the httpx client's
+    `HTTPError` (connection refused, timeouts), whichever flavour of httpx huggingface_hub uses."""
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv`, build the folder, then list it (`--dry-run`) or upload it. Returns the exit status."""
+    """Parse `argv`, build the folder, then list it (`--dry-run`) or upload it. Returns the exit status (2 on error)."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(PushArguments, prog="memcomp push", description=__doc__.splitlines()[0])
@@ -123,12 +136,24 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="memcomp-push-") as staging:
             output = args.output_dir or Path(staging) / "repo"
             files = export(args, output)
-            url = upload(output, args.repo_id, args.repo_type, not args.public, args.commit_message)
+            try:
+                url = upload(output, args.repo_id, args.repo_type, not args.public, args.commit_message)
+            except LocalTokenNotFoundError:
+                raise
+            except network_errors() as error:
+                reason = " ".join(str(error).split()) or type(error).__name__
+                print(
+                    f"memcomp push: error: the upload to {args.repo_id} failed ({type(error).__name__}: {reason}); "
+                    "check the network connection, HF_ENDPOINT and the token, then retry (nothing was published "
+                    "unless the Hub shows a commit).",
+                    file=sys.stderr,
+                )
+                return 2
         print(f"uploaded {len(files)} files to {args.repo_id} ({'public' if args.public else 'private'}): {url}")
         return 0
     except (ValueError, TypeError, OSError) as error:
-        print(f"memcomp push: error: {error}", file=sys.stderr)
-        return 1
+        print(f"memcomp push: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ Not Hub remote code: the model file never imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import sys
+import warnings
 from pathlib import Path
 
 DELEGATED = {
@@ -55,6 +59,36 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="memcomp checkpoint: local folder or Hub id")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:i]'")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run Python code saved in the checkpoint folder (off: memcomp checkpoints load with the installed classes)",
+    )
+
+
+def _fail(parser: argparse.ArgumentParser, message: str):
+    """Exit with status 2 and a one-line `memcomp <command>: error: ...` (no usage: the arguments were fine)."""
+    print(f"{parser.prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(parser: argparse.ArgumentParser):
+    """Show memcomp's own warnings (store, memory fingerprint) as one `memcomp <command>: warning: ...` line."""
+    from .memory import MemoryFingerprintWarning
+    from .store import StaleMemoryWarning, StoreWriteWarning
+
+    ours = (MemoryFingerprintWarning, StaleMemoryWarning, StoreWriteWarning)
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ours):
+                print(f"{parser.prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _delegate(command: str, argv: list[str]) -> int:
@@ -70,45 +104,99 @@ def _delegate(command: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
-def _load_model(parser: argparse.ArgumentParser, name: str, device: str):
+def _device(parser: argparse.ArgumentParser, device: str):
+    """The `--device` as a torch.device, checked to exist here before any model is loaded."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        _fail(parser, f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        _fail(parser, f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto).")
+    try:
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as error:
+        _fail(parser, f"--device {device} cannot be used here ({error}); use --device cpu (or auto).")
+    return parsed
+
+
+def _load_model(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    from .loading import RemoteCodeRequired, load_memcomp
+
+    device = _device(parser, args.device)
+    name = args.model
+    try:
+        model = load_memcomp(name, trust_remote_code=args.trust_remote_code)
+    except RemoteCodeRequired as error:
+        _fail(parser, f"--model: {error}")
     except (OSError, ValueError) as error:
-        parser.error(f"--model {name!r} could not be loaded ({error}). Give a memcomp checkpoint folder or Hub id.")
+        _fail(parser, f"--model {name!r} could not be loaded ({error}). Give a memcomp checkpoint folder or Hub id.")
     if not hasattr(model, "compress"):
-        parser.error(f"--model {name!r} is a {type(model).__name__}, not a memcomp checkpoint (no compress()).")
+        _fail(parser, f"--model {name!r} is a {type(model).__name__}, not a memcomp checkpoint (no compress()).")
     return model.to(device).eval()
 
 
 def _read_text(parser: argparse.ArgumentParser, path: Path, flag: str) -> str:
     if not path.is_file():
         parser.error(f"{flag} {str(path)!r} does not exist or is not a file.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        _fail(parser, f"{flag} {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                      "convert it first, e.g. `iconv -f latin1 -t utf-8`.")
+    except OSError as error:
+        _fail(parser, f"{flag} {str(path)!r} could not be read ({error.strerror or error}).")
     if not text.strip():
         parser.error(f"{flag} {str(path)!r} is empty: nothing to compress.")
     return text
 
 
+def _check_output(parser: argparse.ArgumentParser, output: Path) -> None:
+    """Refuse an `-o` that cannot be written before minutes of compression are spent."""
+    if output.suffix != ".safetensors":
+        parser.error(f"-o/--output must end with .safetensors, got {str(output)!r}.")
+    if output.is_dir():
+        _fail(parser, f"-o/--output {str(output)!r} is a directory; give a file path ending with .safetensors.")
+    folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        _fail(parser, f"-o/--output {str(output)!r} cannot be written: {str(folder)!r} is not a writable folder.")
+
+
+def _save(parser: argparse.ArgumentParser, memory, output: Path) -> None:
+    """Write the memory atomically (temporary file, then rename): a failed write leaves no partial file."""
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        memory.save(temporary)
+        os.replace(temporary, output)
+    except OSError as error:
+        reason = "no space left on the device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        _fail(parser, f"-o/--output {str(output)!r} could not be written ({reason}).")
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
 def _compress(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     text = _read_text(parser, args.file, "FILE")
-    if args.output.suffix != ".safetensors":
-        parser.error(f"-o/--output must end with .safetensors, got {str(args.output)!r}.")
+    _check_output(parser, args.output)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    model = _load_model(parser, args.model, args.device)
-    if args.store is not None:
-        from .store import MemoryStore
+    model = _load_model(parser, args)
+    with _warnings_as_lines(parser):
+        try:
+            if args.store is not None:
+                from .store import MemoryStore
 
-        memory = MemoryStore(args.store, model).compress(text)
-    else:
-        memory = model.compress(text, batch_size=args.batch_size)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    memory.save(args.output)
+                memory = MemoryStore(args.store, model).compress(text)  # a failed cache write only warns
+            else:
+                memory = model.compress(text, batch_size=args.batch_size)
+        except ValueError as error:
+            _fail(parser, str(error))
+    _save(parser, memory, args.output)
     print(
         f"compressed {memory.num_source_tokens} tokens into {len(memory)} memory embeddings "
         f"({memory.compression_rate:.1f}x) -> {args.output}"
@@ -130,14 +218,16 @@ def _ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"--memory: {error}")
     else:
         source = {"context": _read_text(parser, args.context, "--context")}
-    model = _load_model(parser, args.model, args.device)
+    model = _load_model(parser, args)
     sampling = {"do_sample": False, "top_k": None, "top_p": None} if args.greedy else {}
-    try:
-        answers = model.generate(
-            **source, question=list(args.question), template=args.template, max_new_tokens=args.max_new_tokens, **sampling
-        )
-    except ValueError as error:
-        parser.error(str(error))
+    with _warnings_as_lines(parser):
+        try:
+            answers = model.generate(
+                **source, question=list(args.question), template=args.template, max_new_tokens=args.max_new_tokens,
+                **sampling,
+            )
+        except ValueError as error:
+            _fail(parser, str(error))
     for question, answer in zip(args.question, answers):
         print(f"Q: {question}\nA: {answer}" if len(args.question) > 1 else answer)
     return 0

@@ -1,8 +1,10 @@
 """`MemoryStore`: compress a corpus once, keep the memories on disk, answer later questions without re-encoding.
 
 Entries are safetensors files at `<root>/<model fingerprint>/C<chunk size>/<content hash>.safetensors`
-(`MemCompForCausalLM.fingerprint` changes with any weight). Every read checks the file, its checksum,
-content hash, model and chunk size; a bad entry is recomputed with a `StaleMemoryWarning`, never used.
+(`MemCompForCausalLM.fingerprint` changes with any weight). Every read checks the file (`MemoryEmbeddings.load`:
+checksum and metadata), its content hash, model and chunk size; a bad entry is moved to `<root>/quarantine/`
+(never deleted) and recomputed with a `StaleMemoryWarning`, never used. Hashes must be well-formed and every
+path stays inside the root, so a hash from a dataset column cannot reach a file outside the store.
 
     store = MemoryStore("memories/", model)
     corpus = store.compress_corpus(load_dataset("json", data_files="docs.jsonl")["train"])  # progress bar
@@ -14,26 +16,24 @@ Not Hub remote code: the model file never imports this module.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .memory import MemoryEmbeddings, content_hash
+from .memory import MemoryEmbeddings, check_content_hash, content_hash
 
-CHECKSUM_KEY = "embeds_sha256"
+QUARANTINE = "quarantine"
+"""Folder under the store root where unusable entries are moved, for inspection."""
 
 
 class StaleMemoryWarning(UserWarning):
-    """A stored memory was unreadable, corrupt or made by another model, and was recomputed."""
+    """A stored memory was unreadable, corrupt or made by another model: it was moved aside and recomputed."""
 
 
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+class StoreWriteWarning(UserWarning):
+    """A computed memory could not be written to the store (e.g. a read-only folder); it is still returned."""
 
 
 class MemoryStore:
@@ -44,6 +44,16 @@ class MemoryStore:
             raise TypeError(f"model must be a MemCompForCausalLM, got {type(model).__name__}.")
         self.root = Path(root)
         self.model = model
+
+    def _inside(self, path: Path) -> Path:
+        """`path`, after checking that it resolves (symlinks followed) inside the store root."""
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ValueError(
+                f"{path} resolves to {path.resolve()}, outside the store root {root}: a symlink in the store "
+                "points elsewhere. Remove it, or give another store folder."
+            )
+        return path
 
     # ------------------------------------------------------------------ keys
     @property
@@ -57,7 +67,9 @@ class MemoryStore:
         return self.root / self.model_key / f"C{self.model.config.chunk_size}"
 
     def path_for(self, memory_hash: str) -> Path:
-        return self.directory / f"{memory_hash}.safetensors"
+        """Where the entry of `memory_hash` lives; a malformed hash or a folder outside the root is a ValueError."""
+        check_content_hash(memory_hash)
+        return self._inside(self.directory) / f"{memory_hash}.safetensors"
 
     def hash_of(self, context) -> str:
         """Content hash of a context (str, list of passages or token ids), as `compress` computes it."""
@@ -70,11 +82,21 @@ class MemoryStore:
         memory = self._read(memory_hash)
         if memory is None:
             memory = self.model.compress(context)
-            self._write(memory)
+            try:
+                self._write(memory)
+            except OSError as error:
+                warnings.warn(
+                    f"could not store the memory in {self.directory} ({error}); it is returned but not cached.",
+                    StoreWriteWarning,
+                    stacklevel=2,
+                )
         return memory
 
     def load(self, memory_hash: str) -> MemoryEmbeddings:
-        """The stored memory with this content hash (e.g. from `compress_corpus`'s `memory_hash` column)."""
+        """The stored memory with this content hash (e.g. from `compress_corpus`'s `memory_hash` column).
+
+        A hash that is not 64 lowercase hex digits is a ValueError: no other name reaches the disk.
+        """
         memory = self._read(memory_hash)
         if memory is None:
             raise KeyError(
@@ -87,27 +109,27 @@ class MemoryStore:
         return self.path_for(self.hash_of(context)).is_file()
 
     def _read(self, memory_hash: str) -> MemoryEmbeddings | None:
-        """A valid entry, or None (missing, or invalid: warned about and removed)."""
+        """A valid entry, or None (missing, or invalid: warned about and moved to the quarantine folder)."""
         path = self.path_for(memory_hash)
-        if not path.is_file():
+        if not path.is_symlink() and not path.exists():
             return None
-        memory, problem = self._check(path, memory_hash)
-        if problem is None:
-            return memory.to(self.model.device)
-        warnings.warn(f"stored memory {path} {problem}; recomputing it.", StaleMemoryWarning, stacklevel=3)
-        path.unlink(missing_ok=True)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            problem = f"is a link to {path.resolve()}, outside the store"
+        elif not path.is_file():
+            problem = "is not a file"
+        else:
+            memory, problem = self._check(path, memory_hash)
+            if problem is None:
+                return memory.to(self.model.device)
+        self._quarantine(path, problem)
         return None
 
     def _check(self, path: Path, memory_hash: str) -> tuple[MemoryEmbeddings | None, str | None]:
         """The entry at `path`, read once, and why it must not be used (None when it is sound)."""
         try:
-            memory = MemoryEmbeddings.load(path)
-            with safe_open(os.fspath(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
+            memory = MemoryEmbeddings.load(path)  # checksum and metadata
         except (ValueError, OSError) as error:
-            return None, f"is unreadable ({error})"
-        if metadata.get(CHECKSUM_KEY) != _tensor_digest(memory.embeds):
-            return memory, "fails its checksum (corrupt data)"
+            return None, f"is unreadable or invalid ({error})"
         if memory.content_hash != memory_hash:
             return memory, "holds another context (content hash mismatch)"
         if memory.model_fingerprint != self.model_key:
@@ -118,13 +140,33 @@ class MemoryStore:
             return memory, f"does not fit this model ({error})"
         return memory, None
 
+    def _quarantine(self, path: Path, problem: str) -> None:
+        """Move a bad entry (the file or link itself, never its target) under `<root>/quarantine/`, and warn."""
+        relative = path.relative_to(self.root)
+        target = self.root / QUARANTINE / relative
+        suffix = 0
+        while target.exists() or target.is_symlink():
+            suffix += 1
+            target = self.root / QUARANTINE / relative.with_name(f"{relative.name}.{suffix}")
+        try:
+            self._inside(target.parent).mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            where = f"moved to {target}"
+        except (OSError, ValueError) as error:
+            where = f"left in place (could not be moved to {target}: {error})"
+        warnings.warn(f"stored memory {path} {problem}; {where}; recomputing it.", StaleMemoryWarning, stacklevel=4)
+
     def _write(self, memory: MemoryEmbeddings) -> Path:
-        """Write atomically (temporary file, then rename), with a checksum and the model key."""
+        """Write atomically (temporary file, then rename); `MemoryEmbeddings.save` adds the checksum."""
         path = self.path_for(memory.content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        memory.save(temporary, extra_metadata={CHECKSUM_KEY: _tensor_digest(memory.embeds)})
-        os.replace(temporary, path)
+        try:
+            memory.save(temporary)
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
         return path
 
     # ------------------------------------------------------------------ corpora
@@ -155,7 +197,12 @@ class MemoryStore:
         missing = [i for i, h in enumerate(hashes) if self._read(h) is None]
         num_memory = {i: sum(-(-len(ids) // size) for ids in p) for i, p in enumerate(passages)}
         for i, memory in zip(missing, self._encode_many([passages[i] for i in missing])):
-            self._write(memory)
+            try:
+                self._write(memory)
+            except OSError as error:
+                raise OSError(
+                    f"could not write memories to the store {self.directory} ({error}); give a writable store folder."
+                ) from error
         return {"memory_hash": hashes, "num_memory": [num_memory[i] for i in range(len(texts))]}
 
     @torch.no_grad()

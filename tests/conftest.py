@@ -1,6 +1,16 @@
-"""Shared fixtures: a tokenizer trained here from a local corpus, and tiny random memcomp models."""
+"""Shared fixtures: a tokenizer trained here from a local corpus, and tiny random memcomp models.
 
+Every test runs under a network guard: a socket connection or name lookup for anything but this machine
+(127.0.0.1, ::1, localhost) is refused with an OSError and fails the test, even if the code under test
+swallows the error.
+"""
+
+import atexit
+import ipaddress
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +18,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Remote code a test loads is copied here, not into the user's ~/.cache/huggingface/modules.
+if "HF_MODULES_CACHE" not in os.environ:
+    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="memcomp-test-modules-")
+    atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -16,6 +30,52 @@ hf_logging.set_verbosity_error()
 torch.set_num_threads(1)  # tiny models: one thread is far faster than two on a shared 2-core machine
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+_LOCAL_NAMES = {None, "", "localhost", "localhost.localdomain", socket.gethostname()}
+
+
+def _is_local(host) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def network_attempts(monkeypatch):
+    """Refuse (OSError) and record every connection or lookup that leaves the machine; fail the test if any."""
+    attempts: list[str] = []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+            attempts.append(f"connect {address}")
+            raise OSError(f"network access blocked by the test suite: {address}")
+
+    def guarded_connect(sock, address):
+        check(sock, address)
+        return connect(sock, address)
+
+    def guarded_connect_ex(sock, address):
+        check(sock, address)
+        return connect_ex(sock, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if not _is_local(host):
+            attempts.append(f"lookup {host!r}")
+            raise socket.gaierror(socket.EAI_NONAME, f"name lookup blocked by the test suite: {host!r}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield attempts
+    if attempts:
+        pytest.fail(f"the test tried to reach the network (only 127.0.0.1 is allowed): {attempts}")
 
 
 @pytest.fixture(scope="session")

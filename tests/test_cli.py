@@ -1,5 +1,7 @@
 """`memcomp` console script: compress / ask round trips, delegation of bench and push, and clear errors."""
 
+import re
+import socket
 import subprocess
 import sys
 import types
@@ -112,3 +114,172 @@ def test_console_script_is_installed():
     assert result.returncode == 0
     for command in ("compress", "ask", "bench", "push"):
         assert command in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, items 2 and 7
+import errno  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+
+def one_line(err: str) -> str:
+    """The only line of stderr, apart from progress bars (loading / writing weights)."""
+    lines = [line for line in err.strip().splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def hostile_copy(checkpoint: Path, folder: Path, marker: Path, model_type: str = "memcomp", keep_code: bool = False) -> Path:
+    """A copy of `checkpoint` whose remote-code files write `marker` when imported: replaced by that and a raise,
+    or (`keep_code`) the original code with the marker line appended."""
+    shutil.copytree(checkpoint, folder)
+    for name in ("modeling_memcomp.py", "configuration_memcomp.py"):
+        payload = f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
+        original = (folder / name).read_text()
+        (folder / name).write_text(original + "\n" + payload if keep_code else payload + "raise RuntimeError('hostile code ran')\n")
+    if model_type != "memcomp":
+        config = json.loads((folder / "config.json").read_text())
+        config["model_type"] = model_type
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_checkpoint_code_never_runs_unasked(model, checkpoint, text_file, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    folder = hostile_copy(checkpoint, tmp_path / "hostile", marker)
+    code, out, _ = run(capsys, "compress", text_file, "-o", tmp_path / "m.safetensors", "--model", folder)
+    assert code == 0 and not marker.exists()
+    torch.testing.assert_close(MemoryEmbeddings.load(tmp_path / "m.safetensors").embeds, model.compress(TEXT).embeds)
+    code, _, _ = run(capsys, "ask", "--model", folder, "--context", text_file, "-q", "Who?", "--greedy", "--max-new-tokens", 2)
+    assert code == 0 and not marker.exists()
+
+
+def test_another_model_type_needing_its_code_says_how_to_opt_in(checkpoint, text_file, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    folder = hostile_copy(checkpoint, tmp_path / "custom", marker, model_type="customnet")
+    code, _, err = run(capsys, "compress", text_file, "-o", tmp_path / "m.safetensors", "--model", folder)
+    line = one_line(err)
+    assert code == 2 and "model_type 'customnet'" in line and "--trust-remote-code" in line
+    assert not marker.exists()
+
+
+def test_trust_remote_code_runs_the_folders_code_only_for_other_model_types(checkpoint, text_file, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    folder = hostile_copy(checkpoint, tmp_path / "memcomp", marker, keep_code=True)
+    code, _, _ = run(capsys, "compress", text_file, "-o", tmp_path / "m.safetensors", "--model", folder, "--trust-remote-code")
+    assert code == 0 and not marker.exists(), "an installed memcomp always reads memcomp checkpoints with its own classes"
+    folder = hostile_copy(checkpoint, tmp_path / "custom", marker, model_type="customnet", keep_code=True)
+    code, _, _ = run(capsys, "compress", text_file, "-o", tmp_path / "m.safetensors", "--model", folder, "--trust-remote-code")
+    assert code == 0 and "modeling_memcomp.py" in marker.read_text()
+
+
+def test_non_utf8_input_is_one_line(checkpoint, tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Caf\xe9 au lait, na\xefve r\xe9sum\xe9.".encode("latin-1"))
+    for argv in (["compress", path, "-o", tmp_path / "m.safetensors"], ["ask", "--context", path, "-q", "Who?"]):
+        code, _, err = run(capsys, *argv, "--model", checkpoint)
+        assert code == 2 and "is not UTF-8 text (invalid continuation byte at byte 3)" in one_line(err)
+
+
+def test_output_that_is_a_directory_or_under_a_file(checkpoint, text_file, tmp_path, capsys):
+    (tmp_path / "dir.safetensors").mkdir()
+    code, _, err = run(capsys, "compress", text_file, "-o", tmp_path / "dir.safetensors", "--model", checkpoint)
+    assert code == 2 and "is a directory" in one_line(err)
+    code, _, err = run(capsys, "compress", text_file, "-o", text_file / "m.safetensors", "--model", checkpoint)
+    assert code == 2 and "is not a writable folder" in one_line(err)
+    assert text_file.read_text() == TEXT
+
+
+@pytest.mark.parametrize(
+    "failure, message",
+    [(OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
+     (PermissionError(errno.EACCES, "Permission denied"), "Permission denied")],
+)
+def test_full_or_unwritable_output_leaves_no_partial_file(failure, message, checkpoint, text_file, tmp_path, monkeypatch, capsys):
+    def full(self, path, extra_metadata=None):
+        Path(path).write_bytes(b"partial")
+        raise failure
+
+    monkeypatch.setattr(MemoryEmbeddings, "save", full)
+    output = tmp_path / "out" / "m.safetensors"
+    code, _, err = run(capsys, "compress", text_file, "-o", output, "--model", checkpoint)
+    assert code == 2 and f"could not be written ({message})" in one_line(err)
+    assert list(output.parent.iterdir()) == []
+
+
+def test_read_only_store_still_writes_the_output(checkpoint, text_file, tmp_path, monkeypatch, capsys):
+    from modeling_memcomp.store import MemoryStore
+
+    def read_only(self, memory):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(MemoryStore, "_write", read_only)
+    output = tmp_path / "m.safetensors"
+    code, out, err = run(capsys, "compress", text_file, "-o", output, "--model", checkpoint, "--store", tmp_path / "store")
+    assert code == 0 and "memory embeddings" in out
+    assert one_line(err).startswith("memcomp compress: warning: could not store the memory")
+    assert "Read-only file system" in err
+    assert MemoryEmbeddings.load(output).num_source_tokens > 0
+
+
+def test_store_under_a_file_only_warns(checkpoint, text_file, tmp_path, capsys):
+    output = tmp_path / "m.safetensors"
+    code, _, err = run(capsys, "compress", text_file, "-o", output, "--model", checkpoint, "--store", text_file / "store")
+    assert code == 0 and "could not store the memory" in one_line(err) and output.is_file()
+
+
+@pytest.mark.parametrize(
+    "device, message", [("cuda", "CUDA is not available on this machine"), ("bogus", "'bogus' is not a device")]
+)
+def test_unusable_device_is_one_line(device, message, checkpoint, text_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["compress", text_file, "-o", tmp_path / "m.safetensors"], ["ask", "--context", text_file, "-q", "Who?"]):
+        code, _, err = run(capsys, *argv, "--model", checkpoint, "--device", device)
+        assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_push_with_the_connection_refused_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from hub_cards import push
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+
+    def online_api(token):  # offline while the folder is exported, online (to a closed local port) for the upload
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # the Hub client's own side requests go there too
+        return huggingface_hub.HfApi(token=token, endpoint=endpoint)
+
+    monkeypatch.setattr(push, "HfApi", online_api)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    code, _, err = run(capsys, "push", "--source", checkpoint, "--repo-id", "someone/m", "--stage", "sft")
+    line = one_line(err)
+    assert code == 2 and line.startswith("memcomp push: error: the upload to someone/m failed (")
+    assert "ConnectError" in line and "check the network connection" in line
+
+
+def test_push_with_a_monkeypatched_connection_error(checkpoint, monkeypatch, capsys):
+    from hub_cards import push
+
+    errors = [e for e in push.network_errors() if e is not OSError]
+    assert errors, "huggingface_hub's HTTP client error class was not found"
+
+    class RefusingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            raise errors[0]("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(push, "HfApi", RefusingApi)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
+    code, _, err = run(capsys, "push", "--source", checkpoint, "--repo-id", "someone/m", "--stage", "sft")
+    assert code == 2 and "Connection refused" in one_line(err)

@@ -84,7 +84,7 @@ def test_dry_run_writes_the_repo_folder_and_lists_it(dry_run, capsys):
     assert card.data.base_model == "Qwen/Qwen2.5-7B" and "rl" in card.data.tags
     assert [r.metric_value for r in card.data.eval_results] == [71.25, 0.6875, 0.98]
 
-    assert push.main(argv) == 1, "a second dry run must not silently overwrite the folder"
+    assert push.main(argv) == 2, "a second dry run must not silently overwrite the folder"
     assert "--overwrite" in capsys.readouterr().err
     assert push.main(argv + ["--overwrite"]) == 0
 
@@ -119,7 +119,7 @@ def test_missing_token_is_a_clear_error_before_any_work(checkpoint, monkeypatch,
     monkeypatch.setattr(push, "HfApi", lambda *a, **k: built.append(1))
     monkeypatch.setattr(push, "export", lambda *a, **k: built.append(2))
     argv = ["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "sft"]
-    assert push.main(argv) == 1
+    assert push.main(argv) == 2
     err = capsys.readouterr().err
     assert "no Hugging Face token found" in err and "hf auth login" in err and "HF_TOKEN" in err and "--dry-run" in err
     assert built == []
@@ -147,10 +147,10 @@ def test_bad_arguments_exit_with_usage(checkpoint, argv, message, capsys):
 def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, checkpoint, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     argv = ["--repo-id", "someone/m", "--dry-run", "--output-dir", str(tmp_path / "out")]
-    assert push.main(["--source", str(tmp_path), "--stage", "rl", *argv]) == 1
+    assert push.main(["--source", str(tmp_path), "--stage", "rl", *argv]) == 2
     assert "is not a memcomp checkpoint (config.json model_type is 'qwen2')" in capsys.readouterr().err
     assert push.main(["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run",
-                      "--output-dir", str(checkpoint / "inside")]) == 1
+                      "--output-dir", str(checkpoint / "inside")]) == 2
     assert "overlaps the source" in capsys.readouterr().err
 
 
@@ -197,7 +197,7 @@ def test_memory_files_are_copied_with_their_sizes(model, corpus, tmp_path, capsy
     from safetensors.torch import save_file
 
     save_file({"embeds": torch.zeros(2, 64)}, str(folder / "stray.safetensors"))
-    assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 1
+    assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 2
     assert "'stray.safetensors' is not a memcomp memory" in capsys.readouterr().err
 
 

@@ -104,3 +104,135 @@ def test_fingerprint_ignores_the_decoder_only_head(make_model):
     with torch.no_grad():
         model.language_model.lm_head.weight.mul_(2.0)
     assert model.fingerprint == before
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, item 3
+import json  # noqa: E402
+import warnings  # noqa: E402
+
+from safetensors import safe_open  # noqa: E402
+
+from modeling_memcomp.memory import CHECKSUM_KEY, MemoryFingerprintWarning, tensor_checksum  # noqa: E402
+
+HASH = "ab" * 32
+
+
+def rewrite(path, embeds=None, **metadata_changes):
+    """Rewrite a memory file with changed metadata (None deletes a key); the checksum is recomputed unless changed."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensor = handle.get_tensor("embeds")
+    tensor = tensor if embeds is None else embeds
+    metadata[CHECKSUM_KEY] = tensor_checksum(tensor)
+    for key, value in metadata_changes.items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    save_file({"embeds": tensor}, str(path), metadata=metadata)
+
+
+def test_flipped_tensor_bytes_fail_the_checksum(model, corpus, tmp_path):
+    path = tmp_path / "m.safetensors"
+    model.compress(corpus[0]).save(path)
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\xc8\x43"  # the last float becomes 400.0: the header still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{path.name}.* fails its checksum"):
+        MemoryEmbeddings.load(path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_source_tokens": "-5"}, "num_source_tokens must be a positive integer, got -5"),
+        ({"num_source_tokens": "100000"}, "num_source_tokens=100000 cannot have made"),
+        ({"chunks_per_passage": "[-1, 13]"}, "every chunks_per_passage entry must be a positive integer, got -1"),
+        ({"chunks_per_passage": "[null]"}, "every chunks_per_passage entry must be a positive integer, got None"),
+        ({"chunks_per_passage": "[1, 1]"}, "chunks_per_passage \\[1, 1\\] sums to 2"),
+        ({"chunks_per_passage": "{"}, "is not a valid memory"),
+        ({"chunk_size": "0"}, "chunk_size must be a positive integer, got 0"),
+        ({"chunk_size": "sixteen"}, "is not a valid memory"),
+        ({"format_version": "99"}, "format_version '99'"),
+        ({"content_hash": "deadbeef"}, "'deadbeef' is not a memcomp content hash"),
+        ({"content_hash": None}, "incomplete memcomp metadata"),
+        ({CHECKSUM_KEY: None}, "has no embeds_sha256 checksum"),
+        ({"hidden_size": "65"}, "disagrees with its tensor"),
+    ],
+)
+def test_bad_metadata_is_refused_with_the_file_named(model, corpus, tmp_path, changes, message):
+    path = tmp_path / "m.safetensors"
+    model.compress(corpus[0]).save(path)
+    rewrite(path, **changes)
+    with pytest.raises(ValueError, match=message) as error:
+        MemoryEmbeddings.load(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "embeds, message",
+    [
+        (torch.full((2, 64), float("nan")), "NaN or infinite"),
+        (torch.tensor([[float("inf")] * 64, [0.0] * 64]), "NaN or infinite"),
+        (torch.zeros(0, 64), "at least one chunk"),
+        (torch.ones(2, 64, dtype=torch.int64), "floating-point"),
+        (torch.zeros(64), "shape \\(num_chunks, hidden_size\\)"),
+    ],
+)
+def test_non_finite_empty_or_integer_memories_are_refused(model, tmp_path, embeds, message):
+    with pytest.raises(ValueError, match=message):
+        MemoryEmbeddings(embeds, 16, 2 * 16, HASH)
+    good = model.compress("A short passage about the harbour and its ships.")
+    path = tmp_path / "m.safetensors"
+    good.save(path)
+    rewrite(path, embeds=embeds, chunks_per_passage=json.dumps([max(len(embeds), 1)]))
+    with pytest.raises(ValueError, match=message):
+        MemoryEmbeddings.load(path)
+
+
+def test_a_memory_changed_after_construction_never_reaches_generate(model, corpus):
+    memory = model.compress(corpus[0])
+    memory.embeds = torch.full_like(memory.embeds, float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.generate(memory=memory, question="Who?", **GREEDY)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(chunk_size=0), "chunk_size must be a positive integer"),
+        (dict(chunk_size=True), "chunk_size must be a positive integer"),
+        (dict(num_source_tokens=1), "num_source_tokens=1 cannot have made 3 embeddings"),
+        (dict(num_source_tokens=49), "num_source_tokens=49 cannot have made 3 embeddings of chunk_size=16"),
+        (dict(chunks_per_passage=[2, 2]), "sums to 4 but there are 3 embeddings"),
+        (dict(chunks_per_passage=[3.0]), "positive integer, got 3.0"),
+        (dict(content_hash="AB" * 32), "not a memcomp content hash"),
+        (dict(content_hash="../../victim"), "not a memcomp content hash"),
+        (dict(model_fingerprint=None), "model_fingerprint must be a string"),
+    ],
+)
+def test_constructor_validates_metadata(kwargs, message):
+    fields = dict(embeds=torch.zeros(3, 8), chunk_size=16, num_source_tokens=40, content_hash=HASH)
+    with pytest.raises(ValueError, match=message):
+        MemoryEmbeddings(**{**fields, **kwargs})
+    assert MemoryEmbeddings(**fields).chunks_per_passage == [3]
+
+
+def test_half_precision_overflow_is_caught_on_conversion():
+    memory = MemoryEmbeddings(torch.full((1, 8), 1e6), 16, 16, HASH)
+    assert torch.equal(memory.to(torch.float64).embeds, memory.embeds.double())
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        memory.to(torch.float16)
+
+
+def test_other_models_fingerprint_warns_naming_both(model, corpus):
+    memory = model.compress(corpus[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memory.check_compatible(model.config, model.fingerprint)  # the same model: silent
+        memory.check_compatible(model.config)  # no fingerprint to compare: silent
+        memory.check_compatible(model.config, "")
+    with pytest.warns(MemoryFingerprintWarning, match=rf"made by model {model.fingerprint} but is read by model 0123456789abcdef") as record:
+        memory.check_compatible(model.config, "0123456789abcdef")
+    assert "legitimate" in str(record[0].message) and "SFT" in str(record[0].message)
+    assert issubclass(MemoryFingerprintWarning, UserWarning)

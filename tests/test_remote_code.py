@@ -117,3 +117,70 @@ def test_local_auto_class_round_trip(model, corpus, tmp_path):
         context=corpus[0], question=QUESTION, **GREEDY
     )
     assert loaded.generation_config.top_k == 20
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, item 2
+import pytest  # noqa: E402
+
+from test_cli import hostile_copy  # noqa: E402
+
+
+@pytest.mark.parametrize("trust", [{}, {"trust_remote_code": False}, {"trust_remote_code": True}])
+def test_installed_memcomp_never_imports_a_checkpoints_code(model, tmp_path, trust):
+    """With memcomp installed, its registered classes read memcomp checkpoints: the folder's .py never runs."""
+    model.save_pretrained(tmp_path / "saved")
+    marker = tmp_path / "ran"
+    folder = hostile_copy(tmp_path / "saved", tmp_path / "hostile", marker)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, **trust)
+    assert type(loaded).__module__ == "modeling_memcomp.modeling_memcomp"
+    assert not marker.exists()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_load_memcomp_refuses_tokenizer_code_unless_trusted(model, corpus, tmp_path):
+    from modeling_memcomp.loading import RemoteCodeRequired, load_memcomp
+
+    model.save_pretrained(tmp_path / "ckpt")
+    marker = tmp_path / "ran"
+    (tmp_path / "ckpt" / "evil_tokenizer.py").write_text(
+        f"open({str(marker)!r}, 'a').write('tokenizer code ran')\n"
+        "from transformers import TokenizersBackend\nclass EvilTokenizer(TokenizersBackend):\n    pass\n"
+    )
+    config = json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]})
+    (tmp_path / "ckpt" / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(RemoteCodeRequired, match=r"its tokenizer, model_type 'memcomp'.*trust_remote_code=True"):
+        load_memcomp(tmp_path / "ckpt")
+    assert not marker.exists()
+    assert load_memcomp(tmp_path / "ckpt", trust_remote_code=True).tokenizer is not None
+    assert marker.read_text() == "tokenizer code ran"
+
+
+def test_load_memcomp_gives_the_tokenizer_without_remote_code(model, corpus, tmp_path):
+    from modeling_memcomp.loading import load_memcomp
+
+    model.save_pretrained(tmp_path)
+    loaded = load_memcomp(tmp_path)
+    assert loaded._tokenizer is not None and loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    assert loaded.generate(context=corpus[0], question=QUESTION, **GREEDY) == model.generate(
+        context=corpus[0], question=QUESTION, **GREEDY
+    )
+
+
+def test_evaluation_runtime_runs_no_checkpoint_code_by_default(model, tmp_path):
+    from benchmarks.eval.config import EvalArguments
+    from benchmarks.eval.runtime import load_model
+    from modeling_memcomp.loading import RemoteCodeRequired
+
+    model.save_pretrained(tmp_path / "saved")
+    marker = tmp_path / "ran"
+    assert EvalArguments().trust_remote_code is False
+    loaded = load_model(EvalArguments(model=str(hostile_copy(tmp_path / "saved", tmp_path / "hostile", marker))))
+    assert type(loaded).__module__ == "modeling_memcomp.modeling_memcomp" and not marker.exists()
+    custom = hostile_copy(tmp_path / "saved", tmp_path / "custom", marker, model_type="customnet", keep_code=True)
+    with pytest.raises(RemoteCodeRequired, match="model_type 'customnet'.*--trust_remote_code"):
+        load_model(EvalArguments(model=str(custom)))
+    assert not marker.exists()
+    assert hasattr(load_model(EvalArguments(model=str(custom), trust_remote_code=True)), "compress")
+    assert marker.exists()
+    assert "trust_remote_code" not in EvalArguments().run_settings("qa"), "records made before the flag stay valid"

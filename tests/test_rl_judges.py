@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -245,3 +246,60 @@ def test_openai_backend_bad_arguments():
         OpenAIJudgeBackend("localhost:8000", "m")
     with pytest.raises(ValueError, match="model"):
         OpenAIJudgeBackend("http://localhost:8000/v1", "")
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, item 7
+class _TrickleHandler(BaseHTTPRequestHandler):
+    """Answers one byte every 0.5 s: in the body (`/v1/body/...`) or already in the status line and headers."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        payload = json.dumps({"choices": [{"message": {"content": "Verdict: CORRECT"}}]}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        if self.path.startswith("/v1/body"):
+            self.wfile.write(head)
+            self.wfile.flush()
+            head = b""
+        try:
+            for byte in head + payload:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client hung up: what a bounded request does
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickle_server():
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_judge_timeout_bounds_the_whole_request(trickle_server, where):
+    backend = OpenAIJudgeBackend(f"{trickle_server}/v1/{where}", "m", timeout=1)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not answer within 1 s"):
+        backend.complete("Is it right?")
+    assert time.monotonic() - start < 2.0  # 1 s timeout plus slack; the trickle alone would take ~50 s
+
+    judge = LLMJudge(backend, retries=1, retry_delay=0)
+    start = time.monotonic()
+    result = judge.judge("q?", "r", "a")
+    assert time.monotonic() - start < 3.5  # two attempts of ~1 s each
+    assert result.failed and not result.correct and judge.stats["errors"] == 2
+
+
+def test_judge_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
+        OpenAIJudgeBackend("http://127.0.0.1:8000/v1", "m", timeout=0)

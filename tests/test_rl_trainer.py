@@ -163,7 +163,8 @@ def test_hf_rollouts_equal_model_generate_greedy(greedy_trainer, rl_data):
     for row, ids, completion in zip(rows, prompt_ids, completions):
         expected_ids = build_prompt(model.tokenizer, model.config, row["num_memory"], row["prompt"], template="rl").input_ids
         assert ids == expected_ids
-        mem = MemoryEmbeddings(torch.tensor(row["memory"]), 16, 1, "x", model_fingerprint=model.fingerprint)
+        mem = MemoryEmbeddings(torch.tensor(row["memory"]), 16, 16 * row["num_memory"], "0" * 64,
+                               model_fingerprint=model.fingerprint)
         text = model.generate(memory=mem, question=row["prompt"], template="rl", do_sample=False,
                               max_new_tokens=8, repetition_penalty=1.0)
         assert model.tokenizer.decode(completion, skip_special_tokens=True).strip() == text

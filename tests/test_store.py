@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from modeling_memcomp import MemoryEmbeddings
-from modeling_memcomp.store import MemoryStore, StaleMemoryWarning
+from modeling_memcomp.store import MemoryStore, StaleMemoryWarning, StoreWriteWarning
 
 DOCUMENT = "The observatory was founded in 1887 by Maria Keller, who mapped the northern sky for forty years. " * 3
 
@@ -113,3 +113,106 @@ def test_errors_name_the_fix(model, tmp_path):
     with pytest.raises(TypeError, match="MemCompForCausalLM"):
         MemoryStore(tmp_path, object())
     assert isinstance(store.compress(["passage one", "passage two"]), MemoryEmbeddings)
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, item 1
+import errno  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file outside the store that nothing may touch."""
+    path = tmp_path / "victim" / "important"
+    path.parent.mkdir()
+    path.write_bytes(b"do not delete")
+    (tmp_path / "victim" / "important.safetensors").write_bytes(b"do not delete either")
+    return path
+
+
+def assert_untouched(victim: Path) -> None:
+    assert victim.read_bytes() == b"do not delete"
+    assert victim.with_suffix(".safetensors").read_bytes() == b"do not delete either"
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["important", "important.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../../victim/important", "../../victim", "/tmp/victim", "AB" * 32, "a" * 63, "a" * 65, "a" * 63 + "/",
+     "g" * 64, "0" * 64 + ".safetensors", "", 12],
+)
+def test_only_well_formed_hashes_reach_the_disk(model, tmp_path, victim, name):
+    store = MemoryStore(tmp_path / "store" / "nested", model)
+    store.compress(DOCUMENT)
+    with pytest.raises(ValueError, match="not a memcomp content hash"):
+        store.load(name)
+    with pytest.raises(ValueError, match="not a memcomp content hash"):
+        store.path_for(name)
+    assert_untouched(victim)
+
+
+def test_traversal_through_the_hash_leaves_the_victim_untouched(model, tmp_path, victim):
+    store = MemoryStore(tmp_path / "store", model)
+    relative = os.path.relpath(victim.with_suffix(""), store.directory)  # what the old code would have opened
+    with pytest.raises(ValueError):
+        store.load(relative)
+    assert_untouched(victim)
+
+
+def test_a_link_out_of_the_store_is_moved_aside_not_followed(model, tmp_path, victim):
+    store = MemoryStore(tmp_path / "store", model)
+    memory_hash = store.hash_of(DOCUMENT)
+    entry = store.path_for(memory_hash)
+    entry.parent.mkdir(parents=True)
+    entry.symlink_to(victim.with_suffix(".safetensors"))
+    with pytest.warns(StaleMemoryWarning, match="outside the store") as record:
+        memory = store.compress(DOCUMENT)
+    quarantined = tmp_path / "store" / "quarantine" / entry.relative_to(tmp_path / "store")
+    message = str(record[0].message)
+    assert str(entry) in message and str(quarantined) in message
+    assert quarantined.is_symlink() and not entry.is_symlink()  # the link moved, its target stayed
+    assert_untouched(victim)
+    torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
+    assert entry.is_file() and not entry.is_symlink()  # recomputed in place
+
+
+def test_a_store_folder_linking_outside_is_refused(model, tmp_path, victim):
+    store = MemoryStore(tmp_path / "store", model)
+    store.root.mkdir()
+    (store.root / store.model_key).symlink_to(victim.parent, target_is_directory=True)
+    with pytest.raises(ValueError, match="outside the store root"):
+        store.compress(DOCUMENT)
+    assert_untouched(victim)
+
+
+def test_bad_entries_are_quarantined_never_deleted(model, tmp_path):
+    store = MemoryStore(tmp_path, model)
+    path = store.path_for(store.compress(DOCUMENT).content_hash)
+    path.write_bytes(path.read_bytes()[:-8] + bytes(8))
+    broken = path.read_bytes()
+    with pytest.warns(StaleMemoryWarning, match="checksum") as record:
+        store.compress(DOCUMENT)
+    quarantined = tmp_path / "quarantine" / path.relative_to(tmp_path)
+    assert f"moved to {quarantined}" in str(record[0].message) and str(path) in str(record[0].message)
+    assert quarantined.read_bytes() == broken
+    path.write_bytes(b"garbage")  # a second bad copy of the same entry keeps the first
+    with pytest.warns(StaleMemoryWarning, match="unreadable"):
+        store.compress(DOCUMENT)
+    assert quarantined.read_bytes() == broken
+    assert quarantined.with_name(quarantined.name + ".1").read_bytes() == b"garbage"
+    assert list(store.directory.glob(".*.tmp")) == []
+
+
+def test_a_read_only_store_still_returns_the_memory(model, tmp_path, monkeypatch):
+    def refuse(self, path, extra_metadata=None):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    store = MemoryStore(tmp_path, model)
+    monkeypatch.setattr(MemoryEmbeddings, "save", refuse)
+    with pytest.warns(StoreWriteWarning, match="Read-only file system.*returned but not cached"):
+        memory = store.compress(DOCUMENT)
+    torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
+    assert not store.path_for(memory.content_hash).exists()
+    with pytest.raises(OSError, match="could not write memories to the store"):
+        store.compress_corpus(Dataset.from_dict({"text": ["Another passage, on tides."]}))

@@ -172,3 +172,81 @@ def test_help_lists_every_field_and_bad_arguments_are_clear(capsys):
         parse_stage_args(["--output_dir", "x"])
     with pytest.raises(ValueError, match="this script trains"):
         parse_stage_args(["--config", str(CONFIGS / "cpt1.yaml")], expected_stages=("sft",))
+
+
+# ---------------------------------------------------------------------------------------------- issue 16, item 6
+import logging  # noqa: E402
+import shutil  # noqa: E402
+
+from trainers.checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint  # noqa: E402
+
+RESUME_RUN = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=6, save_steps=3, logging_steps=1,
+                  global_batch_size=4, early_stopping_patience=None)
+
+
+def resume_run(out, resume=None, stop=None):
+    """A 6-step FQLoRA CPT-1 run saving every 3 steps; returns its trainer and logged loss per step."""
+    config = tiny_stage("cpt1", out, **RESUME_RUN)
+    model = build_model(config)
+    train, _ = build_datasets(config, model)
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
+                             callbacks=[StopAt(stop)] if stop else None)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+
+def test_killed_while_saving_resumes_from_the_previous_complete_checkpoint(tmp_path, caplog):
+    full_trainer, full = resume_run(tmp_path / "full")
+    resume_run(tmp_path / "cut", stop=3)
+    (tmp_path / "cut" / "checkpoint-6").mkdir()  # killed right after creating the next checkpoint folder
+    torn = tmp_path / "cut" / "checkpoint-5"
+    shutil.copytree(tmp_path / "cut" / "checkpoint-3", torn)
+    (torn / "adapter_model.safetensors").write_bytes((torn / "adapter_model.safetensors").read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="trainers.checkpoints"):
+        trainer, resumed = resume_run(tmp_path / "cut", resume=True)
+    seen, everything = trainer.example_ids_seen, full_trainer.example_ids_seen
+    assert seen == everything[len(everything) // 2 :], "trained steps 4-6 only: resumed after step 3"
+    assert resumed == full  # steps 1-3 from checkpoint-3's state, 4-6 recomputed: the same losses
+    logged = caplog.text
+    assert "skipping incomplete checkpoint" in logged and "checkpoint-6 (no trainer_state.json" in logged
+    assert "checkpoint-5 (adapter_model.safetensors is unreadable" in logged
+    assert f"resuming from {tmp_path / 'cut' / 'checkpoint-3'}" in logged
+
+
+@pytest.fixture(scope="module")
+def one_checkpoint(tmp_path_factory):
+    """A FQLoRA run stopped at its first checkpoint (checkpoint-3), and the trainer that wrote it."""
+    out = tmp_path_factory.mktemp("fqlora-run")
+    trainer, _ = resume_run(out, stop=3)
+    return out, trainer
+
+
+def test_missing_full_ft_weights_raise_instead_of_reinitialising(one_checkpoint, tmp_path):
+    out, trainer = one_checkpoint
+    folder = tmp_path / "checkpoint-3"
+    shutil.copytree(out / "checkpoint-3", folder)
+    assert checkpoint_problems(folder, full_ft=True) == []
+    (folder / FULL_FT_WEIGHTS).unlink()
+    assert checkpoint_problems(folder, full_ft=True) == [f"no {FULL_FT_WEIGHTS} (the fully fine-tuned FQLoRA layers)"]
+    assert checkpoint_problems(folder, full_ft=False) == []  # a plain LoRA or full model needs no such file
+    with pytest.raises(ValueError, match=f"cannot resume from .*checkpoint-3.*no {FULL_FT_WEIGHTS}"):
+        resume_run(tmp_path, resume=str(folder))
+    with pytest.raises(ValueError, match=f"no complete checkpoint in .* no {FULL_FT_WEIGHTS}"):
+        resume_run(tmp_path, resume=True)
+    with pytest.raises(FileNotFoundError, match="would silently restart from their initial weights"):
+        trainer._load_full_ft(str(folder))  # e.g. loading the best model at the end
+
+
+def test_checkpoint_completeness_rules(one_checkpoint, tmp_path):
+    out, _ = one_checkpoint
+    assert last_complete_checkpoint(tmp_path) is None  # no checkpoint folder at all
+    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        folder = tmp_path / name / "checkpoint-3"
+        shutil.copytree(out / "checkpoint-3", folder)
+        (folder / name).unlink()
+        assert len(checkpoint_problems(folder, full_ft=True)) == 1 and name in checkpoint_problems(folder)[0]
+    assert checkpoint_problems(tmp_path / "optimizer.pt" / "checkpoint-3", optimizer=False) == []
+    (tmp_path / "trainer_state.json" / "checkpoint-3" / "trainer_state.json").write_text("{")
+    assert "trainer_state.json is unreadable" in checkpoint_problems(tmp_path / "trainer_state.json" / "checkpoint-3")[0]
+    with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
+        resume_run(tmp_path / "empty", resume=True)

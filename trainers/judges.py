@@ -7,10 +7,12 @@ retried, then scored incorrect with `failed=True`, so one flaky judge call canno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import string
 import threading
 import time
@@ -311,11 +313,78 @@ class HFJudgeBackend:
         return self.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+class _TrackedConnections:
+    """urllib handler mix-in: every socket its connections open is recorded, so a deadline can cut them."""
+
+    def __init__(self, sockets: list, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sockets = sockets
+
+    def do_open(self, http_class, req, **kwargs):
+        sockets = self.sockets
+
+        class Tracked(http_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                create = self._create_connection
+
+                def create_and_record(*args, **kwargs):
+                    sock = create(*args, **kwargs)
+                    sockets.append(sock)
+                    return sock
+
+                self._create_connection = create_and_record
+
+        return super().do_open(Tracked, req, **kwargs)
+
+
+class _TrackedHTTPHandler(_TrackedConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _TrackedHTTPSHandler(_TrackedConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+def post_json(request: urllib.request.Request, timeout: float) -> dict:
+    """Send `request` and parse its JSON reply, the whole exchange bounded by `timeout` seconds.
+
+    urllib's own timeout bounds each socket operation, so a server trickling one byte at a time could hold
+    a call forever; here a timer shuts the connection down at the deadline and a `TimeoutError` is raised.
+    """
+    sockets: list[socket.socket] = []
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        for sock in list(sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    opener = urllib.request.build_opener(_TrackedHTTPHandler(sockets), _TrackedHTTPSHandler(sockets))
+    timer = threading.Timer(timeout, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        with opener.open(request, timeout=timeout) as reply:
+            data = reply.read()
+    except Exception as error:
+        if expired.is_set():
+            raise TimeoutError(f"{request.full_url} did not answer within {timeout} s") from error
+        raise
+    finally:
+        timer.cancel()
+    if expired.is_set():  # a cut connection can also end the read early without an error
+        raise TimeoutError(f"{request.full_url} did not answer within {timeout} s")
+    return json.loads(data)
+
+
 class OpenAIJudgeBackend:
     """An OpenAI-compatible `/chat/completions` endpoint (e.g. `vllm serve Qwen/Qwen3-32B`), stdlib only.
 
     `base_url` is the API root including the version, e.g. `http://localhost:8000/v1`; the key defaults to
-    `$OPENAI_API_KEY` (vLLM accepts any key unless started with `--api-key`).
+    `$OPENAI_API_KEY` (vLLM accepts any key unless started with `--api-key`). `timeout` bounds each whole
+    request (connection, headers and body), however slowly the server sends.
     """
 
     def __init__(
@@ -333,6 +402,8 @@ class OpenAIJudgeBackend:
             raise ValueError(f"base_url must be an http(s) URL such as 'http://localhost:8000/v1', got {base_url!r}.")
         if not model:
             raise ValueError("model must name the served model, e.g. 'Qwen/Qwen3-32B'.")
+        if not timeout or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.timeout, self.max_tokens, self.temperature = model, timeout, max_tokens, temperature
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "EMPTY")
@@ -352,8 +423,7 @@ class OpenAIJudgeBackend:
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-            payload = json.load(reply)
+        payload = post_json(request, self.timeout)
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as error:

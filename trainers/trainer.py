@@ -13,13 +13,12 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from modeling_memcomp.prompting import IGNORE_INDEX
 
 from .callbacks import RankTraceCallback
+from .checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint
 from .collator import MemCompCollator
 from .param_groups import parameter_groups, parameter_report
 from .stages import TASKS, get_stage
 
 logger = logging.getLogger(__name__)
-FULL_FT_WEIGHTS = "full_ft_model.safetensors"
-"""Checkpoint file of the fully fine-tuned parameters of a peft-wrapped (FQLoRA) model: peft saves adapters only."""
 
 
 @dataclass
@@ -143,14 +142,22 @@ class MemCompTrainer(Trainer):
             save_file(tensors, os.path.join(output_dir, FULL_FT_WEIGHTS))
 
     def _load_full_ft(self, checkpoint: str | None, model=None) -> None:
-        path = os.path.join(checkpoint or "", FULL_FT_WEIGHTS)
-        if checkpoint and os.path.exists(path):
-            from safetensors.torch import load_file
+        """Restore the fully fine-tuned weights; a checkpoint without them raises (they would restart from scratch)."""
+        if not checkpoint or self._full_ft_model() is None:
+            return
+        path = os.path.join(checkpoint, FULL_FT_WEIGHTS)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing: without it the fully fine-tuned FQLoRA layers would silently restart from their "
+                "initial weights. Restore the file, or resume from an older complete checkpoint "
+                "(resume_from_checkpoint=True picks the newest complete one)."
+            )
+        from safetensors.torch import load_file
 
-            model = model or self.accelerator.unwrap_model(self.model)
-            unexpected = model.load_state_dict(load_file(path), strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"{path} holds weights this model does not have: {unexpected[:3]}...")
+        model = model or self.accelerator.unwrap_model(self.model)
+        unexpected = model.load_state_dict(load_file(path), strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{path} holds weights this model does not have: {unexpected[:3]}...")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -159,6 +166,39 @@ class MemCompTrainer(Trainer):
     def _load_best_model(self) -> None:
         super()._load_best_model()
         self._load_full_ft(self.state.best_model_checkpoint)
+
+    def _checkpoint_requirements(self) -> dict[str, bool]:
+        """What a checkpoint of this run must hold to resume it exactly."""
+        return {
+            "full_ft": self._full_ft_model() is not None,
+            "optimizer": not self.args.save_only_model and not self.is_deepspeed_enabled,
+        }
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """`True`: the newest complete checkpoint of `output_dir` (newer partial ones skipped with a warning);
+        a path: that checkpoint, which must be complete; None/False: no resume."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        requirements = self._checkpoint_requirements()
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir, **requirements)
+            if found is None:
+                raise ValueError(
+                    f"no checkpoint-* folder in {self.args.output_dir!r} to resume from; start without resume."
+                )
+            return found
+        path = os.fspath(resume_from_checkpoint)
+        problems = checkpoint_problems(path, **requirements)
+        if problems:
+            raise ValueError(
+                f"cannot resume from {path!r}: {', '.join(problems)}. Pass resume_from_checkpoint=True (--resume) "
+                "to resume from the newest complete checkpoint instead."
+            )
+        return path
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, resuming only from a complete checkpoint (see `resolve_checkpoint`)."""
+        return super().train(resume_from_checkpoint=self.resolve_checkpoint(resume_from_checkpoint), **kwargs)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -34,6 +34,7 @@ class EvalArguments:
     judge_api_key: str | None = field(default=None, metadata={"help": "API key for --judge_url (default: $OPENAI_API_KEY)"})
     judge_timeout: float = field(default=60.0, metadata={"help": "seconds per judge request"})
     dtype: str = field(default="auto", metadata={"help": "model dtype: auto, bfloat16, float16 or float32"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run Python code saved with a checkpoint that needs it (off: memcomp checkpoints load with the installed classes, other code is refused)"})
 
     def __post_init__(self):
         unknown = set(self.systems) - set(SYSTEMS)
@@ -52,7 +53,7 @@ class EvalArguments:
 
     def run_settings(self, benchmark: str) -> dict:
         """What changes an example's output: hashed into each record so a changed setting is rerun, not reused."""
-        skip = {"output_dir", "limit", "batch_size", "systems", "judge_api_key", "judge_timeout"}
+        skip = {"output_dir", "limit", "batch_size", "systems", "judge_api_key", "judge_timeout", "trust_remote_code"}
         return {"benchmark": benchmark, **{k: v for k, v in asdict(self).items() if k not in skip}}
 
 

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
-    """The memcomp checkpoint (`AutoModelForCausalLM` + remote code), on GPU when there is one.
+    """The memcomp checkpoint (installed classes; a folder's own code only with `trust_remote_code`), on GPU when there is one.
 
     `args.model == "tiny"` builds an untrained random model with a tokenizer trained on `tiny_corpus`:
     the pipeline is real, the answers are noise (smoke runs and tests only).
@@ -31,10 +31,10 @@ def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
             raise ValueError("model='tiny' needs texts to train its tokenizer on; pass a real checkpoint with --model.")
         logger.warning("model='tiny': an UNTRAINED random model, for smoke runs; its scores are meaningless.")
         return build_tiny_memcomp(train_tokenizer(tiny_corpus, vocab_size=512))
-    from transformers import AutoModelForCausalLM
+    from modeling_memcomp.loading import load_memcomp
 
     device_map = "auto" if torch.cuda.is_available() else None
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=args.dtype, device_map=device_map)
+    model = load_memcomp(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype, device_map=device_map)
     return model.eval()
 
 
@@ -42,7 +42,8 @@ def load_baseline(args: EvalArguments):
     """The separate full-context model and its tokenizer, with YaRN positions when `full_context_yarn_factor` is set."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(args.full_context_model)
+    trust = {"trust_remote_code": args.trust_remote_code}  # False: never None, which would prompt on a terminal
+    config = AutoConfig.from_pretrained(args.full_context_model, **trust)
     if args.full_context_yarn_factor:
         config.rope_parameters = {
             **(config.rope_parameters or {}),
@@ -51,8 +52,10 @@ def load_baseline(args: EvalArguments):
             "original_max_position_embeddings": config.max_position_embeddings,
         }
     device_map = "auto" if torch.cuda.is_available() else None
-    baseline = AutoModelForCausalLM.from_pretrained(args.full_context_model, config=config, dtype=args.dtype, device_map=device_map)
-    tokenizer = AutoTokenizer.from_pretrained(args.full_context_model)
+    baseline = AutoModelForCausalLM.from_pretrained(
+        args.full_context_model, config=config, dtype=args.dtype, device_map=device_map, **trust
+    )
+    tokenizer = AutoTokenizer.from_pretrained(args.full_context_model, **trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return baseline.eval(), tokenizer

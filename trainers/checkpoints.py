@@ -1,0 +1,132 @@
+"""Which Trainer checkpoint a run can resume from: the newest complete one, never an empty or partial one.
+
+A job killed while writing `checkpoint-24/` leaves a folder that `get_last_checkpoint` would still pick.
+`checkpoint_problems` lists what a folder lacks (trainer state, weights, optimizer and scheduler, the
+FQLoRA full-FT weights); `last_complete_checkpoint` walks back from the newest and logs each one it skips.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FULL_FT_WEIGHTS = "full_ft_model.safetensors"
+"""Checkpoint file of the fully fine-tuned parameters of a peft-wrapped (FQLoRA) model: peft saves adapters only."""
+TRAINER_STATE = "trainer_state.json"
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+    "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin",
+)
+"""What `Trainer._load_from_checkpoint` accepts as model weights (FSDP folders aside)."""
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors raises its own error types for a torn file
+        return f"{path.name} is unreadable ({error})"
+    return None
+
+
+def _weights_problem(folder: Path) -> str | None:
+    present = [name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not present:
+        if any("fsdp" in p.name for p in folder.iterdir()) or any(
+            (p / "adapter_model.safetensors").is_file() for p in folder.iterdir() if p.is_dir()
+        ):
+            return None  # FSDP shards or one folder per adapter: Trainer checks those itself
+        return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
+    for name in present:
+        path = folder / name
+        if name.endswith(".index.json"):
+            try:
+                shards = set(json.loads(path.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError) as error:
+                return f"{name} is unreadable ({error})"
+            missing = sorted(s for s in shards if not (folder / s).is_file())
+            if missing:
+                return f"weight shards {missing[:3]} are missing"
+            problems = [_safetensors_problem(folder / s) for s in sorted(shards) if s.endswith(".safetensors")]
+            if any(problems):
+                return next(p for p in problems if p)
+        elif name.endswith(".safetensors"):
+            problem = _safetensors_problem(path)
+            if problem:
+                return problem
+    return None
+
+
+def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, optimizer: bool = True) -> list[str]:
+    """What keeps `folder` from being a complete checkpoint (empty list: it is complete).
+
+    `optimizer`: the run saves optimizer and scheduler state (not `save_only_model`, not DeepSpeed, which
+    keeps its own). `full_ft`: the model has fully fine-tuned parameters outside peft's adapters (FQLoRA).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["it is not a folder"]
+    problems = []
+    try:
+        json.loads((folder / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        problems.append(f"no {TRAINER_STATE}")
+    except (OSError, ValueError) as error:
+        problems.append(f"{TRAINER_STATE} is unreadable ({error})")
+    weights = _weights_problem(folder)
+    if weights:
+        problems.append(weights)
+    if optimizer:
+        if not any(p.name.startswith("optimizer") for p in folder.iterdir()):
+            problems.append("no optimizer state (optimizer.pt)")
+        if not (folder / "scheduler.pt").is_file():
+            problems.append("no scheduler state (scheduler.pt)")
+    if full_ft:
+        if not (folder / FULL_FT_WEIGHTS).is_file():
+            problems.append(f"no {FULL_FT_WEIGHTS} (the fully fine-tuned FQLoRA layers)")
+        else:
+            problem = _safetensors_problem(folder / FULL_FT_WEIGHTS)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` folders of `output_dir`, highest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike, *, full_ft: bool = False, optimizer: bool = True) -> str | None:
+    """The newest complete `checkpoint-<step>` of `output_dir` (None when there is no checkpoint folder at all).
+
+    Each newer incomplete one is skipped with a logged warning that says why; when every one is
+    incomplete, a ValueError lists them all: resuming must never start from a partial state.
+    """
+    skipped = []
+    for folder in checkpoints_newest_first(output_dir):
+        problems = checkpoint_problems(folder, full_ft=full_ft, optimizer=optimizer)
+        if not problems:
+            if skipped:
+                logger.warning("resuming from %s (skipped: %s)", folder, "; ".join(skipped))
+            return os.fspath(folder)
+        reason = f"{folder.name}: {', '.join(problems)}"
+        logger.warning("skipping incomplete checkpoint %s (%s)", folder, ", ".join(problems))
+        skipped.append(reason)
+    if skipped:
+        raise ValueError(
+            f"no complete checkpoint in {os.fspath(output_dir)!r} to resume from ({'; '.join(skipped)}). "
+            "Start the run afresh (without resume) or restore a checkpoint folder."
+        )
+    return None
