@@ -15,8 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = "1"
-SUPPORTED_FORMAT_VERSIONS = frozenset({"1"})
+FORMAT_VERSION = "2"
+SUPPORTED_FORMAT_VERSIONS = frozenset({"1", "2"})
+"""Version 2 hashes the source chunk by chunk and keeps the last partial chunk's tokens, so a memory can grow."""
 CHECKSUM_KEY = "embeds_sha256"
 """Metadata key of the SHA-256 of the tensor bytes in every memory file."""
 _CONTENT_HASH = re.compile(r"[0-9a-f]{64}")
@@ -26,13 +27,32 @@ class MemoryFingerprintWarning(UserWarning):
     """A memory made by one model is read by another (legitimate for SFT encoder -> RL decoder, else stale)."""
 
 
+def source_digest(
+    passages: list[list[int]], chunk_size: int, state: str | None = None, continue_last: bool = False
+) -> tuple[str, list[int], str]:
+    """(content hash, tokens of the last passage's partial last chunk, hash state before that chunk) of `passages`.
+
+    The hash is a chain over passage markers and chunks, so it can be continued: from `state` (a previous content
+    hash, or a previous tail state) with `continue_last=True` the first passage continues the last one, as
+    `MemCompForCausalLM.compress(..., append_to=memory)` does; the result equals hashing everything at once.
+    """
+    digest = bytes.fromhex(state) if state else hashlib.sha256(f"memcomp-v2|C={chunk_size}".encode()).digest()
+    tail, before = [], ""
+    for i, ids in enumerate(passages):
+        if not (continue_last and i == 0):
+            digest = hashlib.sha256(digest + b"|passage|").digest()
+        tail, before = [], ""
+        for start in range(0, len(ids), chunk_size):
+            chunk = list(ids[start : start + chunk_size])
+            if len(chunk) < chunk_size:
+                tail, before = chunk, digest.hex()
+            digest = hashlib.sha256(digest + torch.tensor(chunk, dtype=torch.int64).numpy().tobytes()).digest()
+    return digest.hex(), tail, before
+
+
 def content_hash(token_ids_per_passage: list[list[int]], chunk_size: int) -> str:
-    """SHA-256 of the source token ids, passage boundaries and chunk size: the identity of a memory."""
-    digest = hashlib.sha256(f"memcomp-v{FORMAT_VERSION}|C={chunk_size}".encode())
-    for ids in token_ids_per_passage:
-        digest.update(b"|passage|")
-        digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 chain over the source token ids, chunk by chunk, with passage boundaries: the identity of a memory."""
+    return source_digest(token_ids_per_passage, chunk_size)[0]
 
 
 def check_content_hash(value) -> str:
@@ -68,6 +88,9 @@ class MemoryEmbeddings:
         content_hash: hash of the source token ids (see `content_hash`).
         chunks_per_passage: how many chunks each passage produced, for a list-of-passages input.
         model_fingerprint: identity of the model that made it (`MemCompForCausalLM.fingerprint`).
+        tail_token_ids: tokens of the last passage's partial last chunk (fewer than C; empty when it is full), kept
+            so that `compress(more, append_to=memory)` can re-encode that chunk; None when unknown (format 1).
+        tail_state: the content-hash chain state before that partial chunk (see `source_digest`).
 
     Every field is checked when the object is built (`validate`), so a memory that exists is well-formed.
     """
@@ -78,6 +101,8 @@ class MemoryEmbeddings:
     content_hash: str
     chunks_per_passage: list[int] = field(default_factory=list)
     model_fingerprint: str = ""
+    tail_token_ids: list[int] | None = None
+    tail_state: str = ""
 
     def __post_init__(self):
         self.validate()
@@ -109,6 +134,17 @@ class MemoryEmbeddings:
         check_content_hash(self.content_hash)
         if not isinstance(self.model_fingerprint, str):
             raise ValueError(f"model_fingerprint must be a string, got {type(self.model_fingerprint).__name__}.")
+        if self.tail_token_ids is not None:
+            tail = self.tail_token_ids
+            if not isinstance(tail, (list, tuple)) or len(tail) >= self.chunk_size or any(
+                isinstance(t, bool) or not isinstance(t, Integral) or t < 0 for t in tail
+            ):
+                raise ValueError(
+                    f"tail_token_ids must be fewer than chunk_size={self.chunk_size} token ids, got {tail!r}."
+                )
+            self.tail_token_ids = [int(t) for t in tail]
+            if tail:
+                check_content_hash(self.tail_state)
 
     def _check_embeds(self) -> None:
         embeds = self.embeds
@@ -188,6 +224,7 @@ class MemoryEmbeddings:
             "content_hash": self.content_hash,
             "chunks_per_passage": json.dumps(self.chunks_per_passage),
             "model_fingerprint": self.model_fingerprint,
+            **({} if self.tail_token_ids is None else {"tail_token_ids": json.dumps(self.tail_token_ids), "tail_state": self.tail_state}),
             CHECKSUM_KEY: tensor_checksum(self.embeds),
         }
 
@@ -233,6 +270,8 @@ class MemoryEmbeddings:
                 content_hash=metadata["content_hash"],
                 chunks_per_passage=json.loads(metadata["chunks_per_passage"]),
                 model_fingerprint=metadata.get("model_fingerprint", ""),
+                tail_token_ids=json.loads(metadata["tail_token_ids"]) if "tail_token_ids" in metadata else None,
+                tail_state=metadata.get("tail_state", ""),
             )
         except KeyError as error:
             raise ValueError(f"{path!r} has incomplete memcomp metadata (no {error}); re-create the memory.") from error

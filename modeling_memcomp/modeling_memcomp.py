@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 
 from .configuration_memcomp import MemCompConfig
-from .memory import MemoryEmbeddings, content_hash
+from .memory import MemoryEmbeddings, source_digest
 from .pooling import build_pooling
 from .prefix_cache import MemoryPrefix
 from .prompting import build_prompt, left_pad, shared_prefix_length, stop_token_ids
@@ -186,8 +186,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     "this model has no tokenizer: set `model.tokenizer = ...` or pass `tokenizer=` to from_base."
                 )
-            # The folder's code already runs as this model, so its config may be read to find the tokenizer.
-            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=True)
+            # Only a model that itself runs as the folder's code may run the folder's tokenizer code too.
+            remote = type(self).__module__.startswith("transformers_modules.")
+            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=remote)
         return self._tokenizer
 
     @tokenizer.setter
@@ -347,15 +348,27 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         return sum(-(-len(p) // self.config.chunk_size) for p in passages)
 
     @torch.no_grad()
-    def compress(self, context, batch_size: int | None = None, show_progress: bool | None = None) -> MemoryEmbeddings:
+    def compress(
+        self, context, batch_size: int | None = None, show_progress: bool | None = None, append_to=None
+    ) -> MemoryEmbeddings:
         """Compress a context (str, list of passages, or token ids) into one memory embedding per chunk.
 
         Chunks go through the encoder `batch_size` (default `config.encoder_batch_size`) at a time, so
         peak memory depends on the micro-batch, not on the context length.
-        """
-        return self._compress_passages(self.tokenize_context(context), batch_size, show_progress)
 
-    def _compress_passages(self, passages: list[list[int]], batch_size=None, show_progress=None) -> MemoryEmbeddings:
+        `append_to=memory` grows an existing memory, encoding only the new chunks: a string or token ids continue
+        its last passage (its partial last chunk is re-encoded with the new tokens), a list of strings adds new
+        passages. The result equals compressing the concatenated token ids (or the longer passage list) at once.
+        """
+        passages = self.tokenize_context(context)
+        if append_to is None:
+            return self._compress_passages(passages, batch_size, show_progress)
+        return self._append(as_memory(append_to), passages, isinstance(context, (list, tuple)) and not all(
+            isinstance(x, int) for x in context
+        ), batch_size, show_progress)
+
+    def encode_passages(self, passages: list[list[int]], batch_size=None, show_progress=None):
+        """`(num_chunks, d)` embeddings of the passages' chunks, and the chunk count per passage."""
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive number of chunks per encoder pass, got {batch_size!r}.")
         if any(len(p) == 0 for p in passages):
@@ -370,13 +383,53 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         for start in tqdm(range(0, len(chunk_ids), batch_size), desc="compress", unit="batch", disable=not show_progress):
             stop = start + batch_size
             embeds[start:stop] = self.encode_chunks(chunk_ids[start:stop].to(device), chunk_mask[start:stop].to(device))
+        return embeds, counts
+
+    def memory_of(self, embeds: torch.Tensor, passages: list[list[int]], counts: list[int]) -> MemoryEmbeddings:
+        """The `MemoryEmbeddings` of `passages` (token ids) whose chunks this model encoded into `embeds`."""
+        digest, tail, tail_state = source_digest(passages, self.config.chunk_size)
         return MemoryEmbeddings(
-            embeds=embeds,
-            chunk_size=self.config.chunk_size,
-            num_source_tokens=sum(len(p) for p in passages),
-            content_hash=content_hash(passages, self.config.chunk_size),
+            embeds=embeds, chunk_size=self.config.chunk_size, num_source_tokens=sum(len(p) for p in passages),
+            content_hash=digest, chunks_per_passage=counts, model_fingerprint=self.fingerprint,
+            tail_token_ids=tail, tail_state=tail_state,
+        )
+
+    def _compress_passages(self, passages: list[list[int]], batch_size=None, show_progress=None) -> MemoryEmbeddings:
+        embeds, counts = self.encode_passages(passages, batch_size, show_progress)
+        return self.memory_of(embeds, passages, counts)
+
+    def _append(self, memory: MemoryEmbeddings, new: list[list[int]], new_passages: bool, batch_size, show_progress):
+        """`memory` followed by `new` (see `compress(append_to=)`), encoding only the chunks that change."""
+        memory.check_compatible(self.config, self.fingerprint)
+        if memory.tail_token_ids is None:
+            raise ValueError(
+                "this memory does not record its last partial chunk (it was saved by an older memcomp), so it cannot "
+                "grow; compress the whole context once with this version, then append to that memory."
+            )
+        size, tail = self.config.chunk_size, memory.tail_token_ids
+        counts = list(memory.chunks_per_passage)
+        if new_passages:
+            keep, passages, state, continue_last = memory.num_embeddings, new, memory.content_hash, False
+        else:
+            keep = memory.num_embeddings - (1 if tail else 0)
+            passages, continue_last = [tail + new[0]], True
+            state = memory.tail_state if tail else memory.content_hash
+            counts[-1] -= 1 if tail else 0
+        embeds, new_counts = self.encode_passages(passages, batch_size, show_progress)
+        if continue_last:
+            counts[-1] += new_counts[0]
+        else:
+            counts += new_counts
+        digest, new_tail, tail_state = source_digest(passages, size, state=state, continue_last=continue_last)
+        return MemoryEmbeddings(
+            embeds=torch.cat([memory.embeds[:keep].to(embeds), embeds]),
+            chunk_size=size,
+            num_source_tokens=memory.num_source_tokens + sum(len(p) for p in new),
+            content_hash=digest,
             chunks_per_passage=counts,
             model_fingerprint=self.fingerprint,
+            tail_token_ids=new_tail,
+            tail_state=tail_state,
         )
 
     def save_memory(self, memory, path: str | os.PathLike) -> None:
@@ -538,7 +591,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         its question. `generate(memory=memory, question=[...])` does this by itself for a list of questions.
         """
         memory = as_memory(memory)
-        memory.check_compatible(self.config)
+        memory.check_compatible(self.config, self.fingerprint)
         template, system_prompt = self.prompt_settings(template, system_prompt)
         length = shared_prefix_length(self.tokenizer, self.config, len(memory), template, system_prompt)
         ids = build_prompt(self.tokenizer, self.config, len(memory), "?", template=template, system_prompt=system_prompt).input_ids[:length]
@@ -661,8 +714,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if memory is not None:
             many = isinstance(memory, (list, tuple))
             memories = [as_memory(m) for m in (memory if many else [memory])]
+            fingerprint = self.fingerprint
             for m in memories:
-                m.check_compatible(self.config)
+                m.check_compatible(self.config, fingerprint)
         else:
             many = isinstance(context, (list, tuple)) and not single and not all(isinstance(x, int) for x in context)
             passages = [self.tokenize_context(c) for c in (context if many else [context])]

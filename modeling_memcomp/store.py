@@ -210,30 +210,14 @@ class MemoryStore:
         """Encode several documents' chunks in shared micro-batches; one memory per document."""
         if not documents:
             return []
-        model, size = self.model, self.model.config.chunk_size
         if any(len(ids) == 0 for passages in documents for ids in passages):
             raise ValueError("a document has no tokens: drop empty rows from the corpus before compressing it.")
-        chunk_ids, chunk_mask, counts = model.chunk_passages([ids for passages in documents for ids in passages])
-        step = model.config.encoder_batch_size
-        embeds = torch.cat(
-            [
-                model.encode_chunks(chunk_ids[i : i + step].to(model.device), chunk_mask[i : i + step].to(model.device))
-                for i in range(0, len(chunk_ids), step)
-            ]
-        )
+        model = self.model
+        embeds, counts = model.encode_passages([ids for passages in documents for ids in passages], show_progress=False)
         memories, row, passage = [], 0, 0
         for passages in documents:
             per_passage = counts[passage : passage + len(passages)]
             passage += len(passages)
-            memories.append(
-                MemoryEmbeddings(
-                    embeds=embeds[row : row + sum(per_passage)],
-                    chunk_size=size,
-                    num_source_tokens=sum(len(ids) for ids in passages),
-                    content_hash=content_hash(passages, size),
-                    chunks_per_passage=per_passage,
-                    model_fingerprint=model.fingerprint,
-                )
-            )
+            memories.append(model.memory_of(embeds[row : row + sum(per_passage)], passages, per_passage))
             row += sum(per_passage)
         return memories

@@ -113,3 +113,54 @@ def test_from_base_keeps_the_base_dtype(tokenizer):
     model = MemCompForCausalLM.from_base(base, tokenizer=tokenizer)
     assert model.memory_projection.weight.dtype == torch.bfloat16
     assert model.compress("a short text to compress").embeds.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("split", [16, 21, 37, 5])  # on a chunk boundary, inside a chunk, several chunks in
+def test_appending_token_ids_equals_compressing_them_at_once(model, corpus, split):
+    """Bit for bit with one chunk per encoder pass (batching itself moves float results by ~1e-6, see above)."""
+    ids = model.tokenizer(" ".join(corpus[:4]), add_special_tokens=False)["input_ids"]
+    whole = model.compress(ids, batch_size=1)
+    grown = model.compress(ids[split:], append_to=model.compress(ids[:split], batch_size=1), batch_size=1)
+    assert torch.equal(grown.embeds, whole.embeds)
+    batched = model.compress(ids[split:], append_to=model.compress(ids[:split]))
+    torch.testing.assert_close(batched.embeds, whole.embeds, rtol=1e-5, atol=1e-5)
+    for name in ("content_hash", "num_source_tokens", "chunks_per_passage", "tail_token_ids", "tail_state"):
+        assert getattr(grown, name) == getattr(whole, name), name
+
+
+def test_appending_passages_and_text_equals_compressing_them_at_once(model, corpus):
+    memory = model.compress([corpus[0]], batch_size=1)
+    grown = model.compress([corpus[1], corpus[2]], append_to=memory, batch_size=1)
+    whole = model.compress([corpus[0], corpus[1], corpus[2]], batch_size=1)
+    assert torch.equal(grown.embeds, whole.embeds) and grown.content_hash == whole.content_hash
+    assert grown.chunks_per_passage == whole.chunks_per_passage
+    log = model.compress(corpus[3], batch_size=1)  # a string continues the last passage at the token level
+    log = model.compress(corpus[4], append_to=log, batch_size=1)
+    tokens = model.tokenize_context(corpus[3])[0] + model.tokenize_context(corpus[4])[0]
+    once = model.compress(tokens, batch_size=1)
+    assert torch.equal(log.embeds, once.embeds) and log.content_hash == once.content_hash
+
+
+def test_appending_encodes_only_the_new_chunks(make_model, corpus):
+    model = make_model()
+    ids = model.tokenizer(" ".join(corpus[:6]), add_special_tokens=False)["input_ids"]
+    memory = model.compress(ids[:40])  # 2 full chunks + a partial one of 8 tokens
+    encoded = []
+    original = model.encode_chunks
+    model.encode_chunks = lambda chunk_ids, mask: encoded.append(len(chunk_ids)) or original(chunk_ids, mask)
+    model.compress(ids[40:72], append_to=memory)  # the partial chunk again, then 40 new tokens: 3 chunks
+    assert encoded == [3]
+
+
+def test_a_grown_memory_survives_a_file_round_trip_and_grows_again(model, corpus, tmp_path):
+    ids = model.tokenizer(" ".join(corpus[:3]), add_special_tokens=False)["input_ids"]
+    model.save_memory(model.compress(ids[:30], batch_size=1), tmp_path / "m.safetensors")
+    grown = model.compress(ids[30:], append_to=model.load_memory(tmp_path / "m.safetensors"), batch_size=1)
+    assert torch.equal(grown.embeds, model.compress(ids, batch_size=1).embeds)
+
+
+def test_an_old_memory_without_tail_tokens_cannot_grow(model, corpus):
+    memory = model.compress(corpus[0])
+    memory.tail_token_ids = None
+    with pytest.raises(ValueError, match="does not record its last partial chunk"):
+        model.compress(corpus[1], append_to=memory)

@@ -236,3 +236,16 @@ def test_other_models_fingerprint_warns_naming_both(model, corpus):
         memory.check_compatible(model.config, "0123456789abcdef")
     assert "legitimate" in str(record[0].message) and "SFT" in str(record[0].message)
     assert issubclass(MemoryFingerprintWarning, UserWarning)
+
+
+def test_generate_warns_when_another_encoder_made_the_memory(make_model, corpus):
+    from modeling_memcomp.memory import MemoryFingerprintWarning
+
+    reader, writer = make_model(seed=0), make_model(seed=1)
+    memory = writer.compress(corpus[0])
+    with pytest.warns(MemoryFingerprintWarning, match=f"made by model {writer.fingerprint} but is read by model {reader.fingerprint}"):
+        reader.generate(memory=memory, question="Who?", **GREEDY)
+    reader.split_encoder()  # an RL-style decoder keeps its encoder's identity: no warning for its own memories
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemoryFingerprintWarning)
+        reader.generate(memory=reader.compress(corpus[0]), question="Who?", **GREEDY)
