@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(LatencyConfig, prog="memcomp bench", description=__doc__.split("\n\n")[0])
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     if config.plot:
-        require_extra("eval", "memcomp bench (its plot; --plot false skips it)", modules=["matplotlib"])
+        require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
     report = run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop
     paths = write_report(report, config)
     print(markdown_table(report))

@@ -64,7 +64,7 @@ def test_bench_without_matplotlib_stops_before_measuring(uninstall, monkeypatch,
     out = tmp_path / "bench"
     assert main(["bench", "--smoke", "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert 'memcomp bench: error: memcomp bench (its plot; --plot false skips it) needs matplotlib' in err
+    assert 'memcomp bench: error: the speedup plot (--plot false skips it) needs matplotlib, which is not installed' in err
     assert 'pip install "memcomp[eval]"' in err and "Traceback" not in err
     assert runs == [] and not out.exists()  # nothing measured, nothing written
 
