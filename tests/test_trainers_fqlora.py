@@ -162,7 +162,7 @@ def test_a_repack_before_apply_fqlora_is_undone(base_dir, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
 def test_4bit_weights_survive_eval_save_and_reload(base_dir, tmp_path, merge, corpus, cpu_kernel):
     """Eval forward -> save -> reload keeps each 4-bit layer at its NF4 weights (merged: plus the exact LoRA delta)."""
     from peft.utils.integrations import dequantize_bnb_weight
