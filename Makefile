@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
+# torch first and alone: the local CPU wheel, so no dependency can pull a CUDA build.
+TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast vllm-env test-vllm
+.PHONY: demo test test-fast constraints vllm-env test-vllm
 
-$(STAMP): pyproject.toml
+# Exact versions from $(CONSTRAINTS) (what the suite passed with); pyproject.toml keeps ranges for library users.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU torch first (the local 2.13.0 wheel), so no dependency can pull a CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +25,19 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not vllm and not gpu"
+
+# Refresh $(CONSTRAINTS): resolve ".[dev]" afresh (newest releases the ranges allow, torch held at $(TORCH))
+# in a throwaway venv and freeze it. Then run `make test` (it reinstalls) and commit the file if it passes.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet --upgrade pip
+	.venv-constraints/bin/pip install --quiet $(TORCH)
+	.venv-constraints/bin/pip install --quiet "$(TORCH)" -e ".[dev]"
+	{ echo "# Exact versions \`make test\` passed with (refresh: make constraints; see README). torch: the local CPU wheel."; \
+	  .venv-constraints/bin/pip freeze --exclude-editable | sed -E 's/^torch==([^+]+)\+cpu$$/torch==\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 vllm-env:
 	bash scripts/make_vllm_env.sh

@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks._timing import cuda_peak_bytes, machine_info, median, rss_peak_bytes, time_calls
 from modeling_memcomp import MemCompForCausalLM, build_prompt
+from modeling_memcomp.extras import require_extra
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS, tiny_qwen2_config, train_tokenizer
 
 PRESETS = {
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency` / `memcomp bench`: parse a `LatencyConfig`, run, write the outputs."""
     parser = HfArgumentParser(LatencyConfig, prog="memcomp bench", description=__doc__.split("\n\n")[0])
     (config,) = parser.parse_args_into_dataclasses(args=argv)
+    if config.plot:
+        require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
     report = run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop
     paths = write_report(report, config)
     print(markdown_table(report))

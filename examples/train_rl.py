@@ -9,14 +9,18 @@ Any field of `MemCompGRPOConfig`, `RLScriptArguments` or `JudgeArguments` can be
 import logging
 from dataclasses import dataclass, field
 
-import torch
-from datasets import load_from_disk
-from trl import TrlParser
+from modeling_memcomp.extras import require_extra
 
-from modeling_memcomp import MemCompForCausalLM
-from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
-from trainers.judges import JudgeArguments, build_judge
-from trainers.precompute import read_metadata
+require_extra("rl", "RL training (examples/train_rl.py)")  # before the imports below need it
+
+import torch  # noqa: E402
+from datasets import load_from_disk  # noqa: E402
+from trl import TrlParser  # noqa: E402
+
+from modeling_memcomp import MemCompForCausalLM  # noqa: E402
+from trainers import MemCompGRPOConfig, MemCompGRPOTrainer  # noqa: E402
+from trainers.judges import JudgeArguments, build_judge  # noqa: E402
+from trainers.precompute import read_metadata  # noqa: E402
 
 
 @dataclass

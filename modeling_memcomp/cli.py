@@ -95,13 +95,20 @@ def _delegate(command: str, argv: list[str]) -> int:
     """Hand the remaining arguments to the module that owns the command (imported only now)."""
     import importlib
 
+    from .extras import MissingExtraError
+
     module_name = DELEGATED[command][0]
     try:
         module = importlib.import_module(module_name)
+        return int(module.main(argv) or 0)
+    except MissingExtraError as error:  # raised by the command's own check, before it does any work
+        print(f"memcomp {command}: error: {error}", file=sys.stderr)
+        return 2
     except ImportError as error:
+        if sys.modules.get(module_name) is not None:
+            raise  # the command itself failed on an import: a bug to see in full, not a missing extra
         print(f"memcomp {command}: error: {module_name} is not available ({error}); install memcomp with its extras.", file=sys.stderr)
         return 2
-    return int(module.main(argv) or 0)
 
 
 def _device(parser: argparse.ArgumentParser, device: str):

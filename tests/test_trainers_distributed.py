@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,19 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now: concurrent runs on one machine never share a rendezvous port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_ranks_train_on_different_shards_with_synchronised_gradients(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     trace = tmp_path / "trace"
     command = [
-        accelerate, "launch", "--config_file", "examples/accelerate/cpu_2proc.yaml", "--main_process_port", "29547",
+        accelerate, "launch", "--config_file", "examples/accelerate/cpu_2proc.yaml", "--main_process_port", str(free_port()),
         "examples/train_sft.py", "--config", "examples/configs/sft_tiny.yaml",
         "--output_dir", str(tmp_path / "out"), "--rank_trace_dir", str(trace),
         "--cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true",

@@ -91,34 +91,178 @@ def test_sft_projection_is_frozen_and_out_of_the_optimizer(tokenizer, tmp_path):
     assert args.learning_rate == 2e-5
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("merge", [True, False])
-def test_trained_model_saves_and_reloads_through_from_pretrained(base_dir, tmp_path, merge, corpus):
-    model = load_fqlora_model(str(base_dir), FQLoRAConfig(full_ft_layers=[0, 6, 11], lora_r=4, compute_dtype="float32"))
+NF4_ERROR = 0.12  # ||dequantize(quantize(W)) - W|| / ||W||: 0.089-0.095 on this model; a scrambled weight gives ~1.4
+
+
+@pytest.fixture(params=[True, False], ids=["avx512bf16", "no-avx512bf16"])
+def cpu_kernel(request, monkeypatch):
+    """Force what bitsandbytes believes about the CPU, so that both of its CPU paths run on any processor.
+
+    `Linear4bit.__init__` stores `has_avx512bf16()` in `support_avx512bf16_for_cpu`; True makes the first eval
+    forward without grad repack the weight in place for the AVX512-BF16 kernel. On a CPU without those
+    instructions the repacked layer then runs bitsandbytes' generic `gemv_4bit` op (the AVX512 kernel is
+    registered at import, only on such CPUs), but the repack, and what it does to dequantized weights and to
+    gradients, is the same. `test_a_repack_before_apply_fqlora_is_undone` shows the forcing reaches it.
+    """
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: request.param)
+    return request.param
+
+
+def linears_4bit(model) -> dict[str, "bnb.nn.Linear4bit"]:
+    """The 4-bit linears by their name in the base LM (`model.layers.2.self_attn.q_proj`)."""
+    lm = (model.get_base_model() if hasattr(model, "get_base_model") else model).language_model
+    return {name.removesuffix(".base_layer"): m for name, m in lm.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def is_repacked(module) -> bool:
+    return bool(getattr(module.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def relative_error(weight, reference) -> float:
+    return ((weight.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+def train_like(model, seed=0):
+    """Random LoRA B matrices (as if trained), so the adapters change the function and the merged weights."""
+    torch.manual_seed(seed)
     for name, parameter in model.named_parameters():
-        if "lora_B" in name:  # as if trained: adapters change the function
+        if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.05)
+    return model
+
+
+def fixed_batch(model, corpus):
     inner = model.get_base_model()
     builder = TaskBuilder(inner.tokenizer, inner.config, max_length=256)
     batch = MemCompCollator.for_model(inner)([builder.reconstruction(corpus[0]), builder.language_modeling(corpus[1])])
     batch.pop("task_ids")
+    return batch
+
+
+def test_a_repack_before_apply_fqlora_is_undone(base_dir, monkeypatch):
+    """A 4-bit model evaluated before `apply_fqlora` (on an AVX512-BF16 CPU: forced here) gets its layout back."""
+    from modeling_memcomp import MemCompForCausalLM
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+    config = FQLoRAConfig(full_ft_layers=[1, 11], lora_r=4, compute_dtype="float32")
+    model = MemCompForCausalLM.from_base(str(base_dir), quantization_config=fqlora.quantization_config(12, config))
+    layers = linears_4bit(model)
+    before = {name: dequantize_bnb_weight(m.weight) for name, m in layers.items()}
+    model.eval()
+    with torch.no_grad():
+        model.language_model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+    assert all(is_repacked(m) and m.weight.quant_state.dtype == torch.bfloat16 for m in layers.values())
+    apply_fqlora(model, config)
+    for name, module in layers.items():
+        assert not is_repacked(module) and not module.support_avx512bf16_for_cpu, name
+        assert module.weight.quant_state.dtype == torch.float32
+        # bitsandbytes' inverse re-quantizes the absmax it had cast to bf16: equal up to that rounding
+        assert relative_error(dequantize_bnb_weight(module.weight), before[name]) < 1e-2, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
+def test_4bit_weights_survive_eval_save_and_reload(base_dir, tmp_path, merge, corpus, cpu_kernel):
+    """Eval forward -> save -> reload keeps each 4-bit layer at its NF4 weights (merged: plus the exact LoRA delta)."""
+    from peft.utils.integrations import dequantize_bnb_weight
+    from safetensors.torch import load_file
+
+    model = train_like(load_fqlora_model(str(base_dir), FQLoRAConfig(full_ft_layers=[0, 6, 11], lora_r=4, compute_dtype="float32")))
+    layers = linears_4bit(model)
+    assert len(layers) == 9 * 7
+    lm = model.get_base_model().language_model
+    nf4 = {name: dequantize_bnb_weight(m.weight).clone() for name, m in layers.items()}
+    delta = {name: lm.get_submodule(name).get_delta_weight("default").detach().clone() for name in layers}
+    batch = fixed_batch(model, corpus)
     model.eval()
     with torch.no_grad():
         before = model(**batch).loss
+    for name, module in layers.items():  # still the float32 dequantize-matmul layout, whatever the CPU
+        assert not is_repacked(module) and module.weight.quant_state.dtype == torch.float32, name
     save_fqlora(model, tmp_path, merge=merge)
     assert (tmp_path / "adapter").is_dir() != merge
     reloaded = load_fqlora(tmp_path).eval()
+    assert not linears_4bit(reloaded)  # saved dequantized, without a quantization config
+    original = load_file(base_dir / "model.safetensors")
+    reloaded_lm = (reloaded.get_base_model() if not merge else reloaded).language_model
+    for name in layers:
+        saved = reloaded_lm.get_submodule(name if merge else f"{name}.base_layer").weight.detach()
+        base = saved - delta[name] if merge else saved
+        assert relative_error(base, original[f"{name}.weight"]) < NF4_ERROR, name
+        torch.testing.assert_close(saved, nf4[name] + delta[name] if merge else nf4[name])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).loss, before)
 
 
 @pytest.mark.slow
+def test_save_undoes_a_repack_that_ran_after_apply_fqlora(base_dir, tmp_path, corpus):
+    """A layer repacked behind FQLoRA's back (the CPU repack switched on again) is saved as its NF4 weights."""
+    from safetensors.torch import load_file
+
+    model = load_fqlora_model(str(base_dir), FQLoRAConfig(full_ft_layers=[0, 6, 11], lora_r=4, compute_dtype="float32"))
+    layers = linears_4bit(model)
+    for module in layers.values():
+        module.support_avx512bf16_for_cpu = True
+    model.eval()
+    with torch.no_grad():
+        model(**fixed_batch(model, corpus))
+    assert all(is_repacked(m) for m in layers.values())
+    save_fqlora(model, tmp_path, merge=False)
+    original = load_file(base_dir / "model.safetensors")
+    saved = load_file(tmp_path / "model.safetensors")
+    for name in layers:
+        assert relative_error(saved[f"language_model.{name}.weight"], original[f"{name}.weight"]) < NF4_ERROR, name
+
+
+@pytest.mark.slow
+def test_eval_forward_then_a_training_step_equals_one_without_eval(base_dir, corpus, cpu_kernel):
+    """Evaluating mid-training changes nothing: the next step's loss, gradients and updated weights are the same."""
+
+    def loaded():
+        torch.manual_seed(0)
+        config = FQLoRAConfig(full_ft_layers=[0, 6, 11], lora_r=4, lora_dropout=0.0, compute_dtype="float32")
+        return train_like(load_fqlora_model(str(base_dir), config))
+
+    evaluated, fresh = loaded(), loaded()
+    batch = fixed_batch(fresh, corpus)
+    evaluated.eval()
+    with torch.no_grad():
+        evaluated(**batch)
+    results = []
+    for model in (evaluated, fresh):
+        model.train()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainable.items()}
+        optimizer.step()
+        results.append((loss.detach(), grads, {n: p.detach().clone() for n, p in trainable.items()}))
+    (loss_e, grads_e, after_e), (loss_f, grads_f, after_f) = results
+    assert any("lora_A" in n for n in grads_f) and all(g.abs().sum() > 0 for n, g in grads_f.items() if "lora_A" in n)
+    torch.testing.assert_close(loss_e, loss_f, rtol=0, atol=0)
+    torch.testing.assert_close(grads_e, grads_f, rtol=0, atol=0)
+    torch.testing.assert_close(after_e, after_f, rtol=0, atol=0)
+
+
+@pytest.mark.slow
 def test_next_stage_loads_a_memcomp_checkpoint_4bit_with_the_same_selection(base_dir, tmp_path, corpus):
-    save_fqlora(load_fqlora_model(str(base_dir), FQLoRAConfig(lora_r=4, quantize=False)), tmp_path, merge=True)
-    model = load_fqlora_model(str(tmp_path), FQLoRAConfig(full_ft_layers=[1, 11], lora_r=4, compute_dtype="float32"))
+    from safetensors.torch import load_file
+
+    save_fqlora(load_fqlora_model(str(base_dir), FQLoRAConfig(lora_r=4, quantize=False)), tmp_path / "cpt1", merge=True)
+    model = load_fqlora_model(str(tmp_path / "cpt1"), FQLoRAConfig(full_ft_layers=[1, 11], lora_r=4, compute_dtype="float32"))
     inner = model.get_base_model()
     assert trainable_layers(model) == {"full": [1, 11], "lora": [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]}
     layers = inner.language_model.model.layers
     assert type(layers[1].self_attn.q_proj) is torch.nn.Linear and type(layers[11].mlp.down_proj) is torch.nn.Linear
     assert isinstance(layers[10].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
     assert type(inner.memory_projection) is torch.nn.Linear  # the projection is never quantized
+    # the checkpoint is quantized as a whole here (peft wraps its layers in its bnb LoRA class): merging still works
+    train_like(model)
+    delta = {name: inner.language_model.get_submodule(name).get_delta_weight("default").detach().clone() for name in linears_4bit(model)}
+    save_fqlora(model, tmp_path / "cpt2", merge=True)
+    start, saved = load_file(tmp_path / "cpt1" / "model.safetensors"), load_file(tmp_path / "cpt2" / "model.safetensors")
+    for name, d in delta.items():
+        key = f"language_model.{name}.weight"
+        assert relative_error(saved[key] - d, start[key]) < NF4_ERROR, name

@@ -10,6 +10,7 @@ fine-tuned layers are excluded from 4-bit quantization by exact module names.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -133,11 +134,13 @@ def apply_fqlora(model, config: FQLoRAConfig | None = None):
     """Wrap a `MemCompForCausalLM` with LoRA on the non-selected layers and unfreeze the full-FT parameters.
 
     Trainable afterwards: LoRA adapters, the selected layers, embeddings, LM head, memory projection and
-    pooling. Returns a `peft.PeftModel` (or the model itself when every layer is fully fine-tuned).
+    pooling. 4-bit layers keep computing in `compute_dtype` on every CPU (`keep_4bit_cpu_path_exact`).
+    Returns a `peft.PeftModel` (or the model itself when every layer is fully fine-tuned).
     """
     from peft import LoraConfig, get_peft_model
 
     config = config or FQLoRAConfig()
+    keep_4bit_cpu_path_exact(model)
     num_layers = model.config.text_config.num_hidden_layers
     full = set(config.layers(num_layers))
     lora_layers = [i for i in range(num_layers) if i not in full]
@@ -173,30 +176,49 @@ def trainable_layers(model) -> dict[str, list[int]]:
     return {"full": sorted(full), "lora": sorted(lora)}
 
 
+def _linear4bit_modules(model: nn.Module) -> list[nn.Module]:
+    """The bitsandbytes 4-bit linears of `model` (none without bitsandbytes)."""
+    if not _bitsandbytes_available():
+        return []
+    import bitsandbytes as bnb
+
+    return [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+
+
+def keep_4bit_cpu_path_exact(model: nn.Module) -> None:
+    """Switch off bitsandbytes' in-place CPU repack on every 4-bit linear, and undo it where it already ran.
+
+    On a CPU with AVX512-BF16, bitsandbytes >= 0.49 re-lays out a `Linear4bit` weight the first time the layer
+    runs in eval() on an input that needs no gradient; from then on it computes in bf16 whatever
+    `compute_dtype` says, has no gradient for its input, and dequantizing it gives scrambled weights.
+    With the repack off, every CPU runs the same dequantize-then-matmul in `compute_dtype`.
+    """
+    for module in _linear4bit_modules(model):
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):  # bitsandbytes' own inverse (what its state_dict() runs)
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+
+
 def _dequantize_4bit(model: nn.Module) -> None:
-    """Replace bitsandbytes 4-bit linears by `nn.Linear` with the dequantized weights, in place."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return
-    for name, module in list(model.named_modules()):
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device=weight.device)
-            linear.weight = nn.Parameter(weight.to(module.weight.quant_state.dtype), requires_grad=False)
-            if module.bias is not None:
-                linear.bias = nn.Parameter(module.bias.data, requires_grad=False)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, linear)
-    text_config = model.config.text_config if hasattr(model.config, "text_config") else model.config
-    if getattr(text_config, "quantization_config", None) is not None:
-        del text_config.quantization_config
-    for sub in model.modules():
-        for attr in ("hf_quantizer", "quantization_method"):
-            if getattr(sub, attr, None) is not None:
-                setattr(sub, attr, None)
-        if getattr(sub, "is_quantized", False):
-            sub.is_quantized = False
+    """Replace the 4-bit linears by `nn.Linear` with their dequantized weights and drop the quantization config.
+
+    Goes through transformers' `PreTrainedModel.dequantize()` on whichever (sub)model holds the quantizer:
+    the base LM for a model wrapped with `from_base`, the memcomp model for one loaded with `from_pretrained`.
+    """
+    from transformers import PreTrainedModel
+
+    keep_4bit_cpu_path_exact(model)
+    for sub in list(model.modules()):
+        quantizer = getattr(sub, "hf_quantizer", None) if isinstance(sub, PreTrainedModel) else None
+        if quantizer is None:
+            continue
+        if _linear4bit_modules(sub):
+            sub.dequantize()
+        else:  # nothing was quantized (every layer skipped): only the config goes
+            quantizer.remove_quantization_config(sub)
 
 
 def save_fqlora(model, path: str | Path, merge: bool = True) -> Path:
@@ -204,19 +226,29 @@ def save_fqlora(model, path: str | Path, merge: bool = True) -> Path:
 
     `merge=True` folds the adapters into the weights (one plain folder, no peft needed to load);
     `merge=False` saves the adapters under `path/adapter` and the rest unmerged (`load_fqlora` restores
-    both). 4-bit layers are saved dequantized, i.e. as the weights the adapters were trained against.
+    both). 4-bit layers are saved dequantized, i.e. as the weights the adapters were trained against, and
+    merged adapters add their exact delta to them (peft would re-quantize a merge into a 4-bit layer).
     The model is unwrapped in place: call this once training is over.
     """
-    from peft import PeftModel
+    from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     path = Path(path)
-    _dequantize_4bit(model)  # adapters then merge into the weights they were trained against
+    adapter = None
     if isinstance(model, PeftModel):
         if merge:
-            model = model.merge_and_unload()
+            name = model.active_adapter
+            adapter = name, copy.deepcopy(model.peft_config[name]), get_peft_model_state_dict(model, adapter_name=name)
         else:
             model.save_pretrained(path / ADAPTER_DIR)
-            model = model.unload()
+        model = model.unload()
+    _dequantize_4bit(model)
+    if adapter is not None:  # the same adapters on the full-precision weights, then peft's exact merge
+        name, lora_config, state = adapter
+        model = get_peft_model(model, lora_config, adapter_name=name)
+        loaded = set_peft_model_state_dict(model, state, adapter_name=name)
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"save_fqlora: adapter weights without a place to merge into: {loaded.unexpected_keys[:5]}")
+        model = model.merge_and_unload()
     model.save_pretrained(path)
     return path
 

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import torch
 
-from .config import StageConfig, parse_stage_args
-from .data import stage_streams
-from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora
-from .mixture import StageMixture, build_stage_dataset
-from .stages import get_stage
-from .tasks import TaskBuilder
-from .trainer import MemCompTrainer
+from modeling_memcomp.extras import require_extra
+
+require_extra("train", "training (trainers.run, examples/train_cpt.py, examples/train_sft.py)")  # before the imports below need it
+
+from .config import StageConfig, parse_stage_args  # noqa: E402
+from .data import stage_streams  # noqa: E402
+from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora  # noqa: E402
+from .mixture import StageMixture, build_stage_dataset  # noqa: E402
+from .stages import get_stage  # noqa: E402
+from .tasks import TaskBuilder  # noqa: E402
+from .trainer import MemCompTrainer  # noqa: E402
 
 EVAL_SEED_OFFSET = 10_000
 

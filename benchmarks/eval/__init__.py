@@ -6,7 +6,11 @@ bars), the scorers and the report writer (`results.json`, `table.md`, plots). En
 `examples/evaluate_*.py`.
 """
 
-from .config import (
+from modeling_memcomp.extras import require_extra
+
+require_extra("eval", "evaluation (benchmarks.eval, examples/evaluate_*.py)")  # before the imports below need it
+
+from .config import (  # noqa: E402
     EvalArguments,
     LongBenchArguments,
     MultiHopArguments,
@@ -14,9 +18,9 @@ from .config import (
     QAArguments,
     ReconstructionArguments,
 )
-from .harness import Example, run
-from .records import RecordStore, config_hash
-from .systems import FullContextSystem, Generation, MemCompSystem
+from .harness import Example, run  # noqa: E402
+from .records import RecordStore, config_hash  # noqa: E402
+from .systems import FullContextSystem, Generation, MemCompSystem  # noqa: E402
 
 __all__ = [
     "EvalArguments",
