@@ -7,7 +7,7 @@ baseline, held-out evaluation with controls, the report, and the exported checkp
 A rerun skips finished stages and resumes an interrupted one from its last checkpoint.
 """
 
-from trainers.synthetic_pipeline import main
+from benchmarks.synthetic_run import main
 
 if __name__ == "__main__":
     main()

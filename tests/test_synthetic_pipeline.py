@@ -1,47 +1,59 @@
-"""The synthetic demo pipeline (issue 11) at toy size, its evaluation metrics and controls."""
+"""The synthetic run (issue 20) at toy size: every stage, the evaluation by documents and depth, report, export."""
 
 import json
 
 import pytest
 
+from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import CopySystem, ZeroMemorySystem, content_accuracy, length_bucket
-from trainers.synthetic_pipeline import STAGES, SyntheticRunConfig, main
+from benchmarks.synthetic_run import SyntheticRunConfig, main
 
 TOY = [
-    "--train_episodes", "30", "--heldout_episodes", "4", "--hidden_size", "32", "--num_layers", "2",
-    "--batch_size", "4", "--lm_steps", "3", "--cpt1_steps", "3", "--cpt2_steps", "3", "--sft_steps", "3",
-    "--baseline_steps", "3", "--rl_steps", "2", "--rl_prompts", "8", "--rl_generations", "2", "--rl_batch_size", "4",
-    "--save_steps", "2", "--logging_steps", "1", "--max_documents", "3", "--max_questions", "6",
+    "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
+    "--hidden_size", "32", "--num_layers", "2", "--batch_size", "4", "--lm_steps", "3", "--cpt1_steps", "3",
+    "--cpt2_steps", "3", "--sft_steps", "3", "--baseline_steps", "3", "--recon_chunk_sizes", "8", "--recon_steps", "2",
+    "--rl_steps", "2", "--rl_prompts", "8", "--rl_generations", "2", "--rl_batch_size", "4", "--save_steps", "2",
+    "--logging_steps", "1", "--max_documents", "3", "--max_single_questions", "4",
 ]  # fmt: skip
 
 
-def test_toy_pipeline_trains_every_stage_reports_and_exports(tmp_path):
+@pytest.mark.slow
+def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     run, report_dir, checkpoint = tmp_path / "run", tmp_path / "report", tmp_path / "checkpoint"
     argv = [*TOY, "--output_dir", str(run), "--report_dir", str(report_dir), "--checkpoint_dir", str(checkpoint)]
     report = main(argv)
 
-    for stage in STAGES[1:]:
+    stages = SyntheticRunConfig(recon_chunk_sizes=[8]).all_stages
+    for stage in stages[1:]:
         assert (run / stage / "config.json").is_file(), stage
         assert json.loads((run / stage / "log_history.json").read_text()), stage
     timings = json.loads((run / "timings.json").read_text())
-    assert set(timings) == {*STAGES, "eval"}
+    assert set(timings) == {*stages, "eval", "useful_tokens"}
+    assert set(timings["useful_tokens"]) == set(stages[1:]) - {"rl"}
     saved = json.loads((report_dir / "report.json").read_text())
-    assert saved["aggregates"] == json.loads(json.dumps(report["aggregates"]))
-    qa = saved["aggregates"]["qa_em"]["all"]
-    assert set(qa) == {"sft", "rl", "rl_self", "full", "zero_memory", "copy"}
-    assert all(q["n"] == 6 for q in qa.values())
-    assert set(saved["aggregates"]["reconstruction_rougeL"]["all"]) == {"cpt1", "cpt2", "zero_memory", "copy"}
-    assert set(saved["aggregates"]["reconstruction_rougeL_by_kind"]) == {"document", "episode", "all"}
-    assert saved["targets"][0]["target"].startswith("held-out document reconstruction ROUGE-L >= 0.9")
-    assert (report_dir / "learning_curves.png").stat().st_size > 0
-    assert "| rl |" in (report_dir / "report.md").read_text()
+    by_k = saved["aggregates"]["qa_em_by_k"]
+    assert set(by_k) == {"1", "2", "4", "8", "16", "32", "all"}
+    assert set(by_k["32"]) == {"sft", "rl", "full", "zero_memory", "copy"}
+    assert by_k["1"]["sft"]["n"] == 2 and by_k["4"]["sft"]["n"] == 6  # 2 questions per (k, depth) cell
+    assert set(saved["aggregates"]["qa_em_by_depth"]) == {"first", "middle", "last", "all"}
+    assert set(saved["aggregates"]["single_em_by_type"]["all"]) == {"sft", "rl", "full", "zero_memory", "copy"}
+    recon = saved["aggregates"]["reconstruction_content_accuracy"]["all"]
+    assert set(recon) == {"C4", "C4_zero_memory", "C8", "C8_zero_memory", "copy"}
+    assert saved["targets"][0]["target"].startswith("reconstruction content-token accuracy at C=4")
+    assert set(saved["rl_minus_sft"]) == {"1", "2", "4", "8", "16", "32", "all"}
+    for name in ("learning_curves.png", "em_by_documents.png", "reconstruction_by_chunk_size.png", "heatmap_rl.png"):
+        assert (report_dir / name).stat().st_size > 0, name
+    assert "| 32 |" in (report_dir / "report.md").read_text()
 
     from modeling_memcomp import MemCompForCausalLM
 
+    stage = report["shipped"]["stage"]
     shipped = MemCompForCausalLM.from_pretrained(checkpoint)
-    source = MemCompForCausalLM.from_pretrained(run / report["shipped_stage"])
-    assert shipped.fingerprint == source.fingerprint
+    source = MemCompForCausalLM.from_pretrained(run / stage)
+    assert shipped.fingerprint == source.fingerprint and shipped.decoder_fingerprint == source.decoder_fingerprint
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
+    if stage == "rl":  # the paper's system in one folder: SFT encoder + RL decoder
+        assert shipped.fingerprint == MemCompForCausalLM.from_pretrained(run / "sft").fingerprint
 
     # A rerun finds every stage finished: nothing retrains (only the evaluation, from its saved records, adds time).
     main(argv)
@@ -54,6 +66,15 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(stages=["lm", "pretrain"])
     with pytest.raises(ValueError, match="multiple of rl_generations"):
         SyntheticRunConfig(rl_batch_size=10, rl_generations=4)
+
+
+def test_paired_bootstrap_interval():
+    result = paired_bootstrap([1.0] * 30 + [0.0] * 10, [0.0] * 40)
+    assert result["mean"] == pytest.approx(0.75) and 0.6 < result["low"] < 0.75 < result["high"] < 0.9
+    tie = paired_bootstrap([1.0, 0.0] * 20, [1.0, 0.0] * 20)
+    assert tie == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 40}
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1.0], [])
 
 
 def test_content_accuracy_counts_aligned_names_and_values_only():

@@ -88,7 +88,19 @@ def build_datasets(config: StageConfig, model):
         evaluation = None
         if data.eval_samples:
             evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.mixture_seed + EVAL_SEED_OFFSET)
+        if config.training.train_sampling_strategy == "group_by_length":
+            train = with_lengths(train, config.training.length_column_name)
     return train, evaluation
+
+
+def with_lengths(dataset, column: str = "length"):
+    """`dataset` with the cost of each example (decoder plus encoder tokens) in `column`, for length-grouped batches."""
+    if column in dataset.column_names:
+        return dataset
+    return dataset.map(
+        lambda ids, chunks: {column: [len(i) + sum(len(c) for c in ch) for i, ch in zip(ids, chunks)]},
+        input_columns=["input_ids", "chunks"], batched=True, desc="example lengths",
+    )
 
 
 def run_stage(config: StageConfig, resume_from_checkpoint: str | bool | None = None) -> MemCompTrainer:

@@ -25,7 +25,7 @@ import json
 import random
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONSONANTS = "bdfgklmnprstvz"
@@ -150,21 +150,121 @@ def make_episode(rng: random.Random, names: list[str], num_people: int = 1) -> E
 class SyntheticConfig:
     """Sizes and seed of a synthetic corpus."""
 
-    seed: int = 0  # one seed fixes the name split and every episode
-    train_episodes: int = 2000  # episodes (two documents each) written to the training split
-    heldout_episodes: int = 200  # episodes over held-out names, for evaluation
-    heldout_fraction: float = 0.2  # share of the name pool reserved for held-out episodes
-    questions_per_document: int = 5  # single-hop questions per document (plus one two-hop question per episode)
-    people_per_episode: int = 1  # people in the people document; two need name binding (see docs/synthetic.md)
+    seed: int = field(default=0, metadata={"help": "One seed fixes the name split and every episode."})
+    train_episodes: int = field(default=2000, metadata={"help": "Episodes (two documents each) in the training split."})
+    heldout_episodes: int = field(default=200, metadata={"help": "Episodes over held-out names, for evaluation."})
+    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of the name pool reserved for held-out episodes."})
+    questions_per_document: int = field(
+        default=5, metadata={"help": "Single-hop questions per document (plus one two-hop question per episode)."}
+    )
+    people_per_episode: int = field(
+        default=1, metadata={"help": "People in the people document; two need name binding (see docs/synthetic.md)."}
+    )
+    max_passages: int = field(
+        default=4, metadata={"help": "K_train: training QA contexts hold 1..max_passages documents (needed ones among distractors)."}
+    )
+    multidoc_texts: int = field(
+        default=2000, metadata={"help": "Training texts joining 2..max_passages documents, for CPT at longer lengths."}
+    )
+    eval_passages: list[int] = field(
+        default_factory=lambda: list(EVAL_PASSAGES),
+        metadata={"help": "Documents per held-out QA context (beyond max_passages: length generalization)."},
+    )
+    eval_questions: int = field(default=60, metadata={"help": "Held-out questions per (number of documents, depth)."})
 
     def __post_init__(self):
-        for name in ("train_episodes", "heldout_episodes", "questions_per_document", "people_per_episode"):
+        for name in ("train_episodes", "heldout_episodes", "questions_per_document", "people_per_episode", "max_passages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if any(k < 1 for k in self.eval_passages):
+            raise ValueError(f"eval_passages must be positive numbers of documents, got {self.eval_passages}.")
+
+
+EVAL_PASSAGES = (1, 2, 4, 8, 16, 32)
+DEPTHS = ("first", "middle", "last")
+"""Where the answer's document sits in a held-out context (the paper's Figure 3 varies the needle depth)."""
+_NAME_WORD = re.compile(rf"\b[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]\b")
+
+
+def names_in(text: str) -> frozenset[str]:
+    """The invented names a text mentions (people, organisations, founders)."""
+    return frozenset(_NAME_WORD.findall(text))
+
+
+def with_distractors(
+    needed: list[str], pool: list[str], k: int, rng: random.Random, answer_at: int | None = None
+) -> list[str] | None:
+    """`needed` documents among `k - len(needed)` distractors from `pool`, shuffled; None if `k` cannot hold them.
+
+    A distractor never mentions a name of the needed documents, so every question keeps one answer. `answer_at`
+    puts the last needed document (the one stating the answer) at that index; the others go anywhere.
+    """
+    if k < len(needed):
+        return None
+    banned = frozenset().union(*(names_in(d) for d in needed))
+    distractors = []
+    while len(distractors) < k - len(needed):
+        doc = pool[rng.randrange(len(pool))]
+        if not names_in(doc) & banned and doc not in distractors:
+            distractors.append(doc)
+    passages = list(distractors)
+    *others, answer_doc = needed
+    for doc in others:
+        passages.insert(rng.randint(0, len(passages)), doc)
+    index = rng.randint(0, len(passages)) if answer_at is None else min(answer_at, len(passages))
+    passages.insert(index, answer_doc)
+    return passages
+
+
+def _answer_doc_last(row: dict) -> list[str]:
+    """The row's needed documents, the one stating the answer last (two-hop: the organisation document)."""
+    return sorted(row["context"], key=lambda doc: " was founded " in doc)
+
+
+def distractor_rows(rows: list[dict], documents: list[str], max_passages: int, rng: random.Random) -> list[dict]:
+    """Each QA row with its context grown to 1..max_passages documents (uniform; at least its needed ones)."""
+    out = []
+    for row in rows:
+        needed = _answer_doc_last(row)
+        k = rng.randint(len(needed), max(len(needed), max_passages))
+        out.append({**row, "context": with_distractors(needed, documents, k, rng), "k": k})
+    return out
+
+
+def evaluation_rows(
+    rows: list[dict], documents: list[str], passages: list[int], per_cell: int, rng: random.Random
+) -> list[dict]:
+    """Held-out QA at every number of documents `k` and answer depth: `per_cell` questions per (k, depth) cell.
+
+    k = 1 has one depth ("first") and single-hop questions only (a two-hop question needs two documents); k = 2 has
+    "first" and "last".
+    """
+    out = []
+    for k in passages:
+        for depth in DEPTHS if k > 2 else ("first", "last") if k == 2 else ("first",):
+            candidates = [r for r in rows if len(r["context"]) <= k]
+            for row in rng.sample(candidates, min(per_cell, len(candidates))):
+                at = {"first": 0, "middle": (k - 1) // 2, "last": k - 1}[depth]
+                context = with_distractors(_answer_doc_last(row), documents, k, rng, answer_at=at)
+                out.append({**row, "context": context, "k": k, "depth": depth})
+    return out
+
+
+def multidoc_rows(documents: list[str], count: int, max_passages: int, rng: random.Random) -> list[dict]:
+    """`count` texts joining 2..max_passages random documents (blank-line separated): CPT at longer lengths."""
+    if max_passages < 2:
+        return []
+    return [{"text": "\n\n".join(rng.sample(documents, rng.randint(2, max_passages)))} for _ in range(count)]
 
 
 def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
-    """The corpus as {split: {kind: rows}} for splits "train" and "heldout"; same config, same rows."""
+    """The corpus as {split: {kind: rows}} for splits "train" and "heldout"; same config, same rows.
+
+    Kinds: `document`, `standard` and `summary` as described above; `qa` (train): every question with its needed
+    documents among distractors (1..max_passages documents, column `k`); `qa` (held-out): the single-document set
+    (each question with only its needed documents, issue 11's evaluation); `qa_passages` (held-out): questions at
+    each `eval_passages` size and answer depth (columns `k`, `depth`); `multidoc`: texts of several documents (CPT).
+    """
     train_names, heldout_names = split_names(config.seed, config.heldout_fraction)
     rng = random.Random(config.seed + 1)
     corpus = {}
@@ -178,6 +278,17 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
             for kind, new in episode.rows(rng, config.questions_per_document).items():
                 rows[kind].extend(new)
         corpus[split] = rows
+    # Distractors and evaluation sets draw from their own generator, so the episodes above stay those every earlier
+    # corpus with this seed had (the held-out `qa` set is issue 11's single-document set).
+    extra = random.Random(config.seed + 2)
+    for split, rows in corpus.items():
+        documents = [r["text"] for r in rows["document"]]
+        count = config.multidoc_texts if split == "train" else 0
+        rows["multidoc"] = multidoc_rows(documents, count, config.max_passages, extra)
+        if split == "train":
+            rows["qa"] = distractor_rows(rows["qa"], documents, config.max_passages, extra)
+        else:
+            rows["qa_passages"] = evaluation_rows(rows["qa"], documents, config.eval_passages, config.eval_questions, extra)
     return corpus
 
 

@@ -92,6 +92,7 @@ class MemCompTrainer(Trainer):
                     parameter.requires_grad_(False)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
+        self._useful_tokens = torch.zeros((), dtype=torch.float64)
         self.example_ids_seen: list[int] = []
         self.parameter_report: str | None = None
         if args.rank_trace_dir:
@@ -208,6 +209,9 @@ class MemCompTrainer(Trainer):
         labels = inputs.pop("labels")
         if example_ids is not None and model.training:
             self.example_ids_seen.extend(example_ids.tolist())
+        if model.training:  # real (non-padding) decoder and encoder tokens, for throughput figures
+            tokens = inputs["attention_mask"].sum() + inputs.get("chunk_attention_mask", inputs["attention_mask"][:0]).sum()
+            self._useful_tokens = self._useful_tokens + tokens.detach().double()
         outputs = model(**inputs)
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:].to(logits.device)
@@ -241,6 +245,8 @@ class MemCompTrainer(Trainer):
         """Add per-task losses: `loss_<task>` to training logs, `eval_loss_<task>` to evaluation metrics."""
         if "loss" in logs:
             logs.update(self._task_metrics("train", ""))
+            tokens = self.accelerator.reduce(self._useful_tokens.to(self.accelerator.device), reduction="sum")
+            logs["useful_tokens"] = int(tokens)  # non-padding decoder + encoder tokens trained on so far
         eval_keys = [key for key in logs if key.endswith("_loss") and key != "loss" and not key.startswith("train")]
         if eval_keys:
             prefix = eval_keys[0][: -len("loss")]

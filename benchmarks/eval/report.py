@@ -85,25 +85,45 @@ def plot_lines(summary: dict, path: Path, xlabel: str, ylabel: str, title: str, 
     return path
 
 
-def plot_heatmap(records: list[dict], system: str, metric: str, path: Path, title: str, vmin=1, vmax=10) -> Path:
-    """NIAH heatmap (paper Figure 3): mean `metric` per needle depth (rows) x context length (columns)."""
+def plot_heatmap(
+    records: list[dict], system: str, metric: str, path: Path, title: str, vmin=1, vmax=10, rows: str = "depth",
+    columns: str = "length", row_order=None, xlabel: str = "context length (tokens)", ylabel: str = "needle depth",
+    colorbar: str = "score",
+) -> Path:
+    """Heatmap in the style of the paper's Figure 3: mean `metric` per `rows` value (needle depth) x `columns` value
+    (context length). `row_order` fixes the row order (default: sorted)."""
     cells: dict = defaultdict(list)
     for r in records:
         if r["system"] == system and r.get(metric) is not None:
-            cells[(r["depth"], r["length"])].append(r[metric])
-    depths = sorted({d for d, _ in cells})
+            cells[(r[rows], r[columns])].append(r[metric])
+    present = {d for d, _ in cells}
+    depths = [d for d in row_order if d in present] if row_order else sorted(present)
     lengths = sorted({n for _, n in cells})
     grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if cells.get((d, n)) else float("nan") for n in lengths] for d in depths]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.4 * len(depths)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(lengths)), [f"{n // 1000}K" if n >= 1000 else str(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
-    ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
-    fig.colorbar(image, ax=ax, label="score")
+    column_names = [f"{n // 1000}K" if isinstance(n, int) and n >= 1000 else str(n) for n in lengths]
+    ax.set_xticks(range(len(lengths)), column_names)
+    ax.set_yticks(range(len(depths)), [f"{d}%" if isinstance(d, (int, float)) else str(d) for d in depths])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.colorbar(image, ax=ax, label=colorbar)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of `a - b` over paired examples and its 95% percentile-bootstrap interval (resampling the pairs)."""
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_bootstrap needs two equally long, non-empty lists, got {len(a)} and {len(b)}.")
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "n": len(diff)}
 
 
 def write_report(output_dir: Path, benchmark: str, settings: dict, records: list[dict], aggregates: dict, tables: dict[str, str], plots: list[Path]) -> dict:

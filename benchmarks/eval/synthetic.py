@@ -1,9 +1,10 @@
-"""Held-out evaluation of the synthetic demo run (issue 11): reconstruction and QA, compressed vs full context vs controls.
+"""Held-out evaluation of the synthetic run: reconstruction and QA among distractors, compressed vs full vs controls.
 
 Every system goes through the shared harness (`harness.run`), so records are resumable and prompts are the
 inference prompts. Besides ROUGE-L, reconstruction is scored by *content-token accuracy*: the share of the
-reference's names and attribute values (template words excluded) that an order-preserving word alignment
-finds in the output. Two controls show that the memory is read:
+reference's names and attribute values (template words excluded) that an order-preserving word alignment finds in
+the output. QA is exact match, grouped by the number of documents in the context (`k`, beyond the training range
+too), the depth of the document holding the answer and the question type. Two controls show the memory is read:
 
     zero memory   the same model with every memory embedding replaced by zeros
     copy          answers with the first name already in the prompt (reconstruction prompts name no one)
@@ -22,7 +23,7 @@ from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS,
 from . import protocol
 from .harness import Example, run
 from .records import RecordStore, config_hash
-from .report import retention, summarize
+from .report import paired_bootstrap, retention, summarize
 from .scoring import answer_scores, rouge_f1
 from .systems import FullContextSystem, Generation, MemCompSystem
 
@@ -31,6 +32,9 @@ _NAME = re.compile(rf"^[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]$
 _VALUES = frozenset(CITIES + COLOURS + PROFESSIONS + YEARS)
 LENGTH_BUCKETS = (16, 32, 48, 64)
 """Reconstruction results are grouped by the document's token count, rounded down to one of these edges."""
+QA_MAX_NEW_TOKENS = 8
+"""Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
+GREEDY = {"do_sample": False}
 
 
 def is_content(word: str) -> bool:
@@ -91,7 +95,7 @@ def length_bucket(num_tokens: int) -> int:
 
 
 def reconstruction_examples(tokenizer, documents: list[str], kind: str = "document") -> list[Example]:
-    """One example per text, grouped by its length bucket and its `kind` ("document", or "episode" for two documents)."""
+    """One example per text, grouped by its length bucket and its `kind`."""
     lengths = [len(ids) for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
     return [
         Example(
@@ -102,10 +106,13 @@ def reconstruction_examples(tokenizer, documents: list[str], kind: str = "docume
     ]
 
 
-def qa_examples(rows: list[dict]) -> list[Example]:
-    """One example per held-out QA row (`trainers.synthetic` schema), grouped by question type."""
+def qa_examples(rows: list[dict], prefix: str = "qa") -> list[Example]:
+    """One example per held-out QA row, with its question type and, when the row has them, `k` and `depth`."""
     return [
-        Example(f"qa{i}", row["context"], row["question"], row["answer"], row["question"], meta={"type": row["type"]})
+        Example(
+            f"{prefix}{i}", row["context"], row["question"], row["answer"], row["question"],
+            meta={key: row[key] for key in ("type", "k", "depth") if key in row},
+        )
         for i, row in enumerate(rows)
     ]
 
@@ -118,9 +125,6 @@ def score_qa(example: Example, generation: Generation) -> dict:
     return {"em": answer_scores(generation.text, example.reference, generation.answer_style)["em"]}
 
 
-GREEDY = {"do_sample": False}
-
-
 def evaluate_systems(
     benchmark: str,
     examples: list[Example],
@@ -130,8 +134,8 @@ def evaluate_systems(
     batch_size: int = 32,
     settings: dict | None = None,
 ) -> list[dict]:
-    """Greedy answers of every system on `examples`, scored for `benchmark` ("reconstruction" or "qa"), resumable."""
-    scorer = {"reconstruction": score_reconstruction, "qa": score_qa}[benchmark]
+    """Greedy answers of every system on `examples`, scored as reconstruction or QA, resumable (records per benchmark)."""
+    scorer = score_reconstruction if benchmark == "reconstruction" else score_qa
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     store = RecordStore(folder / f"{benchmark}_records.jsonl", config_hash({"benchmark": benchmark, **(settings or {})}))
@@ -140,77 +144,107 @@ def evaluate_systems(
     )
 
 
-def aggregate(reconstruction: list[dict], qa: list[dict]) -> dict:
-    """Means per group and system: ROUGE-L and content accuracy by length, exact match by question type."""
+def aggregate(results: dict) -> dict:
+    """Means per group and system: reconstruction by chunk size and length, QA exact match by k, depth and type."""
+    recon, passages, single = (results.get(key, []) for key in ("reconstruction", "qa_passages", "qa_single"))
+    cells = [{**r, "cell": f"{r['k']}/{r['depth']}"} for r in passages]
     return {
-        "reconstruction_rougeL": summarize(reconstruction, "rougeL", by="length"),
-        "reconstruction_content_accuracy": summarize(reconstruction, "content_accuracy", by="length"),
-        "reconstruction_rougeL_by_kind": summarize(reconstruction, "rougeL", by="kind"),
-        "reconstruction_content_accuracy_by_kind": summarize(reconstruction, "content_accuracy", by="kind"),
-        "qa_em": summarize(qa, "em", by="type"),
+        "reconstruction_content_accuracy": summarize(recon, "content_accuracy", by="length"),
+        "reconstruction_rougeL": summarize(recon, "rougeL", by="length"),
+        "qa_em_by_k": summarize(passages, "em", by="k"),
+        "qa_em_by_depth": summarize([r for r in passages if r["k"] > 1], "em", by="depth"),
+        "qa_em_by_cell": summarize(cells, "em", by="cell"),
+        "qa_em_by_type": summarize(passages, "em", by="type"),
+        "single_em_by_type": summarize(single, "em", by="type"),
     }
 
 
 def retention_by_group(summary: dict, compressed: str, full: str = "full") -> dict:
-    """Per group (question type): `compressed` as a percentage of `full` (`report.retention`; groups where it is undefined are left out)."""
+    """Per group: `compressed` as a percentage of `full` (`report.retention`; groups where it is undefined are left out)."""
     kept = {g: retention(row.get(compressed, {}).get("mean"), row.get(full, {}).get("mean")) for g, row in summary.items()}
     return {g: v for g, v in kept.items() if v is not None}
 
 
-def _load(folder: Path):
+def paired_by_group(records: list[dict], a: str, b: str, by: str = "k", metric: str = "em") -> dict:
+    """Per group (and "all"): the paired bootstrap of `a - b` over the examples both systems answered."""
+    scores: dict = {}
+    for r in records:
+        if r.get(metric) is not None:
+            scores.setdefault((r[by], r["id"]), {})[r["system"]] = r[metric]
+    groups: dict = {}
+    for (group, _), pair in sorted(scores.items(), key=lambda item: item[0]):
+        if a in pair and b in pair:
+            for key in (group, "all"):
+                groups.setdefault(key, ([], []))
+                groups[key][0].append(pair[a])
+                groups[key][1].append(pair[b])
+    ordered = sorted((g for g in groups if g != "all"), key=lambda g: (isinstance(g, str), g)) + ["all"] * ("all" in groups)
+    return {g: paired_bootstrap(*groups[g]) for g in ordered}
+
+
+def _load(folder: Path | None):
     from modeling_memcomp import MemCompForCausalLM
 
-    return MemCompForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval() if (folder / "config.json").is_file() else None
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None
+    return MemCompForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
 def evaluate_run(
     run_dir: str | Path,
     output_dir: str | Path,
+    previous: str | Path | None = None,
     max_documents: int | None = None,
-    max_questions: int | None = None,
+    max_single_questions: int | None = None,
+    max_passage_questions: int | None = None,
     batch_size: int = 32,
 ) -> dict:
-    """Evaluate a synthetic run's checkpoints on its held-out split; returns records and aggregates.
+    """Evaluate a synthetic run's checkpoints on its held-out split; returns the records per benchmark.
 
-    Reconstruction: CPT-1 (plain template, the paper's Table 4 checkpoint) vs its zero-memory control and the
-    copy control. QA (chat template): SFT; RL decoding memories of the SFT encoder (how RL trained) and of its
-    own weights ("rl_self", a one-checkpoint user's path); the full-context baseline; zero-memory SFT; copy.
+    reconstruction  held-out documents from CPT-1 memory (flat template) at each trained chunk size, each with its
+                    zero-memory control, and the copy control
+    qa_passages     questions among distractors at every k and depth: SFT, RL (its folder alone: SFT encoder + RL
+                    decoder), the full-context baseline, zero-memory SFT, copy
+    qa_single       issue 11's single-document set, the same systems plus the checkpoint shipped before (`previous`)
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     heldout = run_dir / "data" / "heldout"
-    models = {stage: _load(run_dir / stage) for stage in ("cpt1", "cpt2", "sft", "rl", "baseline")}
+    curve = sorted((p.name for p in run_dir.glob("cpt1_c*") if (p / "config.json").is_file()), key=lambda s: int(s[6:]))
+    models = {stage: _load(run_dir / stage) for stage in ("cpt1", *curve, "sft", "rl", "baseline")}
+    models["previous"] = _load(previous)
     if models["sft"] is None:
         raise FileNotFoundError(f"{run_dir / 'sft'} has no checkpoint: run the pipeline's sft stage first.")
     tokenizer = models["sft"].tokenizer
-    settings = {"run": str(run_dir), **{s: m.fingerprint for s, m in models.items() if m is not None}}
+    settings = {"run": str(run_dir)}
+    settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
+    settings.update({f"{s}_decoder": m.decoder_fingerprint for s, m in models.items() if m is not None})
     results = {}
 
-    if models["cpt1"] is not None:
-        # single documents (as trained) and whole two-document episodes (longer than any reconstruction target in training)
-        examples = reconstruction_examples(tokenizer, [r["text"] for r in read_jsonl(heldout / "document.jsonl")[:max_documents]])
-        episodes = [r["text"] for r in read_jsonl(heldout / "standard.jsonl")[:max_documents]]
-        examples += reconstruction_examples(tokenizer, episodes, kind="episode")
-        longest = max(e.meta["tokens"] for e in examples)
-        systems = [MemCompSystem(models["cpt1"], template="plain", name="cpt1")]
-        if models["cpt2"] is not None:  # CPT-2 also trains reconstruction, in the chat template
-            systems.append(MemCompSystem(models["cpt2"], template="chat", name="cpt2"))
-        systems += [
-            ZeroMemorySystem(models["cpt1"], template="plain", name="zero_memory"),
-            CopySystem(tokenizer),
-        ]
-        max_new = int(longest * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
+    recon_models = [(stage, models[stage]) for stage in ("cpt1", *curve) if models[stage] is not None]
+    if recon_models:
+        documents = [r["text"] for r in read_jsonl(heldout / "document.jsonl")[:max_documents]]
+        systems = []
+        for stage, model in recon_models:
+            label = f"C{model.config.chunk_size}"
+            systems += [MemCompSystem(model, template="plain", name=label),
+                        ZeroMemorySystem(model, template="plain", name=f"{label}_zero_memory")]
+        systems.append(CopySystem(tokenizer))
+        examples = reconstruction_examples(tokenizer, documents)
+        max_new = int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
         results["reconstruction"] = evaluate_systems("reconstruction", examples, systems, output_dir, max_new, batch_size, settings)
 
-    examples = qa_examples(read_jsonl(heldout / "qa.jsonl")[:max_questions])
-    systems = [MemCompSystem(models["sft"], name="sft")]
-    if models["rl"] is not None:
-        systems += [MemCompSystem(models["rl"], name="rl", encoder=models["sft"]), MemCompSystem(models["rl"], name="rl_self")]
-    if models["baseline"] is not None:
-        systems.append(FullContextSystem(models["baseline"], name="full"))
-    systems += [ZeroMemorySystem(models["sft"], name="zero_memory"), CopySystem(tokenizer)]
-    results["qa"] = evaluate_systems("qa", examples, systems, output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
+    def qa_systems(with_previous: bool) -> list:
+        systems = [MemCompSystem(models["sft"], name="sft")]
+        if models["rl"] is not None:
+            systems.append(MemCompSystem(models["rl"], name="rl"))
+        if models["baseline"] is not None:
+            systems.append(FullContextSystem(models["baseline"], name="full"))
+        if with_previous and models["previous"] is not None:
+            systems.append(MemCompSystem(models["previous"], name="previous"))
+        return systems + [ZeroMemorySystem(models["sft"], name="zero_memory"), CopySystem(tokenizer)]
+
+    passages = qa_examples(read_jsonl(heldout / "qa_passages.jsonl")[:max_passage_questions], "qa_k")
+    results["qa_passages"] = evaluate_systems("qa_passages", passages, qa_systems(False), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
+    single = qa_examples(read_jsonl(heldout / "qa.jsonl")[:max_single_questions], "qa")
+    results["qa_single"] = evaluate_systems("qa_single", single, qa_systems(True), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
     return results
-
-
-QA_MAX_NEW_TOKENS = 8
-"""Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""

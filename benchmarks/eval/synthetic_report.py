@@ -1,6 +1,6 @@
-"""The synthetic run's report: `report.json`, `report.md` and `learning_curves.png` from timings, logs and records.
+"""The synthetic run's report: `report.json`, `report.md` and plots from timings, logs and evaluation records.
 
-Targets (issue 11) are checked against the measured figures and written next to them, met or not.
+Issue 20's targets are checked against the measured figures and written next to them, met or not.
 """
 
 from __future__ import annotations
@@ -13,19 +13,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import comparison_table  # noqa: E402
-from .synthetic import aggregate, retention_by_group  # noqa: E402
+from .report import ALL, comparison_table, plot_heatmap  # noqa: E402
+from .synthetic import aggregate, paired_by_group, retention_by_group  # noqa: E402
 
 CURVES = {"lm": "loss", "cpt1": "loss", "cpt2": "loss", "sft": "loss", "baseline": "loss", "rl": "reward"}
-"""Stage -> the logged value its learning curve shows."""
-QA_SYSTEMS = ("sft", "rl", "rl_self", "full", "zero_memory", "copy")
-RECON_SYSTEMS = ("cpt1", "cpt2", "zero_memory", "copy")
+"""Stage -> the logged value its learning curve shows (CPT-1 curve stages show their loss too)."""
+QA_SYSTEMS = ("sft", "rl", "full", "zero_memory", "copy")
+SINGLE_SYSTEMS = ("sft", "rl", "previous", "full", "zero_memory", "copy")
+DEPTH_ORDER = ("first", "middle", "last")
+COLORS = {"sft": "tab:green", "rl": "tab:blue", "full": "tab:orange", "zero_memory": "tab:gray", "copy": "tab:red"}
 
 
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """(step, value) per stage from each stage's `log_history.json`."""
     curves = {}
-    for stage, key in CURVES.items():
+    stages = [*CURVES, *sorted(p.name for p in run_dir.glob("cpt1_c*"))]
+    for stage in stages:
+        key = CURVES.get(stage, "loss")
         path = run_dir / stage / "log_history.json"
         if path.is_file():
             curves[stage] = [(e["step"], e[key]) for e in json.loads(path.read_text()) if key in e]
@@ -37,7 +41,7 @@ def plot_curves(curves: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(curves), figsize=(3 * len(curves), 3), squeeze=False)
     for ax, (stage, points) in zip(axes[0], curves.items()):
         ax.plot([s for s, _ in points], [v for _, v in points], color="tab:blue")
-        ax.set(title=stage, xlabel="step", ylabel=CURVES[stage])
+        ax.set(title=stage, xlabel="step", ylabel=CURVES.get(stage, "loss"))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -45,72 +49,170 @@ def plot_curves(curves: dict, path: Path) -> Path:
     return path
 
 
+def plot_em_by_k(summary: dict, max_passages: int, path: Path) -> Path:
+    """Exact match against the number of documents in the context (paper Figure 4's shape), K_train marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    groups = [g for g in summary if g != ALL]
+    for system in QA_SYSTEMS:
+        xs = [g for g in groups if system in summary[g]]
+        if xs:
+            ax.plot([str(x) for x in xs], [100 * summary[x][system]["mean"] for x in xs], marker="o", label=system,
+                    color=COLORS[system])
+    if max_passages in groups:
+        ax.axvline(groups.index(max_passages), color="black", linestyle=":", linewidth=1)
+        ax.text(groups.index(max_passages), 2, " trained up to here", fontsize=8)
+    ax.set(xlabel="documents in the context (k)", ylabel="exact match (%)", ylim=(0, 100),
+           title="QA among distractor documents (held-out names)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=5, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reconstruction(summary: dict, path: Path) -> Path:
+    """Content-token accuracy of held-out documents against the chunk size, each with its zero-memory control."""
+    row = summary.get(ALL, {})
+    sizes = sorted(int(s[1:]) for s in row if s.startswith("C") and "_" not in s)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([str(c) for c in sizes], [row[f"C{c}"]["mean"] for c in sizes], marker="o", label="from memory")
+    ax.plot([str(c) for c in sizes], [row.get(f"C{c}_zero_memory", {}).get("mean") for c in sizes], marker="x",
+            linestyle="--", color="tab:gray", label="zero memory")
+    ax.set(xlabel="chunk size C (compression rate)", ylabel="content-token accuracy", ylim=(0, 1),
+           title="Reconstruction of held-out documents")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def total_wall_time(timings: dict, config: dict) -> float:
-    """Seconds from start to report: every stage in turn, except a baseline trained alongside in a second process."""
-    return sum(t for stage, t in timings.items() if not (stage == "baseline" and config.get("parallel_baseline")))
+    """Seconds from start to report: the main process's stages in turn; the second process runs alongside."""
+    side = {"baseline", *(f"cpt1_c{c}" for c in config.get("recon_chunk_sizes", []))}
+    main = sum(t for s, t in timings.items() if isinstance(t, (int, float)) and not (s in side and config.get("parallel")))
+    side_total = sum(t for s, t in timings.items() if s in side and isinstance(t, (int, float)))
+    return max(main, side_total + timings.get("data", 0) + timings.get("lm", 0)) if config.get("parallel") else main
 
 
-def _mean(summary: dict, group: str, system: str) -> float | None:
+def throughput(timings: dict) -> dict[str, float]:
+    """Non-padding (decoder + encoder) tokens per second of every stage that counted them."""
+    tokens = timings.get("useful_tokens", {})
+    return {stage: tokens[stage] / timings[stage] for stage in tokens if timings.get(stage)}
+
+
+def _mean(summary: dict, group, system: str) -> float | None:
     return summary.get(group, {}).get(system, {}).get("mean")
 
 
-def check_targets(aggregates: dict, compressed: str) -> list[dict]:
-    """Issue 11's targets, each with the measured value and whether it is met."""
-    rouge, content = aggregates["reconstruction_rougeL_by_kind"], aggregates["reconstruction_content_accuracy_by_kind"]
-    stages = [s for s in ("cpt1", "cpt2") if _mean(rouge, "document", s) is not None]
-    best = max(stages, key=lambda s: _mean(rouge, "document", s), default="cpt1")
-    qa = aggregates["qa_em"]
-    types = [g for g in qa if g != "all"]
-    targets = [
-        (f"held-out document reconstruction ROUGE-L >= 0.9 ({best})", _mean(rouge, "document", best), 0.9),
-        (f"held-out document content-token accuracy >= 0.8 ({best})", _mean(content, "document", best), 0.8),
-        ("full-context EM >= 0.8 on every question type (lowest type)", min((_mean(qa, t, "full") or 0 for t in types), default=None), 0.8),
-    ]
-    kept = retention_by_group(qa, compressed)
-    targets.append((f"{compressed} EM >= 90% of full context on every type (lowest retention, %)", min((kept.get(t, 0) for t in types), default=None), 90.0))
-    targets.append(("RL EM >= SFT EM (RL minus SFT, all questions)", (_mean(qa, "all", "rl") or 0) - (_mean(qa, "all", "sft") or 0), 0.0))
+def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[dict]:
+    """Issue 20's targets, each with the measured value and whether it is met."""
+    recon, by_k = aggregates["reconstruction_content_accuracy"], aggregates["qa_em_by_k"]
+    ks = [g for g in by_k if g != ALL]
+    trained = [k for k in ks if k <= max_passages]
+    beyond = [k for k in ks if k > max_passages and k >= 16]  # the paper's long-context claim, scaled down
+    targets = [("reconstruction content-token accuracy at C=4, held-out documents", _mean(recon, ALL, "C4"), 0.9)]
+    for k in (1, 4):
+        targets.append((f"full-context EM at k = {k}", _mean(by_k, k, "full"), 0.8))
+    for system in ("rl", "sft"):
+        kept = retention_by_group(by_k, system)
+        lowest = min((kept.get(k, 0.0) for k in trained), default=None)
+        targets.append((f"{system} retention (EM / full EM, %) at every k <= {max_passages} (lowest)", lowest, 90.0))
+        for k in beyond:
+            gap = None if _mean(by_k, k, system) is None else _mean(by_k, k, system) - (_mean(by_k, k, "full") or 0.0)
+            targets.append((f"{system} EM minus full-context EM at k = {k}", gap, 0.0))
+    for k in [k for k in ks if k >= 4]:
+        low = bootstrap.get(k, {}).get("low")
+        targets.append((f"RL minus SFT EM at k = {k}: lower end of the 95% interval", low, 1e-12))
     return [{"target": name, "measured": value, "met": value is not None and value >= bound} for name, value, bound in targets]
 
 
+def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
+    """The stage to export (RL when it is at least SFT over the training range, else SFT) and why, or None when it
+    does not beat the previously shipped checkpoint on the single-document held-out set."""
+    agg, max_passages = report["aggregates"], report["config"]["max_passages"]
+    by_k = agg["qa_em_by_k"]
+    trained = [k for k in by_k if k != ALL and k <= max_passages]
+
+    def mean_over(system):
+        values = [_mean(by_k, k, system) for k in trained]
+        return None if None in values or not values else sum(values) / len(values)
+
+    rl, sft = mean_over("rl"), mean_over("sft")
+    stage = "rl" if rl is not None and rl >= (sft or 0) else "sft"
+    single = agg["single_em_by_type"].get(ALL, {})
+    new, old = single.get(stage, {}).get("mean"), single.get("previous", {}).get("mean")
+    if old is not None and (new is None or new <= old):
+        return None, (f"not replaced: the new `{stage}` model scores {new:.3f} EM on the single-document set, the "
+                      f"shipped one {old:.3f}.")
+    versus = "" if old is None else f" (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint)"
+    return stage, f"the `{stage}` stage{versus}, exported to the checkpoint folder."
+
+
 def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, machine: dict, command: str) -> dict:
-    """Write report.json / report.md / learning_curves.png for a finished run and evaluation; returns the JSON."""
+    """Write report.json / report.md and the plots for a finished run and evaluation; returns the JSON."""
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    aggregates = aggregate(results.get("reconstruction", []), results["qa"])
+    aggregates = aggregate(results)
     config = json.loads((run_dir / "run_config.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     curves = learning_curves(run_dir)
     plot_curves(curves, output_dir / "learning_curves.png")
-    qa_systems = [s for s in QA_SYSTEMS if any(s in row for row in aggregates["qa_em"].values())]
-    retentions = {s: retention_by_group(aggregates["qa_em"], s) for s in ("sft", "rl", "rl_self") if s in qa_systems}
-    compressed = max(retentions, key=lambda s: retentions[s].get("all", 0)) if retentions else "sft"
+    plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
+    if aggregates["reconstruction_content_accuracy"]:
+        plot_reconstruction(aggregates["reconstruction_content_accuracy"], output_dir / "reconstruction_by_chunk_size.png")
+    passages = [r for r in results["qa_passages"] if r["k"] > 1]
+    heatmaps = []
+    for system in ("sft", "rl", "full"):
+        if any(r["system"] == system for r in passages):
+            name = f"heatmap_{system}.png"
+            plot_heatmap(
+                [{**r, "em": 100 * r["em"]} for r in passages if "em" in r], system, "em", output_dir / name,
+                f"{system}: EM (%) by answer depth and documents", vmin=0, vmax=100, rows="depth", columns="k",
+                row_order=DEPTH_ORDER, xlabel="documents in the context (k)", ylabel="answer's document", colorbar="EM (%)",
+            )
+            heatmaps.append(name)
+    bootstrap = paired_by_group(results["qa_passages"], "rl", "sft", by="k")
+    aggregates["qa_em_by_depth"] = {d: aggregates["qa_em_by_depth"][d] for d in (*DEPTH_ORDER, ALL) if d in aggregates["qa_em_by_depth"]}
     report = {
         "command": command,
         "machine": machine,
         "config": config,
-        "wall_time_s": {**timings, "total": total_wall_time(timings, config)},
-        "compression": {"chunk_size": config["chunk_size"], "wrap": config["wrap"]},
+        "wall_time_s": {**{s: t for s, t in timings.items() if isinstance(t, (int, float))}, "total": total_wall_time(timings, config)},
+        "useful_tokens_per_s": throughput(timings),
         "aggregates": aggregates,
-        "retention_percent": retentions,
-        "targets": check_targets(aggregates, compressed),
+        "retention_percent": {s: retention_by_group(aggregates["qa_em_by_k"], s) for s in ("sft", "rl")},
+        "rl_minus_sft": bootstrap,
+        "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
+        "heatmaps": heatmaps,
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (output_dir / "report.md").write_text(render_markdown(report, qa_systems))
+    (output_dir / "report.md").write_text(render_markdown(report))
     return report
 
 
-def render_markdown(report: dict, qa_systems: list[str]) -> str:
+def _present(summary: dict, systems) -> list[str]:
+    return [s for s in systems if any(s in row for row in summary.values())]
+
+
+def render_markdown(report: dict) -> str:
     agg, config = report["aggregates"], report["config"]
     hours = report["wall_time_s"]["total"] / 3600
+    by_k = agg["qa_em_by_k"]
     lines = [
-        "# Synthetic demo run",
+        "# Synthetic run: distractor documents, length generalization, RL",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('logical_cpus')} logical CPUs, no GPU); "
-        f"wall time {hours:.2f} h from start to report (the baseline trains alongside CPT-1 in a second process).  ",
-        f"Model: Qwen2 architecture, {config['num_layers']} layers, hidden {config['hidden_size']}; "
-        f"chunk size {config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x).",
+        f"wall time {hours:.2f} h from start to report (a second process trains the baseline and the "
+        "reconstruction-curve runs alongside).  ",
+        f"Model: Qwen2 architecture, {config['num_layers']} layers, hidden {config['hidden_size']}; chunk size "
+        f"{config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x). "
+        f"Training QA contexts hold 1-{config['max_passages']} documents; held-out contexts hold up to "
+        f"{max(g for g in by_k if g != ALL)}.",
         "",
         "## Targets",
         "",
@@ -120,29 +222,62 @@ def render_markdown(report: dict, qa_systems: list[str]) -> str:
     for t in report["targets"]:
         value = "–" if t["measured"] is None else f"{t['measured']:.3f}"
         lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'no'} |")
-    lines += ["", "## Reconstruction of held-out documents (by document length, tokens)", ""]
-    if agg["reconstruction_rougeL"]:
-        for title, key in (("ROUGE-L F1", "rougeL"), ("Content-token accuracy (names and values only)", "content_accuracy")):
-            lines += [f"{title}, documents (as trained) vs two-document episodes (an untrained length):", ""]
-            lines += [comparison_table(agg[f"reconstruction_{key}_by_kind"], "kind", systems=RECON_SYSTEMS), ""]
-            lines += [f"{title} by length bucket (tokens):", "", comparison_table(agg[f"reconstruction_{key}"], "length", systems=RECON_SYSTEMS), ""]
-    lines += ["## QA exact match (%) on held-out questions, by type", "", comparison_table(agg["qa_em"], "type", scale=100, digits=1, systems=qa_systems), ""]
-    for system, kept in report["retention_percent"].items():
-        cells = ", ".join(f"{g} {v:.0f}%" for g, v in kept.items())
-        lines.append(f"- retention of {system} (EM / full-context EM): {cells}")
     lines += [
         "",
-        "Systems: `cpt1` reconstructs from CPT-1 memory (plain template), `cpt2` from CPT-2 memory (chat template); `sft` answers from SFT memory; `rl` is the RL "
-        "decoder reading memories of the SFT encoder (as in RL training); `rl_self` is the RL checkpoint compressing "
-        "with its own weights; `full` is the same-size baseline fine-tuned on the same QA rows with the context as "
-        "text; `zero_memory` is the same model with every memory embedding set to zero; `copy` answers with the first "
-        "name in the prompt.",
+        f"## QA exact match (%) by number of documents in the context (held-out names; trained on k <= {config['max_passages']})",
         "",
-        "## Wall time (s)",
+        comparison_table(by_k, "k", scale=100, digits=1, systems=_present(by_k, QA_SYSTEMS)),
         "",
-        "| stage | seconds |",
-        "|---|---|",
     ]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in report["wall_time_s"].items()]
+    for system, kept in report["retention_percent"].items():
+        cells = ", ".join(f"k={g}: {v:.0f}%" for g, v in kept.items())
+        lines.append(f"- retention of {system} (EM / full-context EM): {cells}")
+    lines += ["", "RL minus SFT, exact match (paired over the same questions; 95% bootstrap interval):", "",
+              "| k | RL - SFT (points) | 95% interval | n |", "|---|---|---|---|"]
+    for group, b in report["rl_minus_sft"].items():
+        lines.append(f"| {group} | {100 * b['mean']:+.1f} | [{100 * b['low']:+.1f}, {100 * b['high']:+.1f}] | {b['n']} |")
+    lines += [
+        "",
+        "![EM by documents](em_by_documents.png)",
+        "",
+        "### By depth of the answer's document (k >= 2)",
+        "",
+        comparison_table(agg["qa_em_by_depth"], "depth", scale=100, digits=1, systems=_present(agg["qa_em_by_depth"], QA_SYSTEMS)),
+        "",
+        *[f"![{name}]({name})" for name in report["heatmaps"]],
+        "",
+        "### By question type (all k)",
+        "",
+        comparison_table(agg["qa_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["qa_em_by_type"], QA_SYSTEMS)),
+        "",
+        "## The single-document held-out set (issue 11's evaluation)",
+        "",
+        comparison_table(agg["single_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["single_em_by_type"], SINGLE_SYSTEMS)),
+        "",
+        "`previous` is the checkpoint shipped before this run.",
+        "",
+    ]
+    recon = agg["reconstruction_content_accuracy"]
+    if recon:
+        systems = sorted((s for s in recon.get(ALL, {}) if s != "copy"), key=lambda s: (int(s[1:].split("_")[0]), s))
+        lines += ["## Reconstruction of held-out documents", "", "Content-token accuracy (names and values only), by length bucket (tokens):", "",
+                  comparison_table(recon, "length", systems=[*systems, "copy"]), "",
+                  "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
+                  "![reconstruction](reconstruction_by_chunk_size.png)", ""]
+    lines += [
+        "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
+        "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
+        "QA rows with the context as text; `zero_memory` is SFT with every memory embedding set to zero; `copy` answers "
+        "with the first name in the prompt; `C4`/`C8`/`C16` reconstruct from CPT-1 memory at that chunk size.",
+        "",
+        "## Wall time and throughput",
+        "",
+        "| stage | seconds | non-padding tokens/s |",
+        "|---|---|---|",
+    ]
+    rates = report["useful_tokens_per_s"]
+    for stage, seconds in report["wall_time_s"].items():
+        rate = f"{rates[stage]:,.0f}" if stage in rates else "–"
+        lines.append(f"| {stage} | {seconds:.0f} | {rate} |")
     lines += ["", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)

@@ -1,0 +1,511 @@
+"""The synthetic proof: the whole curriculum, end to end, on the synthetic corpus with distractor documents.
+
+    data       corpus (`trainers.synthetic`, QA contexts of 1..max_passages documents) + tokenizer   {output_dir}/data
+    lm         plain LM pretraining of a tiny Qwen2 on episodes and QA rows as text (the recipe assumes a pretrained base)
+    cpt1       CPT-1 through `trainers.run.run_stage` (flat template)                       {output_dir}/cpt1
+    cpt2       CPT-2 (flat template)                                                         {output_dir}/cpt2
+    sft        SFT on QA with distractors (chat template, projection frozen)                 {output_dir}/sft
+    rl         DAPO (`MemCompGRPOTrainer`), exact-match judge, memories from the SFT encoder: the paper's system,
+               saved as one folder (SFT encoder + RL decoder)                                 {output_dir}/rl
+    baseline   the same base fine-tuned on the same QA rows with the context as text        {output_dir}/baseline
+    cpt1_c8, cpt1_c16   CPT-1 at chunk sizes 8 and 16 (the paper's rates), for the reconstruction curve
+
+A second process trains the baseline and the reconstruction-curve stages while the main one runs the memcomp
+stages, each with `threads` torch threads (two one-thread processes do more work on a 2-core CPU than one two-thread
+process); a process left alone uses `threads_alone`. Each stage writes its folder and `log_history.json`; a finished
+stage (its `config.json` exists) is skipped and an interrupted one resumes from its last complete checkpoint. Stage
+wall times and non-padding tokens go to `{output_dir}/timings.json`. Evaluation: `benchmarks/eval/synthetic.py`;
+report: `benchmarks/eval/synthetic_report.py`; this module sits above both and above `trainers`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import multiprocessing
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainers.synthetic import read_jsonl
+
+logger = logging.getLogger(__name__)
+
+MEMCOMP_STAGES = ("cpt1", "cpt2", "sft")
+TOY_SYSTEM_PROMPT = "Answer from the memory."
+"""The toy's chat system prompt (SFT and RL): short, so the tiny model spends its compute on content."""
+
+
+def _arg(default, text: str, **kwargs):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class SyntheticRunConfig:
+    """Every setting of the synthetic run; the defaults are the committed run (see its report for the wall time)."""
+
+    output_dir: str = _arg("out/synthetic", "One folder per stage under it.")
+    seed: int = _arg(0, "Corpus, initialisation and data order.")
+    train_episodes: int = _arg(2000, "Synthetic episodes for training (two documents each).")
+    heldout_episodes: int = _arg(200, "Episodes over held-out names, for evaluation only.")
+    max_passages: int = _arg(4, "K_train: training QA contexts hold 1..max_passages documents.")
+    multidoc_texts: int = _arg(2000, "Multi-document training texts for CPT.")
+    eval_questions: int = _arg(60, "Held-out questions per (number of documents, depth) cell.")
+    hidden_size: int = _arg(128, "Tiny Qwen2 width.")
+    num_layers: int = _arg(4, "Tiny Qwen2 depth.")
+    chunk_size: int = _arg(4, "Tokens per memory embedding of the shipped model.")
+    wrap: str = _arg("block", "Memory wrapping: 'block' keeps the effective rate at chunk_size.")
+    max_length: int = _arg(256, "Decoder length of every stage.")
+    batch_size: int = _arg(32, "Examples per optimizer step (LM, CPT, SFT, baseline).")
+    lm_steps: int = _arg(3000, "Plain LM pretraining steps.")
+    cpt1_steps: int = _arg(6000, "CPT-1 steps.")
+    cpt2_steps: int = _arg(1500, "CPT-2 steps.")
+    sft_steps: int = _arg(3000, "SFT steps.")
+    baseline_steps: int = _arg(3000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT).")
+    recon_chunk_sizes: list[int] = _arg([8, 16], "Extra CPT-1 runs at these chunk sizes, for the reconstruction curve.")
+    recon_steps: int = _arg(3000, "Steps of each extra CPT-1 run.")
+    rl_steps: int = _arg(400, "DAPO optimizer steps (one rollout batch each).")
+    learning_rate: float = _arg(2e-3, "LM, CPT and baseline peak LR (a model trained from scratch; Table 9's suit 7B).")
+    projection_learning_rate: float = _arg(2e-3, "Memory projection LR in CPT-1 / CPT-2.")
+    sft_learning_rate: float = _arg(5e-4, "SFT and baseline QA fine-tuning LR.")
+    rl_learning_rate: float = _arg(2e-5, "DAPO LR.")
+    rl_prompts: int = _arg(4000, "Training QA rows compressed (by the SFT encoder) for RL.")
+    rl_generations: int = _arg(8, "Rollouts per prompt.")
+    rl_batch_size: int = _arg(64, "Completions per rollout batch and optimizer step (rl_batch_size / rl_generations prompts).")
+    rl_template: str = _arg(
+        "chat", "RL prompt template: the toy keeps SFT's (its one-word answers need no \\boxed{} format to learn)."
+    )
+    system_prompt: str = _arg(TOY_SYSTEM_PROMPT, "System prompt of the chat stages (SFT, RL).")
+    lm_qa_text: bool = _arg(True, "LM pretraining also reads QA rows as plain 'context / question / answer' text.")
+    save_steps: int = _arg(250, "Trainer checkpoints (resume points) every this many steps.")
+    logging_steps: int = _arg(25, "Log every this many steps.")
+    threads: int = _arg(1, "Torch threads per process while both processes run.")
+    threads_alone: int = _arg(2, "Torch threads of a process running alone.")
+    parallel: bool = _arg(True, "Train the baseline and the reconstruction curve in a second process.")
+    stages: list[str] | None = _arg(None, "Stages to run (in pipeline order; default: all).")
+
+    def __post_init__(self):
+        self.stages = list(self.all_stages) if self.stages is None else list(self.stages)
+        unknown = set(self.stages) - set(self.all_stages)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; choose from {self.all_stages}.")
+        if self.rl_batch_size % self.rl_generations:
+            raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
+
+    @property
+    def all_stages(self) -> tuple[str, ...]:
+        return ("data", "lm", *MEMCOMP_STAGES, "rl", "baseline", *self.recon_stages)
+
+    @property
+    def recon_stages(self) -> tuple[str, ...]:
+        return tuple(f"cpt1_c{size}" for size in self.recon_chunk_sizes)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def data_file(self, split: str, kind: str) -> str:
+        return str(self.root / "data" / split / f"{kind}.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------- bookkeeping
+def _done(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _resume_point(folder: Path) -> bool | None:
+    """Resume from the newest complete checkpoint of a stage that has any (incomplete ones are skipped, logged)."""
+    return True if folder.is_dir() and any(folder.glob("checkpoint-*")) else None
+
+
+def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None) -> None:
+    """Add a stage's wall time (and non-padding tokens) to timings.json and its log history next to its model."""
+    tokens = None
+    if trainer is not None:
+        logged = [e["useful_tokens"] for e in trainer.state.log_history if "useful_tokens" in e]
+        tokens = logged[-1] if logged else None
+        (config.stage_dir(stage) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    with open(config.root / "timings.json", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # the second process writes here too
+        f.seek(0)
+        timings = json.loads(f.read() or "{}")
+        timings[stage] = timings.get(stage, 0.0) + seconds  # a resumed stage adds its second part
+        if tokens is not None:
+            timings.setdefault("useful_tokens", {})[stage] = tokens
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(timings, indent=2))
+
+
+def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_rate: float, **overrides):
+    from trainers.trainer import MemCompTrainingArguments
+
+    settings = dict(
+        output_dir=str(config.stage_dir(stage)),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        global_batch_size=config.batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=0.05,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        weight_decay=0.01,
+        train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    kind = stage.split("_c")[0]
+    if kind in MEMCOMP_STAGES:
+        return MemCompTrainingArguments.for_stage(kind, **settings)
+    return MemCompTrainingArguments(stage=None, **settings)
+
+
+def _train(trainer, config: SyntheticRunConfig, stage: str) -> float:
+    started = time.time()
+    trainer.train(resume_from_checkpoint=_resume_point(config.stage_dir(stage)))
+    return time.time() - started
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def prompt_texts() -> list[str]:
+    """Every instruction and system prompt the run's prompts contain, so the tokenizer gives them few tokens."""
+    from benchmarks.eval import protocol
+    from modeling_memcomp.prompting import BOXED_INSTRUCTION, DEFAULT_SYSTEM_PROMPT, RL_SYSTEM_PROMPT
+    from trainers.instructions import INSTRUCTIONS
+
+    pools = [text for lengths in INSTRUCTIONS.values() for texts in lengths.values() for text in texts]
+    return [*pools, TOY_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT, RL_SYSTEM_PROMPT, BOXED_INSTRUCTION,
+            protocol.RECONSTRUCTION_INSTRUCTION, protocol.FULL_CONTEXT_SYSTEM_PROMPT]
+
+
+def make_data(config: SyntheticRunConfig) -> None:
+    """Write the corpus and train the tokenizer (`{output_dir}/data`)."""
+    from trainers.synthetic import SyntheticConfig, generate, iter_texts, train_synthetic_tokenizer, write_corpus
+
+    corpus = generate(SyntheticConfig(
+        seed=config.seed, train_episodes=config.train_episodes, heldout_episodes=config.heldout_episodes,
+        max_passages=config.max_passages, multidoc_texts=config.multidoc_texts, eval_questions=config.eval_questions,
+    ))
+    write_corpus(corpus, config.root / "data")
+    texts = [*iter_texts(corpus, "train"), *prompt_texts()]
+    train_synthetic_tokenizer(texts).save_pretrained(config.root / "data" / "tokenizer")
+
+
+def qa_text(row: dict) -> str:
+    """A QA row as plain text for LM pretraining: the passages, the question, the answer, one per line."""
+    return "\n\n".join(row["context"]) + f"\n{row['question']}\n{row['answer']}"
+
+
+def _examples_dataset(examples: list[dict], seed: int):
+    from datasets import Dataset
+
+    from trainers.mixture import EXAMPLE_FEATURES
+    from trainers.run import with_lengths
+
+    rows = [{"example_id": i, **e} for i, e in enumerate(e for e in examples if e is not None)]
+    random.Random(seed).shuffle(rows)
+    return with_lengths(Dataset.from_list(rows, features=EXAMPLE_FEATURES))
+
+
+def pretrain_lm(config: SyntheticRunConfig) -> None:
+    """Plain next-token pretraining of a fresh tiny Qwen2 on episodes (and QA rows as text); saves the base LM."""
+    from modeling_memcomp.tiny import build_tiny_memcomp
+    from modeling_memcomp.tokenizer_io import load_tokenizer
+    from trainers.tasks import TaskBuilder
+    from trainers.trainer import MemCompTrainer
+
+    tokenizer = load_tokenizer(str(config.root / "data" / "tokenizer"))
+    model = build_tiny_memcomp(
+        tokenizer, chunk_size=config.chunk_size, seed=config.seed, hidden_size=config.hidden_size,
+        num_layers=config.num_layers, wrap=config.wrap,
+    ).train()
+    texts = [r["text"] for r in read_jsonl(config.data_file("train", "standard"))]
+    if config.lm_qa_text:
+        texts += [qa_text(r) for r in read_jsonl(config.data_file("train", "qa"))]
+    builder = TaskBuilder(tokenizer, model.config, max_length=config.max_length)
+    dataset = _examples_dataset([builder.language_modeling(t) for t in texts], config.seed)
+    args = _training_args(config, "lm", config.lm_steps, config.learning_rate)
+    trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
+    seconds = _train(trainer, config, "lm")
+    model.language_model.save_pretrained(config.stage_dir("lm"))
+    tokenizer.save_pretrained(config.stage_dir("lm"))
+    _record(config, "lm", seconds, trainer)
+
+
+STAGE_SOURCES = {
+    "cpt1": (("document", "document"), ("multidoc", "document"), ("standard", "standard")),
+    "cpt2": (("document", "document"), ("multidoc", "document"), ("summary", "summary"), ("qa", "qa"), ("standard", "standard")),
+    "sft": (("qa", "qa"),),
+}
+"""(file, kind) of the corpus files each memcomp stage draws from (kinds of `trainers.data`)."""
+
+
+def stage_config(config: SyntheticRunConfig, stage: str):
+    """The `StageConfig` of a memcomp stage (or a `cpt1_c<C>` curve stage): previous stage as base, corpus as sources."""
+    from trainers.config import DataArguments, ModelArguments, StageConfig
+    from trainers.fqlora import FQLoRAConfig
+
+    kind, _, size = stage.partition("_c")
+    chunk_size = int(size) if size else config.chunk_size
+    previous = {"cpt1": "lm", "cpt2": "cpt1", "sft": "cpt2"}[kind]
+    steps = config.recon_steps if size else getattr(config, f"{kind}_steps")
+    sft = kind == "sft"
+    return StageConfig(
+        model=ModelArguments(base=str(config.stage_dir(previous)), chunk_size=chunk_size, wrap=config.wrap, dtype="float32"),
+        fqlora=FQLoRAConfig(),
+        data=DataArguments(
+            sources=[{"path": config.data_file("train", f), "kind": k} for f, k in STAGE_SOURCES[kind]],
+            num_samples=steps * config.batch_size,
+            max_length=config.max_length,
+            system_prompt=config.system_prompt if sft else None,
+            mixture_seed=config.seed,
+            cache_dir=str(config.root / "cache"),
+        ),
+        training=_training_args(
+            config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
+            **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),
+        ),
+    )
+
+
+def train_memcomp_stage(config: SyntheticRunConfig, stage: str) -> None:
+    """CPT-1, CPT-2, SFT (or a CPT-1 curve stage) through the stage runner every curriculum run uses."""
+    from trainers.run import run_stage
+
+    started = time.time()
+    trainer = run_stage(stage_config(config, stage), resume_from_checkpoint=_resume_point(config.stage_dir(stage)))
+    _record(config, stage, time.time() - started, trainer)
+
+
+def baseline_examples(tokenizer, model_config, rows: list[dict], max_length: int) -> list[dict]:
+    """Full-context QA examples: the evaluation's baseline prompt (context as text), loss on the answer only."""
+    from benchmarks.eval.protocol import FULL_CONTEXT_SYSTEM_PROMPT
+    from benchmarks.eval.systems import full_context_instruction
+    from modeling_memcomp.prompting import build_prompt
+
+    examples = []
+    for row in rows:
+        prompt = build_prompt(
+            tokenizer, model_config, 0, full_context_instruction(row["context"], row["question"]), template="chat",
+            target=tokenizer(row["answer"], add_special_tokens=False)["input_ids"],
+            system_prompt=FULL_CONTEXT_SYSTEM_PROMPT,
+        )
+        if len(prompt.input_ids) <= max_length:
+            examples.append({"task": "qa", "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": []})
+    return examples
+
+
+def train_baseline(config: SyntheticRunConfig) -> None:
+    """The full-context baseline: the pretrained base fine-tuned on the SFT QA rows with the context as text."""
+    from modeling_memcomp import MemCompForCausalLM
+    from trainers.trainer import MemCompTrainer
+
+    model = MemCompForCausalLM.from_base(
+        str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
+    ).train()
+    rows = read_jsonl(config.data_file("train", "qa"))
+    dataset = _examples_dataset(baseline_examples(model.tokenizer, model.config, rows, config.max_length), config.seed)
+    args = _training_args(config, "baseline", config.baseline_steps, config.sft_learning_rate)
+    trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
+    seconds = _train(trainer, config, "baseline")
+    model.config.prompt_template = "chat"
+    trainer.save_model()
+    _record(config, "baseline", seconds, trainer)
+
+
+def train_rl(config: SyntheticRunConfig) -> None:
+    """DAPO on the SFT checkpoint: memories precomputed by the SFT encoder, rewards by exact match; saves the RL folder."""
+    from modeling_memcomp import MemCompForCausalLM
+    from trainers.grpo import MemCompGRPOConfig, MemCompGRPOTrainer
+    from trainers.judges import MatchJudge
+    from trainers.precompute import load_rows, precompute_memory
+
+    model = MemCompForCausalLM.from_pretrained(str(config.stage_dir("sft")), dtype=torch.float32)
+    rows = load_rows(config.data_file("train", "qa")).shuffle(seed=config.seed)
+    rows = rows.select(range(min(config.rl_prompts, len(rows))))
+    dataset = precompute_memory(
+        model.eval(), rows, template=config.rl_template, max_prompt_length=config.max_length,
+    )
+    prompts = config.rl_batch_size // config.rl_generations
+    args = MemCompGRPOConfig(
+        output_dir=str(config.stage_dir("rl")),
+        template=config.rl_template,
+        system_prompt=config.system_prompt,
+        num_generations=config.rl_generations,
+        per_device_train_batch_size=config.rl_batch_size,
+        rollout_batch_prompts=prompts,  # one optimizer step per rollout batch
+        mini_batch_prompts=prompts,
+        max_completion_length=8,  # answers are at most 3 tokens; the rest is room for the overlong penalty
+        overlong_buffer=4,
+        max_prompt_length=config.max_length,
+        max_steps=config.rl_steps,
+        learning_rate=config.rl_learning_rate,
+        lr_warmup_rollouts=10,
+        dynamic_sampling_warmup_rollouts=0,  # the toy keeps SFT's template: no answer format to learn first
+        dynamic_sampling_max_tries=2,
+        seed=config.seed,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=max(config.rl_steps // 4, 1),
+        save_total_limit=1,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = MemCompGRPOTrainer(model.train(), args=args, train_dataset=dataset, judge=MatchJudge(mode="exact"))
+    seconds = _train(trainer, config, "rl")
+    trainer.save_model(str(config.stage_dir("rl")))
+    _record(config, "rl", seconds, trainer)
+
+
+def run_side_stages(config: SyntheticRunConfig) -> None:
+    """The second process: the full-context baseline, then the reconstruction-curve CPT-1 runs."""
+    for stage in ("baseline", *config.recon_stages):
+        if stage in config.stages and not _done(config.stage_dir(stage)):
+            train_baseline(config) if stage == "baseline" else train_memcomp_stage(config, stage)
+
+
+def _side_process(config_dict: dict) -> None:
+    logging.basicConfig(level=logging.INFO)
+    config = SyntheticRunConfig(**config_dict)
+    torch.set_num_threads(config.threads)
+    run_side_stages(config)
+
+
+def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
+    """Run the selected stages (finished ones are skipped); returns the timings."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    (config.root / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
+    torch.set_num_threads(config.threads_alone)
+    wanted = set(config.stages)
+    if "data" in wanted and not (config.root / "data" / "tokenizer").is_dir():
+        started = time.time()
+        make_data(config)
+        _record(config, "data", time.time() - started)
+    if "lm" in wanted and not _done(config.stage_dir("lm")):
+        pretrain_lm(config)
+    side = None
+    pending = [s for s in ("baseline", *config.recon_stages) if s in wanted and not _done(config.stage_dir(s))]
+    if pending and config.parallel:
+        side = multiprocessing.get_context("spawn").Process(target=_side_process, args=(asdict(config),))
+        side.start()
+    elif pending:
+        run_side_stages(config)
+    try:
+        for stage in (*MEMCOMP_STAGES, "rl"):
+            torch.set_num_threads(config.threads if side is not None and side.is_alive() else config.threads_alone)
+            if stage in wanted and not _done(config.stage_dir(stage)):
+                train_rl(config) if stage == "rl" else train_memcomp_stage(config, stage)
+    finally:
+        if side is not None:
+            side.join()
+    if side is not None and side.exitcode:
+        raise RuntimeError(f"the second process failed (exit code {side.exitcode}); rerun to resume it.")
+    torch.set_num_threads(config.threads_alone)
+    path = config.root / "timings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+DEMO_REPO_ID = "memcomp/memcomp-synthetic-tiny"
+
+
+def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) -> Path:
+    """Write a stage's model as a Hub-ready folder (safetensors, remote code, tokenizer, model card) at `destination`."""
+    from hub_cards.export import export_model
+
+    export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
+    card = Path(destination) / "README.md"
+    card.write_text(card.read_text().rstrip() + "\n\n" + DEMO_CARD_NOTE)
+    return Path(destination)
+
+
+DEMO_CARD_NOTE = """## About this checkpoint
+
+A 0.7M-parameter Qwen2-architecture model trained from scratch, on CPU, on the synthetic corpus of
+`trainers/synthetic.py` (fictional people and companies, questions whose documents sit among distractor documents)
+by `examples/train_synthetic.py`, through the whole curriculum (LM pretraining, CPT-1, CPT-2, SFT, RL) with its own
+step counts and learning rates (see the run's `report.json`), chunk size 4 with block wrapping. It only knows that
+corpus: it is the demo and test model of the memcomp repository, not a general-purpose model, and the recipe figures
+above describe the stages' task mixtures only.
+"""
+
+
+@dataclass
+class ReportArguments:
+    """Where the evaluation, the report and the shipped checkpoint go."""
+
+    report_dir: str = _arg("benchmarks/results/synthetic", "Folder for report.json, report.md and the plots.")
+    checkpoint_dir: str | None = _arg("checkpoints/memcomp-synthetic-tiny", "The shipped model (None: do not export).")
+    max_documents: int | None = _arg(None, "Held-out documents to reconstruct (None: all).")
+    max_single_questions: int | None = _arg(600, "Questions of the single-document held-out set (None: all 1,800).")
+    max_passage_questions: int | None = _arg(None, "Questions of the held-out set by number of documents (None: all).")
+
+
+def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None) -> Path | None:
+    """A copy of the checkpoint shipped before this run (`{output_dir}/previous`), made once, to compare against."""
+    previous = run.root / "previous"
+    if not previous.is_dir() and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
+        shutil.copytree(checkpoint_dir, previous)
+    return previous if previous.is_dir() else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train every stage, evaluate on the held-out split, write the report and export the checkpoint.
+
+    The exported checkpoint is RL (the paper's system: SFT encoder + RL decoder) when its exact match over the
+    training range of documents is at least SFT's, else SFT; it replaces the shipped one only when it also beats it on
+    the single-document held-out set.
+    """
+    import shlex
+    import sys
+
+    from transformers import HfArgumentParser
+
+    from benchmarks._timing import machine_info
+    from benchmarks.eval.synthetic import evaluate_run
+    from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
+
+    logging.basicConfig(level=logging.INFO)
+    argv = sys.argv[1:] if argv is None else argv
+    run, report_args = HfArgumentParser((SyntheticRunConfig, ReportArguments)).parse_args_into_dataclasses(argv)
+    previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
+    run_pipeline(run)
+    started = time.time()
+    results = evaluate_run(
+        run.output_dir, run.root / "eval", previous, report_args.max_documents, report_args.max_single_questions,
+        report_args.max_passage_questions,
+    )
+    _record(run, "eval", time.time() - started)
+    command = "python examples/train_synthetic.py " + shlex.join(argv)
+    report = write_report(run.output_dir, report_args.report_dir, results, machine_info(torch.device("cpu")), command.strip())
+    if report_args.checkpoint_dir:
+        stage, reason = choose_shipped_stage(report)
+        report["shipped"] = {"stage": stage, "reason": reason}
+        if stage is not None:
+            export_checkpoint(run.output_dir, stage, report_args.checkpoint_dir)
+            logger.info("exported %s to %s", stage, report_args.checkpoint_dir)
+        out = Path(report_args.report_dir)
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        with open(out / "report.md", "a") as f:
+            f.write(f"\nShipped checkpoint: {reason}\n")
+    return report
