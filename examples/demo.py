@@ -1,60 +1,71 @@
-"""Compress a document into memory embeddings and answer a question from them.
+"""Compress several documents into memory embeddings and answer a question about one of them from the memory alone.
 
 By default this loads the demo checkpoint shipped in the repo (`checkpoints/memcomp-synthetic-tiny`, a tiny
-Qwen2 trained from scratch on the synthetic corpus by `examples/train_synthetic.py`), writes a fresh document
-about people it has never seen (held-out names), and answers a question about it from the compressed memory
-alone. `--context FILE --question TEXT` asks your own question; `--model PATH_OR_HUB_ID` uses another checkpoint.
+Qwen2 trained from scratch on the synthetic corpus by `examples/train_synthetic.py`), writes fresh documents about
+people and companies it has never seen (held-out names), puts the one a question needs among distractors, and
+answers from the compressed memory, saying which document held the answer. `--context FILE --question TEXT` asks
+your own question; `--model PATH_OR_HUB_ID` uses another checkpoint.
 """
 
-import argparse
 import random
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from modeling_memcomp.loading import load_memcomp
 from modeling_memcomp.prompting import memory_block_ids
-from trainers.synthetic import make_episode, split_names
+from trainers.synthetic import make_episode, split_names, with_distractors
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "memcomp-synthetic-tiny"
+CHECKPOINT = "checkpoints/memcomp-synthetic-tiny"
 
 
-def unseen_example(seed: int) -> tuple[list[str], str, str]:
-    """A new episode over held-out names (never in training): its documents, a question and the true answer."""
+@dataclass
+class DemoArguments:
+    model: str = field(default=CHECKPOINT, metadata={"help": "memcomp checkpoint (folder or Hub id)."})
+    context: str | None = field(default=None, metadata={"help": "Text file to compress (default: fresh synthetic documents)."})
+    question: str | None = field(default=None, metadata={"help": "Question about the context (required with --context)."})
+    documents: int = field(default=4, metadata={"help": "Synthetic documents in the context: the needed one(s) among distractors."})
+    seed: int = field(default=0, metadata={"help": "Which fresh synthetic documents and question to draw."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Answer length limit in tokens."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code saved with the checkpoint."})
+
+
+def unseen_example(seed: int, documents: int) -> tuple[list[str], str, str, int]:
+    """Fresh episodes over held-out names (never in training): `documents` documents, a question, its answer and the
+    index of the document that states it."""
     rng = random.Random(f"demo-{seed}")
     _, heldout_names = split_names()
-    row = rng.choice(make_episode(rng, heldout_names).rows(rng)["qa"])
-    return row["context"], row["question"], row["answer"]
+    episodes = [make_episode(rng, heldout_names) for _ in range(documents)]
+    row = rng.choice(episodes[0].rows(rng)["qa"])
+    pool = [doc for episode in episodes[1:] for doc in (episode.people_doc, episode.org_doc)]
+    needed = sorted(row["context"], key=lambda doc: " was founded " in doc)  # the answer's document last
+    passages = with_distractors(needed, pool, max(documents, len(needed)), rng)
+    return passages, row["question"], row["answer"], passages.index(needed[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(CHECKPOINT), help="memcomp checkpoint (folder or Hub id)")
-    parser.add_argument("--context", type=Path, help="text file to compress (default: a fresh synthetic document)")
-    parser.add_argument("--question", help="question about the context (required with --context)")
-    parser.add_argument("--seed", type=int, default=0, help="which fresh synthetic document and question to draw")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--trust-remote-code", action="store_true", help="run Python code saved with the checkpoint")
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(DemoArguments, description=__doc__).parse_args_into_dataclasses()
     if (args.context is None) != (args.question is None):
-        parser.error("--context and --question go together.")
+        raise SystemExit("demo.py: error: --context and --question go together.")
     logging.set_verbosity_error()
-
     if args.context is None:
-        context, question, reference = unseen_example(args.seed)
+        context, question, reference, holder = unseen_example(args.seed, args.documents)
     else:
-        context, question, reference = args.context.read_text(), args.question, None
+        context, question, reference, holder = open(args.context, encoding="utf-8").read(), args.question, None, None
     model = load_memcomp(args.model, trust_remote_code=args.trust_remote_code).eval()
 
-    memory = model.compress(context)
+    memory = model.compress(context)  # a list of documents: each chunked separately, in order
     torch.manual_seed(0)
     answer = model.generate(memory=memory, question=question, max_new_tokens=args.max_new_tokens, do_sample=False)
     slots = len(memory_block_ids(memory.num_embeddings, model.config))
-    print(f"model:              {args.model}")
-    for passage in [context] if isinstance(context, str) else context:
-        print(f"context:            {passage[:300]}")
-    print(f"context tokens:     {memory.num_source_tokens}")
+    print(f"model:              {args.model} (prompt template {model.config.prompt_template!r})")
+    passages = [context] if isinstance(context, str) else context
+    for i, passage in enumerate(passages):
+        mark = "   <- held the answer" if i == holder else ""
+        print(f"document {i + 1}:{' ' * (9 - len(str(i + 1)))}{passage[:300]}{mark}")
+    print(f"context tokens:     {memory.num_source_tokens} in {len(passages)} document(s)")
     print(f"memory embeddings:  {memory.num_embeddings} (chunk size {memory.chunk_size}, wrap={model.config.wrap!r})")
     print(f"effective rate:     {memory.num_source_tokens / slots:.1f}x ({memory.num_source_tokens} tokens -> {slots} decoder positions)")
     print(f"question:           {question}")

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(ask)
     ask.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit in tokens")
     ask.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling defaults")
+    ask.add_argument("--stream", action="store_true", help="print the answer token by token as it is generated (one question)")
     ask.add_argument(
         "--template", default=None, choices=("plain", "chat", "rl"),
         help="prompt template (default: the one the checkpoint was trained with, config.prompt_template)",
@@ -59,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="memcomp checkpoint: local folder or Hub id")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:i]'")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights dtype, loaded directly in it (auto: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--device-map", default=None,
+        help="accelerate device map, e.g. 'auto' to spread a large model over the GPUs (then --device is ignored)",
+    )
     parser.add_argument(
         "--trust-remote-code", action="store_true",
         help="run Python code saved in the checkpoint folder (off: memcomp checkpoints load with the installed classes)",
@@ -133,17 +142,18 @@ def _device(parser: argparse.ArgumentParser, device: str):
 def _load_model(parser: argparse.ArgumentParser, args: argparse.Namespace):
     from .loading import RemoteCodeRequired, load_memcomp
 
-    device = _device(parser, args.device)
+    device = None if args.device_map else _device(parser, args.device)
     name = args.model
+    kwargs = {"dtype": args.dtype} if args.device_map is None else {"dtype": args.dtype, "device_map": args.device_map}
     try:
-        model = load_memcomp(name, trust_remote_code=args.trust_remote_code)
+        model = load_memcomp(name, trust_remote_code=args.trust_remote_code, **kwargs)
     except RemoteCodeRequired as error:
         _fail(parser, f"--model: {error}")
     except (OSError, ValueError) as error:
         _fail(parser, f"--model {name!r} could not be loaded ({error}). Give a memcomp checkpoint folder or Hub id.")
     if not hasattr(model, "compress"):
         _fail(parser, f"--model {name!r} is a {type(model).__name__}, not a memcomp checkpoint (no compress()).")
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def _read_text(parser: argparse.ArgumentParser, path: Path, flag: str) -> str:
@@ -225,8 +235,14 @@ def _ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"--memory: {error}")
     else:
         source = {"context": _read_text(parser, args.context, "--context")}
+    if args.stream and len(args.question) > 1:
+        parser.error("--stream prints one answer as it is generated: give one --question.")
     model = _load_model(parser, args)
     sampling = {"do_sample": False, "top_k": None, "top_p": None} if args.greedy else {}
+    if args.stream:
+        from transformers import TextStreamer
+
+        sampling["streamer"] = TextStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
     with _warnings_as_lines(parser):
         try:
             answers = model.generate(
@@ -235,6 +251,8 @@ def _ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         except ValueError as error:
             _fail(parser, str(error))
+    if args.stream:
+        return 0  # the streamer has printed the answer
     for question, answer in zip(args.question, answers):
         print(f"Q: {question}\nA: {answer}" if len(args.question) > 1 else answer)
     return 0

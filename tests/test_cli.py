@@ -283,3 +283,34 @@ def test_push_with_a_monkeypatched_connection_error(checkpoint, monkeypatch, cap
     monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
     code, _, err = run(capsys, "push", "--source", checkpoint, "--repo-id", "someone/m", "--stage", "sft")
     assert code == 2 and "Connection refused" in one_line(err)
+
+
+def test_ask_loads_in_the_given_dtype_streams_and_uses_the_recorded_template(model, checkpoint, tmp_path, capsys, monkeypatch):
+    from modeling_memcomp import loading
+
+    loaded = {}
+    original = loading.load_memcomp
+    monkeypatch.setattr(loading, "load_memcomp", lambda name, **kw: loaded.update(kw) or original(name, **kw))
+    question = ["--question", "Who kept the ledger?", "--greedy", "--max-new-tokens", 6]
+    code, out, _ = run(capsys, "ask", "--model", checkpoint, "--context", tmp_path / "none.txt", *question)
+    assert code == 2  # missing file: nothing loaded
+    (tmp_path / "doc.txt").write_text(TEXT)
+    expected = model.generate(context=TEXT, question="Who kept the ledger?", do_sample=False, max_new_tokens=6)
+    code, streamed, _ = run(capsys, "ask", "--model", checkpoint, "--context", tmp_path / "doc.txt", *question, "--stream",
+                            "--dtype", "bfloat16")
+    assert code == 0 and loaded["dtype"] == "bfloat16" and "device_map" not in loaded
+    assert streamed.strip() != ""  # printed as it was generated (bfloat16 may pick other tokens than float32)
+    code, out, _ = run(capsys, "ask", "--model", checkpoint, "--context", tmp_path / "doc.txt", *question)
+    assert code == 0 and out == expected + "\n" and loaded["dtype"] == "auto"
+    code, _, err = run(capsys, "ask", "--model", checkpoint, "--context", tmp_path / "doc.txt", "-q", "A?", "-q", "B?", "--stream")
+    assert code == 2 and "one --question" in err
+    # --template defaults to the checkpoint's recorded template
+    rl = model.generate(context=TEXT, question="Who kept the ledger?", template="rl", do_sample=False, max_new_tokens=6)
+    assert rl != expected
+    model.config.prompt_template = "rl"
+    try:
+        model.save_pretrained(tmp_path / "rl-checkpoint")
+    finally:
+        model.config.prompt_template = "chat"
+    code, out, _ = run(capsys, "ask", "--model", tmp_path / "rl-checkpoint", "--context", tmp_path / "doc.txt", *question)
+    assert code == 0 and out == rl + "\n"

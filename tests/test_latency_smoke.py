@@ -111,3 +111,11 @@ def test_qwen7b_config_meets_the_paper_at_4k(tmp_path):
     row = json.loads((tmp_path / "gpu.json").read_text())["results"][0]
     assert row["ttft_speedup"]["each"] >= 3.0  # paper, Table 7: 3.0x at 4K
     assert row["memory_saving"] >= 1.0
+
+
+def test_growing_memory_benchmark_smoke_run(tmp_path):
+    from benchmarks.growing_memory import GrowingMemoryConfig, run
+
+    result = run(GrowingMemoryConfig(smoke=True, output_dir=str(tmp_path), name="growing"))
+    assert [r["step"] for r in result["rows"]] == [1, 2, 3] and result["max_abs_diff"] < 1e-4
+    assert (tmp_path / "growing.json").is_file() and "re-compress (s)" in (tmp_path / "growing.md").read_text()

@@ -73,7 +73,7 @@ def test_reloaded_model_saved_elsewhere_keeps_its_tokenizer(model, tmp_path):
 def load_without_memcomp(folder, context: str, tmp_path) -> tuple[str, dict]:
     """Load `folder` with trust_remote_code in a process that cannot import memcomp; its greedy answer and weights."""
     out = tmp_path / "result"
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_MEMCOMP, str(folder), context, str(out)],
         check=True, cwd=tmp_path, env=env, timeout=300,
