@@ -96,9 +96,12 @@ def markdown(result: dict) -> str:
             )
     total, appended = result["total_from_scratch_s"], result["total_append_s"]
     lines += ["", f"Whole log kept compressed over {len(result['rows'])} steps: {total:.2f} s re-compressing vs "
-              f"{appended:.2f} s appending ({total / appended:.1f}x). The appended memory differs from re-compressing by "
-              f"at most {result['max_abs_diff']:.1e} (encoder batching order; with one chunk per pass they are equal bit "
-              "for bit, tests/test_compress.py).", ""]
+              f"{appended:.2f} s appending ({total / appended:.1f}x). " + (
+                  "The appended memory equals the re-compressed one at every step."
+                  if result["max_abs_diff"] == 0 else
+                  f"The appended memory differs from re-compressing by at most {result['max_abs_diff']:.1e} (encoder "
+                  "batching order; with one chunk per pass they are equal bit for bit, tests/test_compress.py)."
+              ), ""]
     return "\n".join(lines)
 
 
