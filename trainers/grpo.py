@@ -103,6 +103,10 @@ class MemCompGRPOConfig(GRPOConfig):
     vllm_decoder_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Extra vllm.LLM kwargs for the vLLM rollout engine (JSON string from the CLI)."}
     )
+    rank_trace_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write each rank's dynamic-sampling decisions (kept prompt groups per round) here (multi-rank checks)."},
+    )
 
     def __post_init__(self):
         if self.rollout_backend not in ROLLOUT_BACKENDS:
@@ -487,6 +491,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
             shape_source = shape_source or output
             rewards = self._last_rewards_per_func[:, column].cpu()
             keep_groups = set(filter_groups(rewards, group))
+            self._trace_decision(attempt, sorted(keep_groups), len(rewards) // group)
             first = self.accelerator.process_index * len(batch)  # this process's rows in the gathered reward table
             kept.append(take_rows(output, [i for i in range(len(batch)) if (first + i) // group in keep_groups]))
             seen += len(rewards) // group
@@ -519,6 +524,18 @@ class MemCompGRPOTrainer(GRPOTrainer):
         metrics["dynamic_sampling/limit_hit"].append(float(filler_groups.sum() > 0))
         metrics["dynamic_sampling/nothing_to_train"].append(float(rows["num_items_in_batch"] == 0))
         return rows
+
+    def _trace_decision(self, attempt: int, kept: list[int], groups: int) -> None:
+        """Append this rank's keep decision (global group indices) to `rank_trace_dir/rank<i>.jsonl`."""
+        if not self.args.rank_trace_dir:
+            return
+        import json
+
+        os.makedirs(self.args.rank_trace_dir, exist_ok=True)
+        path = os.path.join(self.args.rank_trace_dir, f"rank{self.accelerator.process_index}.jsonl")
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": self.state.global_step, "round": attempt, "kept": kept, "groups": groups,
+                                "world_size": self.accelerator.num_processes}) + "\n")
 
     def _pad_values(self) -> dict:
         pad_id = self._tokenizer.pad_token_id
