@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
     import shlex
     import sys
 
-    from transformers import HfArgumentParser
+    from trl import TrlParser
 
     from benchmarks._timing import machine_info
     from benchmarks.eval.synthetic import evaluate_run
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
-    run, report_args = HfArgumentParser((SyntheticRunConfig, ReportArguments)).parse_args_into_dataclasses(argv)
+    run, report_args = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(argv)
     previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     run_pipeline(run)
     started = time.time()

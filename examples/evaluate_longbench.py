@@ -3,7 +3,7 @@
     python examples/evaluate_longbench.py --model CHECKPOINT --template rl --output_dir eval_results/longbench
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import EvalArguments, LongBenchArguments, longbench
 from benchmarks.eval.loaders import read_rows
@@ -11,7 +11,7 @@ from benchmarks.eval.runtime import load_model
 
 
 def main() -> None:
-    args, data = HfArgumentParser((EvalArguments, LongBenchArguments)).parse_args_into_dataclasses()
+    args, data = TrlParser((EvalArguments, LongBenchArguments)).parse_args_and_config()
     rows = read_rows(data.source, split="train")
     model = load_model(args, tiny_corpus=[r["context"] for r in rows])
     results = longbench.evaluate(model, args, data, rows)

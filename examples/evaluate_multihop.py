@@ -3,7 +3,7 @@
     python examples/evaluate_multihop.py --model CHECKPOINT --template rl --output_dir eval_results/multihop
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import EvalArguments, MultiHopArguments, multihop
 from benchmarks.eval.loaders import MULTIHOP_PRESETS, load_qa
@@ -11,7 +11,7 @@ from benchmarks.eval.runtime import load_model
 
 
 def main() -> None:
-    args, data = HfArgumentParser((EvalArguments, MultiHopArguments)).parse_args_into_dataclasses()
+    args, data = TrlParser((EvalArguments, MultiHopArguments)).parse_args_and_config()
     datasets = dict(load_qa(spec, presets=MULTIHOP_PRESETS) for spec in data.datasets)  # all items: the distractor pool
     corpus = [p for items in datasets.values() for item in items for p in item.passages]
     model = load_model(args, tiny_corpus=corpus)

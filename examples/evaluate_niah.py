@@ -3,7 +3,7 @@
     python examples/evaluate_niah.py --model CHECKPOINT --haystack paul_graham_essays/ --output_dir eval_results/niah
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import EvalArguments, NIAHArguments, niah
 from benchmarks.eval.judging import judges_from_args
@@ -12,7 +12,7 @@ from benchmarks.eval.runtime import load_model
 
 
 def main() -> None:
-    args, data = HfArgumentParser((EvalArguments, NIAHArguments)).parse_args_into_dataclasses()
+    args, data = TrlParser((EvalArguments, NIAHArguments)).parse_args_and_config()
     haystack = "\n\n".join(read_texts(data.haystack))
     model = load_model(args, tiny_corpus=[haystack])
     results = niah.evaluate(model, args, data, haystack, judge=judges_from_args(args)[1])

@@ -4,7 +4,7 @@
         --judge_url http://localhost:8000/v1 --output_dir eval_results/qa
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import EvalArguments, QAArguments, qa
 from benchmarks.eval.judging import judges_from_args
@@ -13,7 +13,7 @@ from benchmarks.eval.runtime import load_model
 
 
 def main() -> None:
-    args, data = HfArgumentParser((EvalArguments, QAArguments)).parse_args_into_dataclasses()
+    args, data = TrlParser((EvalArguments, QAArguments)).parse_args_and_config()
     datasets = dict(load_qa(spec, data.samples_per_set, args.seed) for spec in data.datasets)
     corpus = [p for items in datasets.values() for item in items for p in item.passages]
     model = load_model(args, tiny_corpus=corpus)

@@ -3,7 +3,7 @@
     python examples/evaluate_reconstruction.py --model CHECKPOINT --documents docs.jsonl --output_dir eval_results/reconstruction
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import EvalArguments, ReconstructionArguments, reconstruction
 from benchmarks.eval.loaders import read_texts
@@ -11,7 +11,7 @@ from benchmarks.eval.runtime import load_model
 
 
 def main() -> None:
-    args, data = HfArgumentParser((EvalArguments, ReconstructionArguments)).parse_args_into_dataclasses()
+    args, data = TrlParser((EvalArguments, ReconstructionArguments)).parse_args_and_config()
     documents = read_texts(data.documents, data.text_field, data.split)
     model = load_model(args, tiny_corpus=documents)
     results = reconstruction.evaluate(model, args, data, documents)

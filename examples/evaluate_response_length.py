@@ -3,14 +3,14 @@
     python examples/evaluate_response_length.py --results eval_results/qa eval_results/longbench
 """
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from benchmarks.eval import response_length
 from benchmarks.eval.config import ResponseLengthArguments
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(ResponseLengthArguments).parse_args_into_dataclasses()
+    (args,) = TrlParser(ResponseLengthArguments).parse_args_and_config()
     print(response_length.evaluate(args.results, args.output_dir)["table"])
 
 

@@ -14,7 +14,7 @@ from importlib.util import find_spec
 EXTRA_MODULES = {
     "train": ("accelerate", "datasets", "peft", "yaml", "trl"),
     "rl": ("accelerate", "datasets", "peft", "yaml", "trl"),
-    "eval": ("datasets", "rouge_score", "matplotlib", "yaml"),
+    "eval": ("datasets", "rouge_score", "matplotlib", "yaml", "trl"),
 }
 """Import names each extra of pyproject.toml installs; bitsandbytes (in `train`) is left out on purpose:
 without it FQLoRA warns and trains plain LoRA."""

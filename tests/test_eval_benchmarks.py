@@ -203,3 +203,15 @@ def test_a_separate_baseline_model_with_yarn_positions(model, tokenizer, tmp_pat
     assert widened.language_model.config.rope_parameters["rope_type"] == "yarn" and plain.language_model is not model.language_model
     results = qa.evaluate(model, args, qa_sets(hotpot=False))
     assert [r["system"] for r in results["records"]] == ["full", "full"] and results["num_errors"] == 0
+
+
+def test_evaluation_arguments_come_from_a_yaml_file_and_the_command_line(tmp_path):
+    from trl import TrlParser
+
+    from benchmarks.eval import EvalArguments, QAArguments
+
+    config = tmp_path / "qa.yaml"
+    config.write_text("model: tiny\nlimit: 5\ndatasets: [hotpotqa, squad]\ntemperature: 0.0\n")
+    args, data = TrlParser((EvalArguments, QAArguments)).parse_args_and_config(["--config", str(config), "--limit", "3"])
+    assert (args.model, args.limit, args.temperature, data.datasets) == ("tiny", 3, 0.0, ["hotpotqa", "squad"])
+    assert args.template is None and args.encoder_model is None and args.trust_remote_code is False
