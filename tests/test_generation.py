@@ -159,11 +159,17 @@ def test_memory_cache_must_match_its_memory_and_template(model, corpus):
         model.generate(memory=model.compress(corpus[0]), question="Who?", memory_cache=prefix, template="rl", **GREEDY)
 
 
-def test_micro_batches_equal_one_batch(model, corpus):
+def test_micro_batches_equal_one_batch(model, corpus, monkeypatch):
+    from transformers import GenerationMixin
+
     contexts = [corpus[i] for i in range(5)]
     questions = [QUESTION, "Who?", "Where?", "When?", "Why?"]
     one = model.generate(context=contexts, question=questions, **GREEDY)
+    rows = []
+    original = GenerationMixin.generate
+    monkeypatch.setattr(GenerationMixin, "generate", lambda self, *a, **k: rows.append(len(k["input_ids"])) or original(self, *a, **k))
     assert model.generate(context=contexts, question=questions, batch_size=2, **GREEDY) == one
+    assert rows == [2, 2, 1]  # long question lists run in bounded micro-batches
     with pytest.raises(ValueError, match="batch_size must be a positive"):
         model.generate(context=contexts, question=questions, batch_size=0, **GREEDY)
 
