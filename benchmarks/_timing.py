@@ -28,21 +28,22 @@ def time_calls(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     for _ in range(warmup):
         fn()
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize(device)
-            seconds.append(start.elapsed_time(stop) / 1000)
-        else:
-            start = time.perf_counter()
-            fn()
-            seconds.append(time.perf_counter() - start)
-    return seconds
+    return [time_once(fn, device)[0] for _ in range(repeats)]
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Seconds taken by one call of `fn` (CUDA events on GPU) and what it returned."""
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        result = fn()
+        stop.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(stop) / 1000, result
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def median(values: list[float]) -> float:

@@ -14,6 +14,7 @@ from modeling_memcomp.prompting import IGNORE_INDEX
 
 from .callbacks import RankTraceCallback
 from .collator import MemCompCollator
+from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
 from .stages import TASKS, get_stage
 
@@ -92,6 +93,7 @@ class MemCompTrainer(Trainer):
                 if "memory_projection" in name:
                     parameter.requires_grad_(False)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
+        check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
         self.example_ids_seen: list[int] = []
         self.parameter_report: str | None = None
