@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -70,6 +71,7 @@ PAPER_TABLE7_7B = {  # context: (full TTFT ms, ours TTFT ms, full peak GB, ours 
     122880: (11241, 842, 37.5, 18.9),
 }
 QUESTION = "What is the best thing to do in San Francisco?"
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
 MODES = ("full", "each", "block", "encode")
 
 
@@ -91,6 +93,9 @@ class LatencyConfig:
     )
     memory: bool = field(default=True, metadata={"help": "measure peak memory (CPU: one fresh process per figure)"})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:i]'"})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "attention kernels: 'sdpa', 'flash_attention_2' (needs flash-attn) or 'eager'"}
+    )
     dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (the CPU is shared: keep it small)"})
     seed: int = field(default=0, metadata={"help": "seed of the random weights and context tokens"})
@@ -114,6 +119,10 @@ class LatencyConfig:
             self.encoder_batch_size = 8
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(f"attn_implementation must be one of {ATTENTION}, got {self.attn_implementation!r}.")
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package; use 'sdpa'.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
 
@@ -146,7 +155,7 @@ def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype)
             len(tokenizer), shape["hidden_size"], shape["num_layers"], max_position_embeddings=max_positions
         )
     text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    text_config._attn_implementation = "sdpa"
+    text_config._attn_implementation = config.attn_implementation
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -300,7 +309,8 @@ def markdown_table(report: dict) -> str:
     """Table 7 layout (TTFT and peak memory, full vs ours) plus encode and end-to-end columns."""
     machine, config = report["machine"], report["config"]
     lines = [
-        f"# Latency: full context vs precomputed memory ({config['preset']}, C={config['chunk_size']})",
+        f"# Latency: full context vs precomputed memory ({config['preset']}, C={config['chunk_size']}, "
+        f"{config.get('attn_implementation', 'sdpa')} attention)",
         "",
         f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} torch threads "
         f"({machine['logical_cpus']} logical CPUs, 1-min load {machine['load_average_1m']} when the run ended), "
