@@ -173,9 +173,12 @@ def markdown_table(report: dict) -> str:
                 cells += ["not available", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     target = report["targets"]
-    verdict = ("not measured: " + UNAVAILABLE) if target["below_3x"] is None else (
-        f"{target['batch_reuse_over_one_question_at_8k_each']:.2f}x: " + ("met" if target["below_3x"] else "MISSED")
-    )
+    if target["below_3x"] is not None:
+        verdict = f"{target['batch_reuse_over_one_question_at_8k_each']:.2f}x: " + ("met" if target["below_3x"] else "MISSED")
+    elif any("batch_reuse" in r["unavailable"] for r in report["results"]):
+        verdict = "not measured: " + UNAVAILABLE
+    else:
+        verdict = "not measured: no 8K row with wrap each in this run"
     lines += ["", f"Target: {n} questions < {TARGET_RATIO:g}x one question at 8K, wrap each, prefix reused - {verdict}.", ""]
     return "\n".join(lines)
 

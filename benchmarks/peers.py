@@ -178,13 +178,14 @@ def memcomp_session(model, method: str, memory, context_ids: list[int], question
     ask = lambda q: model.generate(memory=memory, question=q, memory_cache=cache, **GREEDY_ONE_TOKEN)  # noqa: E731
     seconds = [time_once(lambda: ask(q), device)[0] for q in questions]
     seconds[0] += encode_s + prefill_s
-    kv = cache_bytes(cache) if hasattr(cache, "layers") else None
+    kv_cache = getattr(cache, "cache", cache)  # a MemoryPrefix holds the transformers cache of its prefix
+    kv = cache_bytes(kv_cache) if hasattr(kv_cache, "layers") else None
     return {
         "ttft_s": seconds,
         "encode_s": encode_s,
         "prefill_s": prefill_s,
         "stored_bytes": None if kv is None else embeds_bytes + kv,
-        "cached_positions": cache.get_seq_length() if hasattr(cache, "get_seq_length") else None,
+        "cached_positions": kv_cache.get_seq_length() if hasattr(kv_cache, "get_seq_length") else None,
     }
 
 

@@ -68,7 +68,7 @@ def test_kvpress_rows_press_the_cache_to_a_sixteenth(smoke_report):
     _, report = smoke_report
     rows = [r for r in report["results"] if r["method"].startswith("kvpress_")]
     if not rows[0]["available"]:
-        warnings.warn(f"kvpress rows skipped: {rows[0]['reason']}")
+        warnings.warn(f"kvpress rows {rows[0]['reason']}")
         pytest.skip(rows[0]["reason"])
     assert report["machine"]["kvpress_env"]["kvpress"].startswith("0.5.")
     baseline = _row(report, "kvpress_none")["cached_positions"]
