@@ -108,6 +108,14 @@ def against_table7(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- fqlora
+def _scratch_dir(needed_bytes: int) -> str | None:
+    """/dev/shm when it has room (the 15 GB random base is written and read back at memory speed), else the default."""
+    import shutil
+
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > needed_bytes else None
+
+
 def run_fqlora(config: GpuCheckConfig) -> dict:
     """Save a random base LM of the 7B shape, load it through `load_fqlora_model` (4-bit), take 2 steps."""
     from modeling_memcomp import build_prompt
@@ -133,7 +141,7 @@ def run_fqlora(config: GpuCheckConfig) -> dict:
     text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     from transformers import Qwen2ForCausalLM
 
-    with tempfile.TemporaryDirectory(prefix="gpu-check-base-") as folder:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-base-", dir=_scratch_dir(30 * 2**30)) as folder:
         started = time.perf_counter()
         torch.manual_seed(0)
         default = torch.get_default_dtype()

@@ -324,6 +324,7 @@ def summarize_result(result: dict, questions: int) -> dict:
         "one_question_ms": 1000 * statistics.fmean(first),
         "all_questions_ms": 1000 * statistics.fmean(sum(s["ttft_s"]) for s in sessions),
         "peak_memory_mb": result.get("peak_memory_mb"),
+        "load_average_1m": result.get("load_average_1m"),
         "stored_bytes": stored,
         "stored_bytes_per_context_token": None if stored is None else stored / result["length"],
         "cached_positions": sessions[0].get("cached_positions"),
@@ -376,6 +377,10 @@ def _k(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+def _load(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def _ms(value) -> str:
     return "–" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
@@ -394,14 +399,16 @@ def markdown_table(report: dict) -> str:
         f"{machine['torch']}, transformers {machine['transformers']}"
         + (f"; kvpress {kv_env['kvpress']} with transformers {kv_env['transformers']} in its own env" if kv_env else "")
         + f". Each row: {config['repeats']} measured session(s) after {config['warmup']} warm-up session(s) on a "
-        f"{WARMUP_TOKENS}-token context; 'later' is the mean over the session's {n - 1} later questions. TTFT = "
+        f"{WARMUP_TOKENS}-token context; 'later' is the mean over the session's {n - 1} later questions. Peak memory: "
+        "CUDA max allocated; CPU the resident-set high-water above the process before the session, each row in "
+        "a fresh process. Load 1m: the CPU's load average when the row ended (2 logical CPUs shared). TTFT = "
         "prefill work + question + greedy first token; memcomp rows go through `generate()` (prompt building "
         "and tokenization of the question included), the others are raw forwards. kvpress presses keep "
         f"1/{config['compression']:g} of the KV pairs (memcomp's ratio).",
         "",
         f"| Context | Method | TTFT 1st question (ms) | TTFT later question (ms) | 1 question (ms) | {n} questions (ms) "
-        "| Peak memory (MB) | Kept between questions (B / context token) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Peak memory (MB) | Kept between questions (B / context token) | Load 1m |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     skipped = []
     for row in report["results"]:
@@ -413,7 +420,8 @@ def markdown_table(report: dict) -> str:
         lines.append(
             f"| {_k(row['context_tokens'])} | {row['label']} | {_ms(row['ttft_first_ms']['mean_ms'])} | "
             f"{_ms(later['mean_ms'] if later else None)} | {_ms(row['one_question_ms'])} | {_ms(row['all_questions_ms'])} | "
-            f"{_ms(row['peak_memory_mb'])} | {'–' if per_token is None else f'{per_token:,.0f}'} |"
+            f"{_ms(row['peak_memory_mb'])} | {'–' if per_token is None else f'{per_token:,.0f}'} | "
+            f"{_load(row.get('load_average_1m'))} |"
         )
     if skipped:
         lines += ["", "Not run:", *skipped]
