@@ -7,7 +7,7 @@ CONSTRAINTS := constraints.txt
 # torch first and alone: the local CPU wheel, so no dependency can pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast constraints vllm-env test-vllm
+.PHONY: demo test test-fast constraints vllm-env test-vllm kvpress-env
 
 # Exact versions from $(CONSTRAINTS) (what the suite passed with); pyproject.toml keeps ranges for library users.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -44,3 +44,6 @@ vllm-env:
 
 test-vllm: vllm-env
 	.venv-vllm/bin/python -m pytest -m vllm tests/vllm_env
+
+kvpress-env:
+	bash scripts/make_kvpress_env.sh

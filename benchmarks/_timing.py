@@ -1,4 +1,8 @@
-"""Timing and peak-memory helpers shared by the speed benchmarks: warm-ups, medians, CUDA events, RSS peaks."""
+"""Timing and peak-memory helpers shared by the speed benchmarks: warm-ups, summaries, CUDA events, RSS peaks.
+
+The protocol is the paper's (Appendix E): 3 untimed warm-up calls, then the mean of 20 timed calls; the
+median and the spread (sample standard deviation, min, max) are reported beside it.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +15,54 @@ from collections.abc import Callable
 import torch
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> list[float]:
+PAPER_WARMUP = 3
+PAPER_REPEATS = 20
+"""Appendix E: 3 warm-up calls, then the mean of 20 timed calls."""
+
+
+def time_calls(
+    fn: Callable[[], object], device: torch.device, warmup: int = PAPER_WARMUP, repeats: int = PAPER_REPEATS
+) -> list[float]:
     """Seconds taken by each of `repeats` calls of `fn` after `warmup` untimed ones (CUDA events on GPU)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     for _ in range(warmup):
         fn()
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize(device)
-            seconds.append(start.elapsed_time(stop) / 1000)
-        else:
-            start = time.perf_counter()
-            fn()
-            seconds.append(time.perf_counter() - start)
-    return seconds
+    return [time_once(fn, device)[0] for _ in range(repeats)]
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Seconds taken by one call of `fn` (CUDA events on GPU) and what it returned."""
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        result = fn()
+        stop.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(stop) / 1000, result
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Mean (the reported figure), median and spread of timed calls, in milliseconds, with their count."""
+    if not seconds:
+        raise ValueError("summarize needs at least one timed call.")
+    ms = [1000 * s for s in seconds]
+    return {
+        "mean_ms": statistics.fmean(ms),
+        "median_ms": statistics.median(ms),
+        "stdev_ms": statistics.stdev(ms) if len(ms) > 1 else 0.0,
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "n": len(ms),
+    }
 
 
 def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:

@@ -10,13 +10,16 @@ peak memory of each. Writes `<name>.json`, `<name>.md` (Table 7 shape) and `<nam
     python -m benchmarks.latency --smoke                          # seconds; used by the test suite
 
 TTFT is one prefill forward with a KV cache and `logits_to_keep=1`, then the greedy first token; it includes
-placing the memory in the decoder's input embeddings but not tokenization (for either side).
+placing the memory in the decoder's input embeddings but not tokenization (for either side). Each figure is
+the mean of `--repeats` (20) timed calls after `--warmup` (3), as in Appendix E; median and spread are in
+the JSON and the markdown's second table (CPU tables may use fewer repeats: the count is written with them).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import copy
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -28,7 +31,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, Qwen2Config, Qwen2ForCausalLM
 
-from benchmarks._timing import cuda_peak_bytes, machine_info, median, rss_peak_bytes, time_calls
+from benchmarks._timing import (
+    PAPER_REPEATS,
+    PAPER_WARMUP,
+    cuda_peak_bytes,
+    machine_info,
+    rss_peak_bytes,
+    summarize,
+    time_calls,
+)
 from modeling_memcomp import MemCompForCausalLM, build_prompt
 from modeling_memcomp.extras import require_extra
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS, tiny_qwen2_config, train_tokenizer
@@ -61,6 +72,7 @@ PAPER_TABLE7_7B = {  # context: (full TTFT ms, ours TTFT ms, full peak GB, ours 
     122880: (11241, 842, 37.5, 18.9),
 }
 QUESTION = "What is the best thing to do in San Francisco?"
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
 MODES = ("full", "each", "block", "encode")
 
 
@@ -75,10 +87,16 @@ class LatencyConfig:
     )
     chunk_size: int = field(default=16, metadata={"help": "tokens per memory embedding (paper: 16)"})
     encoder_batch_size: int = field(default=256, metadata={"help": "chunks per encoder forward pass"})
-    warmup: int = field(default=1, metadata={"help": "untimed calls before timing each measurement"})
-    repeats: int = field(default=3, metadata={"help": "timed calls per measurement; the median is reported"})
+    warmup: int = field(default=PAPER_WARMUP, metadata={"help": "untimed calls before timing each measurement (paper: 3)"})
+    repeats: int = field(
+        default=PAPER_REPEATS,
+        metadata={"help": "timed calls per measurement (paper: 20); the mean is reported, median and spread beside it"},
+    )
     memory: bool = field(default=True, metadata={"help": "measure peak memory (CPU: one fresh process per figure)"})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:i]'"})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "attention kernels: 'sdpa', 'flash_attention_2' (needs flash-attn) or 'eager'"}
+    )
     dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (the CPU is shared: keep it small)"})
     seed: int = field(default=0, metadata={"help": "seed of the random weights and context tokens"})
@@ -88,13 +106,24 @@ class LatencyConfig:
     smoke: bool = field(default=False, metadata={"help": "tiny model, short lengths, one repeat, no memory: seconds"})
 
     def __post_init__(self):
-        if self.smoke:
-            self.preset, self.lengths, self.warmup, self.repeats, self.memory = "smoke", [256, 512], 0, 1, False
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive token count, got {self.chunk_size}.")
+        if not self.lengths or any(length < self.chunk_size for length in self.lengths):
+            raise ValueError(
+                f"lengths must be a non-empty list of token counts >= chunk_size ({self.chunk_size}), got {self.lengths}."
+            )
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={self.warmup}, repeats={self.repeats}.")
+        if self.smoke:  # explicit lengths are kept; only the default list is replaced
+            self.preset, self.warmup, self.repeats, self.memory = "smoke", 0, 1, False
+            self.lengths = [256, 512] if self.lengths == list(CPU_LENGTHS) else self.lengths
             self.encoder_batch_size = 8
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
-        if not self.lengths or any(length < self.chunk_size for length in self.lengths):
-            raise ValueError(f"lengths must be a non-empty list of token counts >= chunk_size, got {self.lengths}.")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(f"attn_implementation must be one of {ATTENTION}, got {self.attn_implementation!r}.")
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package; use 'sdpa'.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
 
@@ -127,7 +156,7 @@ def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype)
             len(tokenizer), shape["hidden_size"], shape["num_layers"], max_position_embeddings=max_positions
         )
     text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    text_config._attn_implementation = "sdpa"
+    text_config._attn_implementation = config.attn_implementation
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -226,7 +255,11 @@ def _run(config: LatencyConfig, device: torch.device, on_progress=None) -> dict:
         case = build_case(model, length, config.seed)
         memory = model.compress(case.context_ids, show_progress=False)
         modes = [m for m in MODES if m != "full" or config.full_max_length is None or length <= config.full_max_length]
-        seconds = {m: median(time_calls(measurement(model, case, m, memory.embeds), device, config.warmup, config.repeats)) for m in modes}
+        timing = {
+            m: summarize(time_calls(measurement(model, case, m, memory.embeds), device, config.warmup, config.repeats))
+            for m in modes
+        }
+        seconds = {m: stats["mean_ms"] / 1000 for m, stats in timing.items()}
         row = {
             "context_tokens": length,
             "memory_embeddings": case.num_chunks,
@@ -235,6 +268,7 @@ def _run(config: LatencyConfig, device: torch.device, on_progress=None) -> dict:
             "encode_ms": 1000 * seconds["encode"],
             "encode_tokens_per_s": length / seconds["encode"],
             "end_to_end_ms": {m: 1000 * (seconds["encode"] + seconds[m]) for m in ("each", "block")},
+            "timing_ms": timing,  # per mode: mean (the figures above), median, stdev, min, max, n
             "load_average_1m": round(os.getloadavg()[0], 2),  # contention while this row was timed
         }
         if "full" in seconds:
@@ -276,12 +310,13 @@ def markdown_table(report: dict) -> str:
     """Table 7 layout (TTFT and peak memory, full vs ours) plus encode and end-to-end columns."""
     machine, config = report["machine"], report["config"]
     lines = [
-        f"# Latency: full context vs precomputed memory ({config['preset']}, C={config['chunk_size']})",
+        f"# Latency: full context vs precomputed memory ({config['preset']}, C={config['chunk_size']}, "
+        f"{config.get('attn_implementation', 'sdpa')} attention)",
         "",
         f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} torch threads "
         f"({machine['logical_cpus']} logical CPUs, 1-min load {machine['load_average_1m']} when the run ended), "
-        f"torch {machine['torch']}, transformers {machine['transformers']}. Medians of {config['repeats']} after "
-        f"{config['warmup']} warm-up. Random weights: timing does not depend on them.",
+        f"torch {machine['torch']}, transformers {machine['transformers']}. {_protocol(report)} "
+        "Random weights: timing does not depend on them.",
         "",
         "| Context | TTFT Full (ms) | Ours each (ms) | Speedup | Ours block (ms) | Speedup | Encode (ms) | Encode tok/s "
         "| End-to-end each (ms) | E2E speedup | Peak Full (MB) | Peak Ours (MB) | Saving | Peak Encode (MB) | Load 1m |",
@@ -309,11 +344,37 @@ def markdown_table(report: dict) -> str:
             f"{row['load_average_1m']:.1f}" if "load_average_1m" in row else dash,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _spread_table(report)
     lines += ["", "Targets: " + ", ".join(f"{k}={_fmt(v)}" for k, v in report["targets"].items()), ""]
     lines += ["Paper, Table 7 (Qwen2.5-7B, one H100, fp16): " + ", ".join(
         f"{_k(n)} {f / o:.1f}x / {pf / po:.2f}x" for n, (f, o, pf, po) in PAPER_TABLE7_7B.items()
     ) + " (TTFT speedup / memory saving).", ""]
     return "\n".join(lines)
+
+
+def _protocol(report: dict) -> str:
+    """How the figures were aggregated: tables written before the Appendix E protocol used medians."""
+    config = report["config"]
+    aggregate = "Means" if any("timing_ms" in row for row in report["results"]) else "Medians"
+    paper = " (the paper's protocol)" if (config["warmup"], config["repeats"]) == (PAPER_WARMUP, PAPER_REPEATS) else (
+        f" (fewer than the paper's {PAPER_REPEATS} after {PAPER_WARMUP})"
+    )
+    return f"{aggregate} of {config['repeats']} timed calls after {config['warmup']} warm-up(s){paper}."
+
+
+def _spread_table(report: dict) -> list[str]:
+    """Median and spread beside each mean (rows measured with the Appendix E protocol only)."""
+    rows = [row for row in report["results"] if "timing_ms" in row]
+    if not rows:
+        return []
+    lines = ["", "| Context | Call | Mean (ms) | Median (ms) | Std dev (ms) | Min (ms) | Max (ms) | n |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for mode, stats in row["timing_ms"].items():
+            lines.append(
+                f"| {_k(row['context_tokens'])} | {mode} | {stats['mean_ms']:,.1f} | {stats['median_ms']:,.1f} | "
+                f"{stats['stdev_ms']:,.1f} | {stats['min_ms']:,.1f} | {stats['max_ms']:,.1f} | {stats['n']} |"
+            )
+    return lines
 
 
 def _fmt(value) -> str:
@@ -362,7 +423,12 @@ def write_report(report: dict, config: LatencyConfig) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency` / `memcomp bench`: parse a `LatencyConfig`, run, write the outputs."""
     parser = HfArgumentParser(LatencyConfig, prog="memcomp bench", description=__doc__.split("\n\n")[0])
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=argv)
+        config.resolve_device()
+    except ValueError as error:  # a bad value: one line and exit status 2, as argparse does for bad syntax
+        print(f"memcomp bench: error: {error}", file=sys.stderr)
+        return 2
     if config.plot:
         require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
     report = run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import latency
-from benchmarks._timing import rss_peak_bytes, time_calls
+from benchmarks._timing import rss_peak_bytes, summarize, time_calls
 
 
 def test_smoke_run_writes_json_table_and_plot(tmp_path):
@@ -19,9 +19,14 @@ def test_smoke_run_writes_json_table_and_plot(tmp_path):
         assert row["ttft_speedup"]["each"] == pytest.approx(row["ttft_ms"]["full"] / row["ttft_ms"]["each"])
         assert row["end_to_end_ms"]["each"] == pytest.approx(row["encode_ms"] + row["ttft_ms"]["each"])
         assert row["encode_tokens_per_s"] == pytest.approx(row["context_tokens"] / row["encode_ms"] * 1000)
+        for mode in ("full", "each", "block"):
+            assert row["ttft_ms"][mode] == pytest.approx(row["timing_ms"][mode]["mean_ms"])
+            assert row["timing_ms"][mode]["n"] == 1  # --smoke: one timed call
     assert report["machine"]["cpu"] and report["machine"]["torch_threads"] >= 1
     table = (tmp_path / "smoke.md").read_text()
     assert "| Context | TTFT Full (ms) | Ours each (ms) | Speedup |" in table and "| 512 |" in table
+    assert "Means of 1 timed calls after 0 warm-up(s) (fewer than the paper's 20 after 3)" in table
+    assert "| Context | Call | Mean (ms) | Median (ms) | Std dev (ms) |" in table
     assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
     assert torch.get_num_threads() == threads  # the run restores the caller's thread count
 
@@ -111,6 +116,40 @@ def test_qwen7b_config_meets_the_paper_at_4k(tmp_path):
     row = json.loads((tmp_path / "gpu.json").read_text())["results"][0]
     assert row["ttft_speedup"]["each"] >= 3.0  # paper, Table 7: 3.0x at 4K
     assert row["memory_saving"] >= 1.0
+
+
+def test_default_protocol_is_the_papers_mean_of_20_after_3_warmups():
+    config = latency.LatencyConfig()
+    assert (config.warmup, config.repeats) == (3, 20)
+    calls = []
+    seconds = time_calls(lambda: calls.append(1), torch.device("cpu"))
+    assert len(calls) == 23 and len(seconds) == 20
+
+
+def test_summary_reports_mean_median_and_spread():
+    stats = summarize([0.001, 0.002, 0.006])
+    assert stats == pytest.approx(
+        {"mean_ms": 3.0, "median_ms": 2.0, "stdev_ms": 2.6457513, "min_ms": 1.0, "max_ms": 6.0, "n": 3}
+    )
+    assert summarize([0.5])["stdev_ms"] == 0.0
+    with pytest.raises(ValueError, match="at least one timed call"):
+        summarize([])
+
+
+@pytest.mark.parametrize("extra", [[], ["--smoke"]])
+def test_bench_rejects_negative_lengths_in_one_line_with_status_2(extra, capsys, tmp_path):
+    from modeling_memcomp import cli
+
+    status = cli.main(["bench", "--lengths", "-5", *extra, "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == "memcomp bench: error: lengths must be a non-empty list of token counts >= chunk_size (16), got [-5].\n"
+    assert not list(tmp_path.iterdir())  # nothing was measured or written
+
+
+def test_smoke_keeps_explicit_lengths():
+    assert latency.LatencyConfig(smoke=True).lengths == [256, 512]
+    assert latency.LatencyConfig(smoke=True, lengths=[64]).lengths == [64]
 
 
 def test_growing_memory_benchmark_smoke_run(tmp_path):

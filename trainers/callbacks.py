@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 
 class RankTraceCallback(TrainerCallback):
-    """Writes one JSON line per optimizer step and rank: world size, example ids seen, gradient checksum.
+    """Writes one JSON line per optimizer step and rank: world size, engine, example ids seen, gradient checksum.
 
     Evidence that a data-parallel run really is one: ranks see different examples yet step with the same
     (all-reduced) gradients. Files: `<trace_dir>/rank<r>.jsonl`.
@@ -26,6 +26,7 @@ class RankTraceCallback(TrainerCallback):
             "step": state.global_step + 1,
             "rank": args.process_index,
             "world_size": args.world_size,
+            "engine": self.trainer.accelerator.distributed_type.value,  # e.g. MULTI_CPU (DDP), DEEPSPEED, FSDP
             "example_ids": self.trainer.example_ids_seen[:],
             "grad_checksum": checksum,
         }

@@ -29,6 +29,7 @@ from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt, stop_token_ids
 
 from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
+from .distributed import check_launch
 from .judges import MatchJudge
 from .rewards import JudgeReward, OverlongPenalty
 
@@ -230,6 +231,7 @@ class MemCompGRPOTrainer(GRPOTrainer):
             callbacks=[*(callbacks or []), SkipEmptySteps(self)],
             optimizers=optimizers,
         )
+        check_launch(self.accelerator.distributed_type.value)  # an engine accelerate dropped is an error, not DDP
         # TRL patches the fused log-prob head onto the model it is given; for memcomp it belongs on the inner LM
         # (MemCompForCausalLM.forward fills the memory slots, then passes `fused_lm_head` through).
         vars(model).pop("forward", None)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import Array2D, Dataset, Features, Value, load_dataset
+from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_dataset, load_from_disk
 
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt
@@ -127,19 +128,45 @@ def read_metadata(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+SHARDS_DIR = ".shards"
+"""Inside `output_dir`: each rank's compressed shard, until rank 0 has merged them (then removed)."""
+
+
 def run(args: PrecomputeArguments) -> Dataset:
-    """Load the SFT model and the rows, compress, save to `args.output_dir`."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """Load the SFT model and the rows, compress, save to `args.output_dir`.
+
+    Under `accelerate launch` with N processes each rank compresses one contiguous shard of the rows on its
+    own device and saves it; rank 0 then concatenates the shards in rank order (the rows keep their order:
+    the result equals the one-process run), writes the dataset and its metadata, and removes the shards.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = args.device or str(state.device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = MemCompForCausalLM.from_pretrained(args.model, dtype=dtype)
     model.to(device).eval()
     rows = load_rows(args.dataset, args.split, args.dataset_config)
     if args.max_samples is not None:
         rows = rows.select(range(min(args.max_samples, len(rows))))
+    if state.num_processes > 1:
+        rows = rows.shard(num_shards=state.num_processes, index=state.process_index, contiguous=True)
     out = precompute_memory(
         model, rows, args.context_column, args.question_column, args.answer_column, args.max_prompt_length,
         args.template, args.dtype,
     )
-    out.save_to_disk(args.output_dir)
-    write_metadata(args.output_dir, model, args, len(out))
-    return out
+    if state.num_processes == 1:
+        out.save_to_disk(args.output_dir)
+        write_metadata(args.output_dir, model, args, len(out))
+        return out
+    shards = Path(args.output_dir) / SHARDS_DIR
+    out.save_to_disk(shards / f"rank{state.process_index:05d}")
+    state.wait_for_everyone()
+    merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
+    if state.is_main_process:
+        merged.save_to_disk(args.output_dir)
+        write_metadata(args.output_dir, model, args, len(merged))
+    state.wait_for_everyone()  # every rank has read the shards before they go
+    if state.is_main_process:
+        shutil.rmtree(shards)
+    return merged

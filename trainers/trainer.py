@@ -15,6 +15,7 @@ from modeling_memcomp.prompting import IGNORE_INDEX
 from .callbacks import RankTraceCallback
 from .checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint
 from .collator import MemCompCollator
+from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
 from .stages import TASKS, get_stage
 
@@ -91,6 +92,7 @@ class MemCompTrainer(Trainer):
                 if "memory_projection" in name:
                     parameter.requires_grad_(False)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
+        check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
         self._useful_tokens = torch.zeros((), dtype=torch.float64)
         self.example_ids_seen: list[int] = []
