@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import importlib.util
-import json
 import multiprocessing
 import os
 import sys
@@ -29,8 +28,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from benchmarks._outputs import parse_config, write_outputs
 from benchmarks._timing import (
     PAPER_REPEATS,
     PAPER_WARMUP,
@@ -409,25 +409,16 @@ def plot_speedups(report: dict, path: Path) -> None:
 
 def write_report(report: dict, config: LatencyConfig) -> dict[str, Path]:
     """Write `<name>.json`, `<name>.md` and (optionally) `<name>.png` under `config.output_dir`."""
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{config.name}.json", "md": out / f"{config.name}.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(markdown_table(report))
-    if config.plot and any("ttft_speedup" in row for row in report["results"]):
-        paths["png"] = out / f"{config.name}.png"
-        plot_speedups(report, paths["png"])
-    return paths
+    plot = config.plot and any("ttft_speedup" in row for row in report["results"])
+    return write_outputs(
+        report, config.output_dir, config.name, markdown_table(report), (lambda path: plot_speedups(report, path)) if plot else None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency` / `memcomp bench`: parse a `LatencyConfig`, run, write the outputs."""
-    parser = HfArgumentParser(LatencyConfig, prog="memcomp bench", description=__doc__.split("\n\n")[0])
-    try:
-        (config,) = parser.parse_args_into_dataclasses(args=argv)
-        config.resolve_device()
-    except ValueError as error:  # a bad value: one line and exit status 2, as argparse does for bad syntax
-        print(f"memcomp bench: error: {error}", file=sys.stderr)
+    config = parse_config(LatencyConfig, argv, "memcomp bench", __doc__, check=lambda c: c.resolve_device())
+    if config is None:
         return 2
     if config.plot:
         require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])

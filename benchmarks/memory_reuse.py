@@ -12,15 +12,14 @@ Writes `<name>.json`, `<name>.md` and `<name>.png`.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 from benchmarks import latency
+from benchmarks._outputs import parse_config, write_outputs
 from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, summarize, time_calls
 from benchmarks.peers import QUESTIONS
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -210,24 +209,16 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, config: MemoryReuseConfig) -> dict[str, Path]:
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{config.name}.json", "md": out / f"{config.name}.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(markdown_table(report))
-    if config.plot:
-        paths["png"] = out / f"{config.name}.png"
-        plot(report, paths["png"])
-    return paths
+    plot_figure = config.plot
+    return write_outputs(
+        report, config.output_dir, config.name, markdown_table(report), (lambda path: plot(report, path)) if plot_figure else None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.memory_reuse`: parse a `MemoryReuseConfig`, run, write the outputs."""
-    parser = HfArgumentParser(MemoryReuseConfig, prog="python -m benchmarks.memory_reuse", description=__doc__.split("\n\n")[0])
-    try:
-        (config,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        print(f"benchmarks.memory_reuse: error: {error}", file=sys.stderr)
+    config = parse_config(MemoryReuseConfig, argv, "python -m benchmarks.memory_reuse", __doc__)
+    if config is None:
         return 2
     report = run(config)
     paths = write_report(report, config)

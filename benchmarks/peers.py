@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 from benchmarks import latency
 from benchmarks._sessions import (
@@ -46,6 +45,7 @@ from benchmarks._sessions import (
     reuse_prefix,
     run_job,
 )
+from benchmarks._outputs import parse_config, write_outputs
 from benchmarks._timing import PAPER_WARMUP, machine_info, summarize, time_once
 from modeling_memcomp import build_prompt
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -472,24 +472,16 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, config: PeersConfig) -> dict[str, Path]:
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{config.name}.json", "md": out / f"{config.name}.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(markdown_table(report))
-    if config.plot and any(r["available"] for r in report["results"]):
-        paths["png"] = out / f"{config.name}.png"
-        plot(report, paths["png"])
-    return paths
+    plot_figure = config.plot and any(r["available"] for r in report["results"])
+    return write_outputs(
+        report, config.output_dir, config.name, markdown_table(report), (lambda path: plot(report, path)) if plot_figure else None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.peers`: parse a `PeersConfig`, run, write the outputs."""
-    parser = HfArgumentParser(PeersConfig, prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
-    try:
-        (config,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        print(f"benchmarks.peers: error: {error}", file=sys.stderr)
+    config = parse_config(PeersConfig, argv, "python -m benchmarks.peers", __doc__)
+    if config is None:
         return 2
     report = run(config)
     paths = write_report(report, config)

@@ -12,7 +12,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from modeling_memcomp import MemCompForCausalLM, build_prompt
 from modeling_memcomp.prompting import IGNORE_INDEX, chat_layout, shared_prefix_length, stop_token_ids
-from modeling_memcomp.tiny import train_tokenizer
 from trainers.collator import MemCompCollator
 from trainers.tasks import TaskBuilder
 

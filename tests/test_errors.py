@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import GREEDY
-from modeling_memcomp import MemCompConfig, MemCompForCausalLM
+from modeling_memcomp import MemCompConfig
 from modeling_memcomp.tiny import train_tokenizer
 
 

@@ -113,19 +113,25 @@ class StopAt:
         return _Stop()
 
 
-@pytest.mark.slow
-def test_resumed_run_logs_the_same_next_loss(tmp_path):
-    common = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=6, save_steps=3, logging_steps=1,
+RESUME_RUN = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=6, save_steps=3, logging_steps=1,
                   global_batch_size=4, early_stopping_patience=None)
 
+
+def resume_run(out, resume=None, stop=None):
+    """A 6-step FQLoRA CPT-1 run saving every 3 steps; returns its trainer and logged loss per step."""
+    config = tiny_stage("cpt1", out, **RESUME_RUN)
+    model = build_model(config)
+    train, _ = build_datasets(config, model)
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
+                             callbacks=[StopAt(stop)] if stop else None)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+
+@pytest.mark.slow
+def test_resumed_run_logs_the_same_next_loss(tmp_path):
     def run(out, resume=None, stop=None):
-        config = tiny_stage("cpt1", out, **common)
-        model = build_model(config)
-        train, _ = build_datasets(config, model)
-        trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
-                                 callbacks=[StopAt(stop)] if stop else None)
-        trainer.train(resume_from_checkpoint=resume)
-        return {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+        return resume_run(out, resume, stop)[1]
 
     full = run(tmp_path / "full")
     interrupted = run(tmp_path / "cut", stop=3)
@@ -180,19 +186,6 @@ import shutil  # noqa: E402
 
 from trainers.checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint  # noqa: E402
 
-RESUME_RUN = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=6, save_steps=3, logging_steps=1,
-                  global_batch_size=4, early_stopping_patience=None)
-
-
-def resume_run(out, resume=None, stop=None):
-    """A 6-step FQLoRA CPT-1 run saving every 3 steps; returns its trainer and logged loss per step."""
-    config = tiny_stage("cpt1", out, **RESUME_RUN)
-    model = build_model(config)
-    train, _ = build_datasets(config, model)
-    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
-                             callbacks=[StopAt(stop)] if stop else None)
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
 
 
 def test_killed_while_saving_resumes_from_the_previous_complete_checkpoint(tmp_path, caplog):

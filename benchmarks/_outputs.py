@@ -1,0 +1,37 @@
+"""What every speed benchmark does around its measurement: parse its config, write `<name>.json` / `.md` / `.png`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+
+def parse_config(config_class, argv: list[str] | None, prog: str, doc: str, check: Callable | None = None):
+    """The benchmark's config from the command line, or None after a one-line `<command>: error: ...` on stderr (a
+    bad value, raised by the config or by `check(config)`), as argparse does for bad syntax."""
+    parser = HfArgumentParser(config_class, prog=prog, description=doc.split("\n\n")[0])
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=argv)
+        if check is not None:
+            check(config)
+    except ValueError as error:
+        print(f"{prog.removeprefix('python -m ')}: error: {error}", file=sys.stderr)
+        return None
+    return config
+
+
+def write_outputs(report: dict, output_dir: str | Path, name: str, markdown: str, plot: Callable[[Path], object] | None = None) -> dict[str, Path]:
+    """Write `<name>.json` (the report), `<name>.md` (its table) and, with `plot`, `<name>.png` under `output_dir`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(markdown)
+    if plot is not None:
+        paths["png"] = out / f"{name}.png"
+        plot(paths["png"])
+    return paths
