@@ -71,7 +71,7 @@ def main() -> None:
     questions = [f"Question {i}: what happened in the story?" for i in range(config.num_questions)]
     shared = build_prompt_embeds(model, memories[0], questions)                       # one memory, many questions
     separate = build_prompt_embeds(model, memories[1:], questions)                    # a memory each: nothing shared
-    decoder = VLLMDecoder(model, max_model_len=2048, seed=0, enable_prefix_caching=True)
+    decoder = VLLMDecoder(model, max_model_len=2048, seed=0, disable_log_stats=False)  # prefix caching: on by default
     params = decoder.sampling_params(do_sample=False, max_new_tokens=1, repetition_penalty=1.0)
     decoder.generate(shared[:1], params)  # the first question fills the cache with the memory prefix
     before = prefix_counters(decoder.llm)
@@ -79,8 +79,11 @@ def main() -> None:
     after = prefix_counters(decoder.llm)
     separate_s = timed(lambda: (decoder.llm.reset_prefix_cache(), decoder.generate(separate, params)), config.repeats)
     hits, queries = after["hits"] - before["hits"], after["queries"] - before["queries"]
+    from benchmarks._timing import machine_info
+
     result = {
         "config": asdict(config),
+        "machine": machine_info(torch.device("cpu")),
         "prompt_positions": len(shared[0]),
         "shared_memory_s": shared_s,
         "separate_memories_s": separate_s,
@@ -96,7 +99,8 @@ def main() -> None:
         f"# vLLM prefix caching with prompt embeddings ({config.num_layers}-layer {config.hidden_size}-wide random Qwen2)",
         "",
         f"{config.num_questions} questions, {result['prompt_positions']} prompt positions each ({config.context_tokens} "
-        f"context tokens, C=16, wrap each), one greedy token each, median of {config.repeats}; versions {result['versions']}.",
+        f"context tokens, C=16, wrap each), one greedy token each, median of {config.repeats}; versions {result['versions']}; "
+        f"{result['machine'].get('cpu')}, {config.threads} vLLM worker core(s), with a training job on the other core.",
         "",
         "| case | seconds | prefix-cache hit rate |",
         "|---|---|---|",

@@ -121,7 +121,8 @@ class VLLMDecoder:
 
     `VLLMDecoder(model_or_folder, **llm_kwargs)` exports the model's decoder (to a temporary folder unless
     `export_dir=` is given) or loads an `export_decoder` folder, and starts `vllm.LLM` with
-    `enable_prompt_embeds=True`, the checkpoint's dtype and eager mode unless overridden in `llm_kwargs`.
+    `enable_prompt_embeds=True`, prefix caching (questions on one memory reuse its KV blocks), the checkpoint's
+    dtype and eager mode unless overridden in `llm_kwargs`.
     Start it under `if __name__ == "__main__":`: vLLM spawns worker processes.
     """
 
@@ -142,7 +143,11 @@ class VLLMDecoder:
             folder = Path(folder_or_model)
         self.folder = folder
         self.generation_config = GenerationConfig.from_pretrained(folder)
-        settings = dict(model=str(folder), enable_prompt_embeds=True, dtype=checkpoint_dtype(folder), enforce_eager=True)
+        # Prefix caching hashes prompt-embedding blocks too (vLLM >= 0.11): questions on one memory share its prefix.
+        settings = dict(
+            model=str(folder), enable_prompt_embeds=True, enable_prefix_caching=True, dtype=checkpoint_dtype(folder),
+            enforce_eager=True,
+        )
         settings.update(llm_kwargs)
         self.llm = vllm.LLM(**settings)
         self._sampling_params_class = vllm.SamplingParams
