@@ -9,13 +9,13 @@ user-turn header, the context) and per question a `suffix` (the question and the
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 
 import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks._timing import time_once
+from modeling_memcomp.prefix_cache import CACHE_KEY
 
 SHAPE_KEYS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -53,11 +53,6 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def cache_keyword(lm) -> str:
-    """The forward argument that takes a cache: `cache` from transformers 5.2x, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
-
-
 def first_token(lm, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
     """One prefill forward with a KV cache, logits of the last position only, greedy token."""
     return lm(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs).logits.argmax(-1)
@@ -67,7 +62,7 @@ def prefill_prefix(lm, prefix: torch.Tensor, press=None) -> DynamicCache:
     """KV cache of the prefix (decoder only, no LM head), compressed on the fly by a kvpress `press` if given."""
     cache = DynamicCache()
     with press(lm) if press is not None else contextlib.nullcontext():
-        lm.model(input_ids=prefix, use_cache=True, **{cache_keyword(lm): cache})
+        lm.model(input_ids=prefix, use_cache=True, **{CACHE_KEY: cache})
     return cache
 
 
@@ -81,7 +76,7 @@ def answer_over(lm, cache: DynamicCache, suffix: torch.Tensor, context_length: i
     if any(layer.keys.shape[-2] != kept for layer in cache.layers):
         raise ValueError("the cache holds a different number of positions per layer; use a uniform press.")
     positions = torch.arange(context_length, context_length + suffix.shape[1], device=suffix.device)[None]
-    token = first_token(lm, suffix, position_ids=positions, **{cache_keyword(lm): cache})
+    token = first_token(lm, suffix, position_ids=positions, **{CACHE_KEY: cache})
     for layer in cache.layers:  # as kvpress' pipeline does: `crop` changed meaning across transformers 5.x
         layer.keys, layer.values = layer.keys[..., :kept, :], layer.values[..., :kept, :]
     return token

@@ -23,7 +23,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, Gene
 from .configuration_memcomp import MemCompConfig
 from .memory import MemoryEmbeddings, source_digest
 from .pooling import build_pooling
-from .prefix_cache import MemoryPrefix
+from .prefix_cache import CACHE_KEY, MemoryPrefix
 from .prompting import build_prompt, left_pad, shared_prefix_length, stop_token_ids
 from .special_tokens import add_memory_tokens, check_tokenizer_matches
 from .tokenizer_io import load_tokenizer
@@ -598,7 +598,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         outputs = self(
             input_ids=torch.tensor([ids], device=self.device), memory_embeds=[memory.to(self.device)], use_cache=True
         )
-        return MemoryPrefix(ids, outputs["cache"], memory.content_hash, len(memory), template, system_prompt)
+        return MemoryPrefix(ids, outputs[CACHE_KEY], memory.content_hash, len(memory), template, system_prompt)
 
     def generate(
         self,
@@ -687,7 +687,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         return {
             "input_ids": input_ids.to(self.device),
             "attention_mask": attention_mask.to(self.device),
-            "cache": prefix.expanded(len(tails) * expand),
+            CACHE_KEY: prefix.expanded(len(tails) * expand),
         }
 
     def pair_memories(

@@ -11,6 +11,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""What transformers calls the KV cache in forward/generate arguments and outputs: `cache` from 5.2x, `past_key_values` before."""
 
 
 @dataclass
