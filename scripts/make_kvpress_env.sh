@@ -13,5 +13,6 @@ PIP="$VENV/bin/pip"
 "$PIP" install --quiet --upgrade pip
 # CPU torch first, so that nothing below can pull a CUDA build.
 "$PIP" install --quiet torch==2.13.0
-"$PIP" install --quiet "kvpress==0.5.*" "transformers<5.3" torch==2.13.0
+# constraints-kvpress.txt pins every package to the version benchmarks/peers.py ran with.
+"$PIP" install --quiet -c constraints-kvpress.txt "kvpress==0.5.*" "transformers<5.3" torch==2.13.0
 "$VENV/bin/python" -c "import torch, transformers, kvpress; print('torch', torch.__version__, '| transformers', transformers.__version__, '| kvpress', kvpress.__version__ if hasattr(kvpress, '__version__') else 'ok')"
