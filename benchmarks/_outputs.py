@@ -1,4 +1,5 @@
-"""What every speed benchmark does around its measurement: parse its config, write `<name>.json` / `.md` / `.png`."""
+"""What every speed benchmark does around its measurement: parse its config, write `<name>.json` / `.md` / `.png`,
+print its table."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def write_outputs(report: dict, output_dir: str | Path, name: str, markdown: str
         paths["png"] = out / f"{name}.png"
         plot(paths["png"])
     return paths
+
+
+def benchmark_main(config_class, argv, prog: str, doc: str, run: Callable, markdown_table: Callable, write_report: Callable, check: Callable | None = None) -> int:
+    """A benchmark's command line: parse its config (exit 2 on a bad value), `run(config)`, write and print the outputs."""
+    config = parse_config(config_class, argv, prog, doc, check)
+    if config is None:
+        return 2
+    report = run(config)
+    paths = write_report(report, config)
+    print(markdown_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

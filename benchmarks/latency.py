@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from benchmarks._outputs import parse_config, write_outputs
+from benchmarks._outputs import benchmark_main, write_outputs
 from benchmarks._timing import (
     PAPER_REPEATS,
     PAPER_WARMUP,
@@ -417,16 +417,15 @@ def write_report(report: dict, config: LatencyConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency` / `memcomp bench`: parse a `LatencyConfig`, run, write the outputs."""
-    config = parse_config(LatencyConfig, argv, "memcomp bench", __doc__, check=lambda c: c.resolve_device())
-    if config is None:
-        return 2
-    if config.plot:
-        require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
-    report = run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop
-    paths = write_report(report, config)
-    print(markdown_table(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    def check(config: LatencyConfig) -> None:
+        config.resolve_device()
+        if config.plot:
+            require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
+
+    def run_writing_partials(config: LatencyConfig) -> dict:
+        return run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop
+
+    return benchmark_main(LatencyConfig, argv, "memcomp bench", __doc__, run_writing_partials, markdown_table, write_report, check)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import latency
-from benchmarks._outputs import parse_config, write_outputs
+from benchmarks._outputs import benchmark_main, write_outputs
 from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, summarize, time_calls
 from benchmarks.peers import QUESTIONS
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -217,14 +217,7 @@ def write_report(report: dict, config: MemoryReuseConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.memory_reuse`: parse a `MemoryReuseConfig`, run, write the outputs."""
-    config = parse_config(MemoryReuseConfig, argv, "python -m benchmarks.memory_reuse", __doc__)
-    if config is None:
-        return 2
-    report = run(config)
-    paths = write_report(report, config)
-    print(markdown_table(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return benchmark_main(MemoryReuseConfig, argv, "python -m benchmarks.memory_reuse", __doc__, run, markdown_table, write_report)
 
 
 if __name__ == "__main__":

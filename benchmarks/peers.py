@@ -45,7 +45,7 @@ from benchmarks._sessions import (
     reuse_prefix,
     run_job,
 )
-from benchmarks._outputs import parse_config, write_outputs
+from benchmarks._outputs import benchmark_main, write_outputs
 from benchmarks._timing import PAPER_WARMUP, machine_info, summarize, time_once
 from modeling_memcomp import build_prompt
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -480,14 +480,7 @@ def write_report(report: dict, config: PeersConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.peers`: parse a `PeersConfig`, run, write the outputs."""
-    config = parse_config(PeersConfig, argv, "python -m benchmarks.peers", __doc__)
-    if config is None:
-        return 2
-    report = run(config)
-    paths = write_report(report, config)
-    print(markdown_table(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return benchmark_main(PeersConfig, argv, "python -m benchmarks.peers", __doc__, run, markdown_table, write_report)
 
 
 if __name__ == "__main__":
