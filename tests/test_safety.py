@@ -2,6 +2,7 @@
 
 import re
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -15,10 +16,23 @@ TORCH_LOAD = re.compile(r"\btorch\.load\s*\(")
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz"}
 
 
+def _candidate_paths():
+    """Files git would commit (tracked, or untracked and not ignored); every file outside SKIP_DIRS without git."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT, capture_output=True, check=True,
+        ).stdout.decode().split("\0")
+        return sorted(ROOT / name for name in listed if name)
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (e.g. an unpacked sdist)
+        return sorted(ROOT.rglob("*"))
+
+
 def repository_files(suffixes: set[str] | None = None):
-    for path in sorted(ROOT.rglob("*")):
+    for path in _candidate_paths():
         relative = path.relative_to(ROOT)
-        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in relative.parts) or not path.is_file():
+        skipped = any(p in SKIP_DIRS or p.startswith(".venv") or p.endswith(".egg-info") for p in relative.parts)
+        if skipped or not path.is_file():
             continue
         if suffixes is None or path.suffix in suffixes:
             yield relative, path

@@ -1,6 +1,7 @@
 """The synthetic corpus: seeded, held-out names unseen in training, answerable questions, loadable rows."""
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from trainers.synthetic import (
     split_names,
     train_synthetic_tokenizer,
     vocabulary,
+    with_distractors,
     write_corpus,
 )
 from trainers.run import build_datasets, build_model
@@ -32,7 +34,7 @@ from trainers.tasks import TaskBuilder
 
 CONFIGS = Path(__file__).parent.parent / "examples" / "configs"
 
-CONFIG = SyntheticConfig(seed=3, train_episodes=60, heldout_episodes=15)
+CONFIG = SyntheticConfig(seed=3, train_episodes=60, heldout_episodes=15, eval_passages=[1, 2, 4, 8])
 NAMES = set(name_pool())
 
 
@@ -58,11 +60,11 @@ def split_texts(corpus, split):
 
 def test_same_seed_same_corpus_and_another_seed_differs(corpus):
     assert generate(CONFIG) == corpus
-    assert generate(SyntheticConfig(seed=4, train_episodes=60, heldout_episodes=15)) != corpus
+    assert generate(SyntheticConfig(seed=4, train_episodes=60, heldout_episodes=15, eval_passages=[1, 2, 4, 8])) != corpus
     assert len(corpus["train"]["document"]) == 2 * 60 and len(corpus["heldout"]["summary"]) == 2 * 15
     # 5 person (one person, all five facts) + 3 organisation questions + 1 two-hop question per episode
     assert len(corpus["train"]["qa"]) == 9 * 60
-    two_people = generate(SyntheticConfig(seed=4, train_episodes=6, heldout_episodes=1, people_per_episode=2))
+    two_people = generate(SyntheticConfig(seed=4, train_episodes=6, heldout_episodes=3, people_per_episode=2, eval_passages=[1, 2]))
     assert len(two_people["train"]["qa"]) == 9 * 6  # five of the ten person facts
     assert " and " in two_people["train"]["summary"][0]["summary"]
 
@@ -94,11 +96,13 @@ def test_documents_vary_so_they_must_be_read(corpus):
 
 def test_single_hop_answers_are_stated_once_in_their_document(corpus):
     questions = {q: (attr, facts) for facts in (PERSON_FACTS, ORG_FACTS) for attr, (_, q) in facts.items()}
-    single = [r for r in corpus["heldout"]["qa"] + corpus["train"]["qa"] if not r["type"].startswith("two_hop")]
+    rows = corpus["heldout"]["qa"] + corpus["heldout"]["qa_passages"] + corpus["train"]["qa"]
+    single = [r for r in rows if not r["type"].startswith("two_hop")]
     assert {r["type"] for r in single} == {f"person_{a}" for a in PERSON_FACTS} | {f"org_{a}" for a in ORG_FACTS}
+    assert all(len(r["context"]) == 1 for r in single if "k" not in r)  # held-out `qa`: the needed document alone
     for row in single:
-        (doc,) = row["context"]
         (name,) = names_in(row["question"])
+        (doc,) = [d for d in row["context"] if name in names_in(d)]  # distractors never mention the name
         (attr, facts), = [v for q, v in questions.items() if q.format(name=name) == row["question"]]
         sentence = facts[attr][0].format(name=name, value=row["answer"])
         assert doc.count(sentence) == 1, (sentence, doc)
@@ -107,24 +111,33 @@ def test_single_hop_answers_are_stated_once_in_their_document(corpus):
 
 
 def test_two_hop_answers_follow_from_both_documents(corpus):
-    two_hop = [r for r in corpus["heldout"]["qa"] + corpus["train"]["qa"] if r["type"].startswith("two_hop")]
+    rows = corpus["heldout"]["qa"] + corpus["heldout"]["qa_passages"] + corpus["train"]["qa"]
+    two_hop = [r for r in rows if r["type"].startswith("two_hop")]
     assert {r["type"] for r in two_hop} == {f"two_hop_{a}" for a in TWO_HOP}
     for row in two_hop:
         attr = row["type"].removeprefix("two_hop_")
         (person,) = names_in(row["question"])
         assert row["question"] == TWO_HOP[attr].format(name=person)
-        people_doc, org_doc = sorted(row["context"], key=lambda d: f"{person} works for" not in d)
+        (people_doc,) = [d for d in row["context"] if person in names_in(d)]
         (org,) = re.findall(rf"{person} works for (\w+)\.", people_doc)
+        (org_doc,) = [d for d in row["context"] if org in names_in(d) and d != people_doc]
         assert ORG_FACTS[attr][0].format(name=org, value=row["answer"]) in org_doc
         assert org not in names_in(row["question"])  # the bridge entity is never named in the question
 
 
 def test_rows_load_through_the_stage_sources(corpus, tmp_path):
     paths = write_corpus(corpus, tmp_path)
-    for kind, rows in corpus["train"].items():
-        loaded = list(load_source(SourceConfig(str(paths["train"][kind]), kind=kind)))
-        assert loaded == [{key: row[key] for key in SCHEMAS[kind]} for row in rows]
-    streams = stage_streams([{"path": str(p), "kind": k} for k, p in paths["heldout"].items()])
+    source_kind = {"multidoc": "document", "qa_passages": "qa"}  # files whose rows have a stage source's schema
+    for split in ("train", "heldout"):
+        for name, rows in corpus[split].items():
+            kind = source_kind.get(name, name)
+            if not rows:  # held-out multidoc: no CPT texts are made for evaluation
+                with pytest.raises(ValueError, match="is empty"):
+                    load_source(SourceConfig(str(paths[split][name]), kind=kind))
+                continue
+            loaded = list(load_source(SourceConfig(str(paths[split][name]), kind=kind)))
+            assert loaded == [{key: row[key] for key in SCHEMAS[kind]} for row in rows]
+    streams = stage_streams([{"path": str(p), "kind": k} for k, p in paths["heldout"].items() if k in SCHEMAS and corpus["heldout"][k]])
     assert next(streams["qa"])["context"] == corpus["heldout"]["qa"][0]["context"]
     lm = {next(streams["standard"])["text"] for _ in range(3 * 15)}  # documents and episode texts feed the LM mix
     documents, episodes = ({r["text"] for r in corpus["heldout"][kind]} for kind in ("document", "standard"))
@@ -169,6 +182,15 @@ def test_bad_config_names_the_argument():
         split_names(0, heldout_fraction=1.5)
     with pytest.raises(ValueError, match="split must be one of"):
         next(iter_texts({"train": {}}, "test"))
+
+
+def test_contexts_larger_than_the_corpus_can_fill_are_refused_not_looped_on():
+    with pytest.raises(ValueError, match="raise heldout_episodes or lower eval_passages"):
+        SyntheticConfig(heldout_episodes=15, eval_passages=[1, 32])
+    # Enough documents in total, but each shares a name with the needed ones: a clear error, not an endless draw.
+    needed = ["Bako met Dilu."]
+    with pytest.raises(ValueError, match="Cannot fill a context of 3 documents"):
+        with_distractors(needed, ["Bako left.", "Dilu stayed.", "Kumo ran."], 3, random.Random(0))
 
 
 def synthetic_stage(stage, corpus, tokenizer, tmp_path, kinds, *fields):

@@ -106,6 +106,8 @@ def _normalise(record: dict, kind: str, columns: dict[str, str], preset: str | N
 def load_source(source: SourceConfig) -> datasets.IterableDataset:
     """The source as an `IterableDataset` in its kind's schema (local files are read, Hub ids streamed)."""
     if source.is_local:
+        if Path(source.path).is_file() and Path(source.path).stat().st_size == 0:
+            raise ValueError(f"local data file {source.path!r} is empty: give it rows or leave it out of `sources`.")
         data = datasets.load_dataset(
             LOCAL_FORMATS[Path(source.path).suffix], data_files=source.path, split=source.split,
             streaming=bool(source.streaming),

@@ -178,12 +178,23 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if any(k < 1 for k in self.eval_passages):
             raise ValueError(f"eval_passages must be positive numbers of documents, got {self.eval_passages}.")
+        for split, k in (("train", self.max_passages), ("heldout", max(self.eval_passages, default=1))):
+            documents = 2 * getattr(self, f"{split}_episodes")
+            if k > documents:
+                raise ValueError(
+                    f"{split} contexts of up to {k} documents need at least {k} {split} documents, but "
+                    f"{split}_episodes={documents // 2} makes {documents}: raise {split}_episodes or lower "
+                    f"{'max_passages' if split == 'train' else 'eval_passages'}."
+                )
 
 
 EVAL_PASSAGES = (1, 2, 4, 8, 16, 32)
 DEPTHS = ("first", "middle", "last")
 """Where the answer's document sits in a held-out context (the paper's Figure 3 varies the needle depth)."""
 _NAME_WORD = re.compile(rf"\b[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]\b")
+
+
+_DRAWS_PER_DISTRACTOR = 50
 
 
 def names_in(text: str) -> frozenset[str]:
@@ -202,11 +213,20 @@ def with_distractors(
     if k < len(needed):
         return None
     banned = frozenset().union(*(names_in(d) for d in needed))
-    distractors = []
+    distractors, draws = [], 0
     while len(distractors) < k - len(needed):
         doc = pool[rng.randrange(len(pool))]
         if not names_in(doc) & banned and doc not in distractors:
             distractors.append(doc)
+        draws += 1
+        if draws == _DRAWS_PER_DISTRACTOR * k:  # rejection sampling is slow to fill k: check that it can at all
+            usable = len({d for d in pool if not names_in(d) & banned})
+            if usable < k - len(needed):
+                raise ValueError(
+                    f"Cannot fill a context of {k} documents: only {usable} of the {len(set(pool))} documents share "
+                    f"no name with the question's. Use more episodes (train_episodes / heldout_episodes) or fewer "
+                    f"documents per context (max_passages / eval_passages)."
+                )
     passages = list(distractors)
     *others, answer_doc = needed
     for doc in others:
