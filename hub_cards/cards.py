@@ -61,7 +61,7 @@ STAGES = {
     "sft": Stage(f"Instruction tuning on QA (recipe defaults): {_recipe('sft')}"),
     "rl": Stage(
         "DAPO reinforcement learning from the SFT checkpoint with a binary judge reward; memories precomputed by the "
-        "SFT encoder, only the decoder trained. Answers end in `\\boxed{}`.",
+        "SFT encoder, only the decoder trained.",
     ),
 }
 """Recipe stages a checkpoint can come from (the prompt template it was trained with is in its config)."""

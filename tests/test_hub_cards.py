@@ -80,6 +80,12 @@ def test_model_card_body_has_usage_stage_rates_and_limitations(tmp_path):
 
     block = model_card(make_config(16, "block"), "someone/m", "sft").text
     assert "| 15.88x" in block and "trained with the `chat` prompt template" in block and "SFT encoder" not in block
+    assert "boxed" not in block and "Answers end in `\\boxed{}`" in text  # the answer format follows the template
+
+
+def test_an_rl_card_without_a_separate_encoder_says_what_compress_runs():
+    text = model_card(make_config(prompt_template="chat"), "someone/m", "rl").text
+    assert "stores no separate encoder" in text and "runs the SFT encoder" not in text and "boxed" not in text
 
 
 def test_untrained_and_pretraining_cards_say_so(tmp_path):

@@ -9,6 +9,7 @@ MEM_TOKEN = "<MEM>"
 
 POOLING_CHOICES = ("mean", "attention")
 WRAP_CHOICES = ("each", "block")
+TEMPLATE_CHOICES = ("plain", "chat", "rl")
 
 
 class MemCompConfig(PretrainedConfig):
@@ -26,6 +27,11 @@ class MemCompConfig(PretrainedConfig):
         encoder_batch_size: chunks encoded per forward pass in `compress`; bounds encoder memory
             whatever the context length.
         projection_init: `"normal"` (random, as in the paper) or `"identity"` for a new projection.
+        prompt_template: how the checkpoint was trained to be prompted (`"plain"` after CPT, `"chat"` after SFT,
+            `"rl"` after RL); the default template of `generate`, the CLI, evaluation, vLLM and the model card.
+        system_prompt: the system prompt the checkpoint was trained with (None: the template's default).
+        separate_encoder: the encoder has its own weights (`MemCompForCausalLM.encoder`) instead of sharing the
+            decoder's: an RL checkpoint, whose `compress()` is the SFT encoder and `generate()` the RL decoder.
     """
 
     model_type = "memcomp"
@@ -42,6 +48,9 @@ class MemCompConfig(PretrainedConfig):
         mem_token_id: int | None = None,
         encoder_batch_size: int = 256,
         projection_init: str = "normal",
+        prompt_template: str = "chat",
+        system_prompt: str | None = None,
+        separate_encoder: bool = False,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -61,6 +70,8 @@ class MemCompConfig(PretrainedConfig):
             raise ValueError(f"encoder_batch_size must be a positive integer, got {encoder_batch_size!r}.")
         if projection_init not in ("normal", "identity"):
             raise ValueError(f"projection_init must be 'normal' or 'identity', got {projection_init!r}.")
+        if prompt_template not in TEMPLATE_CHOICES:
+            raise ValueError(f"prompt_template must be one of {TEMPLATE_CHOICES}, got {prompt_template!r}.")
         self.chunk_size = chunk_size
         self.pooling = pooling
         self.wrap = wrap
@@ -69,6 +80,9 @@ class MemCompConfig(PretrainedConfig):
         self.mem_token_id = mem_token_id
         self.encoder_batch_size = encoder_batch_size
         self.projection_init = projection_init
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.separate_encoder = bool(separate_encoder)
         kwargs.setdefault("tie_word_embeddings", getattr(text_config, "tie_word_embeddings", False))
         # The parent sets the attention implementation on sub-configs too: keep the base model's choice.
         kwargs.setdefault("attn_implementation", getattr(text_config, "_attn_implementation", None))

@@ -1,13 +1,16 @@
 """`MemCompForCausalLM`: one causal LM that compresses a context into memory embeddings and answers from them.
 
-Encode: the context is cut into chunks of `chunk_size` tokens; each chunk runs alone through the base
-model, its final hidden states are pooled over real tokens and projected (`memory_projection`), one
-memory embedding per chunk. Decode: the embeddings replace `<MEM>` placeholders in the decoder prompt
-(built by `prompting.build_prompt`) and the same LM generates.
+Encode: the context is cut into chunks of `chunk_size` tokens; each chunk runs alone through the encoder (the base
+model, or for an RL checkpoint a frozen copy of the SFT weights, `memory_encoder`), its final hidden states are
+pooled over real tokens and projected (`memory_projection`), one memory embedding per chunk. Decode: the
+embeddings replace `<MEM>` placeholders in the decoder prompt (built by `prompting.build_prompt`) and the LM
+generates.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -15,29 +18,46 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 
 from .configuration_memcomp import MemCompConfig
-from .memory import MemoryEmbeddings, content_hash
+from .memory import MemoryEmbeddings, source_digest
 from .pooling import build_pooling
-from .prompting import build_prompt, left_pad, stop_token_ids
+from .prefix_cache import CACHE_KEY, MemoryPrefix
+from .prompting import build_prompt, left_pad, shared_prefix_length, stop_token_ids
 from .special_tokens import add_memory_tokens, check_tokenizer_matches
 from .tokenizer_io import load_tokenizer
 
 PAPER_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
 """Qwen2.5 defaults the paper uses for QA (Appendix H.1)."""
 
-
 FINGERPRINT_SAMPLES = 1024
 """Values hashed per parameter for `MemCompForCausalLM.fingerprint` (a strided sample: cheap even at 32B)."""
 
+PIPELINE_TASK = "memcomp-qa"
+PIPELINE_FILE = "pipeline_memcomp.py"
+"""The custom pipeline shipped with every checkpoint: `pipeline("memcomp-qa", model=..., trust_remote_code=True)`."""
 
-def _version(tensor: torch.Tensor) -> int:
-    """In-place update counter; inference tensors have none (they cannot be updated outside inference mode)."""
+
+def as_memory(memory) -> MemoryEmbeddings:
+    """`memory` as this module's `MemoryEmbeddings`, whichever module defined its class (package or remote code)."""
+    if isinstance(memory, MemoryEmbeddings):
+        return memory
+    if type(memory).__name__ != "MemoryEmbeddings" or not hasattr(memory, "embeds"):
+        raise TypeError(f"memory must be MemoryEmbeddings from model.compress, got {type(memory).__name__}.")
+    names = [f.name for f in dataclasses.fields(MemoryEmbeddings)]
+    return MemoryEmbeddings(**{name: getattr(memory, name) for name in names if hasattr(memory, name)})
+
+
+def _check_text(text: str, what: str) -> None:
+    """A ValueError for text the tokenizer cannot take (lone surrogates), naming where it is."""
     try:
-        return tensor._version
-    except RuntimeError:
-        return -1
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{what} contains a character that is not valid Unicode text ({error.reason} at position {error.start}: "
+            f"{text[error.start:error.end]!r}); clean the text (e.g. `text.encode('utf-8', 'replace').decode()`)."
+        ) from None
 
 
 class MemCompPreTrainedModel(PreTrainedModel):
@@ -76,8 +96,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             )
         self.pooling = build_pooling(config.pooling, hidden)
         self.memory_projection = nn.Linear(hidden, hidden, bias=False)
+        # An RL checkpoint keeps the SFT encoder's weights apart from the RL-trained decoder's.
+        self.memory_encoder = AutoModel.from_config(config.text_config) if config.separate_encoder else None
         self._tokenizer = None
-        self._fingerprint_cache: tuple | None = None
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -95,8 +116,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
     ) -> "MemCompForCausalLM":
         """Wrap a base causal LM (Hub id, local folder or loaded model) as an untrained memcomp model.
 
-        Loads weights and tokenizer, adds `<MEM_START>`, `<MEM_END>` and `<MEM>` to the tokenizer, resizes
-        the embeddings (new rows start at the mean embedding) and initialises the projection.
+        Loads weights and tokenizer, adds `<MEM_START>`, `<MEM_END>` and `<MEM>` to the tokenizer (plus ChatML's turn
+        markers when it has no chat template), resizes the embeddings (new rows start at the mean embedding) and
+        initialises the projection.
         """
         if isinstance(name_or_path_or_model, PreTrainedModel):
             base = name_or_path_or_model
@@ -129,7 +151,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         return model
 
     def default_generation_config(self, tokenizer) -> GenerationConfig:
-        """Paper defaults (top_k=20, top_p=0.8, repetition_penalty=1.05), stopping at EOS or `<|im_end|>`."""
+        """Paper defaults (top_k=20, top_p=0.8, repetition_penalty=1.05), stopping at EOS or the end of the turn."""
         start, end, mem = self.config.memory_token_ids
         return GenerationConfig(
             **PAPER_GENERATION_DEFAULTS,
@@ -139,6 +161,23 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             suppress_tokens=[start, end, mem],
         )
 
+    def split_encoder(self) -> None:
+        """Give the encoder a frozen copy of the current weights (`memory_encoder`), so that the decoder can train alone.
+
+        The RL stage calls this on the SFT model: afterwards `compress()` keeps producing exactly the SFT memories
+        while `generate()` runs the weights RL updates, and `save_pretrained` writes both (`separate_encoder=True`).
+        """
+        if self.memory_encoder is not None:
+            return
+        with torch.no_grad():
+            self.memory_encoder = copy.deepcopy(self.language_model.base_model).requires_grad_(False)
+        self.config.separate_encoder = True
+
+    @property
+    def encoder_model(self) -> nn.Module:
+        """The base model that encodes chunks: `memory_encoder` when the checkpoint has one, else the decoder's own."""
+        return self.memory_encoder if self.memory_encoder is not None else self.language_model.base_model
+
     @property
     def tokenizer(self):
         """The tokenizer saved with the model (loaded on first use from the checkpoint folder)."""
@@ -147,8 +186,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     "this model has no tokenizer: set `model.tokenizer = ...` or pass `tokenizer=` to from_base."
                 )
-            # The folder's code already runs as this model, so its config may be read to find the tokenizer.
-            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=True)
+            # Only a model that itself runs as the folder's code may run the folder's tokenizer code too.
+            remote = type(self).__module__.startswith("transformers_modules.")
+            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=remote)
         return self._tokenizer
 
     @tokenizer.setter
@@ -159,10 +199,23 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         self._tokenizer = tokenizer
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights, config, remote code and `auto_map` (as transformers does) plus the tokenizer."""
+        """Save weights, config, remote code and `auto_map` (as transformers does) plus the tokenizer and the pipeline."""
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+        self.config.custom_pipelines = {
+            PIPELINE_TASK: {
+                "impl": f"{PIPELINE_FILE[:-3]}.MemCompQAPipeline", "pt": ["AutoModelForCausalLM"], "tf": [], "type": "text"
+            }
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE)
+        if os.path.isfile(source):
+            with open(source, encoding="utf-8") as f:
+                code = f.read()
+            with open(os.path.join(save_directory, PIPELINE_FILE), "w", encoding="utf-8") as f:
+                f.write(code)
         if self._tokenizer is None and self.name_or_path:
             try:  # a model loaded from a folder and saved elsewhere takes its (not yet loaded) tokenizer along
                 self.tokenizer
@@ -189,32 +242,43 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the compressor: architecture, chunk size, pooling and a strided sample of every weight.
+        """Identity of the compressor: architecture, chunk size, pooling and a strided sample of every encoder weight.
 
-        Any training step changes it (the LM weights shape memories as much as the projection does);
-        it is recomputed only when a parameter was replaced or updated in place.
+        Covers what shapes memories (encoder, pooling, projection) and nothing else, so an RL checkpoint has its SFT
+        encoder's fingerprint. Recomputed on every call: no optimizer (fused or not) can leave it stale.
         """
-        parameters = sorted(self.named_parameters())
-        key = tuple((p.data_ptr(), _version(p), p.dtype) for _, p in parameters)
-        if self._fingerprint_cache is None or self._fingerprint_cache[0] != key:
-            text = self.config.text_config
-            digest = hashlib.sha256(
-                f"{text.model_type}|{text.hidden_size}|{text.num_hidden_layers}|{text.vocab_size}|"
-                f"C={self.config.chunk_size}|{self.config.pooling}".encode()
-            )
-            with torch.no_grad():
-                for name, parameter in parameters:
-                    flat = parameter.detach().reshape(-1)
-                    sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES]
-                    digest.update(name.encode())
-                    digest.update(sample.float().cpu().numpy().tobytes())
-            self._fingerprint_cache = (key, digest.hexdigest()[:16])
-        return self._fingerprint_cache[1]
+        return self._digest(
+            f"C={self.config.chunk_size}|{self.config.pooling}",
+            [
+                *(("encoder." + name, p) for name, p in self.encoder_model.named_parameters()),
+                *(("pooling." + name, p) for name, p in self.pooling.named_parameters()),
+                *(("projection." + name, p) for name, p in self.memory_projection.named_parameters()),
+            ],
+        )
+
+    @property
+    def decoder_fingerprint(self) -> str:
+        """Identity of the decoder (every `language_model` weight), e.g. to key evaluation records of RL checkpoints."""
+        return self._digest(f"decoder|{self.config.wrap}", list(self.language_model.named_parameters()))
+
+    def _digest(self, settings: str, parameters: list) -> str:
+        text = self.config.text_config
+        digest = hashlib.sha256(
+            f"{text.model_type}|{text.hidden_size}|{text.num_hidden_layers}|{text.vocab_size}|{settings}".encode()
+        )
+        with torch.no_grad():
+            samples = []
+            for name, parameter in sorted(parameters, key=lambda item: item[0]):
+                flat = parameter.detach().reshape(-1)
+                samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES].float())
+                digest.update(name.encode())
+            digest.update(torch.cat(samples).cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ encoding
     def encode_chunks(self, chunk_ids: torch.Tensor, chunk_attention_mask: torch.Tensor) -> torch.Tensor:
-        """`(n, C)` right-padded chunks -> `(n, d)` memory embeddings. Each chunk attends only within itself."""
-        hidden = self.language_model.base_model(
+        """`(n, C)` chunk ids and mask -> `(n, d)` memory embeddings. Each chunk attends only within itself."""
+        hidden = self.encoder_model(
             input_ids=chunk_ids, attention_mask=chunk_attention_mask, use_cache=False
         ).last_hidden_state
         return self.memory_projection(self.pooling(hidden, chunk_attention_mask))
@@ -230,6 +294,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if isinstance(context, str):
             passages = [context]
         elif isinstance(context, Sequence) and context and all(isinstance(x, int) for x in context):
+            self._check_token_ids(context, "context")
             return [list(context)]
         elif isinstance(context, Sequence):
             passages = list(context)
@@ -247,8 +312,16 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             )
         if any(not p.strip() for p in passages):
             raise ValueError("context is empty or whitespace only: give the text to compress.")
+        for i, passage in enumerate(passages):
+            _check_text(passage, "context" if len(passages) == 1 else f"context passage {i}")
         tokenizer = self.tokenizer
         return tokenizer(passages, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _check_token_ids(self, ids: Sequence[int], what: str) -> None:
+        vocab = self.get_input_embeddings().num_embeddings
+        bad = next((i for i in ids if isinstance(i, bool) or not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ValueError(f"{what} has token id {bad!r}, outside this model's vocabulary (0..{vocab - 1}).")
 
     def chunk_passages(self, passages: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Token ids per passage -> right-padded `(n, C)` chunk ids and mask, and chunk counts per passage."""
@@ -270,16 +343,34 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             row += count
         return ids, mask, counts
 
+    def num_chunks(self, passages: list[list[int]]) -> int:
+        """Memory embeddings `compress` makes of these passages (each chunked separately)."""
+        return sum(-(-len(p) // self.config.chunk_size) for p in passages)
+
     @torch.no_grad()
     def compress(
-        self, context, batch_size: int | None = None, show_progress: bool | None = None
+        self, context, batch_size: int | None = None, show_progress: bool | None = None, append_to=None
     ) -> MemoryEmbeddings:
         """Compress a context (str, list of passages, or token ids) into one memory embedding per chunk.
 
         Chunks go through the encoder `batch_size` (default `config.encoder_batch_size`) at a time, so
         peak memory depends on the micro-batch, not on the context length.
+
+        `append_to=memory` grows an existing memory, encoding only the new chunks: a string or token ids continue
+        its last passage (its partial last chunk is re-encoded with the new tokens), a list of strings adds new
+        passages. The result equals compressing the concatenated token ids (or the longer passage list) at once.
         """
         passages = self.tokenize_context(context)
+        if append_to is None:
+            return self._compress_passages(passages, batch_size, show_progress)
+        return self._append(as_memory(append_to), passages, isinstance(context, (list, tuple)) and not all(
+            isinstance(x, int) for x in context
+        ), batch_size, show_progress)
+
+    def encode_passages(self, passages: list[list[int]], batch_size=None, show_progress=None):
+        """`(num_chunks, d)` embeddings of the passages' chunks, and the chunk count per passage."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive number of chunks per encoder pass, got {batch_size!r}.")
         if any(len(p) == 0 for p in passages):
             raise ValueError("context has no tokens: give the text to compress.")
         chunk_ids, chunk_mask, counts = self.chunk_passages(passages)
@@ -292,14 +383,64 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         for start in tqdm(range(0, len(chunk_ids), batch_size), desc="compress", unit="batch", disable=not show_progress):
             stop = start + batch_size
             embeds[start:stop] = self.encode_chunks(chunk_ids[start:stop].to(device), chunk_mask[start:stop].to(device))
+        return embeds, counts
+
+    def memory_of(self, embeds: torch.Tensor, passages: list[list[int]], counts: list[int]) -> MemoryEmbeddings:
+        """The `MemoryEmbeddings` of `passages` (token ids) whose chunks this model encoded into `embeds`."""
+        digest, tail, tail_state = source_digest(passages, self.config.chunk_size)
         return MemoryEmbeddings(
-            embeds=embeds,
-            chunk_size=self.config.chunk_size,
-            num_source_tokens=sum(len(p) for p in passages),
-            content_hash=content_hash(passages, self.config.chunk_size),
+            embeds=embeds, chunk_size=self.config.chunk_size, num_source_tokens=sum(len(p) for p in passages),
+            content_hash=digest, chunks_per_passage=counts, model_fingerprint=self.fingerprint,
+            tail_token_ids=tail, tail_state=tail_state,
+        )
+
+    def _compress_passages(self, passages: list[list[int]], batch_size=None, show_progress=None) -> MemoryEmbeddings:
+        embeds, counts = self.encode_passages(passages, batch_size, show_progress)
+        return self.memory_of(embeds, passages, counts)
+
+    def _append(self, memory: MemoryEmbeddings, new: list[list[int]], new_passages: bool, batch_size, show_progress):
+        """`memory` followed by `new` (see `compress(append_to=)`), encoding only the chunks that change."""
+        memory.check_compatible(self.config, self.fingerprint)
+        if memory.tail_token_ids is None:
+            raise ValueError(
+                "this memory does not record its last partial chunk (it was saved by an older memcomp), so it cannot "
+                "grow; compress the whole context once with this version, then append to that memory."
+            )
+        size, tail = self.config.chunk_size, memory.tail_token_ids
+        counts = list(memory.chunks_per_passage)
+        if new_passages:
+            keep, passages, state, continue_last = memory.num_embeddings, new, memory.content_hash, False
+        else:
+            keep = memory.num_embeddings - (1 if tail else 0)
+            passages, continue_last = [tail + new[0]], True
+            state = memory.tail_state if tail else memory.content_hash
+            counts[-1] -= 1 if tail else 0
+        embeds, new_counts = self.encode_passages(passages, batch_size, show_progress)
+        if continue_last:
+            counts[-1] += new_counts[0]
+        else:
+            counts += new_counts
+        digest, new_tail, tail_state = source_digest(passages, size, state=state, continue_last=continue_last)
+        return MemoryEmbeddings(
+            embeds=torch.cat([memory.embeds[:keep].to(embeds), embeds]),
+            chunk_size=size,
+            num_source_tokens=memory.num_source_tokens + sum(len(p) for p in new),
+            content_hash=digest,
             chunks_per_passage=counts,
             model_fingerprint=self.fingerprint,
+            tail_token_ids=new_tail,
+            tail_state=tail_state,
         )
+
+    def save_memory(self, memory, path: str | os.PathLike) -> None:
+        """Write a memory to a `.safetensors` file (works without memcomp installed, e.g. for remote-code models)."""
+        as_memory(memory).save(path)
+
+    def load_memory(self, path: str | os.PathLike) -> MemoryEmbeddings:
+        """Read a memory written by `save_memory` / `MemoryEmbeddings.save`, checked against this model, on its device."""
+        memory = MemoryEmbeddings.load(path)
+        memory.check_compatible(self.config)
+        return memory.to(self.device)
 
     # ------------------------------------------------------------------ decoding
     def embed_inputs(self, input_ids: torch.Tensor, memory_embeds) -> torch.Tensor:
@@ -315,14 +456,19 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         return embeds.masked_scatter(is_slot.unsqueeze(-1), flat.to(embeds.dtype))
 
     def _flatten_memory(self, memory_embeds, slots_per_row: torch.Tensor) -> torch.Tensor:
-        if isinstance(memory_embeds, MemoryEmbeddings):
+        if not isinstance(memory_embeds, (torch.Tensor, list, tuple)):
             memory_embeds = [memory_embeds]
         if isinstance(memory_embeds, (list, tuple)):
-            rows = [m.embeds if isinstance(m, MemoryEmbeddings) else m for m in memory_embeds]
+            rows = []
             for m in memory_embeds:
-                if isinstance(m, MemoryEmbeddings):
+                if not isinstance(m, torch.Tensor):
+                    m = as_memory(m)
                     m.check_compatible(self.config)
+                    m = m.embeds
+                rows.append(m)
             memory_embeds = torch.cat(rows, dim=0)
+        if not memory_embeds.is_floating_point():
+            raise ValueError(f"memory_embeds must be floating point (from model.compress), got {memory_embeds.dtype}.")
         hidden = self.config.text_config.hidden_size
         if memory_embeds.shape[-1] != hidden:
             raise ValueError(
@@ -336,12 +482,14 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                     f"{slots_per_row.tolist()} <MEM> tokens. Build input_ids with the memory's length."
                 )
             keep = torch.arange(memory_embeds.shape[1], device=slots_per_row.device) < slots_per_row[:, None]
-            return memory_embeds[keep.to(memory_embeds.device)]
-        if memory_embeds.ndim != 2 or memory_embeds.shape[0] != int(slots_per_row.sum()):
+            memory_embeds = memory_embeds[keep.to(memory_embeds.device)]
+        elif memory_embeds.ndim != 2 or memory_embeds.shape[0] != int(slots_per_row.sum()):
             raise ValueError(
                 f"got {memory_embeds.shape[0] if memory_embeds.ndim == 2 else tuple(memory_embeds.shape)} memory "
                 f"embeddings for {int(slots_per_row.sum())} <MEM> placeholders in input_ids; they must match."
             )
+        if not torch.isfinite(memory_embeds).all():
+            raise ValueError("memory_embeds contain NaN or infinite values; re-compress the context.")
         return memory_embeds
 
     def forward(
@@ -390,34 +538,67 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def prompt_settings(self, template: str | None, system_prompt: str | None) -> tuple[str, str | None]:
+        """The template and system prompt to use: the given ones, else those the checkpoint was trained with."""
+        template = template or self.config.prompt_template
+        return template, system_prompt if system_prompt is not None else self.config.system_prompt
+
+    def prompt_ids(self, num_memory: int, question: str, template: str, system_prompt: str | None) -> list[int]:
+        """Decoder prompt ids for one question, checked against the decoder's positions with an error naming the culprit."""
+        ids = build_prompt(self.tokenizer, self.config, num_memory, question, template=template, system_prompt=system_prompt).input_ids
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or len(ids) <= limit:
+            return ids
+        question_only = len(build_prompt(self.tokenizer, self.config, 0, question, template=template, system_prompt=system_prompt).input_ids)
+        if question_only >= limit:
+            raise ValueError(
+                f"the question alone needs {question_only} decoder positions but the base model has {limit}: "
+                "shorten the question."
+            )
+        hint = "Shorten the context or use a model with more positions."
+        if self.config.wrap == "each":
+            hint = "Shorten the context, use a model trained with wrap='block', or one with more positions."
+        raise ValueError(
+            f"the decoder prompt needs {len(ids)} positions ({num_memory} memory embeddings at "
+            f"chunk_size={self.config.chunk_size}, wrap={self.config.wrap!r}) but the base model has {limit}: the "
+            f"context is too long for this model. {hint}"
+        )
+
     def prepare_prompts(
         self,
         memories: list[MemoryEmbeddings],
         questions: list[str],
-        template: str = "chat",
+        template: str | None = None,
         system_prompt: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Left-padded `input_ids`, `attention_mask` and `(batch, max_slots, d)` `memory_embeds` for generation."""
-        tokenizer = self.tokenizer
-        prompts = [
-            build_prompt(tokenizer, self.config, len(m), q, template=template, system_prompt=system_prompt).input_ids
-            for m, q in zip(memories, questions)
-        ]
-        limit = getattr(self.config.text_config, "max_position_embeddings", None)
-        longest = max(len(p) for p in prompts)
-        if limit is not None and longest > limit:
-            raise ValueError(
-                f"the decoder prompt needs {longest} positions but the base model has {limit}: the context is too "
-                f"long for this model at chunk_size={self.config.chunk_size} with wrap={self.config.wrap!r}. "
-                "Shorten the context, use wrap='block', or a model trained with a larger chunk_size."
-            )
-        batch = left_pad(prompts, tokenizer.pad_token_id)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
+        memories = [as_memory(m) for m in memories]
+        prompts = [self.prompt_ids(len(m), q, template, system_prompt) for m, q in zip(memories, questions)]
+        batch = left_pad(prompts, self.tokenizer.pad_token_id)
         slots = max(len(m) for m in memories)
         memory_embeds = torch.zeros((len(memories), slots, self.config.text_config.hidden_size), dtype=self.dtype)
         for row, memory in enumerate(memories):
             memory_embeds[row, : len(memory)] = memory.embeds.to(memory_embeds)
         batch["memory_embeds"] = memory_embeds
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
+
+    @torch.no_grad()
+    def prefill_memory(self, memory, template: str | None = None, system_prompt: str | None = None) -> MemoryPrefix:
+        """Run the prompt prefix every question about `memory` shares (system turn + memory block) once; keep its KV cache.
+
+        Pass the result as `generate(memory=memory, question=..., memory_cache=prefix)`: each call then prefills only
+        its question. `generate(memory=memory, question=[...])` does this by itself for a list of questions.
+        """
+        memory = as_memory(memory)
+        memory.check_compatible(self.config, self.fingerprint)
+        template, system_prompt = self.prompt_settings(template, system_prompt)
+        length = shared_prefix_length(self.tokenizer, self.config, len(memory), template, system_prompt)
+        ids = build_prompt(self.tokenizer, self.config, len(memory), "?", template=template, system_prompt=system_prompt).input_ids[:length]
+        outputs = self(
+            input_ids=torch.tensor([ids], device=self.device), memory_embeds=[memory.to(self.device)], use_cache=True
+        )
+        return MemoryPrefix(ids, outputs[CACHE_KEY], memory.content_hash, len(memory), template, system_prompt)
 
     def generate(
         self,
@@ -426,58 +607,128 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         context=None,
         question: str | list[str] | None = None,
         memory: MemoryEmbeddings | list[MemoryEmbeddings] | None = None,
-        template: str = "chat",
+        template: str | None = None,
         system_prompt: str | None = None,
+        batch_size: int = 32,
+        memory_cache: MemoryPrefix | None = None,
+        reuse_prefix: bool = True,
         **kwargs,
     ):
         """Answer from compressed memory, or run standard HF generation.
 
-        Text path: `generate(context=..., question=...)` or `generate(memory=..., question=...)` returns a
-        string (or a list for list inputs); one context or memory may serve a list of questions.
-        Tensor path: `generate(input_ids=..., attention_mask=..., memory_embeds=...)` is
-        `GenerationMixin.generate` (KV cache, sampling, streamers, `GenerationConfig`) and returns ids.
+        Text path: `generate(context=..., question=...)` or `generate(memory=..., question=...)` returns a string
+        (a list for list inputs; a list per question with `num_return_sequences > 1`; the `GenerateOutput` with a
+        `texts` field with `return_dict_in_generate=True`). One context or memory may serve a list of questions: its
+        prompt prefix is then prefilled once and reused (`reuse_prefix=False` turns that off; `memory_cache=` takes a
+        `prefill_memory` result). Questions run `batch_size` at a time. `template` / `system_prompt` default to the
+        checkpoint's (`config.prompt_template` / `config.system_prompt`).
+        Tensor path: `generate(input_ids=..., attention_mask=..., memory_embeds=...)` is `GenerationMixin.generate`
+        (KV cache, sampling, streamers, `GenerationConfig`) and returns ids.
         """
         if context is None and memory is None and question is None:
+            if memory_cache is not None:
+                raise ValueError("memory_cache= needs memory= and question=.")
             return super().generate(inputs, *args, **kwargs)
-        memories, questions, single = self.pair_memories(question, context=context, memory=memory)
-        batch = self.prepare_prompts(memories, questions, template=template, system_prompt=system_prompt)
-        output = super().generate(**batch, **kwargs)
-        texts = self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts = [text.strip() for text in texts]
+        if inputs is not None or args:
+            raise TypeError("the text path takes keyword arguments only: generate(context=... or memory=..., question=...).")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of questions per generate call, got {batch_size!r}.")
+        template, system_prompt = self.prompt_settings(template, system_prompt)
+        memories, questions, single = self.pair_memories(
+            question, context=context, memory=memory, template=template, system_prompt=system_prompt
+        )
+        config = kwargs.get("generation_config") or self.generation_config
+        per_question = kwargs.get("num_return_sequences") or config.num_return_sequences or 1
+        return_dict = kwargs.get("return_dict_in_generate", config.return_dict_in_generate)
+        if return_dict and len(questions) > batch_size:
+            raise ValueError(
+                f"return_dict_in_generate=True returns one GenerateOutput: pass batch_size >= {len(questions)} "
+                "(the number of questions) so they run in one call."
+            )
+        shared = len({id(m) for m in memories}) == 1
+        prefix = memory_cache
+        if prefix is not None:
+            if not shared:
+                raise ValueError("memory_cache= serves one memory: pass memory= (one MemoryEmbeddings) with it.")
+            prefix.check_matches(memories[0], template, system_prompt)
+        elif reuse_prefix and shared and len(questions) > 1:
+            prefix = self.prefill_memory(memories[0], template, system_prompt)
+        texts, output = [], None
+        for start in range(0, len(questions), batch_size):
+            rows = slice(start, start + batch_size)
+            if prefix is None:
+                batch = self.prepare_prompts(memories[rows], questions[rows], template, system_prompt)
+            else:
+                batch = self._prefixed_batch(prefix, questions[rows], template, system_prompt, kwargs, config)
+            output = super().generate(**batch, **kwargs)
+            sequences = output.sequences if return_dict else output
+            decoded = self.tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts += [text.strip() for text in decoded]
+        if per_question > 1:
+            texts = [texts[i : i + per_question] for i in range(0, len(texts), per_question)]
+        if return_dict:
+            output["texts"] = texts[0] if single else texts
+            return output
         return texts[0] if single else texts
 
-    def pair_memories(self, question, context=None, memory=None) -> tuple[list[MemoryEmbeddings], list[str], bool]:
+    def _prefixed_batch(self, prefix: MemoryPrefix, questions: list[str], template, system_prompt, kwargs, config) -> dict:
+        """Prompt ids laid out as [shared prefix][padding][question] with the prefix's cache copied for every row."""
+        tails = []
+        for question in questions:
+            ids = self.prompt_ids(prefix.num_memory, question, template, system_prompt)
+            if ids[: len(prefix)] != prefix.input_ids:
+                raise RuntimeError("a prompt does not start with the shared prefix; the template renders it differently.")
+            tails.append(ids[len(prefix) :])
+        longest = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([prefix.input_ids + [pad] * (longest - len(t)) + t for t in tails])
+        attention_mask = torch.tensor([[1] * len(prefix) + [0] * (longest - len(t)) + [1] * len(t) for t in tails])
+        expand = max(kwargs.get("num_beams") or config.num_beams or 1, kwargs.get("num_return_sequences") or config.num_return_sequences or 1)
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+            CACHE_KEY: prefix.expanded(len(tails) * expand),
+        }
+
+    def pair_memories(
+        self, question, context=None, memory=None, template: str | None = None, system_prompt: str | None = None
+    ) -> tuple[list[MemoryEmbeddings], list[str], bool]:
         """Validate text-path arguments; return one memory per question (compressing contexts) and whether
-        the input was a single question. One context or memory may serve a list of questions."""
+        the input was a single question. One context or memory may serve a list of questions (the same object is
+        then repeated). Prompt lengths are checked before any context is encoded."""
         if question is None:
             raise ValueError("question is required with context= or memory=: pass question='...'.")
         if (context is None) == (memory is None):
             raise ValueError("pass exactly one of context= (text to compress) or memory= (from model.compress).")
+        template, system_prompt = self.prompt_settings(template, system_prompt)
         single = isinstance(question, str)
         questions = [question] if single else question
         if not isinstance(questions, (list, tuple)) or not questions:
             raise TypeError(f"question must be a string or a non-empty list of strings, got {type(question).__name__}.")
-        for q in questions:
+        for i, q in enumerate(questions):
             if not isinstance(q, str):
                 raise TypeError(f"question must be a string or a list of strings, got an item of type {type(q).__name__}.")
             if not q.strip():
                 raise ValueError("question is empty or whitespace only.")
+            _check_text(q, "question" if single else f"question {i}")
         if memory is not None:
             many = isinstance(memory, (list, tuple))
-            memories = list(memory) if many else [memory]
+            memories = [as_memory(m) for m in (memory if many else [memory])]
+            fingerprint = self.fingerprint
             for m in memories:
-                if not isinstance(m, MemoryEmbeddings):
-                    raise TypeError(f"memory must be MemoryEmbeddings from model.compress, got {type(m).__name__}.")
-                m.check_compatible(self.config)
+                m.check_compatible(self.config, fingerprint)
         else:
             many = isinstance(context, (list, tuple)) and not single and not all(isinstance(x, int) for x in context)
-            contexts = list(context) if many else [context]
-            memories = [self.compress(c) for c in contexts]
+            passages = [self.tokenize_context(c) for c in (context if many else [context])]
+            for ids, q in zip(passages * len(questions) if len(passages) == 1 else passages, questions):
+                self.prompt_ids(self.num_chunks(ids), q, template, system_prompt)  # fail before encoding
+            memories = [self._compress_passages(ids) for ids in passages]
+        memories = [m.to(self.device) for m in memories]
         if len(memories) == 1 and len(questions) > 1:
             memories = memories * len(questions)
         if len(memories) != len(questions):
             raise ValueError(f"got {len(memories)} contexts/memories for {len(questions)} questions; give one per question.")
-        return [m.to(self.device) for m in memories], list(questions), single
+        return memories, list(questions), single
 
 
 MemCompConfig.register_for_auto_class()

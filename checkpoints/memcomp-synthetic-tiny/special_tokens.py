@@ -1,13 +1,21 @@
-"""The three special tokens memcomp adds to a tokenizer, and the checks that they are there."""
+"""The special tokens memcomp adds to a tokenizer, and the checks that they are there."""
 
 from .configuration_memcomp import MEM_END_TOKEN, MEM_START_TOKEN, MEM_TOKEN
+from .prompting import IM_END, IM_START
 
 MEMORY_TOKENS = (MEM_START_TOKEN, MEM_END_TOKEN, MEM_TOKEN)
 
 
 def add_memory_tokens(tokenizer) -> dict[str, int]:
-    """Add `<MEM_START>`, `<MEM_END>` and `<MEM>` as special tokens (idempotent); return their ids by name."""
-    missing = [token for token in MEMORY_TOKENS if token not in tokenizer.get_vocab()]
+    """Add `<MEM_START>`, `<MEM_END>` and `<MEM>` as special tokens (idempotent); return their ids by name.
+
+    A tokenizer without a chat template (e.g. GPT-2's) also gets ChatML's `<|im_start|>` / `<|im_end|>`, so
+    that the package's ChatML, which chat prompts then use, has single-token turn markers.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in MEMORY_TOKENS if token not in vocab]
+    if not getattr(tokenizer, "chat_template", None):
+        missing += [token for token in (IM_START, IM_END) if token not in vocab]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
