@@ -5,7 +5,9 @@ import json
 import pytest
 
 from benchmarks.eval.report import paired_bootstrap
-from benchmarks.eval.synthetic import CopySystem, ZeroMemorySystem, content_accuracy, length_bucket
+from benchmarks.eval.synthetic import (
+    CopySystem, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
+)
 from benchmarks.synthetic_run import SyntheticRunConfig, main
 
 TOY = [
@@ -44,6 +46,9 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     for name in ("learning_curves.png", "em_by_documents.png", "reconstruction_by_chunk_size.png", "heatmap_rl.png"):
         assert (report_dir / name).stat().st_size > 0, name
     assert "| 32 |" in (report_dir / "report.md").read_text()
+    assert set(saved["aggregates"]["qa_em_by_answer_kind"]) == {"closed-set value", "name"}
+    for source in saved["wrong_answer_sources"].values():
+        assert source["wrong"] > 0 and abs(source["distractor"] + source["needed"] + source["elsewhere"] - 1) < 1e-9
 
     from modeling_memcomp import MemCompForCausalLM
 
@@ -87,6 +92,19 @@ def test_content_accuracy_counts_aligned_names_and_values_only():
     # right words in the wrong order cannot all align
     assert content_accuracy("1962 Lusu nurse Kobe Oslo Kobe", reference) == 0.5  # "Kobe Oslo Kobe" aligns
     assert content_accuracy("anything", "The end of it.") is None
+
+
+def test_wrong_answers_are_traced_to_a_distractor_a_needed_document_or_nowhere():
+    people = "Bako works for Zute. Bako lives in Rome. Bako was born in 1950."
+    org, other = "Zute was founded in 1901.", "Kumo lives in Oslo."
+    row = {"context": [other, org, people], "question": "In which year was the company Bako works for founded?"}
+    assert needed_documents(row["context"], row["question"]) == [org, people]  # the two-hop bridge is followed
+    records = [
+        {"id": "qa_k0", "system": "s", "k": 3, "em": 0.0, "response": response}
+        for response in ("Oslo", "1950", "Lima", "Oslo")
+    ] + [{"id": "qa_k0", "system": "s", "k": 3, "em": 1.0, "response": "1901"},
+         {"id": "qa_k0", "system": "s", "k": 1, "em": 0.0, "response": "Oslo"}]  # right, or no distractors: not counted
+    assert error_sources(records, [row]) == {"s": {"wrong": 4, "needed": 0.25, "distractor": 0.5, "elsewhere": 0.25}}
 
 
 def test_length_buckets():

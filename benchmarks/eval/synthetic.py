@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS, read_jsonl
+from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS, names_in, read_jsonl
 
 from . import protocol
 from .harness import Example, run
@@ -35,6 +35,9 @@ LENGTH_BUCKETS = (16, 32, 48, 64)
 QA_MAX_NEW_TOKENS = 8
 """Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
 GREEDY = {"do_sample": False}
+NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
+"""Question types answered by an invented name (an open set: a held-out name must be copied from the context); the
+others are answered from small closed sets (cities, colours, professions, years) seen throughout training."""
 
 
 def is_content(word: str) -> bool:
@@ -156,6 +159,48 @@ def aggregate(results: dict) -> dict:
         "qa_em_by_cell": summarize(cells, "em", by="cell"),
         "qa_em_by_type": summarize(passages, "em", by="type"),
         "single_em_by_type": summarize(single, "em", by="type"),
+        "qa_em_by_answer_kind": {
+            kind: summarize([r for r in passages if answer_kind(r["type"]) == kind], "em", by="k")
+            for kind in ("closed-set value", "name")
+        },
+    }
+
+
+def answer_kind(question_type: str) -> str:
+    return "name" if question_type in NAME_ANSWER_TYPES else "closed-set value"
+
+
+def needed_documents(context: list[str], question: str) -> list[str]:
+    """The context's documents the question needs: those naming its entity, then those naming an entity of these
+    (the two-hop bridge). Distractors share no name with them by construction."""
+    linked = names_in(question)
+    for _ in range(2):
+        needed = [d for d in context if names_in(d) & linked]
+        linked = linked.union(*(names_in(d) for d in needed))
+    return needed
+
+
+def error_sources(records: list[dict], rows: list[dict], prefix: str = "qa_k") -> dict:
+    """Per system, where its wrong answers among distractors (k >= 2) come from, as shares of them:
+
+    distractor  a word of a document about another entity: the fact was bound to the wrong name
+    needed      a word of a needed document, but not the answer: the wrong fact of the right entity
+    elsewhere   in no document of the context: made up (for names: typically a name seen in training)
+    """
+    counts: dict = {}
+    for r in records:
+        if r.get("em") != 0.0 or r["k"] < 2:
+            continue
+        row = rows[int(r["id"].removeprefix(prefix))]
+        words = set(_WORD.findall(r["response"]))
+        needed = needed_documents(row["context"], row["question"])
+        in_docs = lambda docs: bool(words) and any(words <= set(_WORD.findall(d)) for d in docs)  # noqa: E731
+        source = ("needed" if in_docs(needed) else "distractor" if in_docs([d for d in row["context"] if d not in needed])
+                  else "elsewhere")
+        counts.setdefault(r["system"], {"needed": 0, "distractor": 0, "elsewhere": 0})[source] += 1
+    return {
+        system: {"wrong": sum(c.values()), **{k: v / sum(c.values()) for k, v in c.items()}}
+        for system, c in sorted(counts.items())
     }
 
 

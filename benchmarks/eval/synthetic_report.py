@@ -13,8 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainers.synthetic import read_jsonl  # noqa: E402
+
 from .report import ALL, comparison_table, plot_heatmap  # noqa: E402
-from .synthetic import aggregate, paired_by_group, retention_by_group  # noqa: E402
+from .synthetic import aggregate, error_sources, paired_by_group, retention_by_group  # noqa: E402
 
 CURVES = {"lm": "loss", "cpt1": "loss", "cpt2": "loss", "sft": "loss", "baseline": "loss", "rl": "reward"}
 """Stage -> the logged value its learning curve shows (CPT-1 curve stages show their loss too)."""
@@ -188,6 +190,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
         "heatmaps": heatmaps,
+        "wrong_answer_sources": error_sources(results["qa_passages"], read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text(render_markdown(report))
@@ -249,6 +252,21 @@ def render_markdown(report: dict) -> str:
         "### By question type (all k)",
         "",
         comparison_table(agg["qa_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["qa_em_by_type"], QA_SYSTEMS)),
+        "",
+        "### By kind of answer",
+        "",
+        "Closed-set values (city, colour, profession, year) come from small sets seen throughout training; names are "
+        "an open set, so a held-out name must be copied from the context.",
+        "",
+        *[line for kind, table in agg["qa_em_by_answer_kind"].items() for line in (
+            f"EM (%) by k, {kind} answers:", "",
+            comparison_table(table, "k", scale=100, digits=1, systems=_present(table, QA_SYSTEMS)), "")],
+        "Where the wrong answers come from (k >= 2; share of each system's wrong answers):",
+        "",
+        "| system | wrong answers | from a distractor (bound to the wrong entity) | from a needed document (wrong fact) | in no document (made up) |",
+        "|---|---|---|---|---|",
+        *[f"| {system} | {e['wrong']} | {100 * e['distractor']:.0f}% | {100 * e['needed']:.0f}% | {100 * e['elsewhere']:.0f}% |"
+          for system, e in report["wrong_answer_sources"].items() if system in QA_SYSTEMS and system != "copy"],
         "",
         "## The single-document held-out set (issue 11's evaluation)",
         "",
