@@ -249,8 +249,8 @@ def evaluate_run(
     reconstruction  held-out documents from CPT-1 memory (flat template) at each trained chunk size, each with its
                     zero-memory control, and the copy control
     qa_passages     questions among distractors at every k and depth: SFT, RL (its folder alone: SFT encoder + RL
-                    decoder), the full-context baseline, zero-memory SFT, copy
-    qa_single       issue 11's single-document set, the same systems plus the checkpoint shipped before (`previous`)
+                    decoder), the full-context baseline, the checkpoint shipped before (`previous`), zero-memory SFT, copy
+    qa_single       issue 11's single-document set, the same systems
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     heldout = run_dir / "data" / "heldout"
@@ -278,18 +278,18 @@ def evaluate_run(
         max_new = int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
         results["reconstruction"] = evaluate_systems("reconstruction", examples, systems, output_dir, max_new, batch_size, settings)
 
-    def qa_systems(with_previous: bool) -> list:
+    def qa_systems() -> list:
         systems = [MemCompSystem(models["sft"], name="sft")]
         if models["rl"] is not None:
             systems.append(MemCompSystem(models["rl"], name="rl"))
         if models["baseline"] is not None:
             systems.append(FullContextSystem(models["baseline"], name="full"))
-        if with_previous and models["previous"] is not None:
+        if models["previous"] is not None:
             systems.append(MemCompSystem(models["previous"], name="previous"))
         return systems + [ZeroMemorySystem(models["sft"], name="zero_memory"), CopySystem(tokenizer)]
 
     passages = qa_examples(read_jsonl(heldout / "qa_passages.jsonl")[:max_passage_questions], "qa_k")
-    results["qa_passages"] = evaluate_systems("qa_passages", passages, qa_systems(False), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
+    results["qa_passages"] = evaluate_systems("qa_passages", passages, qa_systems(), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
     single = qa_examples(read_jsonl(heldout / "qa.jsonl")[:max_single_questions], "qa")
-    results["qa_single"] = evaluate_systems("qa_single", single, qa_systems(True), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
+    results["qa_single"] = evaluate_systems("qa_single", single, qa_systems(), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
     return results
