@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from trainers.synthetic import read_jsonl
 
@@ -128,6 +129,36 @@ def _resume_point(folder: Path) -> bool | None:
     return True if folder.is_dir() and any(folder.glob("checkpoint-*")) else None
 
 
+def _update_timings(config: SyntheticRunConfig, change) -> dict:
+    """Apply `change(timings)` to timings.json under a lock (the second process writes there too)."""
+    with open(config.root / "timings.json", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        timings = json.loads(f.read() or "{}")
+        change(timings)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(timings, indent=2))
+    return timings
+
+
+class StageClock(TrainerCallback):
+    """A stage's wall time across interruptions: banked in timings.json (`unfinished`) at every checkpoint, so the
+    time a killed process spent up to its last checkpoint counts when the resumed stage finishes."""
+
+    def __init__(self, config: SyntheticRunConfig, stage: str):
+        self.config, self.stage = config, stage
+        self.carried = _update_timings(config, lambda t: None).get("unfinished", {}).get(stage, 0.0)
+        self.started = time.time()
+
+    def elapsed(self) -> float:
+        return self.carried + time.time() - self.started
+
+    def on_save(self, args, state, control, **kwargs):
+        seconds = self.elapsed()
+        _update_timings(self.config, lambda t: t.setdefault("unfinished", {}).__setitem__(self.stage, seconds))
+
+
 def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None) -> None:
     """Add a stage's wall time (and non-padding tokens) to timings.json and its log history next to its model."""
     tokens = None
@@ -135,16 +166,16 @@ def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None
         logged = [e["useful_tokens"] for e in trainer.state.log_history if "useful_tokens" in e]
         tokens = logged[-1] if logged else None
         (config.stage_dir(stage) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    with open(config.root / "timings.json", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # the second process writes here too
-        f.seek(0)
-        timings = json.loads(f.read() or "{}")
-        timings[stage] = timings.get(stage, 0.0) + seconds  # a resumed stage adds its second part
+
+    def add(timings: dict) -> None:
+        timings[stage] = timings.get(stage, 0.0) + seconds  # a stage run again (the evaluation) adds its time
+        timings.get("unfinished", {}).pop(stage, None)
+        if not timings.get("unfinished", True):
+            del timings["unfinished"]
         if tokens is not None:
             timings.setdefault("useful_tokens", {})[stage] = tokens
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(timings, indent=2))
+
+    _update_timings(config, add)
 
 
 def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_rate: float, **overrides):
@@ -179,9 +210,11 @@ def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_
 
 
 def _train(trainer, config: SyntheticRunConfig, stage: str) -> float:
-    started = time.time()
+    """Train (resuming from the stage's last checkpoint if any); returns the stage's seconds, earlier processes' too."""
+    clock = StageClock(config, stage)
+    trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=_resume_point(config.stage_dir(stage)))
-    return time.time() - started
+    return clock.elapsed()
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -290,9 +323,9 @@ def train_memcomp_stage(config: SyntheticRunConfig, stage: str) -> None:
     """CPT-1, CPT-2, SFT (or a CPT-1 curve stage) through the stage runner every curriculum run uses."""
     from trainers.run import run_stage
 
-    started = time.time()
-    trainer = run_stage(stage_config(config, stage), resume_from_checkpoint=_resume_point(config.stage_dir(stage)))
-    _record(config, stage, time.time() - started, trainer)
+    clock = StageClock(config, stage)
+    trainer = run_stage(stage_config(config, stage), _resume_point(config.stage_dir(stage)), callbacks=[clock])
+    _record(config, stage, clock.elapsed(), trainer)
 
 
 def baseline_examples(tokenizer, model_config, rows: list[dict], max_length: int) -> list[dict]:

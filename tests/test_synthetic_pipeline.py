@@ -8,7 +8,7 @@ from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import (
     CopySystem, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
 )
-from benchmarks.synthetic_run import SyntheticRunConfig, main
+from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main
 
 TOY = [
     "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
@@ -64,6 +64,19 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     main(argv)
     rerun = json.loads((run / "timings.json").read_text())
     assert {s: t for s, t in rerun.items() if s != "eval"} == {s: t for s, t in timings.items() if s != "eval"}
+
+
+def test_a_killed_stage_keeps_its_time_up_to_its_last_checkpoint(tmp_path):
+    config = SyntheticRunConfig(output_dir=str(tmp_path))
+    killed = StageClock(config, "sft")
+    killed.started -= 100  # it trained 100 s, saved a checkpoint, and was killed
+    killed.on_save(None, None, None)
+    resumed = StageClock(config, "sft")
+    assert 100 <= resumed.carried < 101
+    resumed.started -= 50
+    _record(config, "sft", resumed.elapsed())
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert 150 <= timings["sft"] < 151 and "unfinished" not in timings
 
 
 def test_config_rejects_unknown_stage_and_uneven_rl_batch():

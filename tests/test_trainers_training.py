@@ -200,6 +200,8 @@ def test_killed_while_saving_resumes_from_the_previous_complete_checkpoint(tmp_p
     seen, everything = trainer.example_ids_seen, full_trainer.example_ids_seen
     assert seen == everything[len(everything) // 2 :], "trained steps 4-6 only: resumed after step 3"
     assert resumed == full  # steps 1-3 from checkpoint-3's state, 4-6 recomputed: the same losses
+    tokens = [{log["step"]: log["useful_tokens"] for log in t.state.log_history if "loss" in log} for t in (full_trainer, trainer)]
+    assert tokens[0] == tokens[1] and tokens[0][6] > tokens[0][3] > 0  # the count goes on from the checkpoint's
     logged = caplog.text
     assert "skipping incomplete checkpoint" in logged and "checkpoint-6 (no trainer_state.json" in logged
     assert "checkpoint-5 (adapter_model.safetensors is unreadable" in logged

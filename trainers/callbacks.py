@@ -35,3 +35,21 @@ class RankTraceCallback(TrainerCallback):
         with open(self.trace_dir / f"rank{args.process_index}.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+
+
+class ResumedTokenCount(TrainerCallback):
+    """Continues the logged `useful_tokens` count of a resumed run from its checkpoint's last logged value.
+
+    The counter itself lives in the trainer (per rank, summed at each log); a resumed process starts it at zero, so
+    without this the log after a resume would count only the tokens trained since.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self._pending = True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._pending:  # the first step: by now a resumed run has loaded its TrainerState
+            logged = [entry["useful_tokens"] for entry in state.log_history if "useful_tokens" in entry]
+            self.trainer.resumed_useful_tokens = logged[-1] if logged else 0
+            self._pending = False

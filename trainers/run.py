@@ -103,11 +103,15 @@ def with_lengths(dataset, column: str = "length"):
     )
 
 
-def run_stage(config: StageConfig, resume_from_checkpoint: str | bool | None = None) -> MemCompTrainer:
+def run_stage(
+    config: StageConfig, resume_from_checkpoint: str | bool | None = None, callbacks: list | None = None
+) -> MemCompTrainer:
     """Train one stage and save the result to `training.output_dir` (adapters merged unless configured)."""
     model = build_model(config)
     train, evaluation = build_datasets(config, model)
-    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train, eval_dataset=evaluation)
+    trainer = MemCompTrainer(
+        model=model, args=config.training, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks
+    )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if not config.model.fqlora:
         trainer.save_model()

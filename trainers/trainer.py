@@ -12,7 +12,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from modeling_memcomp.prompting import IGNORE_INDEX
 
-from .callbacks import RankTraceCallback
+from .callbacks import RankTraceCallback, ResumedTokenCount
 from .checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint
 from .collator import MemCompCollator
 from .distributed import check_launch
@@ -95,10 +95,12 @@ class MemCompTrainer(Trainer):
         check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
         self._useful_tokens = torch.zeros((), dtype=torch.float64)
+        self.resumed_useful_tokens = 0  # the count logged before a resume (ResumedTokenCount)
         self.example_ids_seen: list[int] = []
         self.parameter_report: str | None = None
         if args.rank_trace_dir:
             self.add_callback(RankTraceCallback(self, args.rank_trace_dir))
+        self.add_callback(ResumedTokenCount(self))
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -248,7 +250,7 @@ class MemCompTrainer(Trainer):
         if "loss" in logs:
             logs.update(self._task_metrics("train", ""))
             tokens = self.accelerator.reduce(self._useful_tokens.to(self.accelerator.device), reduction="sum")
-            logs["useful_tokens"] = int(tokens)  # non-padding decoder + encoder tokens trained on so far
+            logs["useful_tokens"] = self.resumed_useful_tokens + int(tokens)  # non-padding decoder + encoder tokens so far
         eval_keys = [key for key in logs if key.endswith("_loss") and key != "loss" and not key.startswith("train")]
         if eval_keys:
             prefix = eval_keys[0][: -len("loss")]
