@@ -66,6 +66,15 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     assert {s: t for s, t in rerun.items() if s != "eval"} == {s: t for s, t in timings.items() if s != "eval"}
 
 
+@pytest.mark.slow
+def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path):
+    argv = [*TOY, "--output_dir", str(tmp_path / "run"), "--report_dir", str(tmp_path / "report"), "--stages", "data",
+            "lm", "baseline", "--parallel", "false"]
+    report = main([*argv, "--checkpoint_dir", str(tmp_path / "none")])
+    assert set(report["aggregates"]["qa_em_by_k"]["all"]) == {"full", "copy"}
+    assert not (tmp_path / "none").exists()  # nothing to ship
+
+
 def test_a_killed_stage_keeps_its_time_up_to_its_last_checkpoint(tmp_path):
     config = SyntheticRunConfig(output_dir=str(tmp_path))
     killed = StageClock(config, "sft")

@@ -257,9 +257,10 @@ def evaluate_run(
     curve = sorted((p.name for p in run_dir.glob("cpt1_c*") if (p / "config.json").is_file()), key=lambda s: int(s[6:]))
     models = {stage: _load(run_dir / stage) for stage in ("cpt1", *curve, "sft", "rl", "baseline")}
     models["previous"] = _load(previous)
-    if models["sft"] is None:
-        raise FileNotFoundError(f"{run_dir / 'sft'} has no checkpoint: run the pipeline's sft stage first.")
-    tokenizer = models["sft"].tokenizer
+    trained = [m for stage, m in models.items() if m is not None and stage != "previous"]
+    if not trained:
+        raise FileNotFoundError(f"{run_dir} has no trained stage to evaluate: run the pipeline first.")
+    tokenizer = trained[0].tokenizer  # one tokenizer for the whole run (its data stage)
     settings = {"run": str(run_dir)}
     settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
     settings.update({f"{s}_decoder": m.decoder_fingerprint for s, m in models.items() if m is not None})
@@ -279,14 +280,17 @@ def evaluate_run(
         results["reconstruction"] = evaluate_systems("reconstruction", examples, systems, output_dir, max_new, batch_size, settings)
 
     def qa_systems() -> list:
-        systems = [MemCompSystem(models["sft"], name="sft")]
+        """Every QA system the run has (a partial run, e.g. `--stages baseline`, is evaluated as far as it goes)."""
+        systems = [] if models["sft"] is None else [MemCompSystem(models["sft"], name="sft")]
         if models["rl"] is not None:
             systems.append(MemCompSystem(models["rl"], name="rl"))
         if models["baseline"] is not None:
             systems.append(FullContextSystem(models["baseline"], name="full"))
         if models["previous"] is not None:
             systems.append(MemCompSystem(models["previous"], name="previous"))
-        return systems + [ZeroMemorySystem(models["sft"], name="zero_memory"), CopySystem(tokenizer)]
+        if models["sft"] is not None:
+            systems.append(ZeroMemorySystem(models["sft"], name="zero_memory"))
+        return systems + [CopySystem(tokenizer)]
 
     passages = qa_examples(read_jsonl(heldout / "qa_passages.jsonl")[:max_passage_questions], "qa_k")
     results["qa_passages"] = evaluate_systems("qa_passages", passages, qa_systems(), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)

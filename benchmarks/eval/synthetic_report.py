@@ -143,13 +143,15 @@ def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
         return None if None in values or not values else sum(values) / len(values)
 
     rl, sft = mean_over("rl"), mean_over("sft")
+    if rl is None and sft is None:
+        return None, "nothing to ship: the run has no evaluated SFT or RL model."
     stage = "rl" if rl is not None and rl >= (sft or 0) else "sft"
     single = agg["single_em_by_type"].get(ALL, {})
     new, old = single.get(stage, {}).get("mean"), single.get("previous", {}).get("mean")
-    if old is not None and (new is None or new <= old):
+    if old is not None and new is not None and new <= old:
         return None, (f"not replaced: the new `{stage}` model scores {new:.3f} EM on the single-document set, the "
                       f"shipped one {old:.3f}.")
-    versus = "" if old is None else f" (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint)"
+    versus = "" if old is None or new is None else f" (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint)"
     return stage, f"the `{stage}` stage{versus}, exported to the checkpoint folder."
 
 
