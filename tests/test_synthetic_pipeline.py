@@ -72,6 +72,8 @@ def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path):
             "lm", "baseline", "--parallel", "false"]
     report = main([*argv, "--checkpoint_dir", str(tmp_path / "none")])
     assert set(report["aggregates"]["qa_em_by_k"]["all"]) == {"full", "copy"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "retention of" not in text and "RL minus SFT, exact match" not in text  # no empty sections
     assert not (tmp_path / "none").exists()  # nothing to ship
 
 

@@ -235,10 +235,13 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     for system, kept in report["retention_percent"].items():
+        if not kept:  # the system is not in this (partial) run
+            continue
         cells = ", ".join(f"k={g}: {v:.0f}%" for g, v in kept.items())
         lines.append(f"- retention of {system} (EM / full-context EM): {cells}")
-    lines += ["", "RL minus SFT, exact match (paired over the same questions; 95% bootstrap interval):", "",
-              "| k | RL - SFT (points) | 95% interval | n |", "|---|---|---|---|"]
+    if report["rl_minus_sft"]:
+        lines += ["", "RL minus SFT, exact match (paired over the same questions; 95% bootstrap interval):", "",
+                  "| k | RL - SFT (points) | 95% interval | n |", "|---|---|---|---|"]
     for group, b in report["rl_minus_sft"].items():
         lines.append(f"| {group} | {100 * b['mean']:+.1f} | [{100 * b['low']:+.1f}, {100 * b['high']:+.1f}] | {b['n']} |")
     lines += [
