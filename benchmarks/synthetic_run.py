@@ -169,9 +169,10 @@ def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None
 
     def add(timings: dict) -> None:
         timings[stage] = timings.get(stage, 0.0) + seconds  # a stage run again (the evaluation) adds its time
-        timings.get("unfinished", {}).pop(stage, None)
-        if not timings.get("unfinished", True):
-            del timings["unfinished"]
+        unfinished = timings.pop("unfinished", {})
+        unfinished.pop(stage, None)  # its banked time is in `seconds` (StageClock.elapsed)
+        if unfinished:
+            timings["unfinished"] = unfinished
         if tokens is not None:
             timings.setdefault("useful_tokens", {})[stage] = tokens
 

@@ -36,7 +36,6 @@ class RankTraceCallback(TrainerCallback):
             handle.write(json.dumps(record) + "\n")
 
 
-
 class ResumedTokenCount(TrainerCallback):
     """Continues the logged `useful_tokens` count of a resumed run from its checkpoint's last logged value.
 

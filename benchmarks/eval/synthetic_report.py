@@ -289,7 +289,8 @@ def render_markdown(report: dict) -> str:
         "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
         "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
         "QA rows with the context as text; `previous` is the checkpoint shipped before this run; `zero_memory` is SFT "
-        "with every memory embedding set to zero; `copy` answers with the first name in the prompt; `C4`/`C8`/`C16` reconstruct from CPT-1 memory at that chunk size.",
+        "with every memory embedding set to zero; `copy` answers with the first name in the prompt; `C4`/`C8`/`C16` "
+        "reconstruct from CPT-1 memory at that chunk size.",
         "",
         "## Wall time and throughput",
         "",
