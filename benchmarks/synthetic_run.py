@@ -59,6 +59,9 @@ class SyntheticRunConfig:
     max_passages: int = _arg(4, "K_train: training QA contexts hold 1..max_passages documents.")
     multidoc_texts: int = _arg(2000, "Multi-document training texts for CPT.")
     eval_questions: int = _arg(60, "Held-out questions per (number of documents, depth) cell.")
+    distractors: str = _arg(
+        "any", "Distractor documents: 'any' (binding needed) or 'other_kind' (none states the asked attribute).",
+    )
     hidden_size: int = _arg(128, "Tiny Qwen2 width.")
     num_layers: int = _arg(4, "Tiny Qwen2 depth.")
     chunk_size: int = _arg(4, "Tokens per memory embedding of the shipped model.")
@@ -237,6 +240,7 @@ def make_data(config: SyntheticRunConfig) -> None:
     corpus = generate(SyntheticConfig(
         seed=config.seed, train_episodes=config.train_episodes, heldout_episodes=config.heldout_episodes,
         max_passages=config.max_passages, multidoc_texts=config.multidoc_texts, eval_questions=config.eval_questions,
+        distractors=config.distractors,
     ))
     write_corpus(corpus, config.root / "data")
     texts = [*iter_texts(corpus, "train"), *prompt_texts()]

@@ -175,6 +175,29 @@ def test_qa_rows_become_examples_whose_labels_are_the_answer(corpus, synthetic_t
     assert builder.summarization(summary["text"], summary["summary"]) is not None
 
 
+def documents_stating_the_asked_fact(row):
+    """How many of a QA row's documents state the asked attribute (of anyone): 1 means no binding is needed."""
+    attr = row["type"].split("_", 1)[1].removeprefix("hop_")
+    facts = PERSON_FACTS if row["type"].startswith("person") else ORG_FACTS
+    pattern = re.escape(facts[attr][0].format(name="@", value="@")).replace("@", r"\w+")
+    return sum(bool(re.search(pattern, doc)) for doc in row["context"])
+
+
+def test_other_kind_distractors_never_state_the_asked_attribute(corpus):
+    config = SyntheticConfig(**{**vars(CONFIG), "distractors": "other_kind"})
+    easy = generate(config)
+    for split, kind in (("train", "qa"), ("heldout", "qa_passages")):
+        assert {documents_stating_the_asked_fact(r) for r in easy[split][kind]} == {1}
+        assert max(map(documents_stating_the_asked_fact, corpus[split][kind])) > 1  # the default needs binding
+    for kind in ("document", "standard", "summary", "multidoc"):  # only the QA contexts change
+        assert easy["train"][kind] == corpus["train"][kind]
+    assert easy["heldout"]["qa"] == corpus["heldout"]["qa"]
+    with pytest.raises(ValueError, match="distractors must be one of"):
+        SyntheticConfig(distractors="none")
+    with pytest.raises(ValueError, match="distractors='other_kind'.*raise heldout_episodes"):
+        SyntheticConfig(heldout_episodes=15, eval_passages=[1, 17], distractors="other_kind")
+
+
 def test_bad_config_names_the_argument():
     with pytest.raises(ValueError, match="train_episodes must be >= 1"):
         SyntheticConfig(train_episodes=0)

@@ -90,6 +90,18 @@ def test_a_killed_stage_keeps_its_time_up_to_its_last_checkpoint(tmp_path):
     assert 150 <= timings["sft"] < 151 and "unfinished" not in timings
 
 
+def test_the_run_writes_the_distractor_world_it_is_asked_for(tmp_path):
+    from benchmarks.synthetic_run import make_data
+    from trainers.synthetic import is_org_document, read_jsonl
+
+    config = SyntheticRunConfig(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, distractors="other_kind")
+    make_data(config)
+    for split, kind in (("train", "qa"), ("heldout", "qa_passages")):
+        for row in read_jsonl(config.data_file(split, kind)):
+            answer_in_org = not row["type"].startswith("person")
+            assert [is_org_document(d) for d in row["context"]].count(answer_in_org) == 1, row
+
+
 def test_config_rejects_unknown_stage_and_uneven_rl_batch():
     with pytest.raises(ValueError, match="unknown stages"):
         SyntheticRunConfig(stages=["lm", "pretrain"])

@@ -146,6 +146,10 @@ def make_episode(rng: random.Random, names: list[str], num_people: int = 1) -> E
     return Episode(people, org, org_facts, people_doc, org_doc)
 
 
+DISTRACTORS = ("any", "other_kind")
+"""Distractor policies of `SyntheticConfig.distractors`."""
+
+
 @dataclass
 class SyntheticConfig:
     """Sizes and seed of a synthetic corpus."""
@@ -171,20 +175,32 @@ class SyntheticConfig:
         metadata={"help": "Documents per held-out QA context (beyond max_passages: length generalization)."},
     )
     eval_questions: int = field(default=60, metadata={"help": "Held-out questions per (number of documents, depth)."})
+    distractors: str = field(
+        default="any",
+        metadata={
+            "help": "Which documents may be distractors: 'any' (documents of other episodes: answering needs binding "
+            "the fact to the asked name) or 'other_kind' (a person question sits among organisation documents and "
+            "vice versa, so no distractor states the asked attribute).",
+            "choices": DISTRACTORS,
+        },
+    )
 
     def __post_init__(self):
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"distractors must be one of {DISTRACTORS}, got {self.distractors!r}.")
         for name in ("train_episodes", "heldout_episodes", "questions_per_document", "people_per_episode", "max_passages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if any(k < 1 for k in self.eval_passages):
             raise ValueError(f"eval_passages must be positive numbers of documents, got {self.eval_passages}.")
         for split, k in (("train", self.max_passages), ("heldout", max(self.eval_passages, default=1))):
-            documents = 2 * getattr(self, f"{split}_episodes")
+            episodes = getattr(self, f"{split}_episodes")
+            documents = 2 * episodes if self.distractors == "any" else episodes + 1  # other_kind: one kind + the needed
             if k > documents:
                 raise ValueError(
-                    f"{split} contexts of up to {k} documents need at least {k} {split} documents, but "
-                    f"{split}_episodes={documents // 2} makes {documents}: raise {split}_episodes or lower "
-                    f"{'max_passages' if split == 'train' else 'eval_passages'}."
+                    f"{split} contexts of up to {k} documents need at least {k} {split} documents to draw from, but "
+                    f"{split}_episodes={episodes} gives {documents} (distractors={self.distractors!r}): raise "
+                    f"{split}_episodes or lower {'max_passages' if split == 'train' else 'eval_passages'}."
                 )
 
 
@@ -236,36 +252,53 @@ def with_distractors(
     return passages
 
 
+def is_org_document(doc: str) -> bool:
+    """Whether a document describes an organisation (else people): every organisation document states its founding."""
+    return " was founded " in doc
+
+
 def _answer_doc_last(row: dict) -> list[str]:
     """The row's needed documents, the one stating the answer last (two-hop: the organisation document)."""
-    return sorted(row["context"], key=lambda doc: " was founded " in doc)
+    return sorted(row["context"], key=is_org_document)
 
 
-def distractor_rows(rows: list[dict], documents: list[str], max_passages: int, rng: random.Random) -> list[dict]:
+def distractor_pools(documents: list[str], distractors: str = "any"):
+    """`pool(needed)`: the documents distractors for those needed ones are drawn from, under policy `distractors`."""
+    if distractors == "any":
+        return lambda needed: documents
+    by_kind = {kind: [d for d in documents if is_org_document(d) == kind] for kind in (False, True)}
+    return lambda needed: by_kind[not is_org_document(needed[-1])]  # the kind the answer's document is not
+
+
+def distractor_rows(
+    rows: list[dict], documents: list[str], max_passages: int, rng: random.Random, distractors: str = "any"
+) -> list[dict]:
     """Each QA row with its context grown to 1..max_passages documents (uniform; at least its needed ones)."""
-    out = []
+    pool, out = distractor_pools(documents, distractors), []
     for row in rows:
         needed = _answer_doc_last(row)
         k = rng.randint(len(needed), max(len(needed), max_passages))
-        out.append({**row, "context": with_distractors(needed, documents, k, rng), "k": k})
+        out.append({**row, "context": with_distractors(needed, pool(needed), k, rng), "k": k})
     return out
 
 
 def evaluation_rows(
-    rows: list[dict], documents: list[str], passages: list[int], per_cell: int, rng: random.Random
+    rows: list[dict], documents: list[str], passages: list[int], per_cell: int, rng: random.Random,
+    distractors: str = "any",
 ) -> list[dict]:
     """Held-out QA at every number of documents `k` and answer depth: `per_cell` questions per (k, depth) cell.
 
     k = 1 has one depth ("first") and single-hop questions only (a two-hop question needs two documents); k = 2 has
     "first" and "last".
     """
-    out = []
+    pool, out = distractor_pools(documents, distractors), []
     for k in passages:
         for depth in DEPTHS if k > 2 else ("first", "last") if k == 2 else ("first",):
             candidates = [r for r in rows if len(r["context"]) <= k]
             for row in rng.sample(candidates, min(per_cell, len(candidates))):
                 at = {"first": 0, "middle": (k - 1) // 2, "last": k - 1}[depth]
-                context = with_distractors(_answer_doc_last(row), documents, k, rng, answer_at=at)
+                needed = _answer_doc_last(row)
+                context = with_distractors(needed, pool(needed), k, rng, answer_at=at)
                 out.append({**row, "context": context, "k": k, "depth": depth})
     return out
 
@@ -306,9 +339,11 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
         count = config.multidoc_texts if split == "train" else 0
         rows["multidoc"] = multidoc_rows(documents, count, config.max_passages, extra)
         if split == "train":
-            rows["qa"] = distractor_rows(rows["qa"], documents, config.max_passages, extra)
+            rows["qa"] = distractor_rows(rows["qa"], documents, config.max_passages, extra, config.distractors)
         else:
-            rows["qa_passages"] = evaluation_rows(rows["qa"], documents, config.eval_passages, config.eval_questions, extra)
+            rows["qa_passages"] = evaluation_rows(
+                rows["qa"], documents, config.eval_passages, config.eval_questions, extra, config.distractors
+            )
     return corpus
 
 
