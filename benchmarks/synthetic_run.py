@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from trainers.config import TaskWeights
 from trainers.synthetic import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class SyntheticRunConfig:
     batch_size: int = _arg(32, "Examples per optimizer step (LM, CPT, SFT, baseline).")
     lm_steps: int = _arg(2500, "Plain LM pretraining steps.")
     cpt1_steps: int = _arg(5000, "CPT-1 steps.")
+    cpt1_task_weights: TaskWeights | None = _arg(
+        None, "CPT-1's compression tasks (also the curve stages'), e.g. '{\"reconstruction\": 1.0}'; default: Table 1's."
+    )
+    cpt1_compression_ratio: float | None = _arg(None, "CPT-1's share of compression examples; default: Table 1's.")
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(3000, "SFT steps.")
     baseline_steps: int = _arg(3000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT).")
@@ -316,6 +321,8 @@ def stage_config(config: SyntheticRunConfig, stage: str):
             system_prompt=config.system_prompt if sft else None,
             mixture_seed=config.seed,
             cache_dir=str(config.root / "cache"),
+            task_weights=config.cpt1_task_weights if kind == "cpt1" else None,
+            compression_ratio=config.cpt1_compression_ratio if kind == "cpt1" else None,
         ),
         training=_training_args(
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,

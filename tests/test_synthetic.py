@@ -246,6 +246,16 @@ def test_sft_stage_builds_qa_examples_from_the_synthetic_files(corpus, synthetic
         assert example["task"] == "qa" and model.tokenizer.decode(target[:-1]) in answers
 
 
+def test_a_stage_mixture_override_reaches_the_built_examples(corpus, synthetic_tokenizer, tmp_path):
+    config = synthetic_stage(
+        "cpt1", corpus, synthetic_tokenizer, tmp_path, ["document", "standard"], "--num_samples", "40",
+        "--task_weights", '{"reconstruction": 1.0}', "--compression_ratio", "0.75",
+    )
+    train, _ = build_datasets(config, build_model(config))
+    tasks = [example["task"] for example in train]
+    assert set(tasks) == {"reconstruction", "language_modeling"} and tasks.count("reconstruction") == 30
+
+
 def test_cpt1_stage_learns_on_the_synthetic_files(corpus, synthetic_tokenizer, tmp_path):
     config = synthetic_stage(
         "cpt1", corpus, synthetic_tokenizer, tmp_path, ["document", "standard"], "--num_samples", "8",

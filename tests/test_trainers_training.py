@@ -165,6 +165,24 @@ def test_command_line_fields_override_the_yaml_and_the_stage_defaults():
     assert config.data.sources == [{"path": "other.jsonl", "kind": "document"}] and config.model.tiny_layers == 3
 
 
+def test_the_stage_mixture_can_be_overridden_and_bad_overrides_are_clear(capsys):
+    from trainers.stages import STAGES
+
+    base = ["--config", str(CONFIGS / "cpt1_tiny.yaml")]
+    config = parse_stage_args([*base, "--task_weights", '{"reconstruction": 1.0}', "--compression_ratio", "0.9"])
+    stage = config.data.mixture(STAGES["cpt1"])
+    assert stage.task_weights == {"reconstruction": 1.0} and stage.compression_ratio == 0.9
+    assert stage.template == "plain" and stage.bridge_chunks == STAGES["cpt1"].bridge_chunks  # the rest is the stage's
+    assert parse_stage_args(base).data.mixture(STAGES["cpt1"]) == STAGES["cpt1"]  # no override: Table 1's mixture
+    with pytest.raises(ValueError, match="task_weights must give non-negative shares.*'recon'"):
+        parse_stage_args([*base, "--task_weights", '{"recon": 1.0}'])
+    with pytest.raises(SystemExit):
+        parse_stage_args([*base, "--task_weights", "reconstruction"])
+    assert "argument --task_weights/--task-weights: invalid TaskWeights value: 'reconstruction'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"compression_ratio must be in \[0, 1\], got 1.5"):
+        parse_stage_args([*base, "--compression_ratio", "1.5"])
+
+
 def test_help_lists_every_field_and_bad_arguments_are_clear(capsys):
     with pytest.raises(SystemExit):
         parse_stage_args(["--help"])

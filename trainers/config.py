@@ -11,24 +11,38 @@ config names only what differs from the paper. `--help` lists every field with i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .fqlora import FQLoRAConfig
-from .stages import STAGES, get_stage
+from .stages import COMPRESSION_TASKS, STAGES, StageSpec, get_stage
 from .trainer import MemCompTrainingArguments
 
 
-class SourceSpec(dict):
-    """One data source (`trainers.data.SourceConfig` fields): a mapping in YAML, a JSON object on the command line."""
+class JSONObject(dict):
+    """A mapping field: a mapping in YAML, a JSON object on the command line."""
+
+    what = "a mapping"
 
     def __init__(self, value=()):
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as error:
-                raise ValueError(f"a source on the command line must be a JSON object, got {value!r} ({error}).") from None
+                raise ValueError(f"{self.what} on the command line must be a JSON object, got {value!r} ({error}).") from None
         super().__init__(value)
+
+
+class SourceSpec(JSONObject):
+    """One data source (`trainers.data.SourceConfig` fields)."""
+
+    what = "a source"
+
+
+class TaskWeights(JSONObject):
+    """Shares of the compression tasks in a stage's mixture, e.g. {"reconstruction": 1.0}."""
+
+    what = "task weights"
 
 
 @dataclass
@@ -84,11 +98,34 @@ class DataArguments:
     system_prompt: str | None = field(default=None, metadata={"help": "Chat system prompt; default: the template's."})
     mixture_seed: int = field(default=0, metadata={"help": "Mixture seed (task choice, instructions, bridges)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where materialised mixtures are cached (default: datasets' cache)."})
+    task_weights: TaskWeights | None = field(
+        default=None,
+        metadata={"help": f"Shares of the compression tasks {list(COMPRESSION_TASKS)}, e.g. '{{\"reconstruction\": 1.0}}'; default: the stage's (Table 1)."},
+    )
+    compression_ratio: float | None = field(
+        default=None, metadata={"help": "Share of compression examples, the rest plain LM; default: the stage's (Table 1)."}
+    )
 
     def __post_init__(self):
         self.sources = [SourceSpec(s) for s in self.sources]
         if self.eval_sources is not None:
             self.eval_sources = [SourceSpec(s) for s in self.eval_sources]
+        if self.task_weights is not None:
+            self.task_weights = TaskWeights(self.task_weights)
+            unknown = sorted(set(self.task_weights) - set(COMPRESSION_TASKS))
+            if unknown or any(w < 0 for w in self.task_weights.values()) or not sum(self.task_weights.values()) > 0:
+                raise ValueError(
+                    f"task_weights must give non-negative shares, not all zero, to tasks among {list(COMPRESSION_TASKS)}; "
+                    f"got {dict(self.task_weights)}."
+                )
+        if self.compression_ratio is not None and not 0 <= self.compression_ratio <= 1:
+            raise ValueError(f"compression_ratio must be in [0, 1], got {self.compression_ratio}.")
+
+    def mixture(self, stage: StageSpec) -> StageSpec:
+        """`stage` with this config's mixture overrides (task weights, compression ratio) applied."""
+        weights = None if self.task_weights is None else dict(self.task_weights)
+        overrides = {"task_weights": weights, "compression_ratio": self.compression_ratio}
+        return replace(stage, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

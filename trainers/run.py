@@ -64,8 +64,8 @@ def _stat(path: str) -> tuple[int, int]:
 
 def build_datasets(config: StageConfig, model):
     """Train (and eval) mixtures of the stage, materialised with `datasets` (rank 0 first, the others reuse)."""
-    stage = get_stage(config.training.stage)
     data = config.data
+    stage = data.mixture(get_stage(config.training.stage))
     unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     template = data.template or stage.template
