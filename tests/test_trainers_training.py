@@ -176,6 +176,8 @@ def test_the_stage_mixture_can_be_overridden_and_bad_overrides_are_clear(capsys)
     assert parse_stage_args(base).data.mixture(STAGES["cpt1"]) == STAGES["cpt1"]  # no override: Table 1's mixture
     with pytest.raises(ValueError, match="task_weights must give non-negative shares.*'recon'"):
         parse_stage_args([*base, "--task_weights", '{"recon": 1.0}'])
+    with pytest.raises(ValueError, match="task_weights must give non-negative shares.*'high'"):
+        parse_stage_args([*base, "--task_weights", '{"reconstruction": "high"}'])
     with pytest.raises(SystemExit):
         parse_stage_args([*base, "--task_weights", "reconstruction"])
     assert "argument --task_weights/--task-weights: invalid TaskWeights value: 'reconstruction'" in capsys.readouterr().err

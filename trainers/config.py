@@ -113,7 +113,9 @@ class DataArguments:
         if self.task_weights is not None:
             self.task_weights = TaskWeights(self.task_weights)
             unknown = sorted(set(self.task_weights) - set(COMPRESSION_TASKS))
-            if unknown or any(w < 0 for w in self.task_weights.values()) or not sum(self.task_weights.values()) > 0:
+            weights = self.task_weights.values()
+            numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+            if unknown or not numbers or any(w < 0 for w in weights) or not sum(weights) > 0:
                 raise ValueError(
                     f"task_weights must give non-negative shares, not all zero, to tasks among {list(COMPRESSION_TASKS)}; "
                     f"got {dict(self.task_weights)}."
