@@ -80,6 +80,10 @@ class SyntheticRunConfig:
     baseline_steps: int = _arg(3000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT).")
     recon_chunk_sizes: list[int] = _arg([8, 16], "Extra CPT-1 runs at these chunk sizes, for the reconstruction curve.")
     recon_steps: int = _arg(2000, "Steps of each extra CPT-1 run.")
+    probe_steps: int = _arg(
+        500, "Every this many CPT-1 (and curve-stage) steps, held-out reconstruction accuracy is logged (0: never)."
+    )
+    probe_documents: int = _arg(32, "Held-out documents that logged reconstruction accuracy is measured on.")
     rl_steps: int = _arg(500, "DAPO optimizer steps (one rollout batch each).")
     learning_rate: float = _arg(2e-3, "LM, CPT and baseline peak LR (a model trained from scratch; Table 9's suit 7B).")
     projection_learning_rate: float = _arg(2e-3, "Memory projection LR in CPT-1 / CPT-2.")
@@ -238,18 +242,48 @@ def prompt_texts() -> list[str]:
             protocol.RECONSTRUCTION_INSTRUCTION, protocol.FULL_CONTEXT_SYSTEM_PROMPT]
 
 
-def make_data(config: SyntheticRunConfig) -> None:
-    """Write the corpus and train the tokenizer (`{output_dir}/data`)."""
-    from trainers.synthetic import SyntheticConfig, generate, iter_texts, train_synthetic_tokenizer, write_corpus
+CORPUS_RECORD = "corpus.json"
+"""Written next to the corpus: the `SyntheticConfig` it was generated with, checked by every later run on the folder."""
 
-    corpus = generate(SyntheticConfig(
+
+def corpus_config(config: SyntheticRunConfig):
+    """The `SyntheticConfig` this run's corpus is (or would be) generated with."""
+    from trainers.synthetic import SyntheticConfig
+
+    return SyntheticConfig(
         seed=config.seed, train_episodes=config.train_episodes, heldout_episodes=config.heldout_episodes,
         max_passages=config.max_passages, multidoc_texts=config.multidoc_texts, eval_questions=config.eval_questions,
         distractors=config.distractors,
-    ))
+    )
+
+
+def make_data(config: SyntheticRunConfig) -> None:
+    """Write the corpus and train the tokenizer (`{output_dir}/data`)."""
+    from trainers.synthetic import generate, iter_texts, train_synthetic_tokenizer, write_corpus
+
+    wanted = corpus_config(config)
+    corpus = generate(wanted)
     write_corpus(corpus, config.root / "data")
     texts = [*iter_texts(corpus, "train"), *prompt_texts()]
     train_synthetic_tokenizer(texts).save_pretrained(config.root / "data" / "tokenizer")
+    (config.root / "data" / CORPUS_RECORD).write_text(json.dumps(asdict(wanted), indent=2))
+
+
+def check_corpus(config: SyntheticRunConfig) -> None:
+    """Refuse a run whose corpus settings differ from those its existing data folder was generated with: the later
+    stages would silently train and evaluate on the old corpus."""
+    record = config.root / "data" / CORPUS_RECORD
+    if not record.is_file():
+        logger.warning("%s has no %s (written by an older version): its corpus settings cannot be checked.",
+                       record.parent, CORPUS_RECORD)
+        return
+    written, wanted = json.loads(record.read_text()), asdict(corpus_config(config))
+    differ = [f"{k}={wanted[k]!r} (the data has {written.get(k)!r})" for k in wanted if written.get(k) != wanted[k]]
+    if differ:
+        raise ValueError(
+            f"{record.parent} was generated with other corpus settings than this run asks for: {', '.join(differ)}. "
+            "Pass the settings the data was made with, or give a new --output_dir for a new corpus."
+        )
 
 
 def qa_text(row: dict) -> str:
@@ -335,8 +369,14 @@ def train_memcomp_stage(config: SyntheticRunConfig, stage: str) -> None:
     """CPT-1, CPT-2, SFT (or a CPT-1 curve stage) through the stage runner every curriculum run uses."""
     from trainers.run import run_stage
 
+    from benchmarks.eval.synthetic import ReconstructionProbe
+
     clock = StageClock(config, stage)
-    trainer = run_stage(stage_config(config, stage), _resume_point(config.stage_dir(stage)), callbacks=[clock])
+    callbacks = [clock]
+    if stage.startswith("cpt1") and config.probe_steps:
+        documents = [r["text"] for r in read_jsonl(config.data_file("heldout", "document"))[: config.probe_documents]]
+        callbacks.append(ReconstructionProbe(documents, config.probe_steps, config.batch_size))
+    trainer = run_stage(stage_config(config, stage), _resume_point(config.stage_dir(stage)), callbacks=callbacks)
     _record(config, stage, clock.elapsed(), trainer)
 
 
@@ -443,7 +483,9 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     (config.root / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     torch.set_num_threads(config.threads_alone)
     wanted = set(config.stages)
-    if "data" in wanted and not (config.root / "data" / "tokenizer").is_dir():
+    if (config.root / "data" / "tokenizer").is_dir():
+        check_corpus(config)
+    elif "data" in wanted:
         started = time.time()
         make_data(config)
         _record(config, "data", time.time() - started)

@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import (
-    CopySystem, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
+    CopySystem, ReconstructionProbe, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
 )
 from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main
 
@@ -15,7 +16,8 @@ TOY = [
     "--hidden_size", "32", "--num_layers", "2", "--batch_size", "4", "--lm_steps", "3", "--cpt1_steps", "3",
     "--cpt2_steps", "3", "--sft_steps", "3", "--baseline_steps", "3", "--recon_chunk_sizes", "8", "--recon_steps", "2",
     "--rl_steps", "2", "--rl_prompts", "8", "--rl_generations", "2", "--rl_batch_size", "4", "--save_steps", "2",
-    "--logging_steps", "1", "--max_documents", "3", "--max_single_questions", "4",
+    "--logging_steps", "1", "--max_documents", "3", "--max_single_questions", "4", "--probe_steps", "2",
+    "--probe_documents", "3",
 ]  # fmt: skip
 
 
@@ -46,6 +48,10 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     for name in ("learning_curves.png", "em_by_documents.png", "reconstruction_by_chunk_size.png", "heatmap_rl.png"):
         assert (report_dir / name).stat().st_size > 0, name
     assert "| 32 |" in (report_dir / "report.md").read_text()
+    during = saved["reconstruction_during_training"]  # logged at step 2 of CPT-1 (3 steps) and of the C=8 run (2)
+    assert set(during) == {"cpt1", "cpt1_c8"} and [r["step"] for r in during["cpt1"]] == [2]
+    assert 0 <= during["cpt1"][0]["from_memory"] <= 1 and 0 <= during["cpt1"][0]["zero_memory"] <= 1
+    assert "Held-out content-token accuracy during `cpt1`" in (report_dir / "report.md").read_text()
     assert set(saved["aggregates"]["qa_em_by_answer_kind"]) == {"closed-set value", "name"}
     for source in saved["wrong_answer_sources"].values():
         assert source["wrong"] > 0 and abs(source["distractor"] + source["needed"] + source["elsewhere"] - 1) < 1e-9
@@ -102,6 +108,21 @@ def test_the_run_writes_the_distractor_world_it_is_asked_for(tmp_path):
             assert [is_org_document(d) for d in row["context"]].count(answer_in_org) == 1, row
 
 
+def test_a_run_on_existing_data_with_other_corpus_settings_is_refused(tmp_path, caplog):
+    from benchmarks.synthetic_run import CORPUS_RECORD, make_data, run_pipeline
+
+    small = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=20)
+    make_data(SyntheticRunConfig(**small))
+    documents = (tmp_path / "data" / "train" / "document.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"train_episodes=60 \(the data has 30\).*distractors='other_kind'"):
+        run_pipeline(SyntheticRunConfig(**{**small, "train_episodes": 60, "distractors": "other_kind"}, stages=["data"]))
+    run_pipeline(SyntheticRunConfig(**small, stages=["data"]))  # the same settings: the data is reused as it is
+    assert (tmp_path / "data" / "train" / "document.jsonl").read_text() == documents
+    (tmp_path / "data" / CORPUS_RECORD).unlink()  # data written before the record existed: warned, not refused
+    run_pipeline(SyntheticRunConfig(**{**small, "train_episodes": 60}, stages=["data"]))
+    assert "cannot be checked" in caplog.text
+
+
 def test_config_rejects_unknown_stage_and_uneven_rl_batch():
     with pytest.raises(ValueError, match="unknown stages"):
         SyntheticRunConfig(stages=["lm", "pretrain"])
@@ -156,3 +177,24 @@ def test_zero_memory_control_reads_zeros_and_copy_control_copies_the_prompt(mode
     out = copy.generate(["Kobe is a nurse."], ["Who founded the company that Nano works for?"])[0]
     assert out.text == "Nano" and out.context_tokens == len(model.tokenizer("Kobe is a nurse.")["input_ids"])
     assert copy.generate(["Kobe is a nurse."], ["Reconstruct the original text."])[0].text == ""
+
+
+def test_reconstruction_probe_logs_every_n_steps_and_leaves_the_model_as_it_found_it(model):
+    from types import SimpleNamespace
+
+    documents = ["Kobe Lima is a nurse in Paris. Her favourite colour is blue.", "Nano Vera founded Tiko in 1990."]
+    probe = ReconstructionProbe(documents, every=3)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = SimpleNamespace(global_step=0, log_history=[], is_world_process_zero=True)
+    for step in range(1, 7):
+        state.global_step = step
+        probe.on_step_end(None, state, None, model=model)
+    assert [e["step"] for e in state.log_history] == [3, 6]
+    for entry in state.log_history:
+        assert 0 <= entry["heldout_content_accuracy"] <= 1 and 0 <= entry["heldout_content_accuracy_zero_memory"] <= 1
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # Greedy: measuring twice gives the same figures.
+    assert probe.measure(model) == probe.measure(model)
+    with pytest.raises(ValueError, match="every must be >= 0"):
+        ReconstructionProbe(documents, every=-1)

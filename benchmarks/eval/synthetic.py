@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS, names_in, read_jsonl
 
@@ -225,6 +226,41 @@ def paired_by_group(records: list[dict], a: str, b: str, by: str = "k", metric: 
                 groups[key][1].append(pair[b])
     ordered = sorted((g for g in groups if g != "all"), key=lambda g: (isinstance(g, str), g)) + ["all"] * ("all" in groups)
     return {g: paired_bootstrap(*groups[g]) for g in ordered}
+
+
+class ReconstructionProbe(TrainerCallback):
+    """Logs held-out reconstruction content-token accuracy, from memory and with zero memory, every `every` steps of
+    a compression stage (`heldout_content_accuracy`, `heldout_content_accuracy_zero_memory` in the log history), so a
+    long CPT-1 shows when it leaves the template plateau, not only where it ends. Greedy, so training is unchanged."""
+
+    def __init__(self, documents: list[str], every: int, batch_size: int = 32):
+        if every < 0:
+            raise ValueError(f"every must be >= 0 steps (0 turns the probe off), got {every}.")
+        self.documents, self.every, self.batch_size = documents, every, batch_size
+
+    def measure(self, model) -> dict[str, float]:
+        """Mean content-token accuracy over the documents, for the model's memory and for zeros in its place."""
+        examples = reconstruction_examples(model.tokenizer, self.documents)
+        max_new = int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
+        was_training = model.training
+        model.eval()
+        scores = {}
+        for key, system in (("heldout_content_accuracy", MemCompSystem(model, template="plain")),
+                            ("heldout_content_accuracy_zero_memory", ZeroMemorySystem(model, template="plain"))):
+            values = []
+            for start in range(0, len(examples), self.batch_size):
+                batch = examples[start:start + self.batch_size]
+                outputs = system.generate([e.context for e in batch], [e.instruction for e in batch],
+                                          **GREEDY, max_new_tokens=max_new)
+                values += [content_accuracy(o.text, e.reference) for e, o in zip(batch, outputs)]
+            values = [v for v in values if v is not None]
+            scores[key] = sum(values) / len(values) if values else 0.0
+        model.train(was_training)
+        return scores
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and self.documents and state.global_step % self.every == 0 and state.is_world_process_zero:
+            state.log_history.append({"step": state.global_step, **self.measure(model)})
 
 
 def _load(folder: Path | None):

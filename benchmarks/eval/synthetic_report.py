@@ -26,24 +26,45 @@ COLORS = {"sft": "tab:green", "rl": "tab:blue", "previous": "tab:purple", "full"
           "copy": "tab:red"}
 
 
+PROBE = "heldout_content_accuracy"
+"""Logged by `ReconstructionProbe` during CPT-1 (and the curve stages), next to its zero-memory control."""
+
+
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) per stage from each stage's `log_history.json`."""
+    """(step, value) per panel from each stage's `log_history.json`: the stage's loss (reward for RL), and for a
+    compression stage that logged it, its held-out reconstruction accuracy (panel "<stage> held-out")."""
     curves = {}
     stages = [*CURVES, *sorted(p.name for p in run_dir.glob("cpt1_c*"))]
     for stage in stages:
         key = CURVES.get(stage, "loss")
         path = run_dir / stage / "log_history.json"
         if path.is_file():
-            curves[stage] = [(e["step"], e[key]) for e in json.loads(path.read_text()) if key in e]
+            history = json.loads(path.read_text())
+            curves[stage] = [(e["step"], e[key]) for e in history if key in e]
+            probed = [(e["step"], e[PROBE]) for e in history if PROBE in e]
+            if probed:
+                curves[f"{stage} held-out"] = probed
     return curves
 
 
+def reconstruction_during_training(run_dir: Path) -> dict[str, list[dict]]:
+    """Per compression stage that logged it: held-out content accuracy by step, from memory and with zero memory."""
+    found = {}
+    for path in sorted(run_dir.glob("cpt1*/log_history.json")):
+        rows = [{"step": e["step"], "from_memory": e[PROBE], "zero_memory": e.get(f"{PROBE}_zero_memory")}
+                for e in json.loads(path.read_text()) if PROBE in e]
+        if rows:
+            found[path.parent.name] = rows
+    return found
+
+
 def plot_curves(curves: dict, path: Path) -> Path:
-    """One panel per stage: training loss (reward for RL) against optimizer steps."""
+    """One panel per curve: training loss (reward for RL; held-out content accuracy) against optimizer steps."""
     fig, axes = plt.subplots(1, len(curves), figsize=(3 * len(curves), 3), squeeze=False)
-    for ax, (stage, points) in zip(axes[0], curves.items()):
-        ax.plot([s for s, _ in points], [v for _, v in points], color="tab:blue")
-        ax.set(title=stage, xlabel="step", ylabel=CURVES.get(stage, "loss"))
+    for ax, (panel, points) in zip(axes[0], curves.items()):
+        ax.plot([s for s, _ in points], [v for _, v in points], color="tab:blue", marker="." if "held-out" in panel else None)
+        ylabel = "content-token accuracy" if panel.endswith("held-out") else CURVES.get(panel, "loss")
+        ax.set(title=panel, xlabel="step", ylabel=ylabel)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -191,6 +212,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "rl_minus_sft": bootstrap,
         "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
+        "reconstruction_during_training": reconstruction_during_training(run_dir),
         "heatmaps": heatmaps,
         "wrong_answer_sources": error_sources(results["qa_passages"], read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
     }
@@ -285,6 +307,10 @@ def render_markdown(report: dict) -> str:
                   comparison_table(recon, "length", systems=[*systems, "copy"]), "",
                   "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
                   "![reconstruction](reconstruction_by_chunk_size.png)", ""]
+    for stage, rows in report.get("reconstruction_during_training", {}).items():
+        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {config.get('probe_documents')} documents):",
+                  "", "| step | from memory | zero memory |", "|---|---|---|",
+                  *[f"| {r['step']} | {r['from_memory']:.3f} | {r['zero_memory']:.3f} |" for r in rows], ""]
     lines += [
         "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
         "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
