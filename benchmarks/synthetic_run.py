@@ -109,6 +109,9 @@ class SyntheticRunConfig:
         unknown = set(self.stages) - set(self.all_stages)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {self.all_stages}.")
+        for name in ("probe_steps", "probe_documents"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.rl_batch_size % self.rl_generations:
             raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
 
@@ -277,8 +280,11 @@ def check_corpus(config: SyntheticRunConfig) -> None:
         logger.warning("%s has no %s (written by an older version): its corpus settings cannot be checked.",
                        record.parent, CORPUS_RECORD)
         return
-    written, wanted = json.loads(record.read_text()), asdict(corpus_config(config))
-    differ = [f"{k}={wanted[k]!r} (the data has {written.get(k)!r})" for k in wanted if written.get(k) != wanted[k]]
+    from trainers.synthetic import SyntheticConfig
+
+    defaults, wanted = asdict(SyntheticConfig()), asdict(corpus_config(config))
+    written = {**defaults, **json.loads(record.read_text())}  # a field added since then: the data had its default
+    differ = [f"{k}={wanted[k]!r} (the data has {written[k]!r})" for k in wanted if written[k] != wanted[k]]
     if differ:
         raise ValueError(
             f"{record.parent} was generated with other corpus settings than this run asks for: {', '.join(differ)}. "
@@ -479,13 +485,13 @@ def _side_process(config_dict: dict) -> None:
 
 def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     """Run the selected stages (finished ones are skipped); returns the timings."""
+    if (config.root / "data" / "tokenizer").is_dir():
+        check_corpus(config)  # before run_config.json is written: a refused command leaves the run's record as it was
     config.root.mkdir(parents=True, exist_ok=True)
     (config.root / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     torch.set_num_threads(config.threads_alone)
     wanted = set(config.stages)
-    if (config.root / "data" / "tokenizer").is_dir():
-        check_corpus(config)
-    elif "data" in wanted:
+    if "data" in wanted and not (config.root / "data" / "tokenizer").is_dir():
         started = time.time()
         make_data(config)
         _record(config, "data", time.time() - started)

@@ -51,7 +51,8 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     during = saved["reconstruction_during_training"]  # logged at step 2 of CPT-1 (3 steps) and of the C=8 run (2)
     assert set(during) == {"cpt1", "cpt1_c8"} and [r["step"] for r in during["cpt1"]] == [2]
     assert 0 <= during["cpt1"][0]["from_memory"] <= 1 and 0 <= during["cpt1"][0]["zero_memory"] <= 1
-    assert "Held-out content-token accuracy during `cpt1`" in (report_dir / "report.md").read_text()
+    assert "Held-out content-token accuracy during `cpt1` (greedy, 3 documents)" in (report_dir / "report.md").read_text()
+    assert not any(k.endswith("held-out") for k in saved["final_training_values"])
     assert set(saved["aggregates"]["qa_em_by_answer_kind"]) == {"closed-set value", "name"}
     for source in saved["wrong_answer_sources"].values():
         assert source["wrong"] > 0 and abs(source["distractor"] + source["needed"] + source["elsewhere"] - 1) < 1e-9
@@ -114,8 +115,10 @@ def test_a_run_on_existing_data_with_other_corpus_settings_is_refused(tmp_path, 
     small = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=20)
     make_data(SyntheticRunConfig(**small))
     documents = (tmp_path / "data" / "train" / "document.jsonl").read_text()
+    (tmp_path / "run_config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"train_episodes=60 \(the data has 30\).*distractors='other_kind'"):
         run_pipeline(SyntheticRunConfig(**{**small, "train_episodes": 60, "distractors": "other_kind"}, stages=["data"]))
+    assert (tmp_path / "run_config.json").read_text() == "{}"  # the refused command leaves the run's record alone
     run_pipeline(SyntheticRunConfig(**small, stages=["data"]))  # the same settings: the data is reused as it is
     assert (tmp_path / "data" / "train" / "document.jsonl").read_text() == documents
     (tmp_path / "data" / CORPUS_RECORD).unlink()  # data written before the record existed: warned, not refused
@@ -124,6 +127,8 @@ def test_a_run_on_existing_data_with_other_corpus_settings_is_refused(tmp_path, 
 
 
 def test_config_rejects_unknown_stage_and_uneven_rl_batch():
+    with pytest.raises(ValueError, match="probe_steps must be >= 0, got -1"):
+        SyntheticRunConfig(probe_steps=-1)
     with pytest.raises(ValueError, match="unknown stages"):
         SyntheticRunConfig(stages=["lm", "pretrain"])
     with pytest.raises(ValueError, match="multiple of rl_generations"):

@@ -231,7 +231,8 @@ def paired_by_group(records: list[dict], a: str, b: str, by: str = "k", metric: 
 class ReconstructionProbe(TrainerCallback):
     """Logs held-out reconstruction content-token accuracy, from memory and with zero memory, every `every` steps of
     a compression stage (`heldout_content_accuracy`, `heldout_content_accuracy_zero_memory` in the log history), so a
-    long CPT-1 shows when it leaves the template plateau, not only where it ends. Greedy, so training is unchanged."""
+    long CPT-1 shows when it leaves the template plateau, not only where it ends. Greedy, so training is unchanged.
+    Measured on the main process alone: fine for one process or DDP, not for sharded (FSDP / ZeRO-3) training."""
 
     def __init__(self, documents: list[str], every: int, batch_size: int = 32):
         if every < 0:
@@ -260,7 +261,8 @@ class ReconstructionProbe(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and self.documents and state.global_step % self.every == 0 and state.is_world_process_zero:
-            state.log_history.append({"step": state.global_step, **self.measure(model)})
+            entry = {"step": state.global_step, **self.measure(model), "probe_documents": len(self.documents)}
+            state.log_history.append(entry)
 
 
 def _load(folder: Path | None):

@@ -51,7 +51,8 @@ def reconstruction_during_training(run_dir: Path) -> dict[str, list[dict]]:
     """Per compression stage that logged it: held-out content accuracy by step, from memory and with zero memory."""
     found = {}
     for path in sorted(run_dir.glob("cpt1*/log_history.json")):
-        rows = [{"step": e["step"], "from_memory": e[PROBE], "zero_memory": e.get(f"{PROBE}_zero_memory")}
+        rows = [{"step": e["step"], "from_memory": e[PROBE], "zero_memory": e.get(f"{PROBE}_zero_memory"),
+                 "documents": e.get("probe_documents")}
                 for e in json.loads(path.read_text()) if PROBE in e]
         if rows:
             found[path.parent.name] = rows
@@ -211,7 +212,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "retention_percent": {s: retention_by_group(aggregates["qa_em_by_k"], s) for s in ("sft", "rl")},
         "rl_minus_sft": bootstrap,
         "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
-        "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
+        "final_training_values": {s: points[-1][1] for s, points in curves.items() if points and not s.endswith("held-out")},
         "reconstruction_during_training": reconstruction_during_training(run_dir),
         "heatmaps": heatmaps,
         "wrong_answer_sources": error_sources(results["qa_passages"], read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
@@ -219,6 +220,10 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _present(summary: dict, systems) -> list[str]:
@@ -308,9 +313,10 @@ def render_markdown(report: dict) -> str:
                   "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
                   "![reconstruction](reconstruction_by_chunk_size.png)", ""]
     for stage, rows in report.get("reconstruction_during_training", {}).items():
-        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {config.get('probe_documents')} documents):",
+        documents = "/".join(sorted({str(r["documents"]) for r in rows if r.get("documents") is not None})) or "?"
+        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {documents} documents):",
                   "", "| step | from memory | zero memory |", "|---|---|---|",
-                  *[f"| {r['step']} | {r['from_memory']:.3f} | {r['zero_memory']:.3f} |" for r in rows], ""]
+                  *[f"| {r['step']} | {_figure(r['from_memory'])} | {_figure(r['zero_memory'])} |" for r in rows], ""]
     lines += [
         "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
         "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
