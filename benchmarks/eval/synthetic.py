@@ -110,6 +110,11 @@ def reconstruction_examples(tokenizer, documents: list[str], kind: str = "docume
     ]
 
 
+def reconstruction_max_new_tokens(examples: list[Example]) -> int:
+    """Generation budget for reconstructing `examples`: the longest one's tokens with the protocol's margin."""
+    return int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
+
+
 def qa_examples(rows: list[dict], prefix: str = "qa") -> list[Example]:
     """One example per held-out QA row, with its question type and, when the row has them, `k` and `depth`."""
     return [
@@ -232,17 +237,21 @@ class ReconstructionProbe(TrainerCallback):
     """Logs held-out reconstruction content-token accuracy, from memory and with zero memory, every `every` steps of
     a compression stage (`heldout_content_accuracy`, `heldout_content_accuracy_zero_memory` in the log history), so a
     long CPT-1 shows when it leaves the template plateau, not only where it ends. Greedy, so training is unchanged.
-    Measured on the main process alone: fine for one process or DDP, not for sharded (FSDP / ZeRO-3) training."""
+    Measured on the main process alone: fine for one process or DDP, not for sharded (FSDP / ZeRO-3) training.
+    It batches itself instead of going through `harness.run`, which reseeds torch's global RNG and writes records."""
 
     def __init__(self, documents: list[str], every: int, batch_size: int = 32):
         if every < 0:
             raise ValueError(f"every must be >= 0 steps (0 turns the probe off), got {every}.")
         self.documents, self.every, self.batch_size = documents, every, batch_size
+        self._examples = None  # built at the first measurement, with the model's tokenizer
 
     def measure(self, model) -> dict[str, float]:
         """Mean content-token accuracy over the documents, for the model's memory and for zeros in its place."""
-        examples = reconstruction_examples(model.tokenizer, self.documents)
-        max_new = int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
+        if self._examples is None:
+            self._examples = reconstruction_examples(model.tokenizer, self.documents)
+        examples = self._examples
+        max_new = reconstruction_max_new_tokens(examples)
         was_training = model.training
         model.eval()
         scores = {}
@@ -314,8 +323,9 @@ def evaluate_run(
                         ZeroMemorySystem(model, template="plain", name=f"{label}_zero_memory")]
         systems.append(CopySystem(tokenizer))
         examples = reconstruction_examples(tokenizer, documents)
-        max_new = int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
-        results["reconstruction"] = evaluate_systems("reconstruction", examples, systems, output_dir, max_new, batch_size, settings)
+        results["reconstruction"] = evaluate_systems(
+            "reconstruction", examples, systems, output_dir, reconstruction_max_new_tokens(examples), batch_size, settings
+        )
 
     def qa_systems() -> list:
         """Every QA system the run has (a partial run, e.g. `--stages baseline`, is evaluated as far as it goes)."""

@@ -31,19 +31,14 @@ PROBE = "heldout_content_accuracy"
 
 
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) per panel from each stage's `log_history.json`: the stage's loss (reward for RL), and for a
-    compression stage that logged it, its held-out reconstruction accuracy (panel "<stage> held-out")."""
+    """(step, value) per stage from each stage's `log_history.json`."""
     curves = {}
     stages = [*CURVES, *sorted(p.name for p in run_dir.glob("cpt1_c*"))]
     for stage in stages:
         key = CURVES.get(stage, "loss")
         path = run_dir / stage / "log_history.json"
         if path.is_file():
-            history = json.loads(path.read_text())
-            curves[stage] = [(e["step"], e[key]) for e in history if key in e]
-            probed = [(e["step"], e[PROBE]) for e in history if PROBE in e]
-            if probed:
-                curves[f"{stage} held-out"] = probed
+            curves[stage] = [(e["step"], e[key]) for e in json.loads(path.read_text()) if key in e]
     return curves
 
 
@@ -185,7 +180,9 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     config = json.loads((run_dir / "run_config.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     curves = learning_curves(run_dir)
-    plot_curves(curves, output_dir / "learning_curves.png")
+    during = reconstruction_during_training(run_dir)
+    held_out = {f"{stage} held-out": [(r["step"], r["from_memory"]) for r in rows] for stage, rows in during.items()}
+    plot_curves({**curves, **held_out}, output_dir / "learning_curves.png")
     plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
     if aggregates["reconstruction_content_accuracy"]:
         plot_reconstruction(aggregates["reconstruction_content_accuracy"], output_dir / "reconstruction_by_chunk_size.png")
@@ -212,8 +209,8 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "retention_percent": {s: retention_by_group(aggregates["qa_em_by_k"], s) for s in ("sft", "rl")},
         "rl_minus_sft": bootstrap,
         "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
-        "final_training_values": {s: points[-1][1] for s, points in curves.items() if points and not s.endswith("held-out")},
-        "reconstruction_during_training": reconstruction_during_training(run_dir),
+        "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
+        "reconstruction_during_training": during,
         "heatmaps": heatmaps,
         "wrong_answer_sources": error_sources(results["qa_passages"], read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
     }
