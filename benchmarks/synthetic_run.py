@@ -75,6 +75,10 @@ class SyntheticRunConfig:
         None, "CPT-1's compression tasks (also the curve stages'), e.g. '{\"reconstruction\": 1.0}'; default: Table 1's."
     )
     cpt1_compression_ratio: float | None = _arg(None, "CPT-1's share of compression examples; default: Table 1's.")
+    cpt1_lr_decay: float = _arg(
+        1.0, "Share of CPT-1's (and the curve stages') steps over which the LR decays to 10% of its peak; below 1 the "
+        "peak is held until then (warmup-stable-decay), for reading memory that is learnt late. 1: cosine throughout.",
+    )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(3000, "SFT steps.")
     baseline_steps: int = _arg(3000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT).")
@@ -112,6 +116,8 @@ class SyntheticRunConfig:
         for name in ("probe_steps", "probe_documents"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 < self.cpt1_lr_decay <= 1:
+            raise ValueError(f"cpt1_lr_decay is a share of the steps, in (0, 1]; got {self.cpt1_lr_decay}.")
         if self.rl_batch_size % self.rl_generations:
             raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
 
@@ -194,6 +200,16 @@ def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None
     _update_timings(config, add)
 
 
+def _lr_schedule(steps: int, decay_share: float = 1.0) -> dict:
+    """Scheduler arguments: warmup over 5% of the steps, then a cosine to 10% of the peak over the last `decay_share`."""
+    if decay_share >= 1:
+        return dict(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1})
+    return dict(
+        lr_scheduler_type="warmup_stable_decay",
+        lr_scheduler_kwargs={"num_decay_steps": max(1, round(steps * decay_share)), "min_lr_ratio": 0.1},
+    )
+
+
 def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_rate: float, **overrides):
     from trainers.trainer import MemCompTrainingArguments
 
@@ -204,8 +220,7 @@ def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_
         global_batch_size=config.batch_size,
         learning_rate=learning_rate,
         warmup_steps=0.05,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        **_lr_schedule(steps),
         weight_decay=0.01,
         train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
         logging_steps=config.logging_steps,
@@ -367,6 +382,7 @@ def stage_config(config: SyntheticRunConfig, stage: str):
         training=_training_args(
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
             **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),
+            **(_lr_schedule(steps, config.cpt1_lr_decay) if kind == "cpt1" else {}),
         ),
     )
 

@@ -9,7 +9,7 @@ from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import (
     CopySystem, ReconstructionProbe, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
 )
-from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main
+from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main, stage_config
 
 TOY = [
     "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
@@ -133,6 +133,35 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(stages=["lm", "pretrain"])
     with pytest.raises(ValueError, match="multiple of rl_generations"):
         SyntheticRunConfig(rl_batch_size=10, rl_generations=4)
+    with pytest.raises(ValueError, match="cpt1_lr_decay is a share of the steps"):
+        SyntheticRunConfig(cpt1_lr_decay=0)
+
+
+def _learning_rates(args, steps: int) -> list[float]:
+    """The LR at every step of the scheduler the Trainer builds from these arguments."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps), num_training_steps=steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step(), scheduler.step()
+    return rates
+
+
+def test_cpt1_lr_decay_holds_the_peak_then_decays_in_cpt1_and_the_curve_stages_only():
+    config = SyntheticRunConfig(cpt1_steps=100, recon_steps=40, cpt1_lr_decay=0.25)
+    peak = config.learning_rate
+    held = _learning_rates(stage_config(config, "cpt1").training, 100)
+    assert held[5:75] == pytest.approx([peak] * 70) and held[-1] == pytest.approx(0.1 * peak, rel=0.05)
+    assert _learning_rates(stage_config(config, "cpt1_c8").training, 40)[20] == pytest.approx(peak)
+    assert _learning_rates(stage_config(config, "cpt2").training, config.cpt2_steps)[config.cpt2_steps // 2] < 0.6 * peak
+    cosine = _learning_rates(stage_config(SyntheticRunConfig(cpt1_steps=100), "cpt1").training, 100)
+    assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
 
 
 def test_paired_bootstrap_interval():
