@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from benchmarks.eval.report import paired_bootstrap
+from benchmarks.eval.harness import Example
 from benchmarks.eval.synthetic import (
-    CopySystem, ReconstructionProbe, ZeroMemorySystem, content_accuracy, error_sources, length_bucket, needed_documents,
+    CopySystem, ReconstructionProbe, ZeroMemorySystem, aggregate, content_accuracy, error_sources, length_bucket,
+    needed_documents, score_reconstruction,
 )
+from benchmarks.eval.systems import Generation
 from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main, stage_config
 
 TOY = [
@@ -42,6 +45,8 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     assert set(saved["aggregates"]["qa_em_by_depth"]) == {"first", "middle", "last", "all"}
     assert set(saved["aggregates"]["single_em_by_type"]["all"]) == {"sft", "rl", "full", "zero_memory", "copy"}
     recon = saved["aggregates"]["reconstruction_content_accuracy"]["all"]
+    assert set(saved["aggregates"]["reconstruction_content_accuracy_by_role"]) == {"subject", "other name", "value"}
+    assert "Content-token accuracy by word role" in (report_dir / "report.md").read_text()
     assert set(recon) == {"C4", "C4_zero_memory", "C8", "C8_zero_memory", "copy"}
     assert saved["targets"][0]["target"].startswith("reconstruction content-token accuracy at C=4")
     assert set(saved["rl_minus_sft"]) == {"1", "2", "4", "8", "16", "32", "all"}
@@ -183,6 +188,20 @@ def test_content_accuracy_counts_aligned_names_and_values_only():
     # right words in the wrong order cannot all align
     assert content_accuracy("1962 Lusu nurse Kobe Oslo Kobe", reference) == 0.5  # "Kobe Oslo Kobe" aligns
     assert content_accuracy("anything", "The end of it.") is None
+
+
+def test_content_accuracy_by_word_role_splits_subject_other_names_and_values():
+    reference = "Kobe lives in Oslo. Kobe works for Lusu. Kobe is a nurse."
+    prediction = "Kobe lives in Oslo. Kobe works for Dara. Kobe is a pilot."
+    assert content_accuracy(prediction, reference, "subject") == 1.0
+    assert content_accuracy(prediction, reference, "other name") == 0.0
+    assert content_accuracy(prediction, reference, "value") == 0.5
+    assert content_accuracy(prediction, reference) == pytest.approx(4 / 6)
+    assert content_accuracy(prediction, "Oslo is red.", "other name") is None
+    scores = score_reconstruction(Example("d", "", "", reference, ""), Generation(prediction, 0, 0))
+    records = [{"system": "C4", "length": 16, **scores}]
+    by_role = aggregate({"reconstruction": records})["reconstruction_content_accuracy_by_role"]
+    assert {role: row["C4"]["mean"] for role, row in by_role.items()} == {"subject": 1.0, "other name": 0.0, "value": 0.5}
 
 
 def test_wrong_answers_are_traced_to_a_distractor_a_needed_document_or_nowhere():

@@ -24,7 +24,7 @@ from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS,
 from . import protocol
 from .harness import Example, run
 from .records import RecordStore, config_hash
-from .report import paired_bootstrap, retention, summarize
+from .report import ALL, paired_bootstrap, retention, summarize
 from .scoring import answer_scores, rouge_f1
 from .systems import FullContextSystem, Generation, MemCompSystem
 
@@ -46,14 +46,30 @@ def is_content(word: str) -> bool:
     return word in _VALUES or bool(_NAME.match(word))
 
 
-def content_accuracy(prediction: str, reference: str) -> float | None:
-    """Share of the reference's content words that an order-preserving alignment with the prediction matches.
+WORD_ROLES = ("subject", "other name", "value")
+"""Content words by role: the document's subject (its first name, repeated in every sentence), other names
+(an employer or founder), and closed-set attribute values."""
 
-    None when the reference has no content word. Alignment (difflib over words) means a right value in the
+
+def word_role(word: str, subject: str | None) -> str | None:
+    """The role (one of `WORD_ROLES`) of a content word in a document about `subject`; None for a template word."""
+    if word in _VALUES:
+        return "value"
+    if _NAME.match(word):
+        return "subject" if word == subject else "other name"
+    return None
+
+
+def content_accuracy(prediction: str, reference: str, role: str | None = None) -> float | None:
+    """Share of the reference's content words (of one `role`, or all) that an order-preserving alignment matches.
+
+    None when the reference has no such word. Alignment (difflib over words) means a right value in the
     wrong sentence does not count, and a word repeated elsewhere cannot be matched twice.
     """
     ref, pred = _WORD.findall(reference), _WORD.findall(prediction)
-    wanted = [i for i, w in enumerate(ref) if is_content(w)]
+    subject = next((w for w in ref if _NAME.match(w)), None)
+    roles = [word_role(w, subject) for w in ref]
+    wanted = [i for i, r in enumerate(roles) if r is not None and (role is None or r == role)]
     if not wanted:
         return None
     matched = set()
@@ -127,7 +143,12 @@ def qa_examples(rows: list[dict], prefix: str = "qa") -> list[Example]:
 
 
 def score_reconstruction(example: Example, generation: Generation) -> dict:
-    return {"rougeL": rouge_f1(generation.text, example.reference)["rougeL"], "content_accuracy": content_accuracy(generation.text, example.reference)}
+    text, reference = generation.text, example.reference
+    return {
+        "rougeL": rouge_f1(text, reference)["rougeL"],
+        "content_accuracy": content_accuracy(text, reference),
+        **{f"content_accuracy/{role}": content_accuracy(text, reference, role) for role in WORD_ROLES},
+    }
 
 
 def score_qa(example: Example, generation: Generation) -> dict:
@@ -160,6 +181,9 @@ def aggregate(results: dict) -> dict:
     return {
         "reconstruction_content_accuracy": summarize(recon, "content_accuracy", by="length"),
         "reconstruction_rougeL": summarize(recon, "rougeL", by="length"),
+        "reconstruction_content_accuracy_by_role": {
+            role: summary[ALL] for role in WORD_ROLES if (summary := summarize(recon, f"content_accuracy/{role}"))
+        },
         "qa_em_by_k": summarize(passages, "em", by="k"),
         "qa_em_by_depth": summarize([r for r in passages if r["k"] > 1], "em", by="depth"),
         "qa_em_by_cell": summarize(cells, "em", by="cell"),

@@ -30,6 +30,17 @@ PROBE = "heldout_content_accuracy"
 """Logged by `ReconstructionProbe` during CPT-1 (and the curve stages), next to its zero-memory control."""
 
 
+def _role_table(by_role: dict | None, systems: list[str]) -> list[str]:
+    """Reconstruction content accuracy by word role: which words a memory carries (absent from older reports)."""
+    if not by_role:
+        return []
+    return [
+        "Content-token accuracy by word role (the subject's name is repeated in every sentence; other names are an "
+        "employer or founder; values are cities, colours, professions and years):", "",
+        comparison_table(by_role, "role", systems=systems), "",
+    ]
+
+
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """(step, value) per stage from each stage's `log_history.json`."""
     curves = {}
@@ -308,6 +319,7 @@ def render_markdown(report: dict) -> str:
         lines += ["## Reconstruction of held-out documents", "", "Content-token accuracy (names and values only), by length bucket (tokens):", "",
                   comparison_table(recon, "length", systems=[*systems, "copy"]), "",
                   "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
+                  *_role_table(agg.get("reconstruction_content_accuracy_by_role"), systems),
                   "![reconstruction](reconstruction_by_chunk_size.png)", ""]
     for stage, rows in report.get("reconstruction_during_training", {}).items():
         documents = "/".join(sorted({str(r["documents"]) for r in rows if r.get("documents") is not None})) or "?"
