@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.harness import Example
+from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import (
-    CopySystem, ReconstructionProbe, ZeroMemorySystem, aggregate, content_accuracy, error_sources, length_bucket,
-    needed_documents, score_reconstruction,
+    WORD_ROLES, CopySystem, ReconstructionProbe, ZeroMemorySystem, aggregate, content_accuracy, error_sources,
+    length_bucket, needed_documents, score_reconstruction,
 )
 from benchmarks.eval.systems import Generation
 from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main, stage_config
@@ -56,7 +56,8 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     during = saved["reconstruction_during_training"]  # logged at step 2 of CPT-1 (3 steps) and of the C=8 run (2)
     assert set(during) == {"cpt1", "cpt1_c8"} and [r["step"] for r in during["cpt1"]] == [2]
     assert 0 <= during["cpt1"][0]["from_memory"] <= 1 and 0 <= during["cpt1"][0]["zero_memory"] <= 1
-    assert "Held-out content-token accuracy during `cpt1` (greedy, 3 documents)" in (report_dir / "report.md").read_text()
+    assert "Held-out content-token accuracy during `cpt1` (greedy, 3 documents;" in (report_dir / "report.md").read_text()
+    assert set(WORD_ROLES) <= set(during["cpt1"][0])
     assert not any(k.endswith("held-out") for k in saved["final_training_values"])
     assert set(saved["aggregates"]["qa_em_by_answer_kind"]) == {"closed-set value", "name"}
     for source in saved["wrong_answer_sources"].values():
@@ -246,6 +247,7 @@ def test_reconstruction_probe_logs_every_n_steps_and_leaves_the_model_as_it_foun
     assert [e["step"] for e in state.log_history] == [3, 6]
     for entry in state.log_history:
         assert 0 <= entry["heldout_content_accuracy"] <= 1 and 0 <= entry["heldout_content_accuracy_zero_memory"] <= 1
+        assert all(0 <= entry[f"heldout_content_accuracy/{role}"] <= 1 for role in WORD_ROLES)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # Greedy: measuring twice gives the same figures.
     assert probe.measure(model) == probe.measure(model)

@@ -257,10 +257,17 @@ def paired_by_group(records: list[dict], a: str, b: str, by: str = "k", metric: 
     return {g: paired_bootstrap(*groups[g]) for g in ordered}
 
 
+def _mean(values) -> float:
+    """Mean of the values that are not None (0.0 when none is)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else 0.0
+
+
 class ReconstructionProbe(TrainerCallback):
     """Logs held-out reconstruction content-token accuracy, from memory and with zero memory, every `every` steps of
-    a compression stage (`heldout_content_accuracy`, `heldout_content_accuracy_zero_memory` in the log history), so a
-    long CPT-1 shows when it leaves the template plateau, not only where it ends. Greedy, so training is unchanged.
+    a compression stage (`heldout_content_accuracy`, `heldout_content_accuracy_zero_memory` in the log history, and
+    from memory by word role, `heldout_content_accuracy/<role>`), so a long CPT-1 shows when it leaves the template
+    plateau and which words it learns to read first, not only where it ends. Greedy, so training is unchanged.
     Measured on the main process alone: fine for one process or DDP, not for sharded (FSDP / ZeRO-3) training.
     It batches itself instead of going through `harness.run`, which reseeds torch's global RNG and writes records."""
 
@@ -281,14 +288,16 @@ class ReconstructionProbe(TrainerCallback):
         scores = {}
         for key, system in (("heldout_content_accuracy", MemCompSystem(model, template="plain")),
                             ("heldout_content_accuracy_zero_memory", ZeroMemorySystem(model, template="plain"))):
-            values = []
+            pairs = []
             for start in range(0, len(examples), self.batch_size):
                 batch = examples[start:start + self.batch_size]
                 outputs = system.generate([e.context for e in batch], [e.instruction for e in batch],
                                           **GREEDY, max_new_tokens=max_new)
-                values += [content_accuracy(o.text, e.reference) for e, o in zip(batch, outputs)]
-            values = [v for v in values if v is not None]
-            scores[key] = sum(values) / len(values) if values else 0.0
+                pairs += [(o.text, e.reference) for e, o in zip(batch, outputs)]
+            scores[key] = _mean(content_accuracy(*pair) for pair in pairs)
+            if system.name != ZeroMemorySystem.name:
+                scores.update({f"{key}/{role}": _mean(content_accuracy(*pair, role) for pair in pairs)
+                               for role in WORD_ROLES})
         model.train(was_training)
         return scores
 

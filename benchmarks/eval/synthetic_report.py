@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainers.synthetic import read_jsonl  # noqa: E402
 
 from .report import ALL, comparison_table, plot_heatmap  # noqa: E402
-from .synthetic import aggregate, error_sources, paired_by_group, retention_by_group  # noqa: E402
+from .synthetic import WORD_ROLES, aggregate, error_sources, paired_by_group, retention_by_group  # noqa: E402
 
 CURVES = {"lm": "loss", "cpt1": "loss", "cpt2": "loss", "sft": "loss", "baseline": "loss", "rl": "reward"}
 """Stage -> the logged value its learning curve shows (CPT-1 curve stages show their loss too)."""
@@ -58,7 +58,7 @@ def reconstruction_during_training(run_dir: Path) -> dict[str, list[dict]]:
     found = {}
     for path in sorted(run_dir.glob("cpt1*/log_history.json")):
         rows = [{"step": e["step"], "from_memory": e[PROBE], "zero_memory": e.get(f"{PROBE}_zero_memory"),
-                 "documents": e.get("probe_documents")}
+                 "documents": e.get("probe_documents"), **{role: e.get(f"{PROBE}/{role}") for role in WORD_ROLES}}
                 for e in json.loads(path.read_text()) if PROBE in e]
         if rows:
             found[path.parent.name] = rows
@@ -323,9 +323,11 @@ def render_markdown(report: dict) -> str:
                   "![reconstruction](reconstruction_by_chunk_size.png)", ""]
     for stage, rows in report.get("reconstruction_during_training", {}).items():
         documents = "/".join(sorted({str(r["documents"]) for r in rows if r.get("documents") is not None})) or "?"
-        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {documents} documents):",
-                  "", "| step | from memory | zero memory |", "|---|---|---|",
-                  *[f"| {r['step']} | {_figure(r['from_memory'])} | {_figure(r['zero_memory'])} |" for r in rows], ""]
+        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {documents} documents; the word-role "
+                  "columns are from memory):",
+                  "", f"| step | from memory | zero memory | {' | '.join(WORD_ROLES)} |", "|" + "---|" * 6,
+                  *[f"| {r['step']} | {_figure(r['from_memory'])} | {_figure(r['zero_memory'])} | "
+                    + " | ".join(_figure(r.get(role)) for role in WORD_ROLES) + " |" for r in rows], ""]
     lines += [
         "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
         "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
