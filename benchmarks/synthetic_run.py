@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trl import TrlParser
 
     from benchmarks._timing import machine_info
-    from benchmarks.eval.synthetic import evaluate_run
+    from benchmarks.eval.synthetic import EVALUATED, evaluate_run, evaluated_stages
     from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
 
     logging.basicConfig(level=logging.INFO)
@@ -599,6 +599,10 @@ def main(argv: list[str] | None = None) -> dict:
     run, report_args = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(argv)
     previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     run_pipeline(run)
+    if not evaluated_stages(run.output_dir):
+        logger.warning("%s has no stage the evaluation reads yet (%s): no report; run later stages for one.",
+                       run.output_dir, EVALUATED)
+        return {}
     started = time.time()
     results = evaluate_run(
         run.output_dir, run.root / "eval", previous, report_args.max_documents, report_args.max_single_questions,

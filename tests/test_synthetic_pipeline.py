@@ -90,6 +90,14 @@ def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path):
     assert not (tmp_path / "none").exists()  # nothing to ship
 
 
+def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
+    report_dir = tmp_path / "report"
+    args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]
+    assert main(TOY + args + ["--stages", "data", "lm"]) == {}
+    assert (tmp_path / "run" / "lm" / "config.json").is_file() and not report_dir.exists()
+    assert "no stage the evaluation reads yet" in caplog.text
+
+
 def test_a_killed_stage_keeps_its_time_up_to_its_last_checkpoint(tmp_path):
     config = SyntheticRunConfig(output_dir=str(tmp_path))
     killed = StageClock(config, "sft")

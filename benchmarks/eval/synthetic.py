@@ -315,6 +315,17 @@ def _load(folder: Path | None):
     return MemCompForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
+EVALUATED = "cpt1, cpt1_c<C>, sft, rl, baseline"
+"""The stages whose checkpoints the evaluation reads (`data` and `lm` alone give nothing to evaluate)."""
+
+
+def evaluated_stages(run_dir: str | Path) -> list[str]:
+    """The trained stages of a run that the evaluation reads, curve stages by chunk size."""
+    run_dir = Path(run_dir)
+    curve = sorted((p.name for p in run_dir.glob("cpt1_c*") if p.name[6:].isdigit()), key=lambda s: int(s[6:]))
+    return [s for s in ("cpt1", *curve, "sft", "rl", "baseline") if (run_dir / s / "config.json").is_file()]
+
+
 def evaluate_run(
     run_dir: str | Path,
     output_dir: str | Path,
@@ -334,12 +345,13 @@ def evaluate_run(
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     heldout = run_dir / "data" / "heldout"
-    curve = sorted((p.name for p in run_dir.glob("cpt1_c*") if (p / "config.json").is_file()), key=lambda s: int(s[6:]))
+    stages = evaluated_stages(run_dir)
+    if not stages:
+        raise FileNotFoundError(f"{run_dir} has no stage the evaluation reads ({EVALUATED}): run the pipeline first.")
+    curve = [stage for stage in stages if stage.startswith("cpt1_c")]
     models = {stage: _load(run_dir / stage) for stage in ("cpt1", *curve, "sft", "rl", "baseline")}
     models["previous"] = _load(previous)
-    trained = [m for stage, m in models.items() if m is not None and stage != "previous"]
-    if not trained:
-        raise FileNotFoundError(f"{run_dir} has no trained stage to evaluate: run the pipeline first.")
+    trained = [models[stage] for stage in stages]
     tokenizer = trained[0].tokenizer  # one tokenizer for the whole run (its data stage)
     settings = {"run": str(run_dir)}
     settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
