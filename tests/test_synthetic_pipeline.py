@@ -90,6 +90,17 @@ def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path):
     assert not (tmp_path / "none").exists()  # nothing to ship
 
 
+@pytest.mark.slow
+def test_a_reconstruction_probe_reports_reconstruction_without_qa_tables(tmp_path):
+    report_dir = tmp_path / "report"
+    args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]
+    report = main(TOY + args + ["--stages", "data", "lm", "cpt1"])
+    assert report["aggregates"]["qa_em_by_k"] == {} and set(report["aggregates"]["reconstruction_content_accuracy"]["all"])
+    text = (report_dir / "report.md").read_text()
+    assert "## Reconstruction of held-out documents" in text and "QA exact match" not in text
+    assert not (report_dir / "em_by_documents.png").exists()
+
+
 def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
     report_dir = tmp_path / "report"
     args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]

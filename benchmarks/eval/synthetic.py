@@ -342,6 +342,8 @@ def evaluate_run(
     qa_passages     questions among distractors at every k and depth: SFT, RL (its folder alone: SFT encoder + RL
                     decoder), the full-context baseline, the checkpoint shipped before (`previous`), zero-memory SFT, copy
     qa_single       issue 11's single-document set, the same systems
+
+    QA is left out of a run with no QA system (a reconstruction probe: CPT-1 alone).
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     heldout = run_dir / "data" / "heldout"
@@ -385,6 +387,8 @@ def evaluate_run(
             systems.append(ZeroMemorySystem(models["sft"], name="zero_memory"))
         return systems + [CopySystem(tokenizer)]
 
+    if not any(models[s] is not None for s in ("sft", "rl", "baseline", "previous")):
+        return results  # a reconstruction probe: only the copy control would answer questions
     passages = qa_examples(read_jsonl(heldout / "qa_passages.jsonl")[:max_passage_questions], "qa_k")
     results["qa_passages"] = evaluate_systems("qa_passages", passages, qa_systems(), output_dir, QA_MAX_NEW_TOKENS, batch_size, settings)
     single = qa_examples(read_jsonl(heldout / "qa.jsonl")[:max_single_questions], "qa")

@@ -194,10 +194,12 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     during = reconstruction_during_training(run_dir)
     held_out = {f"{stage} held-out": [(r["step"], r["from_memory"]) for r in rows] for stage, rows in during.items()}
     plot_curves({**curves, **held_out}, output_dir / "learning_curves.png")
-    plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
+    if aggregates["qa_em_by_k"]:
+        plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
     if aggregates["reconstruction_content_accuracy"]:
         plot_reconstruction(aggregates["reconstruction_content_accuracy"], output_dir / "reconstruction_by_chunk_size.png")
-    passages = [r for r in results["qa_passages"] if r["k"] > 1]
+    qa_passages = results.get("qa_passages", [])
+    passages = [r for r in qa_passages if r["k"] > 1]
     heatmaps = []
     for system in ("sft", "rl", "full"):
         if any(r["system"] == system for r in passages):
@@ -208,7 +210,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
                 row_order=DEPTH_ORDER, xlabel="documents in the context (k)", ylabel="answer's document", colorbar="EM (%)",
             )
             heatmaps.append(name)
-    bootstrap = paired_by_group(results["qa_passages"], "rl", "sft", by="k")
+    bootstrap = paired_by_group(qa_passages, "rl", "sft", by="k")
     aggregates["qa_em_by_depth"] = {d: aggregates["qa_em_by_depth"][d] for d in (*DEPTH_ORDER, ALL) if d in aggregates["qa_em_by_depth"]}
     report = {
         "command": command,
@@ -223,7 +225,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
         "reconstruction_during_training": during,
         "heatmaps": heatmaps,
-        "wrong_answer_sources": error_sources(results["qa_passages"], read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
+        "wrong_answer_sources": error_sources(qa_passages, read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text(render_markdown(report))
@@ -239,9 +241,12 @@ def _present(summary: dict, systems) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
+    """report.md: the targets, QA (when the run has a QA system), reconstruction, wall time."""
     agg, config = report["aggregates"], report["config"]
     hours = report["wall_time_s"]["total"] / 3600
     by_k = agg["qa_em_by_k"]
+    contexts = (f" Training QA contexts hold 1-{config['max_passages']} documents; held-out contexts hold up to "
+                f"{max(g for g in by_k if g != ALL)}." if by_k else "")
     lines = [
         "# Synthetic run: distractor documents, length generalization, RL",
         "",
@@ -250,9 +255,7 @@ def render_markdown(report: dict) -> str:
         f"wall time {hours:.2f} h from start to report (a second process trains the baseline and the "
         "reconstruction-curve runs alongside).  ",
         f"Model: Qwen2 architecture, {config['num_layers']} layers, hidden {config['hidden_size']}; chunk size "
-        f"{config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x). "
-        f"Training QA contexts hold 1-{config['max_passages']} documents; held-out contexts hold up to "
-        f"{max(g for g in by_k if g != ALL)}.",
+        f"{config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x).{contexts}",
         "",
         "## Targets",
         "",
@@ -262,8 +265,49 @@ def render_markdown(report: dict) -> str:
     for t in report["targets"]:
         value = "–" if t["measured"] is None else f"{t['measured']:.3f}"
         lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'no'} |")
+    lines.append("")
+    if by_k:
+        lines += _qa_sections(report)
+    recon = agg["reconstruction_content_accuracy"]
+    if recon:
+        systems = sorted((s for s in recon.get(ALL, {}) if s != "copy"), key=lambda s: (int(s[1:].split("_")[0]), s))
+        lines += ["## Reconstruction of held-out documents", "", "Content-token accuracy (names and values only), by length bucket (tokens):", "",
+                  comparison_table(recon, "length", systems=[*systems, "copy"]), "",
+                  "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
+                  *_role_table(agg.get("reconstruction_content_accuracy_by_role"), systems),
+                  "![reconstruction](reconstruction_by_chunk_size.png)", ""]
+    for stage, rows in report.get("reconstruction_during_training", {}).items():
+        documents = "/".join(sorted({str(r["documents"]) for r in rows if r.get("documents") is not None})) or "?"
+        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {documents} documents; the word-role "
+                  "columns are from memory):",
+                  "", f"| step | from memory | zero memory | {' | '.join(WORD_ROLES)} |", "|" + "---|" * 6,
+                  *[f"| {r['step']} | {_figure(r['from_memory'])} | {_figure(r['zero_memory'])} | "
+                    + " | ".join(_figure(r.get(role)) for role in WORD_ROLES) + " |" for r in rows], ""]
     lines += [
+        "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
+        "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
+        "QA rows with the context as text; `previous` is the checkpoint shipped before this run; `zero_memory` is SFT "
+        "with every memory embedding set to zero; `copy` answers with the first name in the prompt; `C4`/`C8`/`C16` "
+        "reconstruct from CPT-1 memory at that chunk size.",
         "",
+        "## Wall time and throughput",
+        "",
+        "| stage | seconds | non-padding tokens/s |",
+        "|---|---|---|",
+    ]
+    rates = report["useful_tokens_per_s"]
+    for stage, seconds in report["wall_time_s"].items():
+        rate = f"{rates[stage]:,.0f}" if stage in rates else "–"
+        lines.append(f"| {stage} | {seconds:.0f} | {rate} |")
+    lines += ["", "![learning curves](learning_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _qa_sections(report: dict) -> list[str]:
+    """QA exact match by k, retention, RL minus SFT, by depth / type / kind of answer, error sources, single-document."""
+    agg, config = report["aggregates"], report["config"]
+    by_k = agg["qa_em_by_k"]
+    lines = [
         f"## QA exact match (%) by number of documents in the context (held-out names; trained on k <= {config['max_passages']})",
         "",
         comparison_table(by_k, "k", scale=100, digits=1, systems=_present(by_k, QA_SYSTEMS)),
@@ -313,36 +357,4 @@ def render_markdown(report: dict) -> str:
         comparison_table(agg["single_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["single_em_by_type"], QA_SYSTEMS)),
         "",
     ]
-    recon = agg["reconstruction_content_accuracy"]
-    if recon:
-        systems = sorted((s for s in recon.get(ALL, {}) if s != "copy"), key=lambda s: (int(s[1:].split("_")[0]), s))
-        lines += ["## Reconstruction of held-out documents", "", "Content-token accuracy (names and values only), by length bucket (tokens):", "",
-                  comparison_table(recon, "length", systems=[*systems, "copy"]), "",
-                  "ROUGE-L F1:", "", comparison_table(agg["reconstruction_rougeL"], "length", systems=[*systems, "copy"]), "",
-                  *_role_table(agg.get("reconstruction_content_accuracy_by_role"), systems),
-                  "![reconstruction](reconstruction_by_chunk_size.png)", ""]
-    for stage, rows in report.get("reconstruction_during_training", {}).items():
-        documents = "/".join(sorted({str(r["documents"]) for r in rows if r.get("documents") is not None})) or "?"
-        lines += [f"Held-out content-token accuracy during `{stage}` (greedy, {documents} documents; the word-role "
-                  "columns are from memory):",
-                  "", f"| step | from memory | zero memory | {' | '.join(WORD_ROLES)} |", "|" + "---|" * 6,
-                  *[f"| {r['step']} | {_figure(r['from_memory'])} | {_figure(r['zero_memory'])} | "
-                    + " | ".join(_figure(r.get(role)) for role in WORD_ROLES) + " |" for r in rows], ""]
-    lines += [
-        "Systems: `sft` answers from SFT memory; `rl` is the RL checkpoint folder alone (its `compress()` is the SFT "
-        "encoder, its decoder the RL one: the paper's system); `full` is the same-size baseline fine-tuned on the same "
-        "QA rows with the context as text; `previous` is the checkpoint shipped before this run; `zero_memory` is SFT "
-        "with every memory embedding set to zero; `copy` answers with the first name in the prompt; `C4`/`C8`/`C16` "
-        "reconstruct from CPT-1 memory at that chunk size.",
-        "",
-        "## Wall time and throughput",
-        "",
-        "| stage | seconds | non-padding tokens/s |",
-        "|---|---|---|",
-    ]
-    rates = report["useful_tokens_per_s"]
-    for stage, seconds in report["wall_time_s"].items():
-        rate = f"{rates[stage]:,.0f}" if stage in rates else "–"
-        lines.append(f"| {stage} | {seconds:.0f} | {rate} |")
-    lines += ["", "![learning curves](learning_curves.png)", ""]
-    return "\n".join(lines)
+    return lines
