@@ -60,6 +60,11 @@ def word_role(word: str, subject: str | None) -> str | None:
     return None
 
 
+def subject_of(words: list[str]) -> str | None:
+    """A synthetic document's subject: its first name (every sentence of the document names its subject)."""
+    return next((w for w in words if _NAME.match(w)), None)
+
+
 def content_accuracy(prediction: str, reference: str, role: str | None = None) -> float | None:
     """Share of the reference's content words (of one `role`, or all) that an order-preserving alignment matches.
 
@@ -67,7 +72,7 @@ def content_accuracy(prediction: str, reference: str, role: str | None = None) -
     wrong sentence does not count, and a word repeated elsewhere cannot be matched twice.
     """
     ref, pred = _WORD.findall(reference), _WORD.findall(prediction)
-    subject = next((w for w in ref if _NAME.match(w)), None)
+    subject = subject_of(ref)
     roles = [word_role(w, subject) for w in ref]
     wanted = [i for i, r in enumerate(roles) if r is not None and (role is None or r == role)]
     if not wanted:
