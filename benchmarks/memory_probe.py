@@ -4,7 +4,9 @@ Reconstruction accuracy mixes two failures: the encoder dropping a token from th
 decoder not reading it. This separates them on the synthetic corpus: one linear classifier per position within
 the chunk is fitted on training documents' memory embeddings to name the token at that position, then scored on
 held-out documents by word role (the document's subject, other names, closed-set values, template words). A token
-a linear probe recovers is in the memory; if reconstruction still misses it, the decoder is what fails.
+a linear probe recovers is in the memory; if reconstruction still misses it, the decoder is what fails. It also
+reports how alike the input embeddings of each value set are (mean pairwise cosine), which a plain LM checkpoint
+(the run's `lm` stage) gets alone.
 
     python -m benchmarks.memory_probe --model out/synthetic/cpt1 --data out/synthetic/data \\
         --output_dir benchmarks/results/synthetic/probes/memory_probe
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 
 from benchmarks._outputs import benchmark_main, write_outputs
 from benchmarks.eval.synthetic import WORD_ROLES, subject_of, word_role
-from trainers.synthetic import read_jsonl
+from trainers.synthetic import VALUE_SETS, name_pool, read_jsonl
 
 ROLES = (*WORD_ROLES, "template")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -31,7 +33,7 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 @dataclass
 class MemoryProbeConfig:
     model: str = field(metadata={"help": "A memcomp checkpoint folder (e.g. a synthetic run's cpt1)."})
-    data: str = field(metadata={"help": "The run's data folder (train/ and heldout/ document.jsonl)."})
+    data: str = field(metadata={"help": "The run's data folder (train/ and heldout/ document.jsonl); unread for a plain LM."})
     train_documents: int = field(default=3000, metadata={"help": "Training documents the probes are fitted on."})
     test_documents: int = field(default=400, metadata={"help": "Held-out documents the probes are scored on."})
     steps: int = field(default=300, metadata={"help": "Full-batch Adam steps per probe."})
@@ -124,10 +126,33 @@ def _most_common(examples: dict, position: int, role: str) -> int | None:
     return max(set(tokens), key=tokens.count) if tokens else None
 
 
+def embedding_similarity(embeddings: torch.Tensor, tokenizer) -> dict[str, float]:
+    """Mean pairwise cosine of the input embeddings within each value set, and among name syllables for contrast.
+
+    Near 1 means the model cannot tell the set's values apart, so no memory of it can say which one a document had.
+    """
+    groups = {name: [f" {v}" for v in values] for name, values in zip(("cities", "colours", "professions", "years"), VALUE_SETS)}
+    groups["name syllables"] = [f" {n}" for n in name_pool()[:100]]
+    similarity = {}
+    for name, words in groups.items():
+        ids = sorted({i for w in words for i in tokenizer(w, add_special_tokens=False)["input_ids"]})
+        unit = torch.nn.functional.normalize(embeddings[ids].float(), dim=-1)
+        cosine = unit @ unit.T
+        similarity[name] = cosine[~torch.eye(len(ids), dtype=torch.bool)].mean().item()
+    return similarity
+
+
 def run(config: MemoryProbeConfig) -> dict:
-    from modeling_memcomp import MemCompForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from modeling_memcomp import MemCompConfig, MemCompForCausalLM
 
     torch.manual_seed(config.seed)
+    if not isinstance(AutoConfig.from_pretrained(config.model), MemCompConfig):  # a plain LM (e.g. the lm stage)
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        similarity = embedding_similarity(model.get_input_embeddings().weight.detach(), tokenizer)
+        return {"config": asdict(config), "embedding_similarity": similarity}
     model = MemCompForCausalLM.from_pretrained(config.model, dtype=torch.float32).eval()
     data = Path(config.data)
     train_docs = [r["text"] for r in read_jsonl(data / "train" / "document.jsonl")[: config.train_documents]]
@@ -136,11 +161,24 @@ def run(config: MemoryProbeConfig) -> dict:
     accuracy = probe_accuracy(
         train, test, len(model.tokenizer), model.config.chunk_size, config.steps, config.learning_rate, config.seed
     )
-    return {"config": asdict(config), "chunk_size": model.config.chunk_size, "accuracy": accuracy}
+    similarity = embedding_similarity(model.get_input_embeddings().weight.detach(), model.tokenizer)
+    return {"config": asdict(config), "embedding_similarity": similarity, "chunk_size": model.config.chunk_size,
+            "accuracy": accuracy}
 
 
 def markdown_table(report: dict) -> str:
     lines = [
+        f"Mean pairwise cosine of input embeddings (model `{report['config']['model']}`; near 1: the values cannot be "
+        "told apart):",
+        "",
+        "| " + " | ".join(report["embedding_similarity"]) + " |",
+        "|" + "---|" * len(report["embedding_similarity"]),
+        "| " + " | ".join(f"{v:.3f}" for v in report["embedding_similarity"].values()) + " |",
+        "",
+    ]
+    if "accuracy" not in report:  # a plain LM: no memory to probe
+        return "\n".join(lines) + "\n"
+    lines += [
         f"Held-out tokens named by a linear probe on their chunk's memory embedding (chunk size {report['chunk_size']}; "
         f"model `{report['config']['model']}`; each cell: probe accuracy / always naming the most common training token "
         "of that role there (tokens scored)):",

@@ -34,7 +34,7 @@ import torch
 from transformers import TrainerCallback
 
 from trainers.config import TaskWeights
-from trainers.synthetic import read_jsonl
+from trainers.synthetic import lexicon_texts, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class SyntheticRunConfig:
     )
     system_prompt: str = _arg(TOY_SYSTEM_PROMPT, "System prompt of the chat stages (SFT, RL).")
     lm_qa_text: bool = _arg(True, "LM pretraining also reads QA rows as plain 'context / question / answer' text.")
+    lm_lexicon_texts: int = _arg(
+        0, "LM pretraining also reads this many lexicon texts (each value set listed in a fixed order), so values get "
+        "distinct embeddings as in a real pretrained LM (see trainers.synthetic.lexicon_texts); 0: none.",
+    )
     save_steps: int = _arg(250, "Trainer checkpoints (resume points) every this many steps.")
     logging_steps: int = _arg(25, "Log every this many steps.")
     threads: int = _arg(1, "Torch threads per process while both processes run.")
@@ -338,6 +342,7 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
     texts = [r["text"] for r in read_jsonl(config.data_file("train", "standard"))]
     if config.lm_qa_text:
         texts += [qa_text(r) for r in read_jsonl(config.data_file("train", "qa"))]
+    texts += lexicon_texts(config.lm_lexicon_texts, config.seed)
     builder = TaskBuilder(tokenizer, model.config, max_length=config.max_length)
     dataset = _examples_dataset([builder.language_modeling(t) for t in texts], config.seed)
     args = _training_args(config, "lm", config.lm_steps, config.learning_rate)

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from benchmarks.memory_probe import MemoryProbeConfig, main, probe_accuracy, token_roles
+from benchmarks.memory_probe import MemoryProbeConfig, embedding_similarity, main, probe_accuracy, token_roles
 from modeling_memcomp import MemCompForCausalLM
-from trainers.synthetic import SyntheticConfig, generate, write_corpus
+from trainers.synthetic import VALUE_SETS, SyntheticConfig, generate, write_corpus
 
 SHIPPED = "checkpoints/memcomp-synthetic-tiny"
 
@@ -54,8 +54,31 @@ def test_the_command_probes_a_checkpoint_and_writes_json_and_markdown(tmp_path):
     assert main(argv) == 0
     report = json.loads((out / "memory_probe.json").read_text())
     assert set(report["accuracy"]) == {"0", "1", "2", "3"}  # chunk size 4
+    assert set(report["embedding_similarity"]) == {"cities", "colours", "professions", "years", "name syllables"}
     assert all(0 <= cell["accuracy"] <= 1 for row in report["accuracy"].values() for cell in row.values())
     assert "| position in chunk |" in (out / "memory_probe.md").read_text()
+
+
+def test_embedding_similarity_is_one_for_values_the_model_cannot_tell_apart(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from modeling_memcomp.tiny import tiny_qwen2_config
+
+    tokenizer = MemCompForCausalLM.from_pretrained(SHIPPED).tokenizer
+    embeddings = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    colours = [tokenizer(f" {c}", add_special_tokens=False)["input_ids"][0] for c in ("red", "blue", "green")]
+    embeddings[colours[1:]] = 3 * embeddings[colours[0]]  # same direction: indistinguishable
+    similarity = embedding_similarity(embeddings, tokenizer)
+    assert similarity["colours"] < 1 and similarity["name syllables"] < 0.5
+    same = embeddings.clone()
+    same[[tokenizer(f" {c}", add_special_tokens=False)["input_ids"][0] for c in VALUE_SETS[1]]] = embeddings[colours[0]]
+    assert embedding_similarity(same, tokenizer)["colours"] == pytest.approx(1.0)
+    # a plain LM (the run's lm stage) gets the similarity alone: it has no memory to probe
+    AutoModelForCausalLM.from_config(tiny_qwen2_config(len(tokenizer))).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    assert main(["--model", str(tmp_path / "lm"), "--data", "unused", "--output_dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "memory_probe.json").read_text())
+    assert set(report) == {"config", "embedding_similarity"} and "linear probe" not in (tmp_path / "out" / "memory_probe.md").read_text()
 
 
 def test_bad_values_are_refused():

@@ -20,8 +20,10 @@ from trainers.synthetic import (
     PERSON_FACTS,
     TWO_HOP,
     SyntheticConfig,
+    VALUE_SETS,
     generate,
     iter_texts,
+    lexicon_texts,
     name_pool,
     split_names,
     train_synthetic_tokenizer,
@@ -67,6 +69,24 @@ def test_same_seed_same_corpus_and_another_seed_differs(corpus):
     two_people = generate(SyntheticConfig(seed=4, train_episodes=6, heldout_episodes=3, people_per_episode=2, eval_passages=[1, 2]))
     assert len(two_people["train"]["qa"]) == 9 * 6  # five of the ten person facts
     assert " and " in two_people["train"]["summary"][0]["summary"]
+
+
+def test_lexicon_texts_list_each_value_set_in_its_fixed_order_with_document_tokens(corpus, synthetic_tokenizer):
+    texts = lexicon_texts(400, seed=1)
+    assert texts == lexicon_texts(400, seed=1) and texts != lexicon_texts(400, seed=2)
+    seen = set()
+    for text in texts:
+        items = text.rstrip(".").split(", ")
+        values = next(v for v in VALUE_SETS if items[0] in v)
+        start = values.index(items[0])
+        assert items == [values[(start + i) % len(values)] for i in range(len(items))] and len(items) >= 6
+        seen.update(items)
+    assert seen == {v for values in VALUE_SETS for v in values}  # every value gets a context of its own
+    document = corpus["train"]["document"][0]["text"]
+    value = next(w for w in re.findall(r"[A-Za-z0-9]+", document) if any(w in v for v in VALUE_SETS))
+    lexicon = next(t for t in texts if f" {value}," in t)
+    (token,) = synthetic_tokenizer(f" {value}", add_special_tokens=False)["input_ids"]  # one token, as in documents
+    assert token in synthetic_tokenizer(document)["input_ids"] and token in synthetic_tokenizer(lexicon)["input_ids"]
 
 
 def test_heldout_names_never_occur_in_training_rows(corpus):

@@ -347,6 +347,27 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
     return corpus
 
 
+VALUE_SETS = (CITIES, COLOURS, PROFESSIONS, YEARS)
+"""The closed sets attribute values come from, each in the fixed order lexicon texts list it in."""
+
+
+def lexicon_texts(count: int, seed: int = 0, min_items: int = 6, max_items: int = 16) -> list[str]:
+    """`count` texts, each a run of one value set in its fixed order from a random start ("1961, 1962, 1963.").
+
+    The corpus alone makes values interchangeable (any colour fits any favourite-colour sentence), so LM
+    pretraining collapses their tied embeddings into one (mean pairwise cosine about 0.97) and no memory can carry
+    which value a document had. Here the next item depends on the current one, so each value gets its own
+    embedding, as every value word has in a real pretrained LM.
+    """
+    rng = random.Random(f"lexicon-{seed}")
+    texts = []
+    for _ in range(count):
+        values = rng.choice(VALUE_SETS)
+        start, length = rng.randrange(len(values)), rng.randint(min_items, min(max_items, len(values)))
+        texts.append(", ".join(values[(start + i) % len(values)] for i in range(length)) + ".")
+    return texts
+
+
 def vocabulary() -> list[str]:
     """Every word a document, summary or question can contain, held-out names included."""
     templates = [t for facts in (PERSON_FACTS, ORG_FACTS) for pair in facts.values() for t in pair]
