@@ -104,7 +104,7 @@ def test_a_reconstruction_probe_reports_reconstruction_without_qa_tables(tmp_pat
 def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
     report_dir = tmp_path / "report"
     args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]
-    assert main(TOY + args + ["--stages", "data", "lm"]) == {}
+    assert main(TOY + args + ["--stages", "data", "lm", "--lm_lexicon_texts", "8"]) == {}
     assert (tmp_path / "run" / "lm" / "config.json").is_file() and not report_dir.exists()
     assert "no stage the evaluation reads yet" in caplog.text
 
