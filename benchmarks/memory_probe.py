@@ -14,8 +14,8 @@ reports how alike the input embeddings of each value set are (mean pairwise cosi
 
 from __future__ import annotations
 
-import re
 import sys
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks._outputs import benchmark_main, write_outputs
-from benchmarks.eval.synthetic import WORD_ROLES, subject_of, word_role
+from benchmarks.eval.synthetic import WORD, WORD_ROLES, subject_of, word_role
 from trainers.synthetic import VALUE_SETS, name_pool, read_jsonl
 
 ROLES = (*WORD_ROLES, "template")
-_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 @dataclass
@@ -51,7 +50,7 @@ class MemoryProbeConfig:
 def token_roles(tokenizer, text: str) -> tuple[list[int], list[str]]:
     """Token ids of `text` and the role (`ROLES`) of the word each token belongs to."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
+    words = [(m.start(), m.end(), m.group()) for m in WORD.finditer(text)]
     subject = subject_of([w for _, _, w in words])
     roles = []
     for start, end in encoded["offset_mapping"]:
@@ -106,11 +105,16 @@ def probe_accuracy(train: dict, test: dict, classes: int, chunk_size: int, steps
             right = (predict(test["x"][score]) == test["y"][score]).tolist()
         roles = [r for r, keep in zip(test["role"], score.tolist()) if keep]
         tokens = test["y"][score].tolist()
+        seen = defaultdict(Counter)  # role -> training tokens at this position: the majority floor
+        for token, role, keep in zip(train["y"].tolist(), train["role"], fit.tolist()):
+            if keep:
+                seen[role][token] += 1
         result[position] = {}
         for role in ROLES:
             rows = [i for i, r in enumerate(roles) if r == role]
             if rows:
-                guess = _most_common(train, position, role)
+                counts = seen[role]
+                guess = max(set(counts), key=counts.__getitem__) if counts else None
                 result[position][role] = {
                     "accuracy": sum(right[i] for i in rows) / len(rows),
                     "majority": sum(tokens[i] == guess for i in rows) / len(rows),
@@ -119,19 +123,12 @@ def probe_accuracy(train: dict, test: dict, classes: int, chunk_size: int, steps
     return result
 
 
-def _most_common(examples: dict, position: int, role: str) -> int | None:
-    """The training token most often at `position` in the `role`: the accuracy of guessing it is the probe's floor."""
-    tokens = [y for y, p, r in zip(examples["y"].tolist(), examples["position"].tolist(), examples["role"])
-              if p == position and r == role]
-    return max(set(tokens), key=tokens.count) if tokens else None
-
-
 def embedding_similarity(embeddings: torch.Tensor, tokenizer) -> dict[str, float]:
     """Mean pairwise cosine of the input embeddings within each value set, and among name syllables for contrast.
 
     Near 1 means the model cannot tell the set's values apart, so no memory of it can say which one a document had.
     """
-    groups = {name: [f" {v}" for v in values] for name, values in zip(("cities", "colours", "professions", "years"), VALUE_SETS)}
+    groups = {name: [f" {v}" for v in values] for name, values in VALUE_SETS.items()}
     groups["name syllables"] = [f" {n}" for n in name_pool()[:100]]
     similarity = {}
     for name, words in groups.items():

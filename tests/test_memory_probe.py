@@ -71,7 +71,7 @@ def test_embedding_similarity_is_one_for_values_the_model_cannot_tell_apart(tmp_
     similarity = embedding_similarity(embeddings, tokenizer)
     assert similarity["colours"] < 1 and similarity["name syllables"] < 0.5
     same = embeddings.clone()
-    same[[tokenizer(f" {c}", add_special_tokens=False)["input_ids"][0] for c in VALUE_SETS[1]]] = embeddings[colours[0]]
+    same[[tokenizer(f" {c}", add_special_tokens=False)["input_ids"][0] for c in VALUE_SETS["colours"]]] = embeddings[colours[0]]
     assert embedding_similarity(same, tokenizer)["colours"] == pytest.approx(1.0)
     # a plain LM (the run's lm stage) gets the similarity alone: it has no memory to probe
     AutoModelForCausalLM.from_config(tiny_qwen2_config(len(tokenizer))).save_pretrained(tmp_path / "lm")

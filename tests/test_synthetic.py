@@ -77,13 +77,13 @@ def test_lexicon_texts_list_each_value_set_in_its_fixed_order_with_document_toke
     seen = set()
     for text in texts:
         items = text.rstrip(".").split(", ")
-        values = next(v for v in VALUE_SETS if items[0] in v)
+        values = next(v for v in VALUE_SETS.values() if items[0] in v)
         start = values.index(items[0])
         assert items == [values[(start + i) % len(values)] for i in range(len(items))] and len(items) >= 6
         seen.update(items)
-    assert seen == {v for values in VALUE_SETS for v in values}  # every value gets a context of its own
+    assert seen == {v for values in VALUE_SETS.values() for v in values}  # every value gets a context of its own
     document = corpus["train"]["document"][0]["text"]
-    value = next(w for w in re.findall(r"[A-Za-z0-9]+", document) if any(w in v for v in VALUE_SETS))
+    value = next(w for w in re.findall(r"[A-Za-z0-9]+", document) if any(w in v for v in VALUE_SETS.values()))
     lexicon = next(t for t in texts if f" {value}," in t)
     (token,) = synthetic_tokenizer(f" {value}", add_special_tokens=False)["input_ids"]  # one token, as in documents
     assert token in synthetic_tokenizer(document)["input_ids"] and token in synthetic_tokenizer(lexicon)["input_ids"]

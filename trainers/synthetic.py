@@ -347,7 +347,7 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
     return corpus
 
 
-VALUE_SETS = (CITIES, COLOURS, PROFESSIONS, YEARS)
+VALUE_SETS = {"cities": CITIES, "colours": COLOURS, "professions": PROFESSIONS, "years": YEARS}
 """The closed sets attribute values come from, each in the fixed order lexicon texts list it in."""
 
 
@@ -362,7 +362,7 @@ def lexicon_texts(count: int, seed: int = 0, min_items: int = 6, max_items: int 
     rng = random.Random(f"lexicon-{seed}")
     texts = []
     for _ in range(count):
-        values = rng.choice(VALUE_SETS)
+        values = rng.choice(list(VALUE_SETS.values()))
         start, length = rng.randrange(len(values)), rng.randint(min_items, min(max_items, len(values)))
         texts.append(", ".join(values[(start + i) % len(values)] for i in range(length)) + ".")
     return texts

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from trainers.synthetic import CITIES, COLOURS, CONSONANTS, PROFESSIONS, VOWELS, YEARS, names_in, read_jsonl
+from trainers.synthetic import CONSONANTS, VALUE_SETS, VOWELS, names_in, read_jsonl
 
 from . import protocol
 from .harness import Example, run
@@ -28,9 +28,10 @@ from .report import ALL, paired_bootstrap, retention, summarize
 from .scoring import answer_scores, rouge_f1
 from .systems import FullContextSystem, Generation, MemCompSystem
 
-_WORD = re.compile(r"[A-Za-z0-9]+")
+WORD = re.compile(r"[A-Za-z0-9]+")
+"""A word of a synthetic text (names, values and template words; punctuation left out)."""
 _NAME = re.compile(rf"^[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]$")
-_VALUES = frozenset(CITIES + COLOURS + PROFESSIONS + YEARS)
+_VALUES = frozenset(v for values in VALUE_SETS.values() for v in values)
 LENGTH_BUCKETS = (16, 32, 48, 64)
 """Reconstruction results are grouped by the document's token count, rounded down to one of these edges."""
 QA_MAX_NEW_TOKENS = 8
@@ -39,11 +40,6 @@ GREEDY = {"do_sample": False}
 NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
 """Question types answered by an invented name (an open set: a held-out name must be copied from the context); the
 others are answered from small closed sets (cities, colours, professions, years) seen throughout training."""
-
-
-def is_content(word: str) -> bool:
-    """A name or an attribute value (city, colour, profession, year): the words a template cannot predict."""
-    return word in _VALUES or bool(_NAME.match(word))
 
 
 WORD_ROLES = ("subject", "other name", "value")
@@ -71,7 +67,7 @@ def content_accuracy(prediction: str, reference: str, role: str | None = None) -
     None when the reference has no such word. Alignment (difflib over words) means a right value in the
     wrong sentence does not count, and a word repeated elsewhere cannot be matched twice.
     """
-    ref, pred = _WORD.findall(reference), _WORD.findall(prediction)
+    ref, pred = WORD.findall(reference), WORD.findall(prediction)
     subject = subject_of(ref)
     roles = [word_role(w, subject) for w in ref]
     wanted = [i for i, r in enumerate(roles) if r is not None and (role is None or r == role)]
@@ -106,7 +102,7 @@ class CopySystem:
     def generate(self, contexts: list, instructions: list[str], **_) -> list[Generation]:
         outputs = []
         for context, instruction in zip(contexts, instructions):
-            names = [w for w in _WORD.findall(instruction) if _NAME.match(w)]
+            names = [w for w in WORD.findall(instruction) if _NAME.match(w)]
             text = names[0] if names else ""
             passages = [context] if isinstance(context, str) else context
             tokens = sum(len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in passages)
@@ -227,9 +223,9 @@ def error_sources(records: list[dict], rows: list[dict], prefix: str = "qa_k") -
         if r.get("em") != 0.0 or r["k"] < 2:
             continue
         row = rows[int(r["id"].removeprefix(prefix))]
-        words = set(_WORD.findall(r["response"]))
+        words = set(WORD.findall(r["response"]))
         needed = needed_documents(row["context"], row["question"])
-        in_docs = lambda docs: bool(words) and any(words <= set(_WORD.findall(d)) for d in docs)  # noqa: E731
+        in_docs = lambda docs: bool(words) and any(words <= set(WORD.findall(d)) for d in docs)  # noqa: E731
         source = ("needed" if in_docs(needed) else "distractor" if in_docs([d for d in row["context"] if d not in needed])
                   else "elsewhere")
         counts.setdefault(r["system"], {"needed": 0, "distractor": 0, "elsewhere": 0})[source] += 1
