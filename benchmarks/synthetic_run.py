@@ -117,7 +117,7 @@ class SyntheticRunConfig:
         unknown = set(self.stages) - set(self.all_stages)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {self.all_stages}.")
-        for name in ("probe_steps", "probe_documents"):
+        for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.cpt1_lr_decay <= 1:

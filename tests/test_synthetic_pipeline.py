@@ -158,6 +158,8 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(stages=["lm", "pretrain"])
     with pytest.raises(ValueError, match="multiple of rl_generations"):
         SyntheticRunConfig(rl_batch_size=10, rl_generations=4)
+    with pytest.raises(ValueError, match="lm_lexicon_texts must be >= 0, got -3"):
+        SyntheticRunConfig(lm_lexicon_texts=-3)
     with pytest.raises(ValueError, match="cpt1_lr_decay is a share of the steps"):
         SyntheticRunConfig(cpt1_lr_decay=0)
 
