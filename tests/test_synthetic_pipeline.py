@@ -1,9 +1,12 @@
 """The synthetic run (issue 20) at toy size: every stage, the evaluation by documents and depth, report, export."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from trl import TrlParser
 
 from benchmarks.eval.harness import Example
 from benchmarks.eval.report import paired_bootstrap
@@ -12,7 +15,7 @@ from benchmarks.eval.synthetic import (
     length_bucket, needed_documents, score_reconstruction,
 )
 from benchmarks.eval.systems import Generation
-from benchmarks.synthetic_run import StageClock, SyntheticRunConfig, _record, main, stage_config
+from benchmarks.synthetic_run import ReportArguments, StageClock, SyntheticRunConfig, _record, main, stage_config
 
 TOY = [
     "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
@@ -274,3 +277,12 @@ def test_reconstruction_probe_logs_every_n_steps_and_leaves_the_model_as_it_foun
     assert probe.measure(model) == probe.measure(model)
     with pytest.raises(ValueError, match="every must be >= 0"):
         ReconstructionProbe(documents, every=-1)
+
+
+def test_next_run_config_parses_into_the_run_settings_it_names():
+    path = Path(__file__).parent.parent / "examples" / "configs" / "synthetic_next.yaml"
+    run, _ = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(["--config", str(path)])
+    named = yaml.safe_load(path.read_text())
+    changed = {k: v for k, v in vars(run).items() if v != getattr(SyntheticRunConfig(), k)}
+    assert set(changed) == set(named)
+    assert run.cpt1_task_weights == {"reconstruction": 1.0} and run.lm_lexicon_texts == run.train_episodes == 30000
