@@ -283,6 +283,7 @@ def test_next_run_config_parses_into_the_run_settings_it_names():
     path = Path(__file__).parent.parent / "examples" / "configs" / "synthetic_next.yaml"
     run, _ = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(["--config", str(path)])
     named = yaml.safe_load(path.read_text())
-    changed = {k: v for k, v in vars(run).items() if v != getattr(SyntheticRunConfig(), k)}
+    defaults = SyntheticRunConfig()
+    changed = {k: v for k, v in vars(run).items() if v != getattr(defaults, k)}
     assert set(changed) == set(named)
     assert run.cpt1_task_weights == {"reconstruction": 1.0} and run.lm_lexicon_texts == run.train_episodes == 30000
