@@ -194,6 +194,24 @@ def test_cpt1_lr_decay_holds_the_peak_then_decays_in_cpt1_and_the_curve_stages_o
     assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
 
 
+def test_targets_without_a_full_context_baseline_are_not_measured_rather_than_met():
+    from benchmarks.eval.synthetic_report import check_targets
+
+    em = lambda **systems: {name: {"mean": value, "n": 60} for name, value in systems.items()}  # noqa: E731
+    by_k = {1: em(sft=0.9, rl=0.9), 4: em(sft=0.5, rl=0.5), 16: em(sft=0.1, rl=0.1), "all": em(sft=0.5, rl=0.5)}
+    aggregates = {"reconstruction_content_accuracy": {}, "qa_em_by_k": by_k}
+    alone = {t["target"]: t for t in check_targets(aggregates, {}, max_passages=4)}
+    for name in ("sft retention (EM / full EM, %) at every k <= 4 (lowest)", "rl EM minus full-context EM at k = 16"):
+        assert alone[name]["measured"] is None and not alone[name]["met"]
+    for k, full in ((1, 0.8), (4, 0.4), (16, 0.2)):
+        by_k[k]["full"] = {"mean": full, "n": 60}
+    both = {t["target"]: t for t in check_targets(aggregates, {}, max_passages=4)}
+    assert both["sft retention (EM / full EM, %) at every k <= 4 (lowest)"]["measured"] == pytest.approx(112.5)
+    assert both["sft retention (EM / full EM, %) at every k <= 4 (lowest)"]["met"]
+    assert both["rl EM minus full-context EM at k = 16"]["measured"] == pytest.approx(-0.1)
+    assert not both["rl EM minus full-context EM at k = 16"]["met"]
+
+
 def test_paired_bootstrap_interval():
     result = paired_bootstrap([1.0] * 30 + [0.0] * 10, [0.0] * 40)
     assert result["mean"] == pytest.approx(0.75) and 0.6 < result["low"] < 0.75 < result["high"] < 0.9

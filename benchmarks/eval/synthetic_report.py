@@ -148,10 +148,12 @@ def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[
         targets.append((f"full-context EM at k = {k}", _mean(by_k, k, "full"), 0.8))
     for system in ("rl", "sft"):
         kept = retention_by_group(by_k, system)
-        lowest = min((kept.get(k, 0.0) for k in trained), default=None)
+        measured = trained and all(k in kept for k in trained)  # a run without both systems measures no retention
+        lowest = min(kept[k] for k in trained) if measured else None
         targets.append((f"{system} retention (EM / full EM, %) at every k <= {max_passages} (lowest)", lowest, 90.0))
         for k in beyond:
-            gap = None if _mean(by_k, k, system) is None else _mean(by_k, k, system) - (_mean(by_k, k, "full") or 0.0)
+            ours, full = _mean(by_k, k, system), _mean(by_k, k, "full")
+            gap = None if ours is None or full is None else ours - full
             targets.append((f"{system} EM minus full-context EM at k = {k}", gap, 0.0))
     for k in [k for k in ks if k >= 4]:
         low = bootstrap.get(k, {}).get("low")
