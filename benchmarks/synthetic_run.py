@@ -184,6 +184,19 @@ class StageClock(TrainerCallback):
         _update_timings(self.config, lambda t: t.setdefault("unfinished", {}).__setitem__(self.stage, seconds))
 
 
+class ThreadsWhenAlone(TrainerCallback):
+    """Raise this process's torch threads to `threads` as soon as the second process has finished: a stage that
+    started beside it would otherwise keep one thread, and a core would idle for the rest of its steps."""
+
+    def __init__(self, side, threads: int):
+        self.side, self.threads = side, threads
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.side.is_alive() and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+            logger.info("the second process has finished: %d torch threads from step %d", self.threads, state.global_step)
+
+
 def _record(config: SyntheticRunConfig, stage: str, seconds: float, trainer=None) -> None:
     """Add a stage's wall time (and non-padding tokens) to timings.json and its log history next to its model."""
     tokens = None
@@ -244,10 +257,11 @@ def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_
     return MemCompTrainingArguments(stage=None, **settings)
 
 
-def _train(trainer, config: SyntheticRunConfig, stage: str) -> float:
+def _train(trainer, config: SyntheticRunConfig, stage: str, callbacks: tuple = ()) -> float:
     """Train (resuming from the stage's last checkpoint if any); returns the stage's seconds, earlier processes' too."""
     clock = StageClock(config, stage)
-    trainer.add_callback(clock)
+    for callback in (clock, *callbacks):
+        trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=_resume_point(config.stage_dir(stage)))
     return clock.elapsed()
 
@@ -392,14 +406,14 @@ def stage_config(config: SyntheticRunConfig, stage: str):
     )
 
 
-def train_memcomp_stage(config: SyntheticRunConfig, stage: str) -> None:
+def train_memcomp_stage(config: SyntheticRunConfig, stage: str, callbacks: tuple = ()) -> None:
     """CPT-1, CPT-2, SFT (or a CPT-1 curve stage) through the stage runner every curriculum run uses."""
     from trainers.run import run_stage
 
     from benchmarks.eval.synthetic import ReconstructionProbe
 
     clock = StageClock(config, stage)
-    callbacks = [clock]
+    callbacks = [clock, *callbacks]
     if stage.startswith("cpt1") and config.probe_steps:
         documents = [r["text"] for r in read_jsonl(config.data_file("heldout", "document"))[: config.probe_documents]]
         callbacks.append(ReconstructionProbe(documents, config.probe_steps, config.batch_size))
@@ -443,7 +457,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     _record(config, "baseline", seconds, trainer)
 
 
-def train_rl(config: SyntheticRunConfig) -> None:
+def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     """DAPO on the SFT checkpoint: memories precomputed by the SFT encoder, rewards by exact match; saves the RL folder."""
     from modeling_memcomp import MemCompForCausalLM
     from trainers.grpo import MemCompGRPOConfig, MemCompGRPOTrainer
@@ -485,7 +499,7 @@ def train_rl(config: SyntheticRunConfig) -> None:
         disable_tqdm=True,
     )
     trainer = MemCompGRPOTrainer(model.train(), args=args, train_dataset=dataset, judge=MatchJudge(mode="exact"))
-    seconds = _train(trainer, config, "rl")
+    seconds = _train(trainer, config, "rl", callbacks)
     trainer.save_model(str(config.stage_dir("rl")))
     _record(config, "rl", seconds, trainer)
 
@@ -525,11 +539,12 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
         side.start()
     elif pending:
         run_side_stages(config)
+    threads = (ThreadsWhenAlone(side, config.threads_alone),) if side is not None else ()
     try:
         for stage in (*MEMCOMP_STAGES, "rl"):
             torch.set_num_threads(config.threads if side is not None and side.is_alive() else config.threads_alone)
             if stage in wanted and not _done(config.stage_dir(stage)):
-                train_rl(config) if stage == "rl" else train_memcomp_stage(config, stage)
+                train_rl(config, threads) if stage == "rl" else train_memcomp_stage(config, stage, threads)
     finally:
         if side is not None:
             side.join()

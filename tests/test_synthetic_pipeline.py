@@ -15,7 +15,9 @@ from benchmarks.eval.synthetic import (
     length_bucket, needed_documents, score_reconstruction,
 )
 from benchmarks.eval.systems import Generation
-from benchmarks.synthetic_run import ReportArguments, StageClock, SyntheticRunConfig, _record, main, stage_config
+from benchmarks.synthetic_run import (
+    ReportArguments, StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, stage_config,
+)
 
 TOY = [
     "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
@@ -210,6 +212,27 @@ def test_targets_without_a_full_context_baseline_are_not_measured_rather_than_me
     assert both["sft retention (EM / full EM, %) at every k <= 4 (lowest)"]["met"]
     assert both["rl EM minus full-context EM at k = 16"]["measured"] == pytest.approx(-0.1)
     assert not both["rl EM minus full-context EM at k = 16"]["met"]
+
+
+def test_the_main_process_takes_every_thread_once_the_second_process_has_finished():
+    class Side:
+        alive = True
+
+        def is_alive(self):
+            return self.alive
+
+    side, before = Side(), torch.get_num_threads()
+    callback = ThreadsWhenAlone(side, threads=2)
+    state = type("State", (), {"global_step": 7})()
+    try:
+        torch.set_num_threads(1)
+        callback.on_step_end(None, state, None)
+        assert torch.get_num_threads() == 1  # the baseline still trains beside it
+        side.alive = False
+        callback.on_step_end(None, state, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_paired_bootstrap_interval():
