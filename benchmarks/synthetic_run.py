@@ -94,6 +94,10 @@ class SyntheticRunConfig:
     sft_learning_rate: float = _arg(5e-4, "SFT and baseline QA fine-tuning LR.")
     rl_learning_rate: float = _arg(2e-5, "DAPO LR.")
     rl_prompts: int = _arg(4000, "Training QA rows compressed (by the SFT encoder) for RL.")
+    rl_min_documents: int = _arg(
+        1, "RL prompts are training QA rows with at least this many documents: the binding among distractors the reward "
+        "can still teach (SFT answers single-document rows right, and dynamic sampling drops all-right groups).",
+    )
     rl_generations: int = _arg(8, "Rollouts per prompt.")
     rl_batch_size: int = _arg(64, "Completions per rollout batch and optimizer step (rl_batch_size / rl_generations prompts).")
     rl_template: str = _arg(
@@ -122,6 +126,10 @@ class SyntheticRunConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.cpt1_lr_decay <= 1:
             raise ValueError(f"cpt1_lr_decay is a share of the steps, in (0, 1]; got {self.cpt1_lr_decay}.")
+        if not 1 <= self.rl_min_documents <= self.max_passages:
+            raise ValueError(
+                f"rl_min_documents must be in 1..max_passages ({self.max_passages}), got {self.rl_min_documents}."
+            )
         if self.rl_batch_size % self.rl_generations:
             raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
 
@@ -457,18 +465,27 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     _record(config, "baseline", seconds, trainer)
 
 
+def rl_rows(config: SyntheticRunConfig):
+    """The RL prompts: `rl_prompts` shuffled training QA rows with at least `rl_min_documents` documents."""
+    from trainers.precompute import load_rows
+
+    rows = load_rows(config.data_file("train", "qa"))
+    if config.rl_min_documents > 1:
+        rows = rows.filter(lambda row: row["k"] >= config.rl_min_documents)
+    rows = rows.shuffle(seed=config.seed)
+    return rows.select(range(min(config.rl_prompts, len(rows))))
+
+
 def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     """DAPO on the SFT checkpoint: memories precomputed by the SFT encoder, rewards by exact match; saves the RL folder."""
     from modeling_memcomp import MemCompForCausalLM
     from trainers.grpo import MemCompGRPOConfig, MemCompGRPOTrainer
     from trainers.judges import MatchJudge
-    from trainers.precompute import load_rows, precompute_memory
+    from trainers.precompute import precompute_memory
 
     model = MemCompForCausalLM.from_pretrained(str(config.stage_dir("sft")), dtype=torch.float32)
-    rows = load_rows(config.data_file("train", "qa")).shuffle(seed=config.seed)
-    rows = rows.select(range(min(config.rl_prompts, len(rows))))
     dataset = precompute_memory(
-        model.eval(), rows, template=config.rl_template, max_prompt_length=config.max_length,
+        model.eval(), rl_rows(config), template=config.rl_template, max_prompt_length=config.max_length,
     )
     prompts = config.rl_batch_size // config.rl_generations
     args = MemCompGRPOConfig(

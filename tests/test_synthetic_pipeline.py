@@ -16,7 +16,8 @@ from benchmarks.eval.synthetic import (
 )
 from benchmarks.eval.systems import Generation
 from benchmarks.synthetic_run import (
-    ReportArguments, StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, stage_config,
+    ReportArguments, StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_rows,
+    stage_config,
 )
 
 TOY = [
@@ -167,6 +168,17 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(lm_lexicon_texts=-3)
     with pytest.raises(ValueError, match="cpt1_lr_decay is a share of the steps"):
         SyntheticRunConfig(cpt1_lr_decay=0)
+    with pytest.raises(ValueError, match=r"rl_min_documents must be in 1..max_passages \(4\), got 5"):
+        SyntheticRunConfig(rl_min_documents=5)
+
+
+def test_rl_prompts_can_be_limited_to_contexts_with_distractors(tmp_path):
+    toy = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=4, rl_prompts=50)
+    make_data(SyntheticRunConfig(**toy))
+    every = rl_rows(SyntheticRunConfig(**toy))
+    assert len(every) == 50 and {row["k"] for row in every} == {1, 2, 3, 4}
+    among = rl_rows(SyntheticRunConfig(**toy, rl_min_documents=3))
+    assert len(among) == 50 and {row["k"] for row in among} == {3, 4}
 
 
 def _learning_rates(args, steps: int) -> list[float]:
