@@ -44,8 +44,8 @@ TOY_SYSTEM_PROMPT = "Answer from the memory."
 
 
 def _arg(default, text: str, **kwargs):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kwargs)
     return field(default=default, metadata={"help": text}, **kwargs)
 
 
@@ -55,7 +55,10 @@ class SyntheticRunConfig:
 
     output_dir: str = _arg("out/synthetic", "One folder per stage under it.")
     seed: int = _arg(0, "Corpus, initialisation and data order.")
-    train_episodes: int = _arg(2000, "Synthetic episodes for training (two documents each).")
+    train_episodes: int = _arg(
+        30000, "Synthetic episodes for training (two documents each): 60,000 documents, too many for CPT-1 to recall "
+        "one by its name, so reconstruction has to read the memory.",
+    )
     heldout_episodes: int = _arg(200, "Episodes over held-out names, for evaluation only.")
     max_passages: int = _arg(4, "K_train: training QA contexts hold 1..max_passages documents.")
     multidoc_texts: int = _arg(2000, "Multi-document training texts for CPT.")
@@ -70,18 +73,22 @@ class SyntheticRunConfig:
     max_length: int = _arg(256, "Decoder length of every stage.")
     batch_size: int = _arg(32, "Examples per optimizer step (LM, CPT, SFT, baseline).")
     lm_steps: int = _arg(2500, "Plain LM pretraining steps.")
-    cpt1_steps: int = _arg(5000, "CPT-1 steps.")
+    cpt1_steps: int = _arg(18000, "CPT-1 steps (reading names back from memory is learnt after ~11,000).")
     cpt1_task_weights: TaskWeights | None = _arg(
-        None, "CPT-1's compression tasks (also the curve stages'), e.g. '{\"reconstruction\": 1.0}'; default: Table 1's."
+        TaskWeights({"reconstruction": 1.0}),
+        "CPT-1's compression tasks (also the curve stages'), as JSON; Table 1's: '{\"reconstruction\": 0.5, \"continuation\": 0.5}'.",
     )
     cpt1_compression_ratio: float | None = _arg(None, "CPT-1's share of compression examples; default: Table 1's.")
     cpt1_lr_decay: float = _arg(
-        1.0, "Share of CPT-1's (and the curve stages') steps over which the LR decays to 10% of its peak; below 1 the "
+        0.2, "Share of CPT-1's (and the curve stages') steps over which the LR decays to 10% of its peak; below 1 the "
         "peak is held until then (warmup-stable-decay), for reading memory that is learnt late. 1: cosine throughout.",
     )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
-    sft_steps: int = _arg(3000, "SFT steps.")
-    baseline_steps: int = _arg(3000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT).")
+    sft_steps: int = _arg(6000, "SFT steps.")
+    baseline_steps: int = _arg(
+        9000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT; more steps than SFT, which "
+        "also saw QA in CPT-2).",
+    )
     recon_chunk_sizes: list[int] = _arg([8, 16], "Extra CPT-1 runs at these chunk sizes, for the reconstruction curve.")
     recon_steps: int = _arg(2000, "Steps of each extra CPT-1 run.")
     probe_steps: int = _arg(
@@ -106,7 +113,7 @@ class SyntheticRunConfig:
     system_prompt: str = _arg(TOY_SYSTEM_PROMPT, "System prompt of the chat stages (SFT, RL).")
     lm_qa_text: bool = _arg(True, "LM pretraining also reads QA rows as plain 'context / question / answer' text.")
     lm_lexicon_texts: int = _arg(
-        0, "LM pretraining also reads this many lexicon texts (each value set listed in a fixed order), so values get "
+        30000, "LM pretraining also reads this many lexicon texts (each value set listed in a fixed order), so values get "
         "distinct embeddings as in a real pretrained LM (see trainers.synthetic.lexicon_texts); 0: none.",
     )
     save_steps: int = _arg(250, "Trainer checkpoints (resume points) every this many steps.")
@@ -587,7 +594,7 @@ def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) 
 
 DEMO_CARD_NOTE = """## About this checkpoint
 
-A 0.7M-parameter Qwen2-architecture model trained from scratch, on CPU, on the synthetic corpus of
+A tiny Qwen2-architecture model (sizes in the table above) trained from scratch, on CPU, on the synthetic corpus of
 `trainers/synthetic.py` (fictional people and companies, questions whose documents sit among distractor documents)
 by `examples/train_synthetic.py`, through the whole curriculum (LM pretraining, CPT-1, CPT-2, SFT, RL) with its own
 step counts and learning rates (see the run's `report.json`), chunk size 4 with block wrapping. It only knows that
