@@ -138,7 +138,7 @@ def _mean(summary: dict, group, system: str) -> float | None:
 
 
 def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[dict]:
-    """Issue 20's targets, each with the measured value and whether it is met."""
+    """Issue 20's targets, each with the measured value and whether it is met (None: not measured by this run)."""
     recon, by_k = aggregates["reconstruction_content_accuracy"], aggregates["qa_em_by_k"]
     ks = [g for g in by_k if g != ALL]
     trained = [k for k in ks if k <= max_passages]
@@ -158,7 +158,7 @@ def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[
     for k in [k for k in ks if k >= 4]:
         low = bootstrap.get(k, {}).get("low")
         targets.append((f"RL minus SFT EM at k = {k}: lower end of the 95% interval", low, 1e-12))
-    return [{"target": name, "measured": value, "met": value is not None and value >= bound} for name, value, bound in targets]
+    return [{"target": name, "measured": value, "met": None if value is None else value >= bound} for name, value, bound in targets]
 
 
 def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
@@ -266,7 +266,8 @@ def render_markdown(report: dict) -> str:
     ]
     for t in report["targets"]:
         value = "–" if t["measured"] is None else f"{t['measured']:.3f}"
-        lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'no'} |")
+        met = "not measured" if t["met"] is None else "yes" if t["met"] else "no"
+        lines.append(f"| {t['target']} | {value} | {met} |")
     lines.append("")
     if by_k:
         lines += _qa_sections(report)
