@@ -55,6 +55,10 @@ class SyntheticRunConfig:
 
     output_dir: str = _arg("out/synthetic", "One folder per stage under it.")
     seed: int = _arg(0, "Corpus, initialisation and data order.")
+    training_seed: int | None = _arg(
+        None, "Initialisation and data order of the training stages (None: `seed`). The corpus stays `seed`'s, so runs "
+        "that differ only here measure run-to-run variance on the same data and held-out set.",
+    )
     train_episodes: int = _arg(
         30000, "Synthetic episodes for training (two documents each): 60,000 documents, too many for CPT-1 to recall "
         "one by its name, so reconstruction has to read the memory.",
@@ -147,6 +151,10 @@ class SyntheticRunConfig:
     @property
     def recon_stages(self) -> tuple[str, ...]:
         return tuple(f"cpt1_c{size}" for size in self.recon_chunk_sizes)
+
+    @property
+    def train_seed(self) -> int:
+        return self.seed if self.training_seed is None else self.training_seed
 
     @property
     def root(self) -> Path:
@@ -259,8 +267,8 @@ def _training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=config.train_seed,
+        data_seed=config.train_seed,
         use_cpu=True,
         report_to=[],
         disable_tqdm=True,
@@ -365,7 +373,7 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
 
     tokenizer = load_tokenizer(str(config.root / "data" / "tokenizer"))
     model = build_tiny_memcomp(
-        tokenizer, chunk_size=config.chunk_size, seed=config.seed, hidden_size=config.hidden_size,
+        tokenizer, chunk_size=config.chunk_size, seed=config.train_seed, hidden_size=config.hidden_size,
         num_layers=config.num_layers, wrap=config.wrap,
     ).train()
     texts = [r["text"] for r in read_jsonl(config.data_file("train", "standard"))]
@@ -373,7 +381,7 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
         texts += [qa_text(r) for r in read_jsonl(config.data_file("train", "qa"))]
     texts += lexicon_texts(config.lm_lexicon_texts, config.seed)
     builder = TaskBuilder(tokenizer, model.config, max_length=config.max_length)
-    dataset = _examples_dataset([builder.language_modeling(t) for t in texts], config.seed)
+    dataset = _examples_dataset([builder.language_modeling(t) for t in texts], config.train_seed)
     args = _training_args(config, "lm", config.lm_steps, config.learning_rate)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
     seconds = _train(trainer, config, "lm")
@@ -408,7 +416,7 @@ def stage_config(config: SyntheticRunConfig, stage: str):
             num_samples=steps * config.batch_size,
             max_length=config.max_length,
             system_prompt=config.system_prompt if sft else None,
-            mixture_seed=config.seed,
+            mixture_seed=config.train_seed,
             cache_dir=str(config.root / "cache"),
             task_weights=config.cpt1_task_weights if kind == "cpt1" else None,
             compression_ratio=config.cpt1_compression_ratio if kind == "cpt1" else None,
@@ -463,7 +471,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
         str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
     ).train()
     rows = read_jsonl(config.data_file("train", "qa"))
-    dataset = _examples_dataset(baseline_examples(model.tokenizer, model.config, rows, config.max_length), config.seed)
+    dataset = _examples_dataset(baseline_examples(model.tokenizer, model.config, rows, config.max_length), config.train_seed)
     args = _training_args(config, "baseline", config.baseline_steps, config.sft_learning_rate)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
     seconds = _train(trainer, config, "baseline")
@@ -479,7 +487,7 @@ def rl_rows(config: SyntheticRunConfig):
     rows = load_rows(config.data_file("train", "qa"))
     if config.rl_min_documents > 1:
         rows = rows.filter(lambda row: row["k"] >= config.rl_min_documents)
-    rows = rows.shuffle(seed=config.seed)
+    rows = rows.shuffle(seed=config.train_seed)
     return rows.select(range(min(config.rl_prompts, len(rows))))
 
 
@@ -511,7 +519,7 @@ def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
         lr_warmup_rollouts=10,
         dynamic_sampling_warmup_rollouts=0,  # the toy keeps SFT's template: no answer format to learn first
         dynamic_sampling_max_tries=2,
-        seed=config.seed,
+        seed=config.train_seed,
         use_cpu=True,
         bf16=False,
         gradient_checkpointing=False,
@@ -588,7 +596,8 @@ def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) 
 
     export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
     card = Path(destination) / "README.md"
-    card.write_text(card.read_text().rstrip() + "\n\n" + DEMO_CARD_NOTE)
+    curriculum = ", ".join(["LM pretraining", "CPT-1", "CPT-2", "SFT", *(["RL"] if stage == "rl" else [])])
+    card.write_text(card.read_text().rstrip() + "\n\n" + DEMO_CARD_NOTE.format(curriculum=curriculum))
     return Path(destination)
 
 
@@ -596,7 +605,7 @@ DEMO_CARD_NOTE = """## About this checkpoint
 
 A tiny Qwen2-architecture model (sizes in the table above) trained from scratch, on CPU, on the synthetic corpus of
 `trainers/synthetic.py` (fictional people and companies, questions whose documents sit among distractor documents)
-by `examples/train_synthetic.py`, through the whole curriculum (LM pretraining, CPT-1, CPT-2, SFT, RL) with its own
+by `examples/train_synthetic.py`, through the curriculum up to its stage ({curriculum}) with its own
 step counts and learning rates (see the run's `report.json`), chunk size 4 with block wrapping. It only knows that
 corpus: it is the demo and test model of the memcomp repository, not a general-purpose model, and the recipe figures
 above describe the stages' task mixtures only.

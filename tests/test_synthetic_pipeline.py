@@ -73,6 +73,8 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     source = MemCompForCausalLM.from_pretrained(run / stage)
     assert shipped.fingerprint == source.fingerprint and shipped.decoder_fingerprint == source.decoder_fingerprint
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
+    card = (checkpoint / "README.md").read_text()
+    assert f"up to its stage (LM pretraining, CPT-1, CPT-2, SFT{', RL' if stage == 'rl' else ''})" in card
     if stage == "rl":  # the paper's system in one folder: SFT encoder + RL decoder
         assert shipped.fingerprint == MemCompForCausalLM.from_pretrained(run / "sft").fingerprint
 
@@ -80,6 +82,12 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     main(argv)
     rerun = json.loads((run / "timings.json").read_text())
     assert {s: t for s, t in rerun.items() if s != "eval"} == {s: t for s, t in timings.items() if s != "eval"}
+
+    # Evaluated on the single-document set alone, the report still has that set's table (and no empty k tables).
+    single_only = tmp_path / "single_only"
+    main([*argv[:-4], "--report_dir", str(single_only), "--checkpoint_dir", "", "--max_passage_questions", "0"])
+    text = (single_only / "report.md").read_text()
+    assert "## The single-document held-out set" in text and "| **all** |" in text and "by number of documents" not in text
 
 
 @pytest.mark.slow
@@ -176,6 +184,23 @@ def test_rl_prompts_can_be_limited_to_contexts_with_distractors(tmp_path):
     assert len(every) == 50 and {row["k"] for row in every} == {1, 2, 3, 4}
     among = rl_rows(SyntheticRunConfig(**toy, rl_min_documents=3))
     assert len(among) == 50 and {row["k"] for row in among} == {3, 4}
+
+
+def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
+    from benchmarks.synthetic_run import run_pipeline
+
+    toy = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=4, rl_prompts=50)
+    make_data(SyntheticRunConfig(**toy))
+    (tmp_path / "run_config.json").write_text("{}")
+    documents = (tmp_path / "data" / "train" / "document.jsonl").read_text()
+    run_pipeline(SyntheticRunConfig(**toy, training_seed=1, stages=["data"]))  # the same corpus: not refused, not rewritten
+    assert (tmp_path / "data" / "train" / "document.jsonl").read_text() == documents
+    default, other = SyntheticRunConfig(**toy), SyntheticRunConfig(**toy, training_seed=1)
+    assert default.train_seed == default.seed == 0 and other.train_seed == 1
+    sft = stage_config(other, "sft")
+    assert (sft.training.seed, sft.training.data_seed, sft.data.mixture_seed) == (1, 1, 1)
+    assert stage_config(default, "sft").data.mixture_seed == 0
+    assert rl_rows(default)["question"] != rl_rows(other)["question"]  # RL prompts are drawn in another order
 
 
 def _learning_rates(args, steps: int) -> list[float]:

@@ -271,6 +271,10 @@ def render_markdown(report: dict) -> str:
     lines.append("")
     if by_k:
         lines += _qa_sections(report)
+    single = agg["single_em_by_type"]
+    if single:
+        lines += ["## The single-document held-out set (issue 11's evaluation)", "",
+                  comparison_table(single, "type", scale=100, digits=1, systems=_present(single, QA_SYSTEMS)), ""]
     recon = agg["reconstruction_content_accuracy"]
     if recon:
         systems = sorted((s for s in recon.get(ALL, {}) if s != "copy"), key=lambda s: (int(s[1:].split("_")[0]), s))
@@ -307,7 +311,7 @@ def render_markdown(report: dict) -> str:
 
 
 def _qa_sections(report: dict) -> list[str]:
-    """QA exact match by k, retention, RL minus SFT, by depth / type / kind of answer, error sources, single-document."""
+    """QA exact match by k, retention, RL minus SFT, by depth / type / kind of answer, error sources."""
     agg, config = report["aggregates"], report["config"]
     by_k = agg["qa_em_by_k"]
     lines = [
@@ -354,10 +358,6 @@ def _qa_sections(report: dict) -> list[str]:
         "|---|---|---|---|---|",
         *[f"| {system} | {e['wrong']} | {100 * e['distractor']:.0f}% | {100 * e['needed']:.0f}% | {100 * e['elsewhere']:.0f}% |"
           for system, e in report["wrong_answer_sources"].items() if system in QA_SYSTEMS and system != "copy"],
-        "",
-        "## The single-document held-out set (issue 11's evaluation)",
-        "",
-        comparison_table(agg["single_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["single_em_by_type"], QA_SYSTEMS)),
         "",
     ]
     return lines
