@@ -110,6 +110,10 @@ class SyntheticRunConfig:
         "can still teach (SFT answers single-document rows right, and dynamic sampling drops all-right groups).",
     )
     rl_generations: int = _arg(8, "Rollouts per prompt.")
+    rl_temperature: float = _arg(
+        1.0, "Rollout sampling temperature (Table 10: 1.0); higher makes a group's answers disagree more often, so fewer "
+        "groups are all right or all wrong and dropped by dynamic sampling.",
+    )
     rl_batch_size: int = _arg(64, "Completions per rollout batch and optimizer step (rl_batch_size / rl_generations prompts).")
     rl_template: str = _arg(
         "chat", "RL prompt template: the toy keeps SFT's (its one-word answers need no \\boxed{} format to learn)."
@@ -141,6 +145,8 @@ class SyntheticRunConfig:
             raise ValueError(
                 f"rl_min_documents must be in 1..max_passages ({self.max_passages}), got {self.rl_min_documents}."
             )
+        if self.rl_temperature <= 0:
+            raise ValueError(f"rl_temperature must be > 0 (rollouts are sampled), got {self.rl_temperature}.")
         if self.rl_batch_size % self.rl_generations:
             raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
 
@@ -508,6 +514,7 @@ def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
         template=config.rl_template,
         system_prompt=config.system_prompt,
         num_generations=config.rl_generations,
+        temperature=config.rl_temperature,
         per_device_train_batch_size=config.rl_batch_size,
         rollout_batch_prompts=prompts,  # one optimizer step per rollout batch
         mini_batch_prompts=prompts,

@@ -23,7 +23,7 @@ TOY = [
     "--cpt2_steps", "3", "--sft_steps", "3", "--baseline_steps", "3", "--recon_chunk_sizes", "8", "--recon_steps", "2",
     "--rl_steps", "2", "--rl_prompts", "8", "--rl_generations", "2", "--rl_batch_size", "4", "--save_steps", "2",
     "--logging_steps", "1", "--max_documents", "3", "--max_single_questions", "4", "--probe_steps", "2",
-    "--probe_documents", "3", "--lm_lexicon_texts", "40",
+    "--probe_documents", "3", "--lm_lexicon_texts", "40", "--rl_temperature", "1.5",
 ]  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     source = MemCompForCausalLM.from_pretrained(run / stage)
     assert shipped.fingerprint == source.fingerprint and shipped.decoder_fingerprint == source.decoder_fingerprint
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
+    assert torch.load(run / "rl" / "training_args.bin", weights_only=False).temperature == 1.5  # --rl_temperature
     card = (checkpoint / "README.md").read_text()
     assert f"up to its stage (LM pretraining, CPT-1, CPT-2, SFT{', RL' if stage == 'rl' else ''})" in card
     if stage == "rl":  # the paper's system in one folder: SFT encoder + RL decoder
@@ -175,6 +176,8 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(cpt1_lr_decay=0)
     with pytest.raises(ValueError, match=r"rl_min_documents must be in 1..max_passages \(4\), got 5"):
         SyntheticRunConfig(rl_min_documents=5)
+    with pytest.raises(ValueError, match=r"rl_temperature must be > 0 \(rollouts are sampled\), got 0"):
+        SyntheticRunConfig(rl_temperature=0)
 
 
 def test_rl_prompts_can_be_limited_to_contexts_with_distractors(tmp_path):
