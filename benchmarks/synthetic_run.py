@@ -497,19 +497,12 @@ def rl_rows(config: SyntheticRunConfig):
     return rows.select(range(min(config.rl_prompts, len(rows))))
 
 
-def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
-    """DAPO on the SFT checkpoint: memories precomputed by the SFT encoder, rewards by exact match; saves the RL folder."""
-    from modeling_memcomp import MemCompForCausalLM
-    from trainers.grpo import MemCompGRPOConfig, MemCompGRPOTrainer
-    from trainers.judges import MatchJudge
-    from trainers.precompute import precompute_memory
+def rl_arguments(config: SyntheticRunConfig):
+    """The RL stage's `MemCompGRPOConfig`: one optimizer step per rollout batch, exact-match answers of <= 3 tokens."""
+    from trainers.grpo import MemCompGRPOConfig
 
-    model = MemCompForCausalLM.from_pretrained(str(config.stage_dir("sft")), dtype=torch.float32)
-    dataset = precompute_memory(
-        model.eval(), rl_rows(config), template=config.rl_template, max_prompt_length=config.max_length,
-    )
     prompts = config.rl_batch_size // config.rl_generations
-    args = MemCompGRPOConfig(
+    return MemCompGRPOConfig(
         output_dir=str(config.stage_dir("rl")),
         template=config.rl_template,
         system_prompt=config.system_prompt,
@@ -537,6 +530,20 @@ def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
         report_to=[],
         disable_tqdm=True,
     )
+
+
+def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
+    """DAPO on the SFT checkpoint: memories precomputed by the SFT encoder, rewards by exact match; saves the RL folder."""
+    from modeling_memcomp import MemCompForCausalLM
+    from trainers.grpo import MemCompGRPOTrainer
+    from trainers.judges import MatchJudge
+    from trainers.precompute import precompute_memory
+
+    model = MemCompForCausalLM.from_pretrained(str(config.stage_dir("sft")), dtype=torch.float32)
+    dataset = precompute_memory(
+        model.eval(), rl_rows(config), template=config.rl_template, max_prompt_length=config.max_length,
+    )
+    args = rl_arguments(config)
     trainer = MemCompGRPOTrainer(model.train(), args=args, train_dataset=dataset, judge=MatchJudge(mode="exact"))
     seconds = _train(trainer, config, "rl", callbacks)
     trainer.save_model(str(config.stage_dir("rl")))

@@ -14,7 +14,7 @@ from benchmarks.eval.synthetic import (
 )
 from benchmarks.eval.systems import Generation
 from benchmarks.synthetic_run import (
-    StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_rows, stage_config,
+    StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_arguments, rl_rows, stage_config,
 )
 
 TOY = [
@@ -23,7 +23,7 @@ TOY = [
     "--cpt2_steps", "3", "--sft_steps", "3", "--baseline_steps", "3", "--recon_chunk_sizes", "8", "--recon_steps", "2",
     "--rl_steps", "2", "--rl_prompts", "8", "--rl_generations", "2", "--rl_batch_size", "4", "--save_steps", "2",
     "--logging_steps", "1", "--max_documents", "3", "--max_single_questions", "4", "--probe_steps", "2",
-    "--probe_documents", "3", "--lm_lexicon_texts", "40", "--rl_temperature", "1.5",
+    "--probe_documents", "3", "--lm_lexicon_texts", "40",
 ]  # fmt: skip
 
 
@@ -73,7 +73,6 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     source = MemCompForCausalLM.from_pretrained(run / stage)
     assert shipped.fingerprint == source.fingerprint and shipped.decoder_fingerprint == source.decoder_fingerprint
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
-    assert torch.load(run / "rl" / "training_args.bin", weights_only=False).temperature == 1.5  # --rl_temperature
     card = (checkpoint / "README.md").read_text()
     assert f"up to its stage (LM pretraining, CPT-1, CPT-2, SFT{', RL' if stage == 'rl' else ''})" in card
     if stage == "rl":  # the paper's system in one folder: SFT encoder + RL decoder
@@ -204,6 +203,13 @@ def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
     assert (sft.training.seed, sft.training.data_seed, sft.data.mixture_seed) == (1, 1, 1)
     assert stage_config(default, "sft").data.mixture_seed == 0
     assert rl_rows(default)["question"] != rl_rows(other)["question"]  # RL prompts are drawn in another order
+    assert rl_arguments(default).seed == 0 and rl_arguments(other).seed == 1
+
+
+def test_rl_rollouts_are_sampled_at_the_temperature_asked_for_table_10s_by_default():
+    assert rl_arguments(SyntheticRunConfig()).temperature == 1.0
+    args = rl_arguments(SyntheticRunConfig(rl_temperature=1.5, rl_batch_size=64, rl_generations=8))
+    assert args.temperature == 1.5 and args.num_generations == 8 and args.rollout_batch_prompts == 8
 
 
 def _learning_rates(args, steps: int) -> list[float]:
