@@ -93,6 +93,11 @@ class SyntheticRunConfig:
         9000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT; more steps than SFT, which "
         "also saw QA in CPT-2).",
     )
+    baseline_query_aware: bool = _arg(
+        False, "The baseline's prompts ask the question before the passages too (query-aware contextualization, Liu "
+        "et al., 2023), so the decoder-only baseline reads the passages knowing what it looks for; training and "
+        "evaluation use the same layout.",
+    )
     recon_chunk_sizes: list[int] = _arg([8, 16], "Extra CPT-1 runs at these chunk sizes, for the reconstruction curve.")
     recon_steps: int = _arg(2000, "Steps of each extra CPT-1 run.")
     probe_steps: int = _arg(
@@ -450,7 +455,9 @@ def train_memcomp_stage(config: SyntheticRunConfig, stage: str, callbacks: tuple
     _record(config, stage, clock.elapsed(), trainer)
 
 
-def baseline_examples(tokenizer, model_config, rows: list[dict], max_length: int) -> list[dict]:
+def baseline_examples(
+    tokenizer, model_config, rows: list[dict], max_length: int, query_aware: bool = False
+) -> list[dict]:
     """Full-context QA examples: the evaluation's baseline prompt (context as text), loss on the answer only."""
     from benchmarks.eval.protocol import FULL_CONTEXT_SYSTEM_PROMPT
     from benchmarks.eval.systems import full_context_instruction
@@ -459,7 +466,8 @@ def baseline_examples(tokenizer, model_config, rows: list[dict], max_length: int
     examples = []
     for row in rows:
         prompt = build_prompt(
-            tokenizer, model_config, 0, full_context_instruction(row["context"], row["question"]), template="chat",
+            tokenizer, model_config, 0, full_context_instruction(row["context"], row["question"], query_aware),
+            template="chat",
             target=tokenizer(row["answer"], add_special_tokens=False)["input_ids"],
             system_prompt=FULL_CONTEXT_SYSTEM_PROMPT,
         )
@@ -477,7 +485,8 @@ def train_baseline(config: SyntheticRunConfig) -> None:
         str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
     ).train()
     rows = read_jsonl(config.data_file("train", "qa"))
-    dataset = _examples_dataset(baseline_examples(model.tokenizer, model.config, rows, config.max_length), config.train_seed)
+    examples = baseline_examples(model.tokenizer, model.config, rows, config.max_length, config.baseline_query_aware)
+    dataset = _examples_dataset(examples, config.train_seed)
     args = _training_args(config, "baseline", config.baseline_steps, config.sft_learning_rate)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
     seconds = _train(trainer, config, "baseline")
@@ -673,7 +682,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     results = evaluate_run(
         run.output_dir, run.root / "eval", previous, report_args.max_documents, report_args.max_single_questions,
-        report_args.max_passage_questions,
+        report_args.max_passage_questions, query_aware_baseline=run.baseline_query_aware,
     )
     _record(run, "eval", time.time() - started)
     command = "python examples/train_synthetic.py " + shlex.join(argv)

@@ -12,7 +12,7 @@ from benchmarks.eval.synthetic import (
     WORD_ROLES, CopySystem, ReconstructionProbe, ZeroMemorySystem, aggregate, content_accuracy, error_sources,
     length_bucket, needed_documents, score_reconstruction,
 )
-from benchmarks.eval.systems import Generation
+from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic_run import (
     StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_arguments, rl_rows, stage_config,
 )
@@ -91,11 +91,17 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path):
+def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path, monkeypatch):
+    from benchmarks.eval import synthetic
+
+    built = []
+    spy = lambda *args, **kwargs: built.append(kwargs) or FullContextSystem(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(synthetic, "FullContextSystem", spy)
     argv = [*TOY, "--output_dir", str(tmp_path / "run"), "--report_dir", str(tmp_path / "report"), "--stages", "data",
-            "lm", "baseline", "--parallel", "false"]
+            "lm", "baseline", "--parallel", "false", "--baseline_query_aware", "true"]
     report = main([*argv, "--checkpoint_dir", str(tmp_path / "none")])
     assert set(report["aggregates"]["qa_em_by_k"]["all"]) == {"full", "copy"}
+    assert built and all(kw["query_aware"] for kw in built)  # evaluated with the prompts it was trained on
     text = (tmp_path / "report" / "report.md").read_text()
     assert "retention of" not in text and "RL minus SFT, exact match" not in text  # no empty sections
     assert not (tmp_path / "none").exists()  # nothing to ship
@@ -373,3 +379,21 @@ def test_the_defaults_are_the_committed_runs_settings():
     differ = {k: (v, defaults[k]) for k, v in recorded.items() if k not in placement and v != defaults[k]}
     assert not differ, f"recorded vs default: {differ}"
     assert SyntheticRunConfig().cpt1_task_weights == {"reconstruction": 1.0}
+
+
+@pytest.mark.parametrize("query_aware", [False, True])
+def test_the_baseline_trains_on_exactly_the_prompts_it_is_evaluated_with(model, query_aware):
+    """Query-aware or not, a training example is the evaluation prompt followed by the answer (loss on it only)."""
+    from benchmarks.synthetic_run import baseline_examples
+
+    row = {"context": ["Kobe is a doctor.", "Nano lives in Oslo."], "question": "Where does Nano live?"}
+    row["answer"] = "Oslo"
+    (example,) = baseline_examples(model.tokenizer, model.config, [row], max_length=512, query_aware=query_aware)
+    prompt, _ = FullContextSystem(model, query_aware=query_aware).prompt_ids(row["context"], row["question"])
+    answer = model.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
+    assert example["input_ids"][: len(prompt)] == prompt
+    assert [t for t in example["labels"] if t != -100][: len(answer)] == answer
+    question = model.tokenizer("Where does Nano live?", add_special_tokens=False)["input_ids"]
+    starts = [i for i in range(len(prompt)) if prompt[i : i + len(question)] == question]
+    assert len(starts) == (2 if query_aware else 1)  # asked before the passages as well
+    assert SyntheticRunConfig().baseline_query_aware is False  # the committed run's baseline reads the passages first

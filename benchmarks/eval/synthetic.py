@@ -335,8 +335,12 @@ def evaluate_run(
     max_single_questions: int | None = None,
     max_passage_questions: int | None = None,
     batch_size: int = 32,
+    query_aware_baseline: bool = False,
 ) -> dict:
     """Evaluate a synthetic run's checkpoints on its held-out split; returns the records per benchmark.
+
+    `query_aware_baseline`: the full-context baseline was trained with the question before the passages too (its
+    prompts must match training).
 
     reconstruction  held-out documents from CPT-1 memory (flat template) at each trained chunk size, each with its
                     zero-memory control, and the copy control
@@ -356,7 +360,7 @@ def evaluate_run(
     models["previous"] = _load(previous)
     trained = [models[stage] for stage in stages]
     tokenizer = trained[0].tokenizer  # one tokenizer for the whole run (its data stage)
-    settings = {"run": str(run_dir)}
+    settings = {"run": str(run_dir), "query_aware_baseline": query_aware_baseline}
     settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
     settings.update({f"{s}_decoder": m.decoder_fingerprint for s, m in models.items() if m is not None})
     results = {}
@@ -381,7 +385,7 @@ def evaluate_run(
         if models["rl"] is not None:
             systems.append(MemCompSystem(models["rl"], name="rl"))
         if models["baseline"] is not None:
-            systems.append(FullContextSystem(models["baseline"], name="full"))
+            systems.append(FullContextSystem(models["baseline"], name="full", query_aware=query_aware_baseline))
         if models["previous"] is not None:
             systems.append(MemCompSystem(models["previous"], name="previous"))
         if models["sft"] is not None:

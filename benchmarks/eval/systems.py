@@ -51,12 +51,15 @@ def _passages(context: str | list[str]) -> list[str]:
     return [context] if isinstance(context, str) else list(context)
 
 
-def full_context_instruction(context: str | list[str], instruction: str) -> str:
+def full_context_instruction(context: str | list[str], instruction: str, query_aware: bool = False) -> str:
     """The baseline's user turn: the passages as text (blank-line separated), then the instruction.
 
-    Shared with training code that fine-tunes a full-context baseline, so it sees exactly these prompts.
+    `query_aware` also puts the instruction before the passages (Liu et al., 2023, "Lost in the Middle": query-aware
+    contextualization), so a decoder-only model reads the passages knowing what it is looking for. Shared with
+    training code that fine-tunes a full-context baseline, so it sees exactly these prompts.
     """
-    return "\n\n".join(_passages(context)) + f"\n{instruction}"
+    passages = "\n\n".join(_passages(context))
+    return (f"{instruction}\n\n" if query_aware else "") + passages + f"\n{instruction}"
 
 
 class MemCompSystem:
@@ -95,7 +98,8 @@ class FullContextSystem:
     """The uncompressed baseline: a causal LM reading the raw context in the same template.
 
     `language_model` defaults to the memcomp model's own base LM (`model.language_model`); pass another
-    (e.g. the Instruct model the paper compares against) with its tokenizer to use that instead.
+    (e.g. the Instruct model the paper compares against) with its tokenizer to use that instead. `query_aware` asks
+    the question before the passages as well (see `full_context_instruction`).
     """
 
     name = "full"
@@ -108,6 +112,7 @@ class FullContextSystem:
         language_model=None,
         tokenizer=None,
         name: str | None = None,
+        query_aware: bool = False,
     ):
         if (language_model is None) != (tokenizer is None):
             raise ValueError("pass both language_model= and tokenizer= for a separate baseline model, or neither.")
@@ -115,14 +120,14 @@ class FullContextSystem:
         self.config = model.config
         self.language_model = language_model if language_model is not None else model.language_model
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-        self.template, self.system_prompt = template, system_prompt
+        self.template, self.system_prompt, self.query_aware = template, system_prompt, query_aware
         self.max_positions = max_positions(self.language_model.config)
 
     def prompt_ids(self, context, instruction: str) -> tuple[list[int], int]:
         """Prompt ids with the context as text where the memory block would be, and the context's token count."""
         prompt = build_prompt(
-            self.tokenizer, self.config, 0, full_context_instruction(context, instruction), template=self.template,
-            system_prompt=self.system_prompt,
+            self.tokenizer, self.config, 0, full_context_instruction(context, instruction, self.query_aware),
+            template=self.template, system_prompt=self.system_prompt,
         ).input_ids
         context_tokens = len(self.tokenizer("\n\n".join(_passages(context)), add_special_tokens=False)["input_ids"])
         if self.max_positions is not None and len(prompt) > self.max_positions:
