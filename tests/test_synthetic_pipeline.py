@@ -332,6 +332,26 @@ def test_wrong_answers_are_traced_to_a_distractor_a_needed_document_or_nowhere()
     assert error_sources(records, [row]) == {"s": {"wrong": 4, "needed": 0.25, "distractor": 0.5, "elsewhere": 0.25}}
 
 
+def test_the_type_guess_control_is_one_over_the_values_of_the_answers_set_the_context_states():
+    from benchmarks.eval.synthetic import type_guess_records
+
+    people, other = "Bako lives in Oslo. Bako was born in 1950.", "Kumo lives in Perth. Kumo was born in 1950."
+    org = "Zute was founded in 1901. Zute is based in Oslo."
+    rows = [
+        {"context": [other, people, org], "type": "person_city", "answer": "Oslo"},  # Perth, Oslo: 1/2
+        {"context": [other, people, org], "type": "org_founded", "answer": "1901"},  # 1950, 1901: 1/2
+        {"context": [people], "type": "person_year", "answer": "1950"},  # one year: 1
+        {"context": [other, people], "type": "person_employer", "answer": "Zute"},  # a name: no control
+    ]
+    records = [{"id": f"qa_k{i}", "system": s, "k": len(r["context"]), "depth": "first"} for i, r in enumerate(rows)
+               for s in ("sft", "full")]
+    guesses = type_guess_records(records, rows)
+    assert [(g["id"], g["system"], g["em"]) for g in guesses] == [
+        ("qa_k0", "type_guess", 0.5), ("qa_k1", "type_guess", 0.5), ("qa_k2", "type_guess", 1.0)]
+    table = aggregate({"qa_passages": []}, guesses)["qa_em_by_answer_kind"]["closed-set value"]
+    assert table[3]["type_guess"]["mean"] == 0.5 and table[1]["type_guess"]["mean"] == 1.0
+
+
 def test_length_buckets():
     assert [length_bucket(n) for n in (3, 16, 31, 47, 48, 90)] == [16, 16, 16, 32, 48, 64]
 

@@ -349,6 +349,14 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, list[dict]]]:
 
 VALUE_SETS = {"cities": CITIES, "colours": COLOURS, "professions": PROFESSIONS, "years": YEARS}
 """The closed sets attribute values come from, each in the fixed order lexicon texts list it in."""
+_ANSWER_SETS = {
+    "city": CITIES, "base": CITIES, "colour": COLOURS, "profession": PROFESSIONS, "year": YEARS, "founded": YEARS,
+}
+
+
+def answer_set(question_type: str) -> tuple[str, ...] | None:
+    """The closed set a question type's answer comes from ("two_hop_base": cities); None for names (an open set)."""
+    return _ANSWER_SETS.get(question_type.rsplit("_", 1)[-1])
 
 
 def lexicon_texts(count: int, seed: int = 0, min_items: int = 6, max_items: int = 16) -> list[str]:

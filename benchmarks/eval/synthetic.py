@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from trainers.synthetic import CONSONANTS, VALUE_SETS, VOWELS, names_in, read_jsonl
+from trainers.synthetic import CONSONANTS, VALUE_SETS, VOWELS, answer_set, names_in, read_jsonl
 
 from . import protocol
 from .harness import Example, run
@@ -175,8 +175,10 @@ def evaluate_systems(
     )
 
 
-def aggregate(results: dict) -> dict:
-    """Means per group and system: reconstruction by chunk size and length, QA exact match by k, depth and type."""
+def aggregate(results: dict, controls: list[dict] = ()) -> dict:
+    """Means per group and system: reconstruction by chunk size and length, QA exact match by k, depth and type.
+
+    `controls`: records of analytic controls (`type_guess_records`), tabled with the closed-set answers only."""
     recon, passages, single = (results.get(key, []) for key in ("reconstruction", "qa_passages", "qa_single"))
     cells = [{**r, "cell": f"{r['k']}/{r['depth']}"} for r in passages]
     return {
@@ -191,7 +193,7 @@ def aggregate(results: dict) -> dict:
         "qa_em_by_type": summarize(passages, "em", by="type"),
         "single_em_by_type": summarize(single, "em", by="type"),
         "qa_em_by_answer_kind": {
-            kind: summarize([r for r in passages if answer_kind(r["type"]) == kind], "em", by="k")
+            kind: summarize([r for r in [*passages, *controls] if answer_kind(r["type"]) == kind], "em", by="k")
             for kind in ("closed-set value", "name")
         },
     }
@@ -233,6 +235,21 @@ def error_sources(records: list[dict], rows: list[dict], prefix: str = "qa_k") -
         system: {"wrong": sum(c.values()), **{k: v / sum(c.values()) for k, v in c.items()}}
         for system, c in sorted(counts.items())
     }
+
+
+def type_guess_records(records: list[dict], rows: list[dict], prefix: str = "qa_k") -> list[dict]:
+    """The type-guess control: per closed-set question the systems answered, the expected exact match of a reader that
+    knows which set the answer comes from (cities, colours, ...) but not which document: one value of that set in the
+    context, picked at random. Exact match above it is binding a fact to its entity; at it, none."""
+    guesses = {}
+    for r in records:
+        row = rows[int(r["id"].removeprefix(prefix))]
+        values = answer_set(row["type"])
+        if values is not None and r["id"] not in guesses:
+            present = set(WORD.findall(" ".join(row["context"]))) & set(values)
+            guesses[r["id"]] = {"id": r["id"], "system": "type_guess", "k": r["k"], "depth": r["depth"],
+                                "type": row["type"], "em": 1 / len(present | {row["answer"]})}
+    return list(guesses.values())
 
 
 def retention_by_group(summary: dict, compressed: str, full: str = "full") -> dict:

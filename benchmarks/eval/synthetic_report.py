@@ -16,11 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainers.synthetic import read_jsonl  # noqa: E402
 
 from .report import ALL, comparison_table, plot_heatmap  # noqa: E402
-from .synthetic import WORD_ROLES, aggregate, error_sources, paired_by_group, retention_by_group  # noqa: E402
+from .synthetic import (  # noqa: E402
+    WORD_ROLES, aggregate, error_sources, paired_by_group, retention_by_group, type_guess_records,
+)
 
 CURVES = {"lm": "loss", "cpt1": "loss", "cpt2": "loss", "sft": "loss", "baseline": "loss", "rl": "reward"}
 """Stage -> the logged value its learning curve shows (CPT-1 curve stages show their loss too)."""
-QA_SYSTEMS = ("sft", "rl", "previous", "full", "zero_memory", "copy")
+QA_SYSTEMS = ("sft", "rl", "previous", "full", "zero_memory", "copy", "type_guess")
 DEPTH_ORDER = ("first", "middle", "last")
 COLORS = {"sft": "tab:green", "rl": "tab:blue", "previous": "tab:purple", "full": "tab:orange", "zero_memory": "tab:gray",
           "copy": "tab:red"}
@@ -189,7 +191,9 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     """Write report.json / report.md and the plots for a finished run and evaluation; returns the JSON."""
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    aggregates = aggregate(results)
+    qa_passages = results.get("qa_passages", [])
+    heldout_rows = read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl") if qa_passages else []
+    aggregates = aggregate(results, type_guess_records(qa_passages, heldout_rows))
     config = json.loads((run_dir / "run_config.json").read_text())
     timings = json.loads((run_dir / "timings.json").read_text())
     curves = learning_curves(run_dir)
@@ -200,7 +204,6 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
     if aggregates["reconstruction_content_accuracy"]:
         plot_reconstruction(aggregates["reconstruction_content_accuracy"], output_dir / "reconstruction_by_chunk_size.png")
-    qa_passages = results.get("qa_passages", [])
     passages = [r for r in qa_passages if r["k"] > 1]
     heatmaps = []
     for system in ("sft", "rl", "full"):
@@ -227,7 +230,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
         "reconstruction_during_training": during,
         "heatmaps": heatmaps,
-        "wrong_answer_sources": error_sources(qa_passages, read_jsonl(run_dir / "data" / "heldout" / "qa_passages.jsonl")),
+        "wrong_answer_sources": error_sources(qa_passages, heldout_rows),
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (output_dir / "report.md").write_text(render_markdown(report))
@@ -347,7 +350,9 @@ def _qa_sections(report: dict) -> list[str]:
         "### By kind of answer",
         "",
         "Closed-set values (city, colour, profession, year) come from small sets seen throughout training; names are "
-        "an open set, so a held-out name must be copied from the context.",
+        "an open set, so a held-out name must be copied from the context. `type_guess` is a control: the expected "
+        "EM of picking at random one value of the answer's set (cities, colours, ...) that the context states. A "
+        "system at it reads the right kind of value but does not bind it to the asked entity.",
         "",
         *[line for kind, table in agg["qa_em_by_answer_kind"].items() for line in (
             f"EM (%) by k, {kind} answers:", "",
