@@ -93,6 +93,10 @@ class SyntheticRunConfig:
         9000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT; more steps than SFT, which "
         "also saw QA in CPT-2).",
     )
+    baseline_lr_decay: float = _arg(
+        1.0, "Share of the baseline's steps over which its LR decays to 10% of its peak; below 1 the peak is held until "
+        "then (as `cpt1_lr_decay`), for binding that may be learnt late. 1: cosine throughout.",
+    )
     baseline_query_aware: bool = _arg(
         False, "The baseline's prompts ask the question before the passages too (query-aware contextualization, Liu "
         "et al., 2023), so the decoder-only baseline reads the passages knowing what it looks for; training and "
@@ -144,8 +148,9 @@ class SyntheticRunConfig:
         for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0 < self.cpt1_lr_decay <= 1:
-            raise ValueError(f"cpt1_lr_decay is a share of the steps, in (0, 1]; got {self.cpt1_lr_decay}.")
+        for name in ("cpt1_lr_decay", "baseline_lr_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a share of the steps, in (0, 1]; got {getattr(self, name)}.")
         if not 1 <= self.rl_min_documents <= self.max_passages:
             raise ValueError(
                 f"rl_min_documents must be in 1..max_passages ({self.max_passages}), got {self.rl_min_documents}."
@@ -476,6 +481,14 @@ def baseline_examples(
     return examples
 
 
+def baseline_arguments(config: SyntheticRunConfig):
+    """The baseline's training arguments: SFT's learning rate, its own steps and LR decay."""
+    steps = config.baseline_steps
+    return _training_args(
+        config, "baseline", steps, config.sft_learning_rate, **_lr_schedule(steps, config.baseline_lr_decay)
+    )
+
+
 def train_baseline(config: SyntheticRunConfig) -> None:
     """The full-context baseline: the pretrained base fine-tuned on the SFT QA rows with the context as text."""
     from modeling_memcomp import MemCompForCausalLM
@@ -487,7 +500,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     rows = read_jsonl(config.data_file("train", "qa"))
     examples = baseline_examples(model.tokenizer, model.config, rows, config.max_length, config.baseline_query_aware)
     dataset = _examples_dataset(examples, config.train_seed)
-    args = _training_args(config, "baseline", config.baseline_steps, config.sft_learning_rate)
+    args = baseline_arguments(config)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
     seconds = _train(trainer, config, "baseline")
     model.config.prompt_template = "chat"

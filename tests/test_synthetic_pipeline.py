@@ -245,6 +245,18 @@ def test_cpt1_lr_decay_holds_the_peak_then_decays_in_cpt1_and_the_curve_stages_o
     assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
 
 
+def test_baseline_lr_decay_holds_the_baselines_peak_and_defaults_to_a_cosine():
+    from benchmarks.synthetic_run import baseline_arguments
+
+    peak = SyntheticRunConfig().sft_learning_rate
+    held = _learning_rates(baseline_arguments(SyntheticRunConfig(baseline_steps=100, baseline_lr_decay=0.25)), 100)
+    assert held[5:75] == pytest.approx([peak] * 70) and held[-1] == pytest.approx(0.1 * peak, rel=0.05)
+    cosine = _learning_rates(baseline_arguments(SyntheticRunConfig(baseline_steps=100)), 100)
+    assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
+    with pytest.raises(ValueError, match="baseline_lr_decay is a share of the steps"):
+        SyntheticRunConfig(baseline_lr_decay=1.5)
+
+
 def test_targets_without_a_full_context_baseline_are_not_measured_rather_than_met():
     from benchmarks.eval.synthetic_report import check_targets
 
