@@ -491,6 +491,7 @@ def baseline_arguments(config: SyntheticRunConfig):
 
 def train_baseline(config: SyntheticRunConfig) -> None:
     """The full-context baseline: the pretrained base fine-tuned on the SFT QA rows with the context as text."""
+    from benchmarks.eval.synthetic import QUERY_AWARE_ATTRIBUTE
     from modeling_memcomp import MemCompForCausalLM
     from trainers.trainer import MemCompTrainer
 
@@ -504,6 +505,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
     seconds = _train(trainer, config, "baseline")
     model.config.prompt_template = "chat"
+    setattr(model.config, QUERY_AWARE_ATTRIBUTE, config.baseline_query_aware)  # the evaluation prompts the same way
     trainer.save_model()
     _record(config, "baseline", seconds, trainer)
 
@@ -695,7 +697,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     results = evaluate_run(
         run.output_dir, run.root / "eval", previous, report_args.max_documents, report_args.max_single_questions,
-        report_args.max_passage_questions, query_aware_baseline=run.baseline_query_aware,
+        report_args.max_passage_questions,
     )
     _record(run, "eval", time.time() - started)
     command = "python examples/train_synthetic.py " + shlex.join(argv)

@@ -102,6 +102,9 @@ def test_a_partial_run_is_evaluated_as_far_as_it_goes(tmp_path, monkeypatch):
     report = main([*argv, "--checkpoint_dir", str(tmp_path / "none")])
     assert set(report["aggregates"]["qa_em_by_k"]["all"]) == {"full", "copy"}
     assert built and all(kw["query_aware"] for kw in built)  # evaluated with the prompts it was trained on
+    built.clear()  # evaluated again later, without the run's flags: the checkpoint says how it was prompted
+    synthetic.evaluate_run(tmp_path / "run", tmp_path / "again", max_single_questions=2, max_passage_questions=2)
+    assert built and all(kw["query_aware"] for kw in built)
     text = (tmp_path / "report" / "report.md").read_text()
     assert "retention of" not in text and "RL minus SFT, exact match" not in text  # no empty sections
     assert not (tmp_path / "none").exists()  # nothing to ship

@@ -35,6 +35,8 @@ _VALUES = frozenset(v for values in VALUE_SETS.values() for v in values)
 LENGTH_BUCKETS = (16, 32, 48, 64)
 """Reconstruction results are grouped by the document's token count, rounded down to one of these edges."""
 QA_MAX_NEW_TOKENS = 8
+QUERY_AWARE_ATTRIBUTE = "full_context_query_aware"
+"""Config attribute a full-context baseline checkpoint records its prompt layout in (`full_context_instruction`)."""
 """Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
 GREEDY = {"do_sample": False}
 NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
@@ -352,12 +354,11 @@ def evaluate_run(
     max_single_questions: int | None = None,
     max_passage_questions: int | None = None,
     batch_size: int = 32,
-    query_aware_baseline: bool = False,
 ) -> dict:
     """Evaluate a synthetic run's checkpoints on its held-out split; returns the records per benchmark.
 
-    `query_aware_baseline`: the full-context baseline was trained with the question before the passages too (its
-    prompts must match training).
+    The full-context baseline is prompted in the layout its checkpoint records (`QUERY_AWARE_ATTRIBUTE`), so its
+    prompts match its training whatever flags a later evaluation is run with.
 
     reconstruction  held-out documents from CPT-1 memory (flat template) at each trained chunk size, each with its
                     zero-memory control, and the copy control
@@ -377,6 +378,8 @@ def evaluate_run(
     models["previous"] = _load(previous)
     trained = [models[stage] for stage in stages]
     tokenizer = trained[0].tokenizer  # one tokenizer for the whole run (its data stage)
+    baseline = models["baseline"]
+    query_aware_baseline = baseline is not None and bool(getattr(baseline.config, QUERY_AWARE_ATTRIBUTE, False))
     settings = {"run": str(run_dir), "query_aware_baseline": query_aware_baseline}
     settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
     settings.update({f"{s}_decoder": m.decoder_fingerprint for s, m in models.items() if m is not None})
@@ -402,7 +405,7 @@ def evaluate_run(
         if models["rl"] is not None:
             systems.append(MemCompSystem(models["rl"], name="rl"))
         if models["baseline"] is not None:
-            systems.append(FullContextSystem(models["baseline"], name="full", query_aware=query_aware_baseline))
+            systems.append(FullContextSystem(baseline, name="full", query_aware=query_aware_baseline))
         if models["previous"] is not None:
             systems.append(MemCompSystem(models["previous"], name="previous"))
         if models["sft"] is not None:
