@@ -89,6 +89,10 @@ class SyntheticRunConfig:
     )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(6000, "SFT steps.")
+    sft_lr_decay: float = _arg(
+        1.0, "Share of SFT's steps over which its LR decays to 10% of its peak; below 1 the peak is held until then (as "
+        "`cpt1_lr_decay`), for binding that may be learnt late. 1: cosine throughout.",
+    )
     baseline_steps: int = _arg(
         9000, "Full-context QA fine-tuning steps of the baseline (same QA rows as SFT; more steps than SFT, which "
         "also saw QA in CPT-2).",
@@ -148,7 +152,7 @@ class SyntheticRunConfig:
         for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("cpt1_lr_decay", "baseline_lr_decay"):
+        for name in ("cpt1_lr_decay", "sft_lr_decay", "baseline_lr_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share of the steps, in (0, 1]; got {getattr(self, name)}.")
         if not 1 <= self.rl_min_documents <= self.max_passages:
@@ -440,7 +444,7 @@ def stage_config(config: SyntheticRunConfig, stage: str):
         training=_training_args(
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
             **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),
-            **(_lr_schedule(steps, config.cpt1_lr_decay) if kind == "cpt1" else {}),
+            **_lr_schedule(steps, {"cpt1": config.cpt1_lr_decay, "sft": config.sft_lr_decay}.get(kind, 1.0)),
         ),
     )
 

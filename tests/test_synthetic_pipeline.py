@@ -248,6 +248,18 @@ def test_cpt1_lr_decay_holds_the_peak_then_decays_in_cpt1_and_the_curve_stages_o
     assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
 
 
+def test_sft_lr_decay_holds_sfts_peak_only_and_defaults_to_a_cosine():
+    config = SyntheticRunConfig(sft_steps=100, cpt2_steps=100, sft_lr_decay=0.25)
+    peak = config.sft_learning_rate
+    held = _learning_rates(stage_config(config, "sft").training, 100)
+    assert held[5:75] == pytest.approx([peak] * 70) and held[-1] == pytest.approx(0.1 * peak, rel=0.05)
+    assert _learning_rates(stage_config(config, "cpt2").training, 100)[50] < 0.6 * config.learning_rate
+    cosine = _learning_rates(stage_config(SyntheticRunConfig(sft_steps=100), "sft").training, 100)
+    assert cosine[50] < 0.6 * peak and cosine[-1] == pytest.approx(0.1 * peak, rel=0.05)
+    with pytest.raises(ValueError, match="sft_lr_decay is a share of the steps"):
+        SyntheticRunConfig(sft_lr_decay=0)
+
+
 def test_baseline_lr_decay_holds_the_baselines_peak_and_defaults_to_a_cosine():
     from benchmarks.synthetic_run import baseline_arguments
 
