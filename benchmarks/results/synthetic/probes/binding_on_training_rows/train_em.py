@@ -1,6 +1,8 @@
 """EM of the committed run's baseline and SFT on 400 *training* QA rows with closed-set answers (k = 2 and 4), next to
 the type-guess control: do they bind facts they were trained on, or is binding not learnt at all? Run from the repo
-root on the committed run's folder (out/synthetic); about 2 minutes on one CPU thread."""
+root on the committed run's folder (out/synthetic); about 2 minutes on one CPU thread. `--full` / `--sft` name other
+checkpoints ('' skips one), e.g. `--full out/bll/baseline --sft ''` for the baseline_30000_steps_held_lr probe."""
+import argparse
 import collections
 import random
 import sys
@@ -14,11 +16,18 @@ from benchmarks.eval.synthetic import _load, type_guess_records
 from benchmarks.eval.systems import FullContextSystem, MemCompSystem
 from benchmarks.eval.scoring import answer_scores
 from trainers.synthetic import read_jsonl, answer_set
+parser = argparse.ArgumentParser()
+parser.add_argument('--full', default='out/synthetic/baseline', help="full-context baseline checkpoint ('': skip)")
+parser.add_argument('--sft', default='out/synthetic/sft', help="compressed SFT checkpoint ('': skip)")
+args = parser.parse_args()
 rows = read_jsonl('out/synthetic/data/train/qa.jsonl')
 rng = random.Random(0)
 picked = [r for r in rng.sample(rows, 4000) if r['k'] in (2, 4) and answer_set(r['type'])][:400]
-base, sft = _load(Path('out/synthetic/baseline')), _load(Path('out/synthetic/sft'))
-systems = {'full': FullContextSystem(base, name='full'), 'sft': MemCompSystem(sft, name='sft')}
+systems = {}
+if args.full:
+    systems['full'] = FullContextSystem(_load(Path(args.full)), name='full')
+if args.sft:
+    systems['sft'] = MemCompSystem(_load(Path(args.sft)), name='sft')
 out = collections.defaultdict(list)
 for name, system in systems.items():
     for i in range(0, len(picked), 32):
