@@ -35,9 +35,9 @@ _VALUES = frozenset(v for values in VALUE_SETS.values() for v in values)
 LENGTH_BUCKETS = (16, 32, 48, 64)
 """Reconstruction results are grouped by the document's token count, rounded down to one of these edges."""
 QA_MAX_NEW_TOKENS = 8
+"""Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
 QUERY_AWARE_ATTRIBUTE = "full_context_query_aware"
 """Config attribute a full-context baseline checkpoint records its prompt layout in (`full_context_instruction`)."""
-"""Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
 GREEDY = {"do_sample": False}
 NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
 """Question types answered by an invented name (an open set: a held-out name must be copied from the context); the
@@ -404,7 +404,7 @@ def evaluate_run(
         systems = [] if models["sft"] is None else [MemCompSystem(models["sft"], name="sft")]
         if models["rl"] is not None:
             systems.append(MemCompSystem(models["rl"], name="rl"))
-        if models["baseline"] is not None:
+        if baseline is not None:
             systems.append(FullContextSystem(baseline, name="full", query_aware=query_aware_baseline))
         if models["previous"] is not None:
             systems.append(MemCompSystem(models["previous"], name="previous"))
