@@ -14,16 +14,13 @@ import os
 
 from transformers import HfArgumentParser
 
+from trainers.distributed import process_group_teardown
 from trainers.precompute import PrecomputeArguments, run
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     (args,) = HfArgumentParser(PrecomputeArguments).parse_args_into_dataclasses()
-    try:
+    with process_group_teardown():
         dataset = run(args)
-    finally:
-        from accelerate import PartialState
-
-        PartialState().destroy_process_group()  # a no-op for one process
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{len(dataset)} rows with memories written to {args.output_dir}")

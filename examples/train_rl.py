@@ -19,6 +19,7 @@ from trl import TrlParser  # noqa: E402
 
 from modeling_memcomp import MemCompForCausalLM  # noqa: E402
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer  # noqa: E402
+from trainers.distributed import process_group_teardown  # noqa: E402
 from trainers.judges import JudgeArguments, build_judge  # noqa: E402
 from trainers.precompute import read_metadata  # noqa: E402
 
@@ -42,11 +43,13 @@ def main() -> None:
             "differs, re-run examples/precompute_memory.py --model %s.",
             script.memory_dataset, meta["model"], script.model, script.model,
         )
-    trainer = MemCompGRPOTrainer(
-        model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
-    )
-    trainer.train()
-    trainer.save_model(args.output_dir)
+    with process_group_teardown():
+        trainer = MemCompGRPOTrainer(
+            model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
+        )
+        trainer.train()
+        trainer.save_model(args.output_dir)
+        del trainer  # its reference cycles hold DDP's gloo work: free it before the process group goes
 
 
 if __name__ == "__main__":

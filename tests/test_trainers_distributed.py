@@ -1,14 +1,19 @@
 """Real two-process data-parallel training on CPU (gloo), launched the way users launch it."""
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
+import torch
+
+from trainers.distributed import process_group_teardown
 
 ROOT = Path(__file__).parent.parent
 
@@ -43,3 +48,29 @@ def test_two_ranks_train_on_different_shards_with_synchronised_gradients(tmp_pat
         assert not set(step0["example_ids"]) & set(step1["example_ids"])  # each rank its own shard
         assert step0["grad_checksum"] == step1["grad_checksum"] != 0  # all-reduced before the step
     assert (tmp_path / "out" / "model.safetensors").exists()  # rank 0 saved the trained model
+
+
+class _Cycle:
+    """Stands in for a trainer: its callbacks point back at it, so only the cycle collector frees what it holds."""
+
+    def __init__(self):
+        self.me = self
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_teardown_frees_the_trainer_then_destroys_the_group_even_on_error(tmp_path, monkeypatch, fails):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    cycle = weakref.ref(_Cycle())
+    seen = []
+    destroy = torch.distributed.destroy_process_group
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *a: (seen.append(cycle()), destroy(*a)))
+    try:
+        with pytest.raises(RuntimeError, match="boom") if fails else contextlib.nullcontext():
+            with process_group_teardown():
+                if fails:
+                    raise RuntimeError("boom")
+    finally:
+        if torch.distributed.is_initialized():
+            destroy()
+    assert seen == [None]  # collected before the group went, once
+    assert not torch.distributed.is_initialized()

@@ -1,4 +1,4 @@
-"""Refuse a multi-process launch that accelerate quietly turned into something else.
+"""Multi-process runs: refuse a launch that accelerate quietly turned into something else, and end one cleanly.
 
 accelerate 1.15 drops a requested engine without a word in two cases seen here: FSDP is applied only on
 GPU-type devices (on CPU ranks the run is plain DDP), and DeepSpeed is turned off when the training config
@@ -8,8 +8,10 @@ all, so each rank trains alone. Each would otherwise train for hours on a setup 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 REQUESTS = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED"}
 """Environment flags set by `accelerate launch` for an engine, and the distributed type that engine gives."""
@@ -43,3 +45,21 @@ def check_launch(distributed_type: str, environ: Mapping[str, str] = os.environ)
             "false): each rank would train alone on its own shard. Set --use_cpu true to train data-parallel "
             "over gloo (examples/accelerate/cpu_2proc.yaml), or run where the GPUs are visible."
         )
+
+
+@contextlib.contextmanager
+def process_group_teardown() -> Iterator[None]:
+    """Destroy the process group when the block ends: on success after every rank gets there, on error at once.
+
+    Without the barrier a rank that finished tears gloo down while rank 0 still saves; without the collection the
+    trainer's reference cycles leave DDP's gloo work to interpreter shutdown. Either can abort a rank at exit
+    ("terminate called without an active exception"). Does nothing where no process group was set up.
+    """
+    from accelerate import PartialState
+
+    try:
+        yield
+        PartialState().wait_for_everyone()
+    finally:
+        gc.collect()
+        PartialState().destroy_process_group()

@@ -17,6 +17,7 @@ require_extra("train", "training (trainers.run, examples/train_cpt.py, examples/
 
 from .config import StageConfig, parse_stage_args  # noqa: E402
 from .data import stage_streams  # noqa: E402
+from .distributed import process_group_teardown  # noqa: E402
 from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora  # noqa: E402
 from .mixture import StageMixture, build_stage_dataset  # noqa: E402
 from .stages import get_stage  # noqa: E402
@@ -132,8 +133,5 @@ def main(argv: list[str] | None = None, expected_stages: tuple[str, ...] = ("cpt
     """Command line: `--config stage.yaml [--field value ...]` (every field: `--help`)."""
     config = parse_stage_args(argv, expected_stages)
     logging.basicConfig(level=logging.INFO if config.training.process_index == 0 else logging.WARNING)
-    try:
+    with process_group_teardown():
         run_stage(config, resume_from_checkpoint=resume_point(config.training))
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
