@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import multiprocessing
+import os
 import random
 import shutil
 import time
@@ -33,14 +34,22 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from trainers.config import TaskWeights
+from trainers.config import JSONObject, TaskWeights
 from trainers.synthetic import lexicon_texts, read_jsonl
 
 logger = logging.getLogger(__name__)
 
 MEMCOMP_STAGES = ("cpt1", "cpt2", "sft")
+STARTABLE_STAGES = ("cpt1", "cpt2", "sft", "baseline")
+"""Stages `start_from` can start from another folder's model (RL starts from this run's `sft`: reuse one instead)."""
 TOY_SYSTEM_PROMPT = "Answer from the memory."
 """The toy's chat system prompt (SFT and RL): short, so the tiny model spends its compute on content."""
+
+
+class StageFolders(JSONObject):
+    """Stage name -> folder of a trained model."""
+
+    what = "stage folders"
 
 
 def _arg(default, text: str, **kwargs):
@@ -84,13 +93,13 @@ class SyntheticRunConfig:
     )
     cpt1_compression_ratio: float | None = _arg(None, "CPT-1's share of compression examples; default: Table 1's.")
     cpt1_lr_decay: float = _arg(
-        0.2, "Share of CPT-1's (and the curve stages') steps over which the LR decays to 10% of its peak; below 1 the "
+        0.2, "Share of CPT-1's (and the curve stages') steps over which the LR decays to a tenth of its peak; below 1 the "
         "peak is held until then (warmup-stable-decay), for reading memory that is learnt late. 1: cosine throughout.",
     )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(6000, "SFT steps.")
     sft_lr_decay: float = _arg(
-        1.0, "Share of SFT's steps over which its LR decays to 10% of its peak; below 1 the peak is held until then (as "
+        1.0, "Share of SFT's steps over which its LR decays to a tenth of its peak; below 1 the peak is held until then (as "
         "`cpt1_lr_decay`), for binding that may be learnt late. 1: cosine throughout.",
     )
     baseline_steps: int = _arg(
@@ -98,7 +107,7 @@ class SyntheticRunConfig:
         "also saw QA in CPT-2).",
     )
     baseline_lr_decay: float = _arg(
-        1.0, "Share of the baseline's steps over which its LR decays to 10% of its peak; below 1 the peak is held until "
+        1.0, "Share of the baseline's steps over which its LR decays to a tenth of its peak; below 1 the peak is held until "
         "then (as `cpt1_lr_decay`), for binding that may be learnt late. 1: cosine throughout.",
     )
     baseline_query_aware: bool = _arg(
@@ -142,13 +151,36 @@ class SyntheticRunConfig:
     threads: int = _arg(1, "Torch threads per process while both processes run.")
     threads_alone: int = _arg(1, "Torch threads of a process running alone (2 on an otherwise idle 2-core machine).")
     parallel: bool = _arg(True, "Train the baseline and the reconstruction curve in a second process.")
-    stages: list[str] | None = _arg(None, "Stages to run (in pipeline order; default: all).")
+    stages: list[str] | None = _arg(None, "Stages to run (in pipeline order; default: all but the reused ones).")
+    reuse: StageFolders = _arg(
+        StageFolders(), "Finished stages taken from other folders, as JSON {stage: folder}: each is linked into this "
+        "run (`{output_dir}/{stage}` -> folder) and never trained here, e.g. an SFT checkpoint for a run of `rl` alone.",
+    )
+    start_from: StageFolders = _arg(
+        StageFolders(), "Stages that start from another folder's trained model instead of this run's previous stage, "
+        "as JSON {stage: folder} (cpt1, cpt2, sft, baseline): to go on training another run's SFT or baseline, e.g. "
+        "in another distractor world.",
+    )
 
     def __post_init__(self):
-        self.stages = list(self.all_stages) if self.stages is None else list(self.stages)
+        self.reuse, self.start_from = StageFolders(self.reuse), StageFolders(self.start_from)
+        for name, allowed in (("reuse", self.all_stages), ("start_from", STARTABLE_STAGES)):
+            unknown = set(getattr(self, name)) - set(allowed)
+            if unknown:
+                raise ValueError(f"{name} names stages {sorted(unknown)}; choose from {list(allowed)}.")
+        both = set(self.reuse) & set(self.start_from)
+        if both:
+            raise ValueError(f"stages {sorted(both)} are both reused and trained from a start: give each one of the two.")
+        if self.stages is None:
+            self.stages = [stage for stage in self.all_stages if stage not in self.reuse]
+        self.stages = list(self.stages)
         unknown = set(self.stages) - set(self.all_stages)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {self.all_stages}.")
+        reused = [stage for stage in self.stages if stage in self.reuse]
+        if reused:
+            raise ValueError(f"stages {reused} are reused from other folders, so they are not trained here: drop them "
+                             "from --stages or from --reuse.")
         for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -190,6 +222,32 @@ class SyntheticRunConfig:
 # ---------------------------------------------------------------------------------------------- bookkeeping
 def _done(folder: Path) -> bool:
     return (folder / "config.json").is_file()
+
+
+def link_reused_stages(config: SyntheticRunConfig) -> None:
+    """Link each `reuse` folder into the run as its stage; a path there that is anything else is refused, not replaced."""
+    for stage, folder in config.reuse.items():
+        target, link = Path(folder), config.stage_dir(stage)
+        finished = (target / "tokenizer").is_dir() if stage == "data" else _done(target)
+        if not finished:
+            raise FileNotFoundError(f"reuse: {stage} -> {target}, which holds no finished {stage} (train it first).")
+        if link.is_symlink() and link.resolve() == target.resolve():
+            continue
+        if link.exists() or link.is_symlink():
+            raise FileExistsError(
+                f"{link} exists and is not a link to {target}: move it away or drop {stage} from --reuse."
+            )
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(os.path.relpath(target.resolve(), link.parent.resolve())), target_is_directory=True)
+
+
+def check_start_folders(config: SyntheticRunConfig, stages: list[str]) -> None:
+    """Before training `stages`: each `start_from` folder among them holds a finished model (its tokenizer goes with it:
+    a stage tokenizes its data with its base model's tokenizer, not with this run's data tokenizer)."""
+    for stage in stages:
+        folder = config.start_from.get(stage)
+        if folder is not None and not _done(Path(folder)):
+            raise FileNotFoundError(f"start_from: {stage} <- {folder}, which holds no finished model (train it first).")
 
 
 def _resume_point(folder: Path) -> bool | None:
@@ -419,17 +477,19 @@ STAGE_SOURCES = {
 
 
 def stage_config(config: SyntheticRunConfig, stage: str):
-    """The `StageConfig` of a memcomp stage (or a `cpt1_c<C>` curve stage): previous stage as base, corpus as sources."""
+    """The `StageConfig` of a memcomp stage (or a `cpt1_c<C>` curve stage): previous stage (or its `start_from` folder)
+    as base, corpus as sources."""
     from trainers.config import DataArguments, ModelArguments, StageConfig
     from trainers.fqlora import FQLoRAConfig
 
     kind, _, size = stage.partition("_c")
     chunk_size = int(size) if size else config.chunk_size
     previous = {"cpt1": "lm", "cpt2": "cpt1", "sft": "cpt2"}[kind]
+    base = config.start_from.get(stage) or str(config.stage_dir(previous))
     steps = config.recon_steps if size else getattr(config, f"{kind}_steps")
     sft = kind == "sft"
     return StageConfig(
-        model=ModelArguments(base=str(config.stage_dir(previous)), chunk_size=chunk_size, wrap=config.wrap, dtype="float32"),
+        model=ModelArguments(base=base, chunk_size=chunk_size, wrap=config.wrap, dtype="float32"),
         fqlora=FQLoRAConfig(),
         data=DataArguments(
             sources=[{"path": config.data_file("train", f), "kind": k} for f, k in STAGE_SOURCES[kind]],
@@ -494,14 +554,18 @@ def baseline_arguments(config: SyntheticRunConfig):
 
 
 def train_baseline(config: SyntheticRunConfig) -> None:
-    """The full-context baseline: the pretrained base fine-tuned on the SFT QA rows with the context as text."""
+    """The full-context baseline: the pretrained base (or its `start_from` model) fine-tuned on the SFT QA rows with
+    the context as text."""
     from benchmarks.eval.synthetic import QUERY_AWARE_ATTRIBUTE
     from modeling_memcomp import MemCompForCausalLM
     from trainers.trainer import MemCompTrainer
 
-    model = MemCompForCausalLM.from_base(
-        str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
-    ).train()
+    if "baseline" in config.start_from:  # a trained baseline goes on training (e.g. in another world)
+        model = MemCompForCausalLM.from_pretrained(config.start_from["baseline"], dtype=torch.float32).train()
+    else:
+        model = MemCompForCausalLM.from_base(
+            str(config.stage_dir("lm")), chunk_size=config.chunk_size, wrap=config.wrap, dtype=torch.float32
+        ).train()
     rows = read_jsonl(config.data_file("train", "qa"))
     examples = baseline_examples(model.tokenizer, model.config, rows, config.max_length, config.baseline_query_aware)
     dataset = _examples_dataset(examples, config.train_seed)
@@ -593,7 +657,8 @@ def _side_process(config_dict: dict) -> None:
 
 
 def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
-    """Run the selected stages (finished ones are skipped); returns the timings."""
+    """Run the selected stages (finished ones are skipped; reused ones linked in); returns the timings."""
+    link_reused_stages(config)
     if (config.root / "data" / "tokenizer").is_dir():
         check_corpus(config)  # before run_config.json is written: a refused command leaves the run's record as it was
     config.root.mkdir(parents=True, exist_ok=True)
@@ -604,6 +669,8 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
         started = time.time()
         make_data(config)
         _record(config, "data", time.time() - started)
+    if config.start_from:
+        check_start_folders(config, [s for s in config.stages if not _done(config.stage_dir(s))])
     if "lm" in wanted and not _done(config.stage_dir("lm")):
         pretrain_lm(config)
     side = None
@@ -674,24 +741,29 @@ def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse a `SyntheticRunConfig` and `ReportArguments` (command line or `--config run.yaml`) and `run_and_report`."""
+    import shlex
+    import sys
+
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO)
+    argv = sys.argv[1:] if argv is None else argv
+    run, report_args = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(argv)
+    return run_and_report(run, report_args, "python examples/train_synthetic.py " + shlex.join(argv))
+
+
+def run_and_report(run: SyntheticRunConfig, report_args: ReportArguments, command: str) -> dict:
     """Train every stage, evaluate on the held-out split, write the report and export the checkpoint.
 
     The exported checkpoint is RL (the paper's system: SFT encoder + RL decoder) when its exact match over the
     training range of documents is at least SFT's, else SFT; it replaces the shipped one only when it also beats it on
     the single-document held-out set.
     """
-    import shlex
-    import sys
-
-    from trl import TrlParser
-
     from benchmarks._timing import machine_info
     from benchmarks.eval.synthetic import EVALUATED, evaluate_run, evaluated_stages
     from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
 
-    logging.basicConfig(level=logging.INFO)
-    argv = sys.argv[1:] if argv is None else argv
-    run, report_args = TrlParser((SyntheticRunConfig, ReportArguments)).parse_args_and_config(argv)
     previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     run_pipeline(run)
     if not evaluated_stages(run.output_dir):
@@ -704,7 +776,6 @@ def main(argv: list[str] | None = None) -> dict:
         report_args.max_passage_questions,
     )
     _record(run, "eval", time.time() - started)
-    command = "python examples/train_synthetic.py " + shlex.join(argv)
     report = write_report(run.output_dir, report_args.report_dir, results, machine_info(torch.device("cpu")), command.strip())
     if report_args.checkpoint_dir:
         stage, reason = choose_shipped_stage(report)

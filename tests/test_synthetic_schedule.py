@@ -1,0 +1,168 @@
+"""A schedule of synthetic runs (`benchmarks.synthetic_schedule`): phases that reuse or go on from earlier phases'
+stages, one resumable command; the shipped checkpoint's schedule is the chain of probes that made it."""
+
+import json
+import shlex
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmarks.synthetic_run import ReportArguments, SyntheticRunConfig, check_start_folders, link_reused_stages
+from benchmarks.synthetic_schedule import load_schedule, main
+from tests.test_synthetic_pipeline import TOY
+
+PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
+SHIPPED = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
+REPORT_FIELDS = {f.name for f in fields(ReportArguments)}
+TOY_RUN = {k[2:]: v for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] not in REPORT_FIELDS}
+TOY_REPORT = [arg for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] in REPORT_FIELDS for arg in (k, v)]
+
+
+def _write(tmp_path, spec: dict) -> Path:
+    path = tmp_path / "schedule.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _probe_config(probe: str) -> SyntheticRunConfig:
+    from transformers import HfArgumentParser
+
+    command = json.loads((PROBES / probe / "report.json").read_text())["command"]
+    argv = shlex.split(command)[2:]  # after "python examples/train_synthetic.py"
+    run, _ = HfArgumentParser((SyntheticRunConfig, ReportArguments)).parse_args_into_dataclasses(argv)
+    return run
+
+
+@pytest.mark.parametrize(
+    "phase, probe, trained",
+    [
+        ("any", "sft_15000_steps_held_lr", ("sft", "baseline")),
+        ("other_kind", "other_kind_world_trained", ("sft", "baseline")),
+        ("rl_5_8_documents", "rl_5_8_documents_other_kind", ("rl",)),
+    ],
+)
+def test_the_shipped_schedule_trains_each_phase_as_the_probe_that_made_the_shipped_checkpoint(phase, probe, trained):
+    phases = {p.name: p.config for p in load_schedule(SHIPPED)}
+    ours, theirs = phases[phase], _probe_config(probe)
+    world = ("seed", "train_episodes", "heldout_episodes", "distractors", "max_passages", "lm_lexicon_texts", "batch_size")
+    compared = [f.name for f in fields(SyntheticRunConfig) if f.name in world or f.name.startswith(tuple(trained))]
+    assert {n: getattr(ours, n) for n in compared} == {n: getattr(theirs, n) for n in compared}
+    assert set(trained) <= set(ours.stages)
+    if phase == "any":  # the committed run's LM, CPT-1 and CPT-2: the defaults
+        defaults = SyntheticRunConfig()
+        assert all(getattr(ours, n) == getattr(defaults, n) for n in ("lm_steps", "cpt1_steps", "cpt2_steps"))
+
+
+def test_a_schedule_refuses_references_no_earlier_phase_provides(tmp_path):
+    spec = {"output_dir": str(tmp_path / "run"), "phases": [
+        {"name": "a", "stages": ["data", "lm", "cpt1"]},
+        {"name": "b", "stages": ["data", "rl"], "reuse": {"sft": "a/sft"}},
+    ]}
+    with pytest.raises(ValueError, match=r"phase 'b': reuse sft -> 'a/sft', but no earlier phase 'a' trains or reuses 'sft'"):
+        load_schedule(_write(tmp_path, spec))
+    spec["phases"][1]["reuse"] = {"sft": "c/sft"}
+    with pytest.raises(ValueError, match=r"no earlier phase 'c'.*earlier phases: \['a'\]"):
+        load_schedule(_write(tmp_path, spec))
+    spec["phases"][1] = {"name": "b", "sft_stepz": 3}
+    with pytest.raises(ValueError, match=r"phase 'b':.*sft_stepz"):
+        load_schedule(_write(tmp_path, spec))
+    spec["phases"][1] = {"name": "a"}
+    with pytest.raises(ValueError, match="phase 2 needs a unique `name`"):
+        load_schedule(_write(tmp_path, spec))
+    with pytest.raises(ValueError, match="a schedule has `output_dir`, `phases`"):
+        load_schedule(_write(tmp_path, {"phases": []}))
+
+
+def test_reused_and_started_stages_are_checked_before_anything_trains():
+    with pytest.raises(ValueError, match=r"reused from other folders, so they are not trained here"):
+        SyntheticRunConfig(stages=["rl"], reuse={"rl": "elsewhere/rl"})
+    with pytest.raises(ValueError, match=r"start_from names stages \['rl'\]"):
+        SyntheticRunConfig(start_from={"rl": "elsewhere/sft"})
+    with pytest.raises(ValueError, match="both reused and trained from a start"):
+        SyntheticRunConfig(reuse={"sft": "a"}, start_from={"sft": "b"})
+    assert "sft" not in SyntheticRunConfig(reuse={"sft": "a"}).stages  # default stages: all but the reused
+
+
+def test_a_reused_stage_is_linked_in_and_a_folder_in_its_place_is_refused_untouched(tmp_path):
+    source = tmp_path / "a" / "sft"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    config = SyntheticRunConfig(output_dir=str(tmp_path / "b"), stages=["rl"], reuse={"sft": str(source)})
+    link_reused_stages(config)
+    link_reused_stages(config)  # again (a resumed run): the same link is kept
+    assert (tmp_path / "b" / "sft").is_symlink() and (tmp_path / "b" / "sft" / "config.json").is_file()
+    (tmp_path / "b" / "sft").unlink()
+    (tmp_path / "b" / "sft").mkdir()
+    (tmp_path / "b" / "sft" / "model.safetensors").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not a link to"):
+        link_reused_stages(config)
+    assert (tmp_path / "b" / "sft" / "model.safetensors").read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="holds no finished baseline"):
+        link_reused_stages(SyntheticRunConfig(output_dir=str(tmp_path / "c"), reuse={"baseline": str(tmp_path / "a")}))
+
+
+def test_a_start_from_folder_without_a_finished_model_is_refused_before_training(tmp_path):
+    config = SyntheticRunConfig(output_dir=str(tmp_path / "run"), start_from={"sft": str(tmp_path / "other")})
+    with pytest.raises(FileNotFoundError, match=r"start_from: sft <- .*other, which holds no finished model"):
+        check_start_folders(config, ["sft"])
+    check_start_folders(config, ["rl"])  # only the stages about to train are checked
+
+
+def _state(folder: Path) -> dict:
+    from modeling_memcomp import MemCompForCausalLM
+
+    model = MemCompForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return {k: v.clone() for k, v in model.language_model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+
+
+@pytest.mark.slow
+def test_a_toy_schedule_goes_on_from_earlier_phases_and_resumes_as_one_command(tmp_path):
+    root = tmp_path / "run"
+    spec = {
+        "output_dir": str(root),
+        "common": {**TOY_RUN, "parallel": False},
+        "phases": [
+            {"name": "a", "stages": ["data", "lm", "cpt1", "cpt2", "sft", "baseline"]},
+            # A learning rate too small to move a weight: b's SFT and baseline must equal the models they start from.
+            {"name": "b", "distractors": "other_kind", "stages": ["data", "sft", "rl", "baseline"],
+             "reuse": {"cpt1": "a/cpt1"}, "start_from": {"sft": "a/sft", "baseline": "a/baseline"},
+             "sft_learning_rate": 1e-12},
+        ],
+    }
+    argv = ["--schedule", str(_write(tmp_path, spec)), "--report_dir", str(tmp_path / "report"), "--checkpoint_dir", "",
+            *TOY_REPORT]
+    report = main(argv)
+
+    assert (root / "b" / "cpt1").is_symlink() and (root / "b" / "cpt1").resolve() == (root / "a" / "cpt1").resolve()
+    assert _same(_state(root / "b" / "sft"), _state(root / "a" / "sft"))
+    assert not _same(_state(root / "a" / "sft"), _state(root / "a" / "cpt2"))  # SFT moved a's weights: a real check
+    assert _same(_state(root / "b" / "baseline"), _state(root / "a" / "baseline"))
+    assert json.loads((root / "b" / "run_config.json").read_text())["start_from"]["sft"] == str(root / "a" / "sft")
+    assert set(report["aggregates"]["qa_em_by_k"]["all"]) >= {"sft", "rl", "full"}
+    assert "reconstruction_content_accuracy" in report["aggregates"]  # a's CPT-1, linked in
+
+    timings = {p: json.loads((root / p / "timings.json").read_text()) for p in ("a", "b")}
+    main(argv)  # the same command again: every phase is finished, nothing retrains
+    for phase in ("a", "b"):
+        again = json.loads((root / phase / "timings.json").read_text())
+        assert {s: t for s, t in again.items() if s != "eval"} == {s: t for s, t in timings[phase].items() if s != "eval"}
+
+
+@pytest.mark.parametrize("command", ["run", "schedule"])
+def test_help_lists_every_field(command, capsys):
+    from benchmarks import synthetic_run, synthetic_schedule
+
+    with pytest.raises(SystemExit) as exit_:
+        {"run": synthetic_run.main, "schedule": synthetic_schedule.main}[command](["--help"])
+    assert exit_.value.code == 0
+    names = [f.name for f in fields(SyntheticRunConfig)] if command == "run" else ["schedule"]
+    out = capsys.readouterr().out
+    missing = [name for name in [*names, *REPORT_FIELDS] if f"--{name} " not in out]
+    assert not missing
