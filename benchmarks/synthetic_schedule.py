@@ -104,13 +104,15 @@ def _check_references(path, config: SyntheticRunConfig, name: str, earlier: list
 
 
 def run_schedule(phases: list[Phase], report_args: ReportArguments, command: str) -> dict:
-    """Train every phase in order, then evaluate, report and export the last one; returns its report."""
+    """Train every phase in order, then evaluate, report and export the last one; returns its report. Each phase's
+    recorded hours go to `{output_dir}/schedule_hours.json`."""
     for number, phase in enumerate(phases, 1):
         logger.info("phase %d/%d: %s (stages %s)", number, len(phases), phase.name, " ".join(phase.config.stages))
         if number < len(phases):
             run_pipeline(phase.config)
     report = run_and_report(phases[-1].config, report_args, command)
     hours = schedule_hours(phases)
+    (phases[-1].config.root.parent / "schedule_hours.json").write_text(json.dumps(hours, indent=2))
     logger.info("schedule done: %.2f h of recorded stage time (%s)", sum(hours.values()),
                 ", ".join(f"{name} {h:.2f} h" for name, h in hours.items()))
     return report

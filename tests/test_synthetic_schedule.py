@@ -147,6 +147,8 @@ def test_a_toy_schedule_goes_on_from_earlier_phases_and_resumes_as_one_command(t
     assert json.loads((root / "b" / "run_config.json").read_text())["start_from"]["sft"] == str(root / "a" / "sft")
     assert set(report["aggregates"]["qa_em_by_k"]["all"]) >= {"sft", "rl", "full"}
     assert "reconstruction_content_accuracy" in report["aggregates"]  # a's CPT-1, linked in
+    hours = json.loads((root / "schedule_hours.json").read_text())
+    assert set(hours) == {"a", "b"} and all(h > 0 for h in hours.values())
 
     timings = {p: json.loads((root / p / "timings.json").read_text()) for p in ("a", "b")}
     main(argv)  # the same command again: every phase is finished, nothing retrains
