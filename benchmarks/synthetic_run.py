@@ -181,6 +181,9 @@ class SyntheticRunConfig:
         if reused:
             raise ValueError(f"stages {reused} are reused from other folders, so they are not trained here: drop them "
                              "from --stages or from --reuse.")
+        idle = [stage for stage in self.start_from if stage not in self.stages]
+        if idle:
+            raise ValueError(f"start_from names stages {idle} that this run does not train: add them to --stages.")
         for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -224,21 +227,29 @@ def _done(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
 
-def link_reused_stages(config: SyntheticRunConfig) -> None:
-    """Link each `reuse` folder into the run as its stage; a path there that is anything else is refused, not replaced."""
+def check_reused_stages(config: SyntheticRunConfig) -> None:
+    """Each `reuse` folder holds its finished stage and its place in the run is free (or already that link)."""
     for stage, folder in config.reuse.items():
         target, link = Path(folder), config.stage_dir(stage)
         finished = (target / "tokenizer").is_dir() if stage == "data" else _done(target)
         if not finished:
             raise FileNotFoundError(f"reuse: {stage} -> {target}, which holds no finished {stage} (train it first).")
-        if link.is_symlink() and link.resolve() == target.resolve():
-            continue
-        if link.exists() or link.is_symlink():
-            raise FileExistsError(
-                f"{link} exists and is not a link to {target}: move it away or drop {stage} from --reuse."
-            )
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path(os.path.relpath(target.resolve(), link.parent.resolve())), target_is_directory=True)
+        if (link.exists() or link.is_symlink()) and not (link.is_symlink() and link.resolve() == target.resolve()):
+            raise FileExistsError(f"{link} exists and is not a link to {target}: move it away or drop {stage} from --reuse.")
+    for stage in config.stages:
+        if config.stage_dir(stage).is_symlink():
+            logger.warning("%s is a link (to %s) but not in --reuse: it counts as finished if it holds a model.",
+                           config.stage_dir(stage), config.stage_dir(stage).resolve())
+
+
+def link_reused_stages(config: SyntheticRunConfig) -> None:
+    """Link each `reuse` folder into the run as its stage (checked first by `check_reused_stages`)."""
+    check_reused_stages(config)
+    for stage, folder in config.reuse.items():
+        target, link = Path(folder), config.stage_dir(stage)
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(os.path.relpath(target.resolve(), link.parent.resolve())), target_is_directory=True)
 
 
 def check_start_folders(config: SyntheticRunConfig, stages: list[str]) -> None:
@@ -406,10 +417,10 @@ def make_data(config: SyntheticRunConfig) -> None:
     (config.root / "data" / CORPUS_RECORD).write_text(json.dumps(asdict(wanted), indent=2))
 
 
-def check_corpus(config: SyntheticRunConfig) -> None:
-    """Refuse a run whose corpus settings differ from those its existing data folder was generated with: the later
-    stages would silently train and evaluate on the old corpus."""
-    record = config.root / "data" / CORPUS_RECORD
+def check_corpus(config: SyntheticRunConfig, data: Path | None = None) -> None:
+    """Refuse a run whose corpus settings differ from those its existing data folder (`data`, default the run's) was
+    generated with: the later stages would silently train and evaluate on the old corpus."""
+    record = (config.root / "data" if data is None else Path(data)) / CORPUS_RECORD
     if not record.is_file():
         logger.warning("%s has no %s (written by an older version): its corpus settings cannot be checked.",
                        record.parent, CORPUS_RECORD)
@@ -658,9 +669,13 @@ def _side_process(config_dict: dict) -> None:
 
 def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     """Run the selected stages (finished ones are skipped; reused ones linked in); returns the timings."""
+    # Every check before anything is written: a refused command leaves the run's folder as it was.
+    check_reused_stages(config)
+    check_start_folders(config, [stage for stage in config.stages if not _done(config.stage_dir(stage))])
+    data = Path(config.reuse.get("data") or config.root / "data")
+    if (data / "tokenizer").is_dir():
+        check_corpus(config, data)
     link_reused_stages(config)
-    if (config.root / "data" / "tokenizer").is_dir():
-        check_corpus(config)  # before run_config.json is written: a refused command leaves the run's record as it was
     config.root.mkdir(parents=True, exist_ok=True)
     (config.root / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     torch.set_num_threads(config.threads_alone)
@@ -669,8 +684,6 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
         started = time.time()
         make_data(config)
         _record(config, "data", time.time() - started)
-    if config.start_from:
-        check_start_folders(config, [s for s in config.stages if not _done(config.stage_dir(s))])
     if "lm" in wanted and not _done(config.stage_dir("lm")):
         pretrain_lm(config)
     side = None

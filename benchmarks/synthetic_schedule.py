@@ -2,7 +2,8 @@
 
 Each phase is a `SyntheticRunConfig` trained in its own folder, `{output_dir}/{name}`; a later phase takes finished
 stages of earlier ones (`reuse`) or goes on training them (`start_from`), e.g. in another distractor world. The last
-phase is evaluated, reported and exported like a single run (`synthetic_run.run_and_report`). A rerun skips finished
+phase is evaluated, reported (by default in `{output_dir}/report`) and exported like a single run
+(`synthetic_run.run_and_report`). A rerun skips finished
 phases and stages and resumes an interrupted stage from its last checkpoint, so a schedule longer than a session is
 the same command run again.
 
@@ -14,17 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
-from benchmarks.synthetic_run import ReportArguments, SyntheticRunConfig, run_and_report, run_pipeline
+from benchmarks.synthetic_run import ReportArguments, StageFolders, SyntheticRunConfig, run_and_report, run_pipeline
 
 logger = logging.getLogger(__name__)
 
 SCHEDULE_KEYS = {"output_dir", "common", "phases"}
+PHASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+RUN_FIELDS = {f.name for f in fields(SyntheticRunConfig)}
 
 
 @dataclass
@@ -40,15 +44,32 @@ class ScheduleArguments:
 
 
 @dataclass
+class ScheduleReportArguments(ReportArguments):
+    """`ReportArguments`, with the report kept beside the schedule's runs unless a folder is given."""
+
+    report_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder for report.json, report.md and the plots (default: <output_dir>/report, so the "
+                  "committed run's report in benchmarks/results/synthetic is left as it is)."},
+    )
+
+
+@dataclass
 class Phase:
     name: str
     config: SyntheticRunConfig
 
 
-def _argv(fields: dict) -> list[str]:
+@dataclass
+class Schedule:
+    output_dir: Path
+    phases: list[Phase]
+
+
+def _argv(values: dict) -> list[str]:
     """Fields as command-line arguments, so argparse converts and checks them as it does for `train_synthetic.py`."""
     argv = []
-    for key, value in fields.items():
+    for key, value in values.items():
         if value is None:
             raise ValueError(f"{key}: null; leave the field out for its default.")
         if isinstance(value, list):
@@ -58,70 +79,76 @@ def _argv(fields: dict) -> list[str]:
     return argv
 
 
-def load_schedule(path: str | Path) -> list[Phase]:
+def load_schedule(path: str | Path) -> Schedule:
     """The phases of a schedule file, each a validated `SyntheticRunConfig`; every `reuse`/`start_from` folder must be
-    a stage that an earlier phase trains or reuses, so a wrong reference fails now, not hours into the schedule."""
+    a stage of its kind that an earlier phase trains or reuses, so a wrong reference fails now, not hours later."""
     spec = yaml.safe_load(Path(path).read_text()) or {}
     unknown = set(spec) - SCHEDULE_KEYS
     if unknown or not spec.get("phases") or "output_dir" not in spec:
         raise ValueError(f"{path}: a schedule has `output_dir`, `phases` (a non-empty list) and optionally `common`; "
                          f"got keys {sorted(spec)}.")
-    root = Path(spec["output_dir"])
+    root, common = Path(spec["output_dir"]), dict(spec.get("common") or {})
     phases: list[Phase] = []
     for number, entry in enumerate(spec["phases"], 1):
         entry = dict(entry)
         name = entry.pop("name", None)
-        if not name or "/" in str(name) or name in {p.name for p in phases}:
-            raise ValueError(f"{path}: phase {number} needs a unique `name` without '/', got {name!r}.")
-        if "output_dir" in entry:
-            raise ValueError(f"{path}: phase {name!r} sets output_dir; every phase trains in <output_dir>/<name>.")
-        fields = {**(spec.get("common") or {}), **entry, "output_dir": str(root / name)}
-        for key in ("reuse", "start_from"):
-            fields[key] = {stage: str(root / folder) for stage, folder in (fields.get(key) or {}).items()}
+        if not isinstance(name, str) or not PHASE_NAME.fullmatch(name) or name in {p.name for p in phases}:
+            raise ValueError(f"{path}: phase {number} needs a unique `name` of letters, digits, '_', '.' or '-' (not "
+                             f"starting with '.'), got {name!r}.")
+        values = {**common, **entry}
         try:
-            parser = HfArgumentParser(SyntheticRunConfig, exit_on_error=False)
-            (config,) = parser.parse_args_into_dataclasses(_argv(fields))
-        except (ValueError, argparse.ArgumentError) as error:
+            if "output_dir" in values:
+                raise ValueError("output_dir is the schedule's; every phase trains in <output_dir>/<name>.")
+            unknown = sorted(set(values) - RUN_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fields {unknown} (SyntheticRunConfig's: `train_synthetic.py --help`).")
+            for key in ("reuse", "start_from"):
+                references = StageFolders(values.get(key) or {})
+                _check_references(key, references, phases)
+                values[key] = {stage: str(root / folder) for stage, folder in references.items()}
+            parser = HfArgumentParser(SyntheticRunConfig, exit_on_error=False, allow_abbrev=False)
+            (config,) = parser.parse_args_into_dataclasses(_argv({**values, "output_dir": str(root / name)}))
+        except (ValueError, TypeError, argparse.ArgumentError) as error:
             raise ValueError(f"{path}: phase {name!r}: {error}") from None
-        _check_references(path, config, name, phases, root)
         phases.append(Phase(name, config))
-    return phases
+    return Schedule(root, phases)
 
 
-def _check_references(path, config: SyntheticRunConfig, name: str, earlier: list[Phase], root: Path) -> None:
+def _check_references(key: str, references: dict, earlier: list[Phase]) -> None:
+    """Each reference is '<phase>/<stage>' of an earlier phase that trains or reuses that stage, of a fitting kind:
+    data for data only, a baseline for a baseline's start."""
     provides = {p.name: {*p.config.stages, *p.config.reuse} for p in earlier}
-    for key in ("reuse", "start_from"):
-        for stage, folder in getattr(config, key).items():
-            relative = Path(folder).relative_to(root) if Path(folder).is_relative_to(root) else None
-            if relative is None or len(relative.parts) != 2:
-                raise ValueError(f"{path}: phase {name!r}: {key} {stage} -> {folder!r}; write '<phase>/<stage>'.")
-            phase, source = relative.parts
-            if source not in provides.get(phase, ()):
-                raise ValueError(
-                    f"{path}: phase {name!r}: {key} {stage} -> '{phase}/{source}', but no earlier phase {phase!r} "
-                    f"trains or reuses {source!r} (earlier phases: {sorted(provides) or 'none'})."
-                )
+    for stage, folder in references.items():
+        phase, _, source = str(folder).partition("/")
+        if not phase or not source or "/" in source:
+            raise ValueError(f"{key} {stage} -> {folder!r}; write '<phase>/<stage>'.")
+        if source not in provides.get(phase, ()):
+            raise ValueError(f"{key} {stage} -> '{folder}', but no earlier phase {phase!r} trains or reuses {source!r} "
+                             f"(earlier phases: {sorted(provides) or 'none'}).")
+        if (stage == "data") != (source == "data") or (key == "start_from" and (stage == "baseline") != (source == "baseline")):
+            raise ValueError(f"{key} {stage} -> '{folder}': a {source} folder cannot stand for {stage}.")
 
 
-def run_schedule(phases: list[Phase], report_args: ReportArguments, command: str) -> dict:
+def run_schedule(schedule: Schedule, report_args: ReportArguments, command: str) -> dict:
     """Train every phase in order, then evaluate, report and export the last one; returns its report. Each phase's
-    recorded hours go to `{output_dir}/schedule_hours.json`."""
+    recorded stage hours go to `{output_dir}/schedule_hours.json`."""
+    phases = schedule.phases
     for number, phase in enumerate(phases, 1):
         logger.info("phase %d/%d: %s (stages %s)", number, len(phases), phase.name, " ".join(phase.config.stages))
         if number < len(phases):
             run_pipeline(phase.config)
     report = run_and_report(phases[-1].config, report_args, command)
-    hours = schedule_hours(phases)
-    (phases[-1].config.root.parent / "schedule_hours.json").write_text(json.dumps(hours, indent=2))
-    logger.info("schedule done: %.2f h of recorded stage time (%s)", sum(hours.values()),
+    hours = schedule_hours(schedule)
+    (schedule.output_dir / "schedule_hours.json").write_text(json.dumps(hours, indent=2))
+    logger.info("schedule done: %.2f h of recorded stage time, both processes counted (%s)", sum(hours.values()),
                 ", ".join(f"{name} {h:.2f} h" for name, h in hours.items()))
     return report
 
 
-def schedule_hours(phases: list[Phase]) -> dict[str, float]:
-    """Recorded stage hours of each phase (its `timings.json`: training stages, data and evaluation)."""
+def schedule_hours(schedule: Schedule) -> dict[str, float]:
+    """Recorded stage hours of each phase (its `timings.json`: data, training stages of both processes, evaluation)."""
     hours = {}
-    for phase in phases:
+    for phase in schedule.phases:
         path = phase.config.root / "timings.json"
         timings = json.loads(path.read_text()) if path.is_file() else {}
         hours[phase.name] = sum(v for v in timings.values() if isinstance(v, (int, float))) / 3600
@@ -129,12 +156,15 @@ def schedule_hours(phases: list[Phase]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse `ScheduleArguments` and `ReportArguments` from the command line and run the schedule."""
+    """Parse `ScheduleArguments` and `ScheduleReportArguments` from the command line and run the schedule."""
     import shlex
     import sys
 
     logging.basicConfig(level=logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
-    schedule, report_args = HfArgumentParser((ScheduleArguments, ReportArguments)).parse_args_into_dataclasses(argv)
-    phases = load_schedule(schedule.schedule)
-    return run_schedule(phases, report_args, "python examples/train_synthetic_schedule.py " + shlex.join(argv))
+    parser = HfArgumentParser((ScheduleArguments, ScheduleReportArguments))
+    arguments, report_args = parser.parse_args_into_dataclasses(argv)
+    schedule = load_schedule(arguments.schedule)
+    if report_args.report_dir is None:
+        report_args.report_dir = str(schedule.output_dir / "report")
+    return run_schedule(schedule, report_args, "python examples/train_synthetic_schedule.py " + shlex.join(argv))

@@ -2,8 +2,7 @@
 stages, one resumable command; the shipped checkpoint's schedule is the chain of probes that made it."""
 
 import json
-import shlex
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from benchmarks.synthetic_schedule import load_schedule, main
 from tests.test_synthetic_pipeline import TOY
 
 PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
-SHIPPED = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
+SHIPPED_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
 REPORT_FIELDS = {f.name for f in fields(ReportArguments)}
 TOY_RUN = {k[2:]: v for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] not in REPORT_FIELDS}
 TOY_REPORT = [arg for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] in REPORT_FIELDS for arg in (k, v)]
@@ -27,51 +26,65 @@ def _write(tmp_path, spec: dict) -> Path:
     return path
 
 
-def _probe_config(probe: str) -> SyntheticRunConfig:
-    from transformers import HfArgumentParser
+def _recorded_config(report: Path) -> dict:
+    return json.loads(report.read_text())["config"]
 
-    command = json.loads((PROBES / probe / "report.json").read_text())["command"]
-    argv = shlex.split(command)[2:]  # after "python examples/train_synthetic.py"
-    run, _ = HfArgumentParser((SyntheticRunConfig, ReportArguments)).parse_args_into_dataclasses(argv)
-    return run
+
+COMMITTED = PROBES.parent / "report.json"
+WORLD = ("seed", "train_episodes", "heldout_episodes", "multidoc_texts", "distractors", "max_passages", "lm_lexicon_texts",
+         "lm_qa_text", "batch_size", "max_length", "chunk_size", "wrap", "hidden_size", "num_layers", "system_prompt")
 
 
 @pytest.mark.parametrize(
-    "phase, probe, trained",
+    "phase, report, trained",
     [
-        ("any", "sft_15000_steps_held_lr", ("sft", "baseline")),
-        ("other_kind", "other_kind_world_trained", ("sft", "baseline")),
-        ("rl_5_8_documents", "rl_5_8_documents_other_kind", ("rl",)),
+        ("any", COMMITTED, ("lm_", "cpt1_", "cpt2_", "learning_rate", "projection_learning_rate")),
+        ("any", PROBES / "sft_15000_steps_held_lr" / "report.json", ("sft_", "baseline_")),
+        ("other_kind", PROBES / "other_kind_world_trained" / "report.json", ("sft_", "baseline_")),
+        ("rl_5_8_documents", PROBES / "rl_5_8_documents_other_kind" / "report.json", ("rl_",)),
     ],
 )
-def test_the_shipped_schedule_trains_each_phase_as_the_probe_that_made_the_shipped_checkpoint(phase, probe, trained):
-    phases = {p.name: p.config for p in load_schedule(SHIPPED)}
-    ours, theirs = phases[phase], _probe_config(probe)
-    world = ("seed", "train_episodes", "heldout_episodes", "distractors", "max_passages", "lm_lexicon_texts", "batch_size")
-    compared = [f.name for f in fields(SyntheticRunConfig) if f.name in world or f.name.startswith(tuple(trained))]
-    assert {n: getattr(ours, n) for n in compared} == {n: getattr(theirs, n) for n in compared}
-    assert set(trained) <= set(ours.stages)
-    if phase == "any":  # the committed run's LM, CPT-1 and CPT-2: the defaults
-        defaults = SyntheticRunConfig()
-        assert all(getattr(ours, n) == getattr(defaults, n) for n in ("lm_steps", "cpt1_steps", "cpt2_steps"))
+def test_the_shipped_schedule_trains_each_phase_as_the_run_that_made_the_shipped_checkpoint(phase, report, trained):
+    """Every setting a phase's stages train with equals the one recorded in the committed report of the run (probe)
+    that trained them (fields a report predates are skipped)."""
+    phases = {p.name: p.config for p in load_schedule(SHIPPED_YAML).phases}
+    ours, theirs = asdict(phases[phase]), _recorded_config(report)
+    compared = [n for n in ours if n in theirs and (n in WORLD or n.startswith(trained))]
+    assert len(compared) > 8
+    assert {n: ours[n] for n in compared} == {n: theirs[n] for n in compared}
 
 
-def test_a_schedule_refuses_references_no_earlier_phase_provides(tmp_path):
-    spec = {"output_dir": str(tmp_path / "run"), "phases": [
-        {"name": "a", "stages": ["data", "lm", "cpt1"]},
-        {"name": "b", "stages": ["data", "rl"], "reuse": {"sft": "a/sft"}},
-    ]}
-    with pytest.raises(ValueError, match=r"phase 'b': reuse sft -> 'a/sft', but no earlier phase 'a' trains or reuses 'sft'"):
-        load_schedule(_write(tmp_path, spec))
-    spec["phases"][1]["reuse"] = {"sft": "c/sft"}
-    with pytest.raises(ValueError, match=r"no earlier phase 'c'.*earlier phases: \['a'\]"):
-        load_schedule(_write(tmp_path, spec))
-    spec["phases"][1] = {"name": "b", "sft_stepz": 3}
-    with pytest.raises(ValueError, match=r"phase 'b':.*sft_stepz"):
-        load_schedule(_write(tmp_path, spec))
-    spec["phases"][1] = {"name": "a"}
-    with pytest.raises(ValueError, match="phase 2 needs a unique `name`"):
-        load_schedule(_write(tmp_path, spec))
+def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
+    schedule = load_schedule(SHIPPED_YAML)
+    root = schedule.output_dir
+    any_, other, rl = (p.config for p in schedule.phases)
+    assert any_.stages == ["data", "lm", "cpt1", "cpt2", "sft", "baseline"] and not any_.reuse and not any_.start_from
+    assert dict(other.start_from) == {"sft": str(root / "any/sft"), "baseline": str(root / "any/baseline")}
+    assert rl.stages == ["data", "rl"] and rl.reuse["sft"] == str(root / "other_kind/sft")
+    assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
+
+
+def test_a_schedule_refuses_what_would_fail_or_mislead_hours_later(tmp_path):
+    first = {"name": "a", "stages": ["data", "lm", "cpt1", "sft"]}
+
+    def refused(second: dict, match: str, common: dict | None = None):
+        spec = {"output_dir": str(tmp_path / "run"), "common": common or {}, "phases": [first, second]}
+        with pytest.raises(ValueError, match=match):
+            load_schedule(_write(tmp_path, spec))
+
+    refused({"name": "b", "stages": ["data", "rl"], "reuse": {"baseline": "a/baseline"}},
+            r"phase 'b': reuse baseline -> 'a/baseline', but no earlier phase 'a' trains or reuses 'baseline'")
+    refused({"name": "b", "reuse": {"sft": "c/sft"}}, r"no earlier phase 'c'.*earlier phases: \['a'\]")
+    refused({"name": "b", "reuse": {"sft": "../a/sft"}}, r"reuse sft -> '\.\./a/sft'; write '<phase>/<stage>'")
+    refused({"name": "b", "reuse": {"sft": "a/data"}}, r"a data folder cannot stand for sft")
+    refused({"name": "b", "stages": ["baseline"], "start_from": {"baseline": "a/sft"}}, "a sft folder cannot stand for baseline")
+    refused({"name": "b", "sft_stepz": 3}, r"phase 'b': unknown fields \['sft_stepz'\]")
+    refused({"name": "b", "sft_lr": 1e-4}, r"unknown fields \['sft_lr'\]")  # not taken as sft_lr_decay
+    refused({"name": "b", "sft_steps": "many"}, r"phase 'b':.*sft_steps")
+    refused({"name": "b", "stages": ["rl"], "start_from": {"sft": "a/sft"}}, "start_from names stages \\['sft'\\] that this run does not train")
+    refused({"name": "b"}, "output_dir is the schedule's", common={"output_dir": "elsewhere"})
+    for name in ("a", "..", "x/y", None):
+        refused({"name": name}, "phase 2 needs a unique `name`")
     with pytest.raises(ValueError, match="a schedule has `output_dir`, `phases`"):
         load_schedule(_write(tmp_path, {"phases": []}))
 
@@ -81,9 +94,26 @@ def test_reused_and_started_stages_are_checked_before_anything_trains():
         SyntheticRunConfig(stages=["rl"], reuse={"rl": "elsewhere/rl"})
     with pytest.raises(ValueError, match=r"start_from names stages \['rl'\]"):
         SyntheticRunConfig(start_from={"rl": "elsewhere/sft"})
+    with pytest.raises(ValueError, match=r"start_from names stages \['sft'\] that this run does not train"):
+        SyntheticRunConfig(stages=["rl"], start_from={"sft": "elsewhere/sft"})
     with pytest.raises(ValueError, match="both reused and trained from a start"):
         SyntheticRunConfig(reuse={"sft": "a"}, start_from={"sft": "b"})
     assert "sft" not in SyntheticRunConfig(reuse={"sft": "a"}).stages  # default stages: all but the reused
+
+
+def test_a_refused_run_leaves_its_folder_as_it_was(tmp_path):
+    from benchmarks.synthetic_run import make_data, run_pipeline
+
+    small = dict(train_episodes=30, heldout_episodes=40, multidoc_texts=20)
+    make_data(SyntheticRunConfig(output_dir=str(tmp_path / "a"), **small))
+    run = tmp_path / "b"
+    with pytest.raises(ValueError, match=r"train_episodes=60 \(the data has 30\)"):  # the reused data is another corpus
+        run_pipeline(SyntheticRunConfig(output_dir=str(run), reuse={"data": str(tmp_path / "a" / "data")},
+                                        stages=["lm"], **{**small, "train_episodes": 60}))
+    with pytest.raises(FileNotFoundError, match="holds no finished model"):
+        run_pipeline(SyntheticRunConfig(output_dir=str(run), reuse={"data": str(tmp_path / "a" / "data")},
+                                        stages=["sft"], start_from={"sft": str(tmp_path / "a" / "sft")}, **small))
+    assert not run.exists()  # no link, no run_config.json
 
 
 def test_a_reused_stage_is_linked_in_and_a_folder_in_its_place_is_refused_untouched(tmp_path):
@@ -146,7 +176,7 @@ def test_a_toy_schedule_goes_on_from_earlier_phases_and_resumes_as_one_command(t
     assert _same(_state(root / "b" / "baseline"), _state(root / "a" / "baseline"))
     assert json.loads((root / "b" / "run_config.json").read_text())["start_from"]["sft"] == str(root / "a" / "sft")
     assert set(report["aggregates"]["qa_em_by_k"]["all"]) >= {"sft", "rl", "full"}
-    assert "reconstruction_content_accuracy" in report["aggregates"]  # a's CPT-1, linked in
+    assert "C4" in report["aggregates"]["reconstruction_content_accuracy"]["all"]  # a's CPT-1, linked in, evaluated
     hours = json.loads((root / "schedule_hours.json").read_text())
     assert set(hours) == {"a", "b"} and all(h > 0 for h in hours.values())
 
