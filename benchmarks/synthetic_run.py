@@ -151,7 +151,10 @@ class SyntheticRunConfig:
     threads: int = _arg(1, "Torch threads per process while both processes run.")
     threads_alone: int = _arg(1, "Torch threads of a process running alone (2 on an otherwise idle 2-core machine).")
     parallel: bool = _arg(True, "Train the baseline and the reconstruction curve in a second process.")
-    stages: list[str] | None = _arg(None, "Stages to run (in pipeline order; default: all but the reused ones).")
+    stages: list[str] | None = _arg(
+        None, "Stages to run (in pipeline order; default: all but the reused ones). A reused stage named here is "
+        "finished, so it is not trained: `--stages rl --reuse '{\"rl\": ...}'` only evaluates.",
+    )
     reuse: StageFolders = _arg(
         StageFolders(), "Finished stages taken from other folders, as JSON {stage: folder}: each is linked into this "
         "run (`{output_dir}/{stage}` -> folder) and never trained here, e.g. an SFT checkpoint for a run of `rl` alone.",
@@ -177,10 +180,6 @@ class SyntheticRunConfig:
         unknown = set(self.stages) - set(self.all_stages)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; choose from {self.all_stages}.")
-        reused = [stage for stage in self.stages if stage in self.reuse]
-        if reused:
-            raise ValueError(f"stages {reused} are reused from other folders, so they are not trained here: drop them "
-                             "from --stages or from --reuse.")
         idle = [stage for stage in self.start_from if stage not in self.stages]
         if idle:
             raise ValueError(f"start_from names stages {idle} that this run does not train: add them to --stages.")
@@ -237,7 +236,7 @@ def check_reused_stages(config: SyntheticRunConfig) -> None:
         if (link.exists() or link.is_symlink()) and not (link.is_symlink() and link.resolve() == target.resolve()):
             raise FileExistsError(f"{link} exists and is not a link to {target}: move it away or drop {stage} from --reuse.")
     for stage in config.stages:
-        if config.stage_dir(stage).is_symlink():
+        if config.stage_dir(stage).is_symlink() and stage not in config.reuse:
             logger.warning("%s is a link (to %s) but not in --reuse: it counts as finished if it holds a model.",
                            config.stage_dir(stage), config.stage_dir(stage).resolve())
 

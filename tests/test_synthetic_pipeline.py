@@ -444,3 +444,23 @@ def test_the_baseline_trains_on_exactly_the_prompts_it_is_evaluated_with(model, 
     starts = [i for i in range(len(prompt)) if prompt[i : i + len(question)] == question]
     assert len(starts) == (2 if query_aware else 1)  # asked before the passages as well
     assert SyntheticRunConfig().baseline_query_aware is False  # the committed run's baseline reads the passages first
+
+
+def test_the_ship_rule_breaks_a_tie_on_the_single_document_set_by_documents_only_with_an_interval_above_zero():
+    from benchmarks.eval.synthetic_report import choose_shipped_stage
+
+    def report(new: float, old: float, low: float | None) -> dict:
+        by_k = {1: {"sft": {"mean": 0.9}, "rl": {"mean": 0.95}}}
+        gain = {} if low is None else {"rl": {"all": {"mean": 0.1, "low": low, "high": 0.2, "n": 900}}}
+        single = {"all": {"rl": {"mean": new}, "previous": {"mean": old}}}
+        return {"config": {"max_passages": 4}, "minus_previous": gain,
+                "aggregates": {"qa_em_by_k": by_k, "single_em_by_type": single}}
+
+    assert choose_shipped_stage(report(1.0, 0.98, None))[0] == "rl"
+    stage, reason = choose_shipped_stage(report(0.97, 0.98, 0.05))
+    assert stage is None and "0.970 EM on the single-document set, the shipped one 0.980" in reason
+    stage, reason = choose_shipped_stage(report(1.0, 1.0, 0.05))
+    assert stage == "rl" and "tied with the previous checkpoint; held-out set by documents: +10.0 points EM [+5.0, +20.0]" in reason
+    stage, reason = choose_shipped_stage(report(1.0, 1.0, -0.01))
+    assert stage is None and "an interval that does not exclude zero" in reason
+    assert choose_shipped_stage(report(1.0, 1.0, None))[0] is None

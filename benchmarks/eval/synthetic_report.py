@@ -165,7 +165,9 @@ def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[
 
 def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
     """The stage to export (RL when it is at least SFT over the training range, else SFT) and why, or None when it
-    does not beat the previously shipped checkpoint on the single-document held-out set."""
+    does not beat the previously shipped checkpoint on the single-document held-out set. A tie there (both at its
+    ceiling, say) is broken on the held-out set by number of documents: the new model ships only if its paired 95%
+    interval against the shipped one, over every k, lies above zero."""
     agg, max_passages = report["aggregates"], report["config"]["max_passages"]
     by_k = agg["qa_em_by_k"]
     trained = [k for k in by_k if k != ALL and k <= max_passages]
@@ -180,11 +182,23 @@ def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
     stage = "rl" if rl is not None and rl >= (sft or 0) else "sft"
     single = agg["single_em_by_type"].get(ALL, {})
     new, old = single.get(stage, {}).get("mean"), single.get("previous", {}).get("mean")
-    if old is not None and new is not None and new <= old:
-        return None, (f"not replaced: the new `{stage}` model scores {new:.3f} EM on the single-document set, the "
-                      f"shipped one {old:.3f}.")
-    versus = "" if old is None or new is None else f" (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint)"
-    return stage, f"the `{stage}` stage{versus}, exported to the checkpoint folder."
+    if old is None or new is None:
+        return stage, f"the `{stage}` stage, exported to the checkpoint folder."
+    single_set = f"{new:.3f} EM on the single-document set, the shipped one {old:.3f}"
+    if new < old:
+        return None, f"not replaced: the new `{stage}` model scores {single_set}."
+    if new > old:
+        return stage, f"the `{stage}` stage (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint), exported to the checkpoint folder."
+    gain = report.get("minus_previous", {}).get(stage, {}).get(ALL)
+    if gain is None or gain["low"] <= 0:
+        held_out = "" if gain is None else f"; by documents {_gain(gain)}, an interval that does not exclude zero"
+        return None, f"not replaced: the new `{stage}` model scores {single_set}{held_out}."
+    return stage, (f"the `{stage}` stage (single-document set: {new:.3f} EM, tied with the previous checkpoint; held-out "
+                   f"set by documents: {_gain(gain)} over it), exported to the checkpoint folder.")
+
+
+def _gain(bootstrap: dict) -> str:
+    return f"{100 * bootstrap['mean']:+.1f} points EM [{100 * bootstrap['low']:+.1f}, {100 * bootstrap['high']:+.1f}]"
 
 
 def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, machine: dict, command: str) -> dict:
@@ -216,6 +230,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
             )
             heatmaps.append(name)
     bootstrap = paired_by_group(qa_passages, "rl", "sft", by="k")
+    minus_previous = {s: paired_by_group(qa_passages, s, "previous", by="k") for s in ("rl", "sft")}
     aggregates["qa_em_by_depth"] = {d: aggregates["qa_em_by_depth"][d] for d in (*DEPTH_ORDER, ALL) if d in aggregates["qa_em_by_depth"]}
     report = {
         "command": command,
@@ -226,6 +241,7 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
         "aggregates": aggregates,
         "retention_percent": {s: retention_by_group(aggregates["qa_em_by_k"], s) for s in ("sft", "rl")},
         "rl_minus_sft": bootstrap,
+        "minus_previous": {s: b for s, b in minus_previous.items() if b},
         "targets": check_targets(aggregates, bootstrap, config["max_passages"]),
         "final_training_values": {stage: points[-1][1] for stage, points in curves.items() if points},
         "reconstruction_during_training": during,
