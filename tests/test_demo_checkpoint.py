@@ -13,6 +13,7 @@ import pytest
 from test_remote_code import LOAD_WITHOUT_MEMCOMP
 
 CHECKPOINT = Path(__file__).parent.parent / "checkpoints" / "memcomp-synthetic-tiny"
+PROBES = CHECKPOINT.parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
 BLOCK_IMPORTS = LOAD_WITHOUT_MEMCOMP.split("import torch")[0]  # the import blocker that plays a user without memcomp
 
 
@@ -53,3 +54,19 @@ def test_make_demo_answers_from_several_documents(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "document 1" in out and "held the answer" in out and "answer:" in out
+
+
+@pytest.mark.parametrize(
+    "row, report",
+    [
+        ("| compressed, RL on 5-16 documents: **shipped** |", PROBES / "rl_5_16_documents_other_kind" / "report.json"),
+        ("| compressed, RL (SFT encoder + RL decoder): **shipped** |",
+         PROBES / "rl_5_16_documents_other_kind" / "default_world_set" / "report.json"),
+    ],
+)
+def test_the_readme_tables_the_shipped_checkpoint_from_its_committed_reports(row, report):
+    readme = (CHECKPOINT.parents[1] / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith(row)]
+    by_k = json.loads(report.read_text())["aggregates"]["qa_em_by_k"]
+    figures = [cell.strip() for cell in line[len(row):].split("|") if cell.strip()]
+    assert figures[:6] == [f"{100 * by_k[k]['rl']['mean']:.1f}" for k in ("1", "2", "4", "8", "16", "32")]

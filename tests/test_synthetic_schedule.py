@@ -11,7 +11,7 @@ import yaml
 
 from benchmarks.synthetic_run import ReportArguments, SyntheticRunConfig, check_start_folders, link_reused_stages
 from benchmarks.synthetic_schedule import load_schedule, main
-from tests.test_synthetic_pipeline import TOY
+from test_synthetic_pipeline import TOY
 
 PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
 SHIPPED_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
@@ -196,3 +196,4 @@ def test_help_lists_every_field(command, capsys):
     out = capsys.readouterr().out
     missing = [name for name in [*names, *REPORT_FIELDS] if f"--{name} " not in out]
     assert not missing
+
