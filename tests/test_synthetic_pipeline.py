@@ -79,7 +79,9 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
         assert shipped.fingerprint == MemCompForCausalLM.from_pretrained(run / "sft").fingerprint
 
     # A rerun finds every stage finished: nothing retrains (only the evaluation, from its saved records, adds time).
-    main(argv)
+    # It compares the run with its own export (`previous`, the same weights): a tie, so the checkpoint stays.
+    again = main(argv)
+    assert again["shipped"]["stage"] is None and "ties" in again["shipped"]["reason"]
     rerun = json.loads((run / "timings.json").read_text())
     assert {s: t for s, t in rerun.items() if s != "eval"} == {s: t for s, t in timings.items() if s != "eval"}
 
@@ -449,18 +451,22 @@ def test_the_baseline_trains_on_exactly_the_prompts_it_is_evaluated_with(model, 
 def test_the_ship_rule_breaks_a_tie_on_the_single_document_set_by_documents_only_with_an_interval_above_zero():
     from benchmarks.eval.synthetic_report import choose_shipped_stage
 
-    def report(new: float, old: float, low: float | None) -> dict:
-        by_k = {1: {"sft": {"mean": 0.9}, "rl": {"mean": 0.95}}}
-        gain = {} if low is None else {"rl": {"all": {"mean": 0.1, "low": low, "high": 0.2, "n": 900}}}
+    def report(new: float, old: float, low: float | None, high: float = 0.2, loaded: bool = False) -> dict:
+        by_k = {("1" if loaded else 1): {"sft": {"mean": 0.9}, "rl": {"mean": 0.95}}, "all": {}}
+        gain = {} if low is None else {"rl": {"all": {"mean": (low + high) / 2, "low": low, "high": high, "n": 900}}}
         single = {"all": {"rl": {"mean": new}, "previous": {"mean": old}}}
         return {"config": {"max_passages": 4}, "minus_previous": gain,
                 "aggregates": {"qa_em_by_k": by_k, "single_em_by_type": single}}
 
     assert choose_shipped_stage(report(1.0, 0.98, None))[0] == "rl"
+    assert choose_shipped_stage(report(1.0, 0.98, None, loaded=True))[0] == "rl"  # a report read back from JSON
     stage, reason = choose_shipped_stage(report(0.97, 0.98, 0.05))
     assert stage is None and "0.970 EM on the single-document set, the shipped one 0.980" in reason
     stage, reason = choose_shipped_stage(report(1.0, 1.0, 0.05))
-    assert stage == "rl" and "tied with the previous checkpoint; held-out set by documents: +10.0 points EM [+5.0, +20.0]" in reason
-    stage, reason = choose_shipped_stage(report(1.0, 1.0, -0.01))
-    assert stage is None and "an interval that does not exclude zero" in reason
+    assert stage == "rl" and "held-out set by documents: +12.5 points EM [+5.0, +20.0] over it" in reason
+    for low in (-0.01, 0.0):  # 0.0: the same weights again, whose bootstrap interval is [0, 0]
+        stage, reason = choose_shipped_stage(report(1.0, 1.0, low))
+        assert stage is None and "ties" in reason
     assert choose_shipped_stage(report(1.0, 1.0, None))[0] is None
+    stage, reason = choose_shipped_stage(report(1.0, 0.98, -0.2, high=-0.05))  # better alone, worse among distractors
+    assert stage is None and "an interval below zero" in reason

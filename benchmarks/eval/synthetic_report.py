@@ -6,6 +6,7 @@ Issue 20's targets are checked against the measured figures and written next to 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -165,12 +166,15 @@ def check_targets(aggregates: dict, bootstrap: dict, max_passages: int) -> list[
 
 def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
     """The stage to export (RL when it is at least SFT over the training range, else SFT) and why, or None when it
-    does not beat the previously shipped checkpoint on the single-document held-out set. A tie there (both at its
-    ceiling, say) is broken on the held-out set by number of documents: the new model ships only if its paired 95%
-    interval against the shipped one, over every k, lies above zero."""
+    does not beat the previously shipped checkpoint.
+
+    It must score higher on the single-document held-out set, or tie there (both at its ceiling, say) and beat the
+    shipped one on the held-out set by number of documents, its paired 95% interval over every k above zero; in
+    either case it must not be worse by documents (an interval entirely below zero refuses it).
+    """
     agg, max_passages = report["aggregates"], report["config"]["max_passages"]
     by_k = agg["qa_em_by_k"]
-    trained = [k for k in by_k if k != ALL and k <= max_passages]
+    trained = [k for k in by_k if k != ALL and int(k) <= max_passages]  # int: keys are strings in a loaded report
 
     def mean_over(system):
         values = [_mean(by_k, k, system) for k in trained]
@@ -185,16 +189,16 @@ def choose_shipped_stage(report: dict) -> tuple[str | None, str]:
     if old is None or new is None:
         return stage, f"the `{stage}` stage, exported to the checkpoint folder."
     single_set = f"{new:.3f} EM on the single-document set, the shipped one {old:.3f}"
-    if new < old:
-        return None, f"not replaced: the new `{stage}` model scores {single_set}."
-    if new > old:
-        return stage, f"the `{stage}` stage (single-document set: {new:.3f} EM vs {old:.3f} for the previous checkpoint), exported to the checkpoint folder."
     gain = report.get("minus_previous", {}).get(stage, {}).get(ALL)
-    if gain is None or gain["low"] <= 0:
-        held_out = "" if gain is None else f"; by documents {_gain(gain)}, an interval that does not exclude zero"
-        return None, f"not replaced: the new `{stage}` model scores {single_set}{held_out}."
-    return stage, (f"the `{stage}` stage (single-document set: {new:.3f} EM, tied with the previous checkpoint; held-out "
-                   f"set by documents: {_gain(gain)} over it), exported to the checkpoint folder.")
+    by_documents = "" if gain is None else f"; held-out set by documents: {_gain(gain)} over it"
+    tied = math.isclose(new, old, abs_tol=1e-9)
+    if new < old and not tied:
+        return None, f"not replaced: the new `{stage}` model scores {single_set}."
+    if gain is not None and gain["high"] < 0:
+        return None, f"not replaced: the new `{stage}` model scores {single_set}{by_documents}, an interval below zero."
+    if tied and (gain is None or gain["low"] <= 0):
+        return None, f"not replaced: the new `{stage}` model ties, {single_set}{by_documents or '; nothing breaks the tie'}."
+    return stage, f"the `{stage}` stage ({single_set}{by_documents}), exported to the checkpoint folder."
 
 
 def _gain(bootstrap: dict) -> str:
