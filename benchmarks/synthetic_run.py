@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -242,8 +243,7 @@ def check_reused_stages(config: SyntheticRunConfig) -> None:
 
 
 def link_reused_stages(config: SyntheticRunConfig) -> None:
-    """Link each `reuse` folder into the run as its stage (checked first by `check_reused_stages`)."""
-    check_reused_stages(config)
+    """Link each `reuse` folder into the run as its stage; call `check_reused_stages` first (`run_pipeline` does)."""
     for stage, folder in config.reuse.items():
         target, link = Path(folder), config.stage_dir(stage)
         if not link.is_symlink():
@@ -765,8 +765,11 @@ def main(argv: list[str] | None = None) -> dict:
     return run_and_report(run, report_args, "python examples/train_synthetic.py " + shlex.join(argv))
 
 
-def run_and_report(run: SyntheticRunConfig, report_args: ReportArguments, command: str) -> dict:
-    """Train every stage, evaluate on the held-out split, write the report and export the checkpoint.
+def run_and_report(
+    run: SyntheticRunConfig, report_args: ReportArguments, command: str, earlier_runs: Sequence[Path] = ()
+) -> dict:
+    """Train every stage, evaluate on the held-out split, write the report and export the checkpoint (`earlier_runs`:
+    the folders of the schedule phases before this one, which the report records).
 
     The exported checkpoint is RL (the paper's system: SFT encoder + RL decoder) when its exact match over the
     training range of documents is at least SFT's, else SFT; it replaces the shipped one only when it also beats it on
@@ -788,7 +791,8 @@ def run_and_report(run: SyntheticRunConfig, report_args: ReportArguments, comman
         report_args.max_passage_questions,
     )
     _record(run, "eval", time.time() - started)
-    report = write_report(run.output_dir, report_args.report_dir, results, machine_info(torch.device("cpu")), command.strip())
+    report = write_report(run.output_dir, report_args.report_dir, results, machine_info(torch.device("cpu")), command.strip(),
+                          earlier_runs)
     if report_args.checkpoint_dir:
         stage, reason = choose_shipped_stage(report)
         report["shipped"] = {"stage": stage, "reason": reason}

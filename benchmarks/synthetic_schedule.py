@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from benchmarks.eval.synthetic_report import phase_record
 from benchmarks.synthetic_run import ReportArguments, StageFolders, SyntheticRunConfig, run_and_report, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -131,28 +132,23 @@ def _check_references(key: str, references: dict, earlier: list[Phase]) -> None:
 
 def run_schedule(schedule: Schedule, report_args: ReportArguments, command: str) -> dict:
     """Train every phase in order, then evaluate, report and export the last one; returns its report. Each phase's
-    recorded stage hours go to `{output_dir}/schedule_hours.json`."""
+    wall hours go to `{output_dir}/schedule_hours.json`; the report records every phase."""
     phases = schedule.phases
     for number, phase in enumerate(phases, 1):
         logger.info("phase %d/%d: %s (stages %s)", number, len(phases), phase.name, " ".join(phase.config.stages))
         if number < len(phases):
             run_pipeline(phase.config)
-    report = run_and_report(phases[-1].config, report_args, command)
+    report = run_and_report(phases[-1].config, report_args, command, [p.config.root for p in phases[:-1]])
     hours = schedule_hours(schedule)
     (schedule.output_dir / "schedule_hours.json").write_text(json.dumps(hours, indent=2))
-    logger.info("schedule done: %.2f h of recorded stage time, both processes counted (%s)", sum(hours.values()),
+    logger.info("schedule done: %.2f h of wall time (%s)", sum(hours.values()),
                 ", ".join(f"{name} {h:.2f} h" for name, h in hours.items()))
     return report
 
 
 def schedule_hours(schedule: Schedule) -> dict[str, float]:
-    """Recorded stage hours of each phase (its `timings.json`: data, training stages of both processes, evaluation)."""
-    hours = {}
-    for phase in schedule.phases:
-        path = phase.config.root / "timings.json"
-        timings = json.loads(path.read_text()) if path.is_file() else {}
-        hours[phase.name] = sum(v for v in timings.values() if isinstance(v, (int, float))) / 3600
-    return hours
+    """Wall hours of each phase from its start to its end (its `timings.json`; a second process runs alongside)."""
+    return {phase.name: phase_record(phase.config.root)["wall_time_s"] / 3600 for phase in schedule.phases}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.synthetic_run import ReportArguments, SyntheticRunConfig, check_start_folders, link_reused_stages
+from benchmarks.synthetic_run import (
+    ReportArguments, SyntheticRunConfig, check_reused_stages, check_start_folders, link_reused_stages,
+)
 from benchmarks.synthetic_schedule import load_schedule, main
 from test_synthetic_pipeline import TOY
 
@@ -119,17 +121,19 @@ def test_a_reused_stage_is_linked_in_and_a_folder_in_its_place_is_refused_untouc
     source.mkdir(parents=True)
     (source / "config.json").write_text("{}")
     config = SyntheticRunConfig(output_dir=str(tmp_path / "b"), stages=["rl"], reuse={"sft": str(source)})
+    check_reused_stages(config)
     link_reused_stages(config)
-    link_reused_stages(config)  # again (a resumed run): the same link is kept
+    check_reused_stages(config)  # again (a resumed run): the same link is kept
+    link_reused_stages(config)
     assert (tmp_path / "b" / "sft").is_symlink() and (tmp_path / "b" / "sft" / "config.json").is_file()
     (tmp_path / "b" / "sft").unlink()
     (tmp_path / "b" / "sft").mkdir()
     (tmp_path / "b" / "sft" / "model.safetensors").write_text("mine")
     with pytest.raises(FileExistsError, match="is not a link to"):
-        link_reused_stages(config)
+        check_reused_stages(config)
     assert (tmp_path / "b" / "sft" / "model.safetensors").read_text() == "mine"
     with pytest.raises(FileNotFoundError, match="holds no finished baseline"):
-        link_reused_stages(SyntheticRunConfig(output_dir=str(tmp_path / "c"), reuse={"baseline": str(tmp_path / "a")}))
+        check_reused_stages(SyntheticRunConfig(output_dir=str(tmp_path / "c"), reuse={"baseline": str(tmp_path / "a")}))
 
 
 def test_a_start_from_folder_without_a_finished_model_is_refused_before_training(tmp_path):
@@ -177,6 +181,12 @@ def test_a_toy_schedule_goes_on_from_earlier_phases_and_resumes_as_one_command(t
     assert "C4" in report["aggregates"]["reconstruction_content_accuracy"]["all"]  # a's CPT-1, linked in, evaluated
     hours = json.loads((root / "schedule_hours.json").read_text())
     assert set(hours) == {"a", "b"} and all(h > 0 for h in hours.values())
+    phases = report["phases"]  # the report records every phase, and its wall time is theirs in turn
+    assert [p["output_dir"] for p in phases] == [str(root / "a"), str(root / "b")]
+    assert phases[0]["config"]["stages"] == spec["phases"][0]["stages"] and phases[1]["config"]["start_from"]
+    assert report["wall_time_s"]["total"] == pytest.approx(sum(p["wall_time_s"] for p in phases))
+    assert report["wall_time_s"]["total"] == pytest.approx(3600 * sum(hours.values()))
+    assert "| 2 | `" + str(root / "b") in (tmp_path / "report" / "report.md").read_text()
 
     timings = {p: json.loads((root / p / "timings.json").read_text()) for p in ("a", "b")}
     main(argv)  # the same command again: every phase is finished, nothing retrains

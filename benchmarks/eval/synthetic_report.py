@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -205,8 +206,20 @@ def _gain(bootstrap: dict) -> str:
     return f"{100 * bootstrap['mean']:+.1f} points EM [{100 * bootstrap['low']:+.1f}, {100 * bootstrap['high']:+.1f}]"
 
 
-def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, machine: dict, command: str) -> dict:
-    """Write report.json / report.md and the plots for a finished run and evaluation; returns the JSON."""
+def phase_record(run_dir: str | Path) -> dict:
+    """One run of a schedule as the report records it: its folder, settings and wall time from start to its end."""
+    config = json.loads((Path(run_dir) / "run_config.json").read_text())
+    path = Path(run_dir) / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}  # a phase that only links others' stages
+    return {"output_dir": str(run_dir), "config": config, "wall_time_s": total_wall_time(timings, config)}
+
+
+def write_report(
+    run_dir: str | Path, output_dir: str | Path, results: dict, machine: dict, command: str, earlier_runs: Sequence = ()
+) -> dict:
+    """Write report.json / report.md and the plots for a finished run and evaluation; returns the JSON. For the last
+    run of a schedule, `earlier_runs` are the earlier phases' folders: the report records each one's settings and the
+    total wall time is theirs and this run's, in turn."""
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     qa_passages = results.get("qa_passages", [])
@@ -236,11 +249,14 @@ def write_report(run_dir: str | Path, output_dir: str | Path, results: dict, mac
     bootstrap = paired_by_group(qa_passages, "rl", "sft", by="k")
     minus_previous = {s: paired_by_group(qa_passages, s, "previous", by="k") for s in ("rl", "sft")}
     aggregates["qa_em_by_depth"] = {d: aggregates["qa_em_by_depth"][d] for d in (*DEPTH_ORDER, ALL) if d in aggregates["qa_em_by_depth"]}
+    phases = [phase_record(folder) for folder in (*earlier_runs, run_dir)] if earlier_runs else []
+    total = sum(p["wall_time_s"] for p in phases) if phases else total_wall_time(timings, config)
     report = {
         "command": command,
         "machine": machine,
         "config": config,
-        "wall_time_s": {**{s: t for s, t in timings.items() if isinstance(t, (int, float))}, "total": total_wall_time(timings, config)},
+        "phases": phases,
+        "wall_time_s": {**{s: t for s, t in timings.items() if isinstance(t, (int, float))}, "total": total},
         "useful_tokens_per_s": throughput(timings),
         "aggregates": aggregates,
         "retention_percent": {s: retention_by_group(aggregates["qa_em_by_k"], s) for s in ("sft", "rl")},
@@ -329,6 +345,10 @@ def render_markdown(report: dict) -> str:
     for stage, seconds in report["wall_time_s"].items():
         rate = f"{rates[stage]:,.0f}" if stage in rates else "–"
         lines.append(f"| {stage} | {seconds:.0f} | {rate} |")
+    if report.get("phases"):
+        lines += ["", "The stages above are the last phase's; the total is the schedule's. Its phases, in turn "
+                  "(settings in report.json's `phases`):", "", "| phase | folder | hours |", "|---|---|---|",
+                  *[f"| {i} | `{p['output_dir']}` | {p['wall_time_s'] / 3600:.2f} |" for i, p in enumerate(report["phases"], 1)]]
     lines += ["", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
 
