@@ -66,9 +66,10 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
 
 
-def test_a_committed_schedule_probe_is_the_run_its_report_records():
-    """The session-sized schedule's committed report was made by its committed schedule file, phase by phase."""
-    folder = PROBES / "session_schedule"
+@pytest.mark.parametrize("probe", ["session_schedule", "session_schedule_any_start"])
+def test_a_committed_schedule_probe_is_the_run_its_report_records(probe):
+    """A session-sized schedule's committed report was made by its committed schedule file, phase by phase."""
+    folder = PROBES / probe
     schedule = load_schedule(folder / "schedule.yaml")
     recorded = json.loads((folder / "report.json").read_text())["phases"]
     assert [p["output_dir"] for p in recorded] == [str(p.config.root) for p in schedule.phases]
