@@ -66,7 +66,7 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
 
 
-@pytest.mark.parametrize("probe", ["session_schedule", "session_schedule_any_start"])
+@pytest.mark.parametrize("probe", ["session_schedule", "session_schedule_any_start", "session_schedule_cpt1_14000"])
 def test_a_committed_schedule_probe_is_the_run_its_report_records(probe):
     """A session-sized schedule's committed report was made by its committed schedule file, phase by phase."""
     folder = PROBES / probe
