@@ -16,6 +16,7 @@ from benchmarks.synthetic_schedule import load_schedule, main
 from test_synthetic_pipeline import TOY
 
 PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
+SCHEDULE_PROBES = sorted(schedule.parent.name for schedule in PROBES.glob("*/schedule.yaml"))
 SHIPPED_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
 REPORT_FIELDS = {f.name for f in fields(ReportArguments)}
 TOY_RUN = {k[2:]: v for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] not in REPORT_FIELDS}
@@ -66,7 +67,7 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
 
 
-@pytest.mark.parametrize("probe", ["session_schedule", "session_schedule_any_start", "session_schedule_cpt1_14000"])
+@pytest.mark.parametrize("probe", SCHEDULE_PROBES)
 def test_a_committed_schedule_probe_is_the_run_its_report_records(probe):
     """A session-sized schedule's committed report was made by its committed schedule file, phase by phase."""
     folder = PROBES / probe
