@@ -97,6 +97,12 @@ class SyntheticRunConfig:
         0.2, "Share of CPT-1's (and the curve stages') steps over which the LR decays to a tenth of its peak; below 1 the "
         "peak is held until then (warmup-stable-decay), for reading memory that is learnt late. 1: cosine throughout.",
     )
+    cpt1_name_lists: int = _arg(
+        0, "CPT-1 (and the curve stages) also reconstruct this many lists of training names, a source beside the "
+        "documents and multi-document texts with their weight (see trainers.synthetic.name_list_texts): every name in "
+        "them is told apart only by where it sits, as a document's non-subject names are; 0: none (probe cpt1_name_lists: "
+        "20,000 held CPT-1 below the plateau).",
+    )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(6000, "SFT steps.")
     sft_lr_decay: float = _arg(
@@ -184,7 +190,7 @@ class SyntheticRunConfig:
         idle = [stage for stage in self.start_from if stage not in self.stages]
         if idle:
             raise ValueError(f"start_from names stages {idle} that this run does not train: add them to --stages.")
-        for name in ("probe_steps", "probe_documents", "lm_lexicon_texts"):
+        for name in ("probe_steps", "probe_documents", "lm_lexicon_texts", "cpt1_name_lists"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ("cpt1_lr_decay", "sft_lr_decay", "baseline_lr_decay"):
@@ -220,6 +226,11 @@ class SyntheticRunConfig:
 
     def data_file(self, split: str, kind: str) -> str:
         return str(self.root / "data" / split / f"{kind}.jsonl")
+
+    @property
+    def name_lists_file(self) -> Path:
+        """Where `write_name_lists` puts CPT-1's name lists: derived from the seed, so kept with the run's cache."""
+        return self.root / "cache" / f"name_lists_{self.seed}_{self.cpt1_name_lists}.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------- bookkeeping
@@ -486,6 +497,22 @@ STAGE_SOURCES = {
 """(file, kind) of the corpus files each memcomp stage draws from (kinds of `trainers.data`)."""
 
 
+def write_name_lists(config: SyntheticRunConfig) -> Path:
+    """Write CPT-1's name lists (training names only) unless the file already holds exactly them, so a resumed stage
+    finds its cached mixture (keyed on the file's modification time) and a stale or cut-short file is never read."""
+    from trainers.synthetic import name_list_texts, split_names
+
+    train_names, _ = split_names(config.seed, corpus_config(config).heldout_fraction)
+    text = "".join(json.dumps({"text": t}) + "\n" for t in name_list_texts(train_names, config.cpt1_name_lists, config.seed))
+    path = config.name_lists_file
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(text)
+        partial.replace(path)
+    return path
+
+
 def stage_config(config: SyntheticRunConfig, stage: str):
     """The `StageConfig` of a memcomp stage (or a `cpt1_c<C>` curve stage): previous stage (or its `start_from` folder)
     as base, corpus as sources."""
@@ -498,11 +525,14 @@ def stage_config(config: SyntheticRunConfig, stage: str):
     base = config.start_from.get(stage) or str(config.stage_dir(previous))
     steps = config.recon_steps if size else getattr(config, f"{kind}_steps")
     sft = kind == "sft"
+    sources = [{"path": config.data_file("train", f), "kind": k} for f, k in STAGE_SOURCES[kind]]
+    if kind == "cpt1" and config.cpt1_name_lists:
+        sources.append({"path": str(config.name_lists_file), "kind": "document"})
     return StageConfig(
         model=ModelArguments(base=base, chunk_size=chunk_size, wrap=config.wrap, dtype="float32"),
         fqlora=FQLoRAConfig(),
         data=DataArguments(
-            sources=[{"path": config.data_file("train", f), "kind": k} for f, k in STAGE_SOURCES[kind]],
+            sources=sources,
             num_samples=steps * config.batch_size,
             max_length=config.max_length,
             system_prompt=config.system_prompt if sft else None,
@@ -527,6 +557,8 @@ def train_memcomp_stage(config: SyntheticRunConfig, stage: str, callbacks: tuple
 
     clock = StageClock(config, stage)
     callbacks = [clock, *callbacks]
+    if stage.startswith("cpt1") and config.cpt1_name_lists:
+        write_name_lists(config)
     if stage.startswith("cpt1") and config.probe_steps:
         documents = [r["text"] for r in read_jsonl(config.data_file("heldout", "document"))[: config.probe_documents]]
         callbacks.append(ReconstructionProbe(documents, config.probe_steps, config.batch_size))

@@ -24,6 +24,7 @@ from trainers.synthetic import (
     generate,
     iter_texts,
     lexicon_texts,
+    name_list_texts,
     name_pool,
     split_names,
     train_synthetic_tokenizer,
@@ -97,6 +98,18 @@ def test_heldout_names_never_occur_in_training_rows(corpus):
     assert train_names <= train_pool and heldout_names <= heldout_pool
     assert len(heldout_names) >= 3 * 15 - 5  # three names per episode (person, organisation, founder), rare repeats
     assert not train_names & heldout_names
+
+
+def test_name_lists_list_distinct_names_of_the_pool_they_are_given_only():
+    train_pool, heldout_pool = split_names(CONFIG.seed, CONFIG.heldout_fraction)
+    texts = name_list_texts(train_pool, 300, seed=1)
+    assert texts == name_list_texts(train_pool, 300, seed=1) and texts != name_list_texts(train_pool, 300, seed=2)
+    lists = [t.removesuffix(".").split(", ") for t in texts]
+    assert {len(names) for names in lists} == set(range(6, 17))
+    assert all(len(set(names)) == len(names) for names in lists)
+    assert set().union(*lists) <= set(train_pool) and not set().union(*lists) & set(heldout_pool)
+    with pytest.raises(ValueError, match=r"min_items \(3\) <= max_items \(2\)"):
+        name_list_texts(train_pool, 1, min_items=3, max_items=2)
 
 
 def test_every_syllable_of_a_heldout_name_occurs_in_training_names_at_default_size():

@@ -217,6 +217,38 @@ def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
     assert rl_arguments(default).seed == 0 and rl_arguments(other).seed == 1
 
 
+def test_cpt1_name_lists_are_a_cpt1_source_of_training_names_written_once(tmp_path):
+    from benchmarks.synthetic_run import write_name_lists
+    from trainers.data import stage_streams
+    from trainers.synthetic import split_names
+
+    toy = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=4)
+    make_data(SyntheticRunConfig(**toy))
+    config = SyntheticRunConfig(**toy, cpt1_name_lists=50)
+    path = write_name_lists(config)
+    for stage in ("cpt1", "cpt1_c8"):
+        assert {"path": str(path), "kind": "document"} in stage_config(config, stage).data.sources
+    for stage in ("cpt2", "sft"):
+        assert str(path) not in str(stage_config(config, stage).data.sources)
+    assert str(path) not in str(stage_config(SyntheticRunConfig(**toy), "cpt1").data.sources)  # default: none
+
+    documents = stage_streams(stage_config(config, "cpt1").data.sources)["document"]
+    texts = [next(documents)["text"] for _ in range(300)]
+    lists = [t for t in texts if " is " not in t and " was " not in t and " works " not in t]
+    assert 50 < len(lists) < 200  # one source of three, by weight
+    train_pool, heldout_pool = map(set, split_names(config.seed))
+    names = {n for t in lists for n in t.removesuffix(".").split(", ")}
+    assert names <= train_pool and not names & heldout_pool
+
+    stamp = path.stat().st_mtime_ns
+    assert write_name_lists(config) == path and path.stat().st_mtime_ns == stamp  # kept: the cached mixture stays valid
+    path.write_text(path.read_text()[:100])  # cut short by a crash: rewritten, never read as it is
+    write_name_lists(config)
+    assert len(path.read_text().splitlines()) == 50
+    with pytest.raises(ValueError, match="cpt1_name_lists must be >= 0, got -1"):
+        SyntheticRunConfig(cpt1_name_lists=-1)
+
+
 def test_rl_rollouts_are_sampled_at_the_temperature_asked_for_table_10s_by_default():
     assert rl_arguments(SyntheticRunConfig()).temperature == 1.0
     args = rl_arguments(SyntheticRunConfig(rl_temperature=1.5, rl_batch_size=64, rl_generations=8))
