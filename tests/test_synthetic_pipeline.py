@@ -502,3 +502,14 @@ def test_the_ship_rule_breaks_a_tie_on_the_single_document_set_by_documents_only
     assert choose_shipped_stage(report(1.0, 1.0, None))[0] is None
     stage, reason = choose_shipped_stage(report(1.0, 0.98, -0.2, high=-0.05))  # better alone, worse among distractors
     assert stage is None and "an interval below zero" in reason
+
+
+def test_the_report_says_what_a_second_process_trained_only_when_one_did():
+    from benchmarks.eval.synthetic_report import render_markdown
+
+    results = Path(__file__).parent.parent / "benchmarks" / "results" / "synthetic"
+    committed = json.loads((results / "report.json").read_text())
+    assert "(a second process trained `baseline` alongside)." in render_markdown(committed)
+    alone = json.loads((results / "probes" / "cpt1_name_lists" / "training_seed_0" / "report.json").read_text())
+    assert alone["config"]["parallel"] is False
+    assert "from start to report.  \n" in render_markdown(alone) and "second process" not in render_markdown(alone)

@@ -288,13 +288,14 @@ def render_markdown(report: dict) -> str:
     by_k = agg["qa_em_by_k"]
     contexts = (f" Training QA contexts hold 1-{config['max_passages']} documents; held-out contexts hold up to "
                 f"{max(g for g in by_k if g != ALL)}." if by_k else "")
+    side = [f"`{s}`" for s in config.get("stages") or [] if s == "baseline" or s.startswith("cpt1_c")]
+    alongside = f" (a second process trained {', '.join(side)} alongside)" if config.get("parallel") and side else ""
     lines = [
         "# Synthetic run: distractor documents, length generalization, RL",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('logical_cpus')} logical CPUs, no GPU); "
-        f"wall time {hours:.2f} h from start to report (a second process trains the baseline and the "
-        "reconstruction-curve runs alongside).  ",
+        f"wall time {hours:.2f} h from start to report{alongside}.  ",
         f"Model: Qwen2 architecture, {config['num_layers']} layers, hidden {config['hidden_size']}; chunk size "
         f"{config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x).{contexts}",
         "",
