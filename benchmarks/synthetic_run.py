@@ -87,7 +87,10 @@ class SyntheticRunConfig:
     max_length: int = _arg(256, "Decoder length of every stage.")
     batch_size: int = _arg(32, "Examples per optimizer step (LM, CPT, SFT, baseline).")
     lm_steps: int = _arg(2500, "Plain LM pretraining steps.")
-    cpt1_steps: int = _arg(18000, "CPT-1 steps (reading names back from memory is learnt after ~11,000).")
+    cpt1_steps: int = _arg(
+        18000, "CPT-1 steps (names other than the subject's were read back from about 8,500 steps in the committed run, "
+        "11,500 in another; none by 14,000 in a third).",
+    )
     cpt1_task_weights: TaskWeights | None = _arg(
         TaskWeights({"reconstruction": 1.0}),
         "CPT-1's compression tasks (also the curve stages'), as JSON; Table 1's: '{\"reconstruction\": 0.5, \"continuation\": 0.5}'.",
@@ -100,8 +103,8 @@ class SyntheticRunConfig:
     cpt1_name_lists: int = _arg(
         0, "CPT-1 (and the curve stages) also reconstruct this many lists of training names, a source beside the "
         "documents and multi-document texts with their weight (see trainers.synthetic.name_list_texts): every name in "
-        "them is told apart only by where it sits, as a document's non-subject names are; 0: none (probe cpt1_name_lists: "
-        "20,000 held CPT-1 below the plateau).",
+        "them is told apart only by where it sits, as a document's non-subject names are (a document-kind source, they are "
+        "also read by CPT-1's plain-LM rows); 0: none (probe cpt1_name_lists: 20,000 held CPT-1 below the plateau).",
     )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(6000, "SFT steps.")
@@ -500,14 +503,22 @@ STAGE_SOURCES = {
 def write_name_lists(config: SyntheticRunConfig) -> Path:
     """Write CPT-1's name lists (training names only) unless the file already holds exactly them, so a resumed stage
     finds its cached mixture (keyed on the file's modification time) and a stale or cut-short file is never read."""
-    from trainers.synthetic import name_list_texts, split_names
+    from trainers.synthetic import name_list_texts, names_in, split_names
 
     train_names, _ = split_names(config.seed, corpus_config(config).heldout_fraction)
-    text = "".join(json.dumps({"text": t}) + "\n" for t in name_list_texts(train_names, config.cpt1_name_lists, config.seed))
+    texts = name_list_texts(train_names, config.cpt1_name_lists, config.seed)
+    heldout = set().union(*(names_in(r["text"]) for r in read_jsonl(config.data_file("heldout", "document"))))
+    leaked = sorted(heldout & {n for t in texts for n in t.removesuffix(".").split(", ")})
+    if leaked:  # data made with another seed than this run's, e.g. an old folder without its corpus record
+        raise ValueError(
+            f"name lists of seed {config.seed} hold held-out names of {config.root / 'data'} ({leaked[:3]}...): "
+            "give the --seed the data was made with."
+        )
+    text = "".join(json.dumps({"text": t}) + "\n" for t in texts)
     path = config.name_lists_file
     if not path.is_file() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        partial = path.with_suffix(f".{os.getpid()}.partial")  # the curve stages may write it from another process
         partial.write_text(text)
         partial.replace(path)
     return path

@@ -110,6 +110,8 @@ def test_name_lists_list_distinct_names_of_the_pool_they_are_given_only():
     assert set().union(*lists) <= set(train_pool) and not set().union(*lists) & set(heldout_pool)
     with pytest.raises(ValueError, match=r"min_items \(3\) <= max_items \(2\)"):
         name_list_texts(train_pool, 1, min_items=3, max_items=2)
+    with pytest.raises(ValueError, match=r"max_items \(16\) <= len\(names\) \(5\)"):
+        name_list_texts(train_pool[:5], 1, min_items=2)
 
 
 def test_every_syllable_of_a_heldout_name_occurs_in_training_names_at_default_size():

@@ -247,6 +247,8 @@ def test_cpt1_name_lists_are_a_cpt1_source_of_training_names_written_once(tmp_pa
     assert len(path.read_text().splitlines()) == 50
     with pytest.raises(ValueError, match="cpt1_name_lists must be >= 0, got -1"):
         SyntheticRunConfig(cpt1_name_lists=-1)
+    with pytest.raises(ValueError, match="hold held-out names of .*give the --seed the data was made with"):
+        write_name_lists(SyntheticRunConfig(**toy, seed=1, cpt1_name_lists=50))  # another seed's training names
 
 
 def test_rl_rollouts_are_sampled_at_the_temperature_asked_for_table_10s_by_default():
