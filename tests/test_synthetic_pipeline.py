@@ -510,8 +510,11 @@ def test_the_report_says_what_a_second_process_trained_only_when_one_did():
     from benchmarks.eval.synthetic_report import render_markdown
 
     results = Path(__file__).parent.parent / "benchmarks" / "results" / "synthetic"
-    committed = json.loads((results / "report.json").read_text())
-    assert "(a second process trained `baseline` alongside)." in render_markdown(committed)
-    alone = json.loads((results / "probes" / "cpt1_name_lists" / "training_seed_0" / "report.json").read_text())
-    assert alone["config"]["parallel"] is False
-    assert "from start to report.  \n" in render_markdown(alone) and "second process" not in render_markdown(alone)
+    committed = render_markdown(json.loads((results / "report.json").read_text()))
+    assert "(a second process trained `baseline` alongside)." in committed and "contexts hold up to 32." in committed
+    schedule = json.loads((results / "probes" / "session_schedule_cpt1_14000" / "report.json").read_text())
+    assert "baseline" not in schedule["config"]["stages"]  # its last phase, RL; earlier phases trained the baseline
+    assert "(a second process trained `baseline` alongside)." in render_markdown(schedule)
+    for probe in ("cpt1_name_lists/training_seed_0", "baseline_6000_steps"):  # run alone; only a baseline trained
+        alone = render_markdown(json.loads((results / "probes" / probe / "report.json").read_text()))
+        assert "from start to report.  \n" in alone and "second process" not in alone, probe

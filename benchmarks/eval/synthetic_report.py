@@ -281,15 +281,26 @@ def _present(summary: dict, systems) -> list[str]:
     return [s for s in systems if any(s in row for row in summary.values())]
 
 
+def side_stages(report: dict) -> list[str]:
+    """Stages a second process trained beside the main one's, over every phase of the run (a schedule's included)."""
+    side: list[str] = []
+    for config in [p["config"] for p in report.get("phases") or []] or [report["config"]]:
+        trained = [s for s in config.get("stages") or [] if s != "data" and s not in (config.get("reuse") or {})]
+        aside = [s for s in trained if s == "baseline" or s.startswith("cpt1_c")]
+        if config.get("parallel") and aside and len(aside) < len(trained):
+            side += [s for s in aside if s not in side]
+    return side
+
+
 def render_markdown(report: dict) -> str:
     """report.md: the targets, QA (when the run has a QA system), reconstruction, wall time."""
     agg, config = report["aggregates"], report["config"]
     hours = report["wall_time_s"]["total"] / 3600
     by_k = agg["qa_em_by_k"]
     contexts = (f" Training QA contexts hold 1-{config['max_passages']} documents; held-out contexts hold up to "
-                f"{max(g for g in by_k if g != ALL)}." if by_k else "")
-    side = [f"`{s}`" for s in config.get("stages") or [] if s == "baseline" or s.startswith("cpt1_c")]
-    alongside = f" (a second process trained {', '.join(side)} alongside)" if config.get("parallel") and side else ""
+                f"{max(int(g) for g in by_k if g != ALL)}." if by_k else "")
+    side = ", ".join(f"`{stage}`" for stage in side_stages(report))
+    alongside = f" (a second process trained {side} alongside)" if side else ""
     lines = [
         "# Synthetic run: distractor documents, length generalization, RL",
         "",
