@@ -508,7 +508,7 @@ def write_name_lists(config: SyntheticRunConfig) -> Path:
     train_names, _ = split_names(config.seed, corpus_config(config).heldout_fraction)
     texts = name_list_texts(train_names, config.cpt1_name_lists, config.seed)
     heldout = set().union(*(names_in(r["text"]) for r in read_jsonl(config.data_file("heldout", "document"))))
-    leaked = sorted(heldout & {n for t in texts for n in t.removesuffix(".").split(", ")})
+    leaked = sorted(heldout & set().union(*map(names_in, texts)))
     if leaked:  # data made with another seed than this run's, e.g. an old folder without its corpus record
         raise ValueError(
             f"name lists of seed {config.seed} hold held-out names of {config.root / 'data'} ({leaked[:3]}...): "
