@@ -25,6 +25,7 @@ import sys
 from datasets import load_from_disk
 from modeling_memcomp import MemCompForCausalLM
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
+from trainers.distributed import process_group_teardown
 from trainers.judges import MatchJudge
 from trainers.rewards import JudgeReward
 
@@ -40,10 +41,11 @@ args = MemCompGRPOConfig(
     learning_rate=1e-3, dynamic_sampling_warmup_rollouts=0, dynamic_sampling_max_tries=2, use_cpu=True, bf16=False,
     gradient_checkpointing=False, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
 )
-trainer = MemCompGRPOTrainer(MemCompForCausalLM.from_pretrained(sft), reward_funcs=[varied, JudgeReward(MatchJudge())],
-                             args=args, train_dataset=load_from_disk(memory))
-trainer.train()
-trainer.save_model(out)
+with process_group_teardown():  # as examples/train_rl.py: without it a rank can abort at exit
+    trainer = MemCompGRPOTrainer(MemCompForCausalLM.from_pretrained(sft), reward_funcs=[varied, JudgeReward(MatchJudge())],
+                                 args=args, train_dataset=load_from_disk(memory))
+    trainer.train()
+    trainer.save_model(out)
 """
 
 
@@ -64,6 +66,7 @@ def test_two_rank_rl_keeps_the_same_groups_on_every_rank(model, tmp_path):
            "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "destroy_process_group() was not called" not in result.stderr
     ranks = [[json.loads(line) for line in (trace / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert len(ranks[0]) >= 3 and len(ranks[0]) == len(ranks[1])
     for a, b in zip(*ranks):
