@@ -220,3 +220,20 @@ def test_help_lists_every_field(command, capsys):
     missing = [name for name in [*names, *REPORT_FIELDS] if f"--{name} " not in out]
     assert not missing
 
+
+
+def test_the_readme_table_of_the_session_sized_chain_is_its_committed_report():
+    """README.md's EM table of the session-sized chain is the probe's report.json, row by row, to one decimal."""
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| documents in the context (k), `other_kind` world, session-sized chain"))
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in lines[start + 2:start + 6]}
+    report = json.loads((PROBES / "session_schedule_cpt1_18000_sft_10000" / "report.json").read_text())
+    aggregates = report["aggregates"]
+    systems = {"compressed, RL on 5-16 documents": "rl", "compressed, SFT (1-4 documents)": "sft",
+               "full context, same size (1-4 documents)": "full"}
+    for label, system in systems.items():
+        expected = [aggregates["qa_em_by_k"][k][system]["mean"] for k in ("1", "2", "4", "8", "16", "32")]
+        expected.append(aggregates["single_em_by_type"]["all"][system]["mean"])
+        assert rows[label] == [f"{100 * value:.1f}" for value in expected], label
+    for cell, k in zip(rows["RL - SFT, 95% paired bootstrap interval"], ("1", "2", "4", "8", "16", "32")):
+        assert cell.startswith(f"{100 * report['rl_minus_sft'][k]['mean']:+.1f}"), (k, cell)
