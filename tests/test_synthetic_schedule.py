@@ -18,6 +18,7 @@ from test_synthetic_pipeline import TOY
 PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
 SCHEDULE_PROBES = sorted(schedule.parent.name for schedule in PROBES.glob("*/schedule.yaml"))
 SHIPPED_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
+SESSION_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_session.yaml"
 REPORT_FIELDS = {f.name for f in fields(ReportArguments)}
 TOY_RUN = {k[2:]: v for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] not in REPORT_FIELDS}
 TOY_REPORT = [arg for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] in REPORT_FIELDS for arg in (k, v)]
@@ -65,6 +66,29 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert dict(other.start_from) == {"sft": str(root / "any/sft"), "baseline": str(root / "any/baseline")}
     assert rl.stages == ["data", "rl"] and rl.reuse["sft"] == str(root / "other_kind/sft")
     assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
+
+
+def test_the_session_schedule_trains_every_stage_as_the_probes_that_measured_it():
+    """synthetic_session.yaml is the chain of two committed probes less the SFT the chain did not use: each phase
+    trains with the settings the probe's phase had, and reuses the same stages."""
+    ours = load_schedule(SESSION_YAML).phases
+    probe = {p.name: p for p in load_schedule(PROBES / "session_schedule_cpt1_18000_sft_10000" / "schedule.yaml").phases}
+    pairs = dict(zip([p.name for p in ours], ["any", "other_kind", "other_kind_sft_10000", "rl_after_sft_10000"]))
+    renamed = {v: k for k, v in pairs.items()}
+    for phase in ours:
+        theirs = probe[pairs[phase.name]].config
+        mine = asdict(phase.config)
+        untrained = {"lm", "cpt1", "cpt2", "sft", "baseline", "rl"} - set(phase.config.stages)
+        differs = {k for k in mine if mine[k] != asdict(theirs)[k] and k.split("_")[0] not in untrained}
+        assert differs <= {"output_dir", "reuse", "start_from", "stages"}, (phase.name, differs)
+        for key in ("reuse", "start_from"):
+            relative = {stage: Path(folder).relative_to(load_schedule(SESSION_YAML).output_dir).as_posix()
+                        for stage, folder in getattr(phase.config, key).items()}
+            expected = {stage: "/".join([renamed[Path(folder).parent.name], Path(folder).name])
+                        for stage, folder in getattr(theirs, key).items()}
+            assert relative == expected, (phase.name, key)
+        unused = {"sft"} if phase.name == "other_kind" else set()
+        assert phase.config.stages == [s for s in theirs.stages if s not in unused]
 
 
 @pytest.mark.parametrize("probe", SCHEDULE_PROBES)
