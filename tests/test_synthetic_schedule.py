@@ -71,20 +71,18 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
 def test_the_session_schedule_trains_every_stage_as_the_probes_that_measured_it():
     """synthetic_session.yaml is the chain of two committed probes less the SFT the chain did not use: each phase
     trains with the settings the probe's phase had, and reuses the same stages."""
-    ours = load_schedule(SESSION_YAML).phases
-    probe = {p.name: p for p in load_schedule(PROBES / "session_schedule_cpt1_18000_sft_10000" / "schedule.yaml").phases}
-    pairs = dict(zip([p.name for p in ours], ["any", "other_kind", "other_kind_sft_10000", "rl_after_sft_10000"]))
-    renamed = {v: k for k, v in pairs.items()}
-    for phase in ours:
-        theirs = probe[pairs[phase.name]].config
+    session = load_schedule(SESSION_YAML)
+    probe = {p.name: p.config for p in load_schedule(PROBES / "session_schedule_cpt1_18000_sft_10000" / "schedule.yaml").phases}
+    names = dict(zip(["any", "other_kind", "other_kind_sft_10000", "rl_after_sft_10000"], [p.name for p in session.phases]))
+    for phase, theirs in zip(session.phases, (probe[name] for name in names)):
         mine = asdict(phase.config)
         untrained = {"lm", "cpt1", "cpt2", "sft", "baseline", "rl"} - set(phase.config.stages)
         differs = {k for k in mine if mine[k] != asdict(theirs)[k] and k.split("_")[0] not in untrained}
         assert differs <= {"output_dir", "reuse", "start_from", "stages"}, (phase.name, differs)
-        for key in ("reuse", "start_from"):
-            relative = {stage: Path(folder).relative_to(load_schedule(SESSION_YAML).output_dir).as_posix()
+        for key in ("reuse", "start_from"):  # the same '<phase>/<stage>', the probe's phases under their new names
+            relative = {stage: Path(folder).relative_to(session.output_dir).as_posix()
                         for stage, folder in getattr(phase.config, key).items()}
-            expected = {stage: "/".join([renamed[Path(folder).parent.name], Path(folder).name])
+            expected = {stage: f"{names[Path(folder).parent.name]}/{Path(folder).name}"
                         for stage, folder in getattr(theirs, key).items()}
             assert relative == expected, (phase.name, key)
         unused = {"sft"} if phase.name == "other_kind" else set()
@@ -243,7 +241,6 @@ def test_help_lists_every_field(command, capsys):
     out = capsys.readouterr().out
     missing = [name for name in [*names, *REPORT_FIELDS] if f"--{name} " not in out]
     assert not missing
-
 
 
 def test_the_readme_table_of_the_session_sized_chain_is_its_committed_report():
