@@ -265,3 +265,58 @@ def test_checkpoint_completeness_rules(one_checkpoint, tmp_path):
     assert "trainer_state.json is unreadable" in checkpoint_problems(tmp_path / "trainer_state.json" / "checkpoint-3")[0]
     with pytest.raises(ValueError, match="no checkpoint-\\* folder"):
         resume_run(tmp_path / "empty", resume=True)
+
+
+# ------------------------------------------------------------------ a resume past the first epoch, length-grouped
+from trainers.sampling import ResumableLengthGroupedSampler  # noqa: E402
+
+
+def test_length_grouped_order_is_redrawn_after_a_resume_in_a_later_epoch(tmp_path):
+    lengths = [(7 * i) % 23 for i in range(40)]
+    torch.manual_seed(0)
+    sampler, orders = ResumableLengthGroupedSampler(4, lengths=lengths), []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+        if epoch == 1:
+            sampler.save(tmp_path)  # a checkpoint inside epoch 1
+        torch.rand(100)  # training steps use the global RNG too
+    assert orders[0] != orders[1] != orders[2]
+
+    def resumed(epoch, record=True):
+        torch.manual_seed(0)  # a new process: set_seed's state, not the one after the earlier epochs
+        sampler = ResumableLengthGroupedSampler(4, lengths=lengths)
+        assert sampler.load(tmp_path) if record else not sampler.load(tmp_path / "none")
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert resumed(1) == orders[1]
+    assert resumed(1, record=False) == orders[0] != orders[1]  # the parent's draw: the order it skips into is another
+    assert resumed(2) == orders[0]  # a record of an earlier epoch is not used (Trainer restores the RNG state there)
+
+
+def test_length_grouped_run_resumed_in_its_second_epoch_equals_the_uninterrupted_run(tmp_path, caplog):
+    def run(out, resume=None, stop=None):
+        config = tiny_stage("cpt1", out, **{**RESUME_RUN, "max_steps": 12}, train_sampling_strategy="group_by_length")
+        model = build_model(config)
+        train, _ = build_datasets(config, model)
+        trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
+                                 callbacks=[StopAt(stop)] if stop else None)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+    full_trainer, full = run(tmp_path / "full")  # 24 examples, 4 a step: epoch 1 is steps 7-12
+    run(tmp_path / "cut", stop=9)
+    trainer, resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-9"))
+    assert trainer.example_ids_seen == full_trainer.example_ids_seen[-len(trainer.example_ids_seen):]
+    assert len(trainer.example_ids_seen) == len(full_trainer.example_ids_seen) // 4  # steps 10-12 of 12
+    assert [resumed[step] for step in (10, 11, 12)] == [full[step] for step in (10, 11, 12)]
+    for (name, a), b in zip(full_trainer.model.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    shutil.rmtree(tmp_path / "cut")  # a checkpoint without the order's record: resumed, with a warning
+    run(tmp_path / "cut", stop=9)
+    (tmp_path / "cut" / "checkpoint-9" / ResumableLengthGroupedSampler.STATE_FILE.format(rank=0)).unlink()
+    with caplog.at_level(logging.WARNING, logger="trainers.trainer"):
+        run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-9"))
+    assert "holds no length-grouped order record" in caplog.text

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_memcomp.prompting import IGNORE_INDEX
 
@@ -17,6 +18,7 @@ from .checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_che
 from .collator import MemCompCollator
 from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
+from .sampling import ResumableLengthGroupedSampler
 from .stages import TASKS, get_stage
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class MemCompTrainer(Trainer):
         self._useful_tokens = torch.zeros((), dtype=torch.float64)
         self.resumed_useful_tokens = 0  # the count logged before a resume (ResumedTokenCount)
         self.example_ids_seen: list[int] = []
+        self._resume_checkpoint: str | None = None
+        self._length_sampler: ResumableLengthGroupedSampler | None = None
         self.parameter_report: str | None = None
         if args.rank_trace_dir:
             self.add_callback(RankTraceCallback(self, args.rank_trace_dir))
@@ -203,7 +207,30 @@ class MemCompTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, resuming only from a complete checkpoint (see `resolve_checkpoint`)."""
-        return super().train(resume_from_checkpoint=self.resolve_checkpoint(resume_from_checkpoint), **kwargs)
+        self._resume_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=self._resume_checkpoint, **kwargs)
+
+    # ------------------------------------------------------------------ data order
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's sampler, with `group_by_length` order kept across a resume (`ResumableLengthGroupedSampler`)."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is not LengthGroupedSampler:
+            return sampler
+        sampler = ResumableLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, generator=sampler.generator)
+        if self._resume_checkpoint and not self.args.ignore_data_skip:
+            if not sampler.load(self._resume_checkpoint, self.args.process_index):
+                logger.warning(
+                    "%s holds no length-grouped order record (saved by an older version): if it lies past the first "
+                    "epoch, the resumed epoch trains on another order than the uninterrupted run.",
+                    self._resume_checkpoint,
+                )
+        self._length_sampler = sampler
+        return sampler
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self._length_sampler is not None:
+            self._length_sampler.save(output_dir, self.args.process_index)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
