@@ -117,9 +117,9 @@ RESUME_RUN = dict(num_samples=24, eval_samples=0, eval_strategy="no", max_steps=
                   global_batch_size=4, early_stopping_patience=None)
 
 
-def resume_run(out, resume=None, stop=None):
-    """A 6-step FQLoRA CPT-1 run saving every 3 steps; returns its trainer and logged loss per step."""
-    config = tiny_stage("cpt1", out, **RESUME_RUN)
+def resume_run(out, resume=None, stop=None, **fields):
+    """A 6-step FQLoRA CPT-1 run saving every 3 steps (`fields` override); returns its trainer and logged loss per step."""
+    config = tiny_stage("cpt1", out, **{**RESUME_RUN, **fields})
     model = build_model(config)
     train, _ = build_datasets(config, model)
     trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
@@ -297,13 +297,7 @@ def test_length_grouped_order_is_redrawn_after_a_resume_in_a_later_epoch(tmp_pat
 
 def test_length_grouped_run_resumed_in_its_second_epoch_equals_the_uninterrupted_run(tmp_path, caplog):
     def run(out, resume=None, stop=None):
-        config = tiny_stage("cpt1", out, **{**RESUME_RUN, "max_steps": 12}, train_sampling_strategy="group_by_length")
-        model = build_model(config)
-        train, _ = build_datasets(config, model)
-        trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train,
-                                 callbacks=[StopAt(stop)] if stop else None)
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+        return resume_run(out, resume, stop, max_steps=12, train_sampling_strategy="group_by_length")
 
     full_trainer, full = run(tmp_path / "full")  # 24 examples, 4 a step: epoch 1 is steps 7-12
     run(tmp_path / "cut", stop=9)
