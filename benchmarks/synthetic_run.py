@@ -141,6 +141,10 @@ class SyntheticRunConfig:
         1, "RL prompts are training QA rows with at least this many documents: the binding among distractors the reward "
         "can still teach (SFT answers single-document rows right, and dynamic sampling drops all-right groups).",
     )
+    rl_max_documents: int | None = _arg(
+        None, "RL prompts are training QA rows with at most this many documents (None: max_passages): the lengths RL "
+        "trains on, so that a chosen k gets a larger share of the prompts.",
+    )
     rl_generations: int = _arg(8, "Rollouts per prompt.")
     rl_temperature: float = _arg(
         1.0, "Rollout sampling temperature (Table 10: 1.0); higher makes a group's answers disagree more often, so fewer "
@@ -202,6 +206,11 @@ class SyntheticRunConfig:
         if not 1 <= self.rl_min_documents <= self.max_passages:
             raise ValueError(
                 f"rl_min_documents must be in 1..max_passages ({self.max_passages}), got {self.rl_min_documents}."
+            )
+        if self.rl_max_documents is not None and not self.rl_min_documents <= self.rl_max_documents <= self.max_passages:
+            raise ValueError(
+                f"rl_max_documents must be in rl_min_documents..max_passages ({self.rl_min_documents}..{self.max_passages}), "
+                f"got {self.rl_max_documents}."
             )
         if self.rl_temperature <= 0:
             raise ValueError(f"rl_temperature must be > 0 (rollouts are sampled), got {self.rl_temperature}.")
@@ -632,12 +641,13 @@ def train_baseline(config: SyntheticRunConfig) -> None:
 
 
 def rl_rows(config: SyntheticRunConfig):
-    """The RL prompts: `rl_prompts` shuffled training QA rows with at least `rl_min_documents` documents."""
+    """The RL prompts: `rl_prompts` shuffled training QA rows with `rl_min_documents`..`rl_max_documents` documents."""
     from trainers.precompute import load_rows
 
     rows = load_rows(config.data_file("train", "qa"))
-    if config.rl_min_documents > 1:
-        rows = rows.filter(lambda row: row["k"] >= config.rl_min_documents)
+    most = config.rl_max_documents or config.max_passages
+    if config.rl_min_documents > 1 or most < config.max_passages:
+        rows = rows.filter(lambda row: config.rl_min_documents <= row["k"] <= most)
     rows = rows.shuffle(seed=config.train_seed)
     return rows.select(range(min(config.rl_prompts, len(rows))))
 

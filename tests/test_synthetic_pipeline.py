@@ -186,17 +186,21 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(cpt1_lr_decay=0)
     with pytest.raises(ValueError, match=r"rl_min_documents must be in 1..max_passages \(4\), got 5"):
         SyntheticRunConfig(rl_min_documents=5)
+    with pytest.raises(ValueError, match=r"rl_max_documents must be in rl_min_documents..max_passages \(3..4\), got 2"):
+        SyntheticRunConfig(rl_min_documents=3, rl_max_documents=2)
     with pytest.raises(ValueError, match=r"rl_temperature must be > 0 \(rollouts are sampled\), got 0"):
         SyntheticRunConfig(rl_temperature=0)
 
 
-def test_rl_prompts_can_be_limited_to_contexts_with_distractors(tmp_path):
+def test_rl_prompts_can_be_limited_to_a_range_of_documents(tmp_path):
     toy = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=4, rl_prompts=50)
     make_data(SyntheticRunConfig(**toy))
     every = rl_rows(SyntheticRunConfig(**toy))
     assert len(every) == 50 and {row["k"] for row in every} == {1, 2, 3, 4}
     among = rl_rows(SyntheticRunConfig(**toy, rl_min_documents=3))
     assert len(among) == 50 and {row["k"] for row in among} == {3, 4}
+    between = rl_rows(SyntheticRunConfig(**toy, rl_min_documents=2, rl_max_documents=3))
+    assert len(between) == 50 and {row["k"] for row in between} == {2, 3}
 
 
 def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
