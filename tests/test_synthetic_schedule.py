@@ -19,6 +19,7 @@ PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "p
 SCHEDULE_PROBES = sorted(schedule.parent.name for schedule in PROBES.glob("*/schedule.yaml"))
 SHIPPED_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_shipped.yaml"
 SESSION_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_session.yaml"
+PROOF_YAML = Path(__file__).parents[1] / "examples" / "configs" / "synthetic_proof.yaml"
 REPORT_FIELDS = {f.name for f in fields(ReportArguments)}
 TOY_RUN = {k[2:]: v for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] not in REPORT_FIELDS}
 TOY_REPORT = [arg for k, v in zip(TOY[::2], TOY[1::2]) if k[2:] in REPORT_FIELDS for arg in (k, v)]
@@ -68,25 +69,59 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
 
 
-def test_the_session_schedule_trains_every_stage_as_the_probes_that_measured_it():
-    """synthetic_session.yaml is the chain of two committed probes less the SFT the chain did not use: each phase
-    trains with the settings the probe's phase had, and reuses the same stages."""
-    session = load_schedule(SESSION_YAML)
-    probe = {p.name: p.config for p in load_schedule(PROBES / "session_schedule_cpt1_18000_sft_10000" / "schedule.yaml").phases}
-    names = dict(zip(["any", "other_kind", "other_kind_sft_10000", "rl_after_sft_10000"], [p.name for p in session.phases]))
-    for phase, theirs in zip(session.phases, (probe[name] for name in names)):
+def _assert_trains_as_the_probes(schedule_yaml: Path, probe: str, names: dict, unused: dict, data: dict | None = None,
+                                 unneeded: dict | None = None):
+    """Each phase of `schedule_yaml` trains with the settings of the probe phase `names` maps it to (in `probe`'s
+    schedule), reuses and starts from the same stages under the new phase names (less `unneeded[phase]`, reused
+    only for a stage it no longer trains), and trains the same stages less `unused[phase]`. `data` maps a probe's
+    data folder to the phase's own, or to None where the phase draws it itself, from the same world settings."""
+    chain = load_schedule(schedule_yaml)
+    probe_schedule = load_schedule(PROBES / probe / "schedule.yaml")
+    probes = {p.name: p.config for p in probe_schedule.phases}
+    renamed = {theirs: mine for mine, theirs in names.items()}
+    assert [p.name for p in chain.phases] == list(names)
+    for phase in chain.phases:
+        theirs = probes[names[phase.name]]
         mine = asdict(phase.config)
         untrained = {"lm", "cpt1", "cpt2", "sft", "baseline", "rl"} - set(phase.config.stages)
         differs = {k for k in mine if mine[k] != asdict(theirs)[k] and k.split("_")[0] not in untrained}
         assert differs <= {"output_dir", "reuse", "start_from", "stages"}, (phase.name, differs)
         for key in ("reuse", "start_from"):  # the same '<phase>/<stage>', the probe's phases under their new names
-            relative = {stage: Path(folder).relative_to(session.output_dir).as_posix()
+            relative = {stage: Path(folder).relative_to(chain.output_dir).as_posix()
                         for stage, folder in getattr(phase.config, key).items()}
-            expected = {stage: f"{names[Path(folder).parent.name]}/{Path(folder).name}"
-                        for stage, folder in getattr(theirs, key).items()}
+            expected = {}
+            for stage, folder in getattr(theirs, key).items():
+                if stage in (unneeded or {}).get(phase.name, set()):
+                    continue
+                folder = Path(folder).relative_to(probe_schedule.output_dir).as_posix()
+                if folder in (data or {}):
+                    if data[folder] is None:
+                        drawn_by = probes[Path(folder).parent.name]
+                        assert all(getattr(drawn_by, f) == getattr(phase.config, f) for f in (*WORLD, "eval_questions"))
+                        continue
+                    folder = data[folder]
+                else:
+                    folder = f"{renamed[Path(folder).parent.name]}/{Path(folder).name}"
+                expected[stage] = folder
             assert relative == expected, (phase.name, key)
-        unused = {"sft"} if phase.name == "other_kind" else set()
-        assert phase.config.stages == [s for s in theirs.stages if s not in unused]
+        assert phase.config.stages == [s for s in theirs.stages if s not in unused.get(phase.name, set())]
+
+
+def test_the_session_schedule_trains_every_stage_as_the_probes_that_measured_it():
+    """synthetic_session.yaml is the chain of two committed probes less the SFT the chain did not use."""
+    names = {"any": "any", "other_kind": "other_kind", "other_kind_sft": "other_kind_sft_10000", "rl": "rl_after_sft_10000"}
+    _assert_trains_as_the_probes(SESSION_YAML, "session_schedule_cpt1_18000_sft_10000", names, {"other_kind": {"sft"}})
+
+
+def test_the_proof_schedule_trains_every_stage_as_the_probes_that_measured_it():
+    """synthetic_proof.yaml is the chain of probes whose RL beat SFT at every k >= 4, less the stages it does not use."""
+    names = {"any": "any", "other_kind": "other_kind", "other_kind_baseline": "other_kind_sft_10000",
+             "cpt2_any": "cpt2_any", "sft_any": "sft_any_15000", "sft_other_kind": "sft_any_15000_other_kind_5000",
+             "rl": "rl_2_16_shipped_sft_order"}
+    unused = {"other_kind": {"cpt2", "sft"}, "other_kind_baseline": {"sft"}}
+    data = {"other_kind_sft_10000/data": "other_kind/data", "heldout_240_rl_5_16/data": None}
+    unneeded = {"other_kind_baseline": {"cpt1", "cpt2"}}  # the probe's SFT beside the baseline needed them
+    _assert_trains_as_the_probes(PROOF_YAML, "session_schedule_rl_2_16_shipped_sft_order", names, unused, data, unneeded)
 
 
 @pytest.mark.parametrize("probe", SCHEDULE_PROBES)
