@@ -74,11 +74,17 @@ def _assert_trains_as_the_probes(schedule_yaml: Path, probe: str, names: dict, u
     """Each phase of `schedule_yaml` trains with the settings of the probe phase `names` maps it to (in `probe`'s
     schedule), reuses and starts from the same stages under the new phase names (less `unneeded[phase]`, reused
     only for a stage it no longer trains), and trains the same stages less `unused[phase]`. `data` maps a probe's
-    data folder to the phase's own, or to None where the phase draws it itself, from the same world settings."""
+    data folder to the chain's, or to None where the phase draws it itself; either way from the same world."""
+    data, unneeded = data or {}, unneeded or {}
     chain = load_schedule(schedule_yaml)
+    mine_by_name = {p.name: p.config for p in chain.phases}
     probe_schedule = load_schedule(PROBES / probe / "schedule.yaml")
     probes = {p.name: p.config for p in probe_schedule.phases}
     renamed = {theirs: mine for mine, theirs in names.items()}
+
+    def world(config: SyntheticRunConfig) -> list:
+        return [getattr(config, f) for f in (*WORLD, "eval_questions")]
+
     assert [p.name for p in chain.phases] == list(names)
     for phase in chain.phases:
         theirs = probes[names[phase.name]]
@@ -91,18 +97,16 @@ def _assert_trains_as_the_probes(schedule_yaml: Path, probe: str, names: dict, u
                         for stage, folder in getattr(phase.config, key).items()}
             expected = {}
             for stage, folder in getattr(theirs, key).items():
-                if stage in (unneeded or {}).get(phase.name, set()):
-                    continue
                 folder = Path(folder).relative_to(probe_schedule.output_dir).as_posix()
-                if folder in (data or {}):
-                    if data[folder] is None:
-                        drawn_by = probes[Path(folder).parent.name]
-                        assert all(getattr(drawn_by, f) == getattr(phase.config, f) for f in (*WORLD, "eval_questions"))
-                        continue
-                    folder = data[folder]
-                else:
-                    folder = f"{renamed[Path(folder).parent.name]}/{Path(folder).name}"
-                expected[stage] = folder
+                if stage in unneeded.get(phase.name, set()):
+                    continue
+                if folder not in data:
+                    expected[stage] = f"{renamed[Path(folder).parent.name]}/{Path(folder).name}"
+                    continue
+                drawn_by = phase.config if data[folder] is None else mine_by_name[Path(data[folder]).parent.name]
+                assert world(drawn_by) == world(probes[Path(folder).parent.name]), (phase.name, folder)
+                if data[folder] is not None:
+                    expected[stage] = data[folder]
             assert relative == expected, (phase.name, key)
         assert phase.config.stages == [s for s in theirs.stages if s not in unused.get(phase.name, set())]
 
