@@ -322,3 +322,23 @@ def test_tiny_rl_run_trains_decoder_only_and_saves_the_rl_checkpoint(tokenizer, 
     assert torch.equal(reloaded.compress(corpus[0]).embeds, sft_memory.embeds)
     assert reloaded.fingerprint == sft_memory.model_fingerprint
     assert not torch.equal(reloaded.language_model.model.layers[0].mlp.up_proj.weight, before["language_model.model.layers.0.mlp.up_proj.weight"])
+
+
+def test_resume_skips_a_checkpoint_torn_by_a_kill(rl_model, rl_data, tmp_path, caplog):
+    import copy
+    import logging
+
+    from transformers import TrainerCallback
+
+    settings = {**TINY, "save_strategy": "steps", "save_steps": 1, "dynamic_sampling_warmup_rollouts": 1,
+                "dynamic_sampling_max_tries": 1}
+    _trainer(copy.deepcopy(rl_model), rl_data, tmp_path, **{**settings, "max_steps": 2}).train()
+    (tmp_path / "checkpoint-3").mkdir()  # killed right after creating the next checkpoint folder
+    trainer = _trainer(copy.deepcopy(rl_model), rl_data, tmp_path, **{**settings, "max_steps": 3})
+    steps = []
+    trainer.add_callback(type("Steps", (TrainerCallback,), {"on_step_end": lambda self, args, state, *_, **__: steps.append(state.global_step)}))
+    with caplog.at_level(logging.WARNING, logger="trainers.checkpoints"):
+        trainer.train(resume_from_checkpoint=True)
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-3 (no trainer_state.json" in caplog.text
+    assert f"resuming from {tmp_path / 'checkpoint-2'}" in caplog.text
+    assert steps == [3], "trained step 3 only: resumed after step 2"

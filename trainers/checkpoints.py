@@ -37,7 +37,8 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def _weights_problem(folder: Path) -> str | None:
+def weights_problem(folder: Path) -> str | None:
+    """Why `folder`'s model weights cannot be loaded (none there, a shard missing, a torn file), or None."""
     present = [name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not present:
         if any("fsdp" in p.name for p in folder.iterdir()) or any(
@@ -81,7 +82,7 @@ def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, opt
         problems.append(f"no {TRAINER_STATE}")
     except (OSError, ValueError) as error:
         problems.append(f"{TRAINER_STATE} is unreadable ({error})")
-    weights = _weights_problem(folder)
+    weights = weights_problem(folder)
     if weights:
         problems.append(weights)
     if optimizer:
@@ -130,3 +131,42 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, *, full_ft: bool = F
             "Start the run afresh (without resume) or restore a checkpoint folder."
         )
     return None
+
+
+class CompleteCheckpointResume:
+    """Trainer mixin: `train(resume_from_checkpoint=...)` resumes only from a complete checkpoint.
+
+    `True` takes the newest complete `checkpoint-<step>` of `output_dir` (newer partial ones are skipped with a
+    warning); a path must be complete; None/False starts afresh. Put it before the Trainer class in the bases.
+    """
+
+    def _checkpoint_requirements(self) -> dict[str, bool]:
+        """What a checkpoint of this run must hold to resume it exactly (`checkpoint_problems`' keywords)."""
+        return {"full_ft": False, "optimizer": not self.args.save_only_model and not self.is_deepspeed_enabled}
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """`True`: the newest complete checkpoint of `output_dir`; a path: that checkpoint, which must be complete;
+        None/False: no resume."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        requirements = self._checkpoint_requirements()
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir, **requirements)
+            if found is None:
+                raise ValueError(
+                    f"no checkpoint-* folder in {self.args.output_dir!r} to resume from; start without resume."
+                )
+            return found
+        path = os.fspath(resume_from_checkpoint)
+        problems = checkpoint_problems(path, **requirements)
+        if problems:
+            raise ValueError(
+                f"cannot resume from {path!r}: {', '.join(problems)}. Pass resume_from_checkpoint=True (--resume) "
+                "to resume from the newest complete checkpoint instead."
+            )
+        return path
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, resuming only from a complete checkpoint (see `resolve_checkpoint`)."""
+        self._resume_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=self._resume_checkpoint, **kwargs)

@@ -28,6 +28,7 @@ from trl.trainer.utils import RepeatSampler, add_fused_lm_head, ensure_master_ad
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt, stop_token_ids
 
+from .checkpoints import CompleteCheckpointResume
 from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
 from .distributed import check_launch
 from .judges import MatchJudge
@@ -170,7 +171,7 @@ def derive_batches(
     return accumulation, generation
 
 
-class MemCompGRPOTrainer(GRPOTrainer):
+class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
     """DAPO on compressed prompts: a `GRPOTrainer` whose prompts are memory embeddings + question.
 
     Args:

@@ -14,7 +14,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from modeling_memcomp.prompting import IGNORE_INDEX
 
 from .callbacks import RankTraceCallback, ResumedTokenCount
-from .checkpoints import FULL_FT_WEIGHTS, checkpoint_problems, last_complete_checkpoint
+from .checkpoints import FULL_FT_WEIGHTS, CompleteCheckpointResume
 from .collator import MemCompCollator
 from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
@@ -77,7 +77,7 @@ class MemCompTrainingArguments(TrainingArguments):
         return cls(**kwargs)
 
 
-class MemCompTrainer(Trainer):
+class MemCompTrainer(CompleteCheckpointResume, Trainer):
     """Trainer for memory-compression tasks: the loss is the token mean over all targets of the batch, and
     the same per-token losses are also averaged per task (logged as `loss_<task>` / `eval_loss_<task>`)."""
 
@@ -177,38 +177,8 @@ class MemCompTrainer(Trainer):
         self._load_full_ft(self.state.best_model_checkpoint)
 
     def _checkpoint_requirements(self) -> dict[str, bool]:
-        """What a checkpoint of this run must hold to resume it exactly."""
-        return {
-            "full_ft": self._full_ft_model() is not None,
-            "optimizer": not self.args.save_only_model and not self.is_deepspeed_enabled,
-        }
-
-    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """`True`: the newest complete checkpoint of `output_dir` (newer partial ones skipped with a warning);
-        a path: that checkpoint, which must be complete; None/False: no resume."""
-        if resume_from_checkpoint is None or resume_from_checkpoint is False:
-            return None
-        requirements = self._checkpoint_requirements()
-        if resume_from_checkpoint is True:
-            found = last_complete_checkpoint(self.args.output_dir, **requirements)
-            if found is None:
-                raise ValueError(
-                    f"no checkpoint-* folder in {self.args.output_dir!r} to resume from; start without resume."
-                )
-            return found
-        path = os.fspath(resume_from_checkpoint)
-        problems = checkpoint_problems(path, **requirements)
-        if problems:
-            raise ValueError(
-                f"cannot resume from {path!r}: {', '.join(problems)}. Pass resume_from_checkpoint=True (--resume) "
-                "to resume from the newest complete checkpoint instead."
-            )
-        return path
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`, resuming only from a complete checkpoint (see `resolve_checkpoint`)."""
-        self._resume_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=self._resume_checkpoint, **kwargs)
+        """What a checkpoint of this run must hold to resume it exactly: FQLoRA's full-FT weights too."""
+        return {**super()._checkpoint_requirements(), "full_ft": self._full_ft_model() is not None}
 
     # ------------------------------------------------------------------ data order
     def _get_train_sampler(self, train_dataset=None):
