@@ -36,7 +36,7 @@ import torch
 from transformers import TrainerCallback
 
 from trainers.config import JSONObject, TaskWeights
-from trainers.synthetic import lexicon_texts, read_jsonl
+from trainers.synthetic import DISTRACTORS, lexicon_texts, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class SyntheticRunConfig:
     )
     probe_documents: int = _arg(32, "Held-out documents that logged reconstruction accuracy is measured on.")
     rl_steps: int = _arg(500, "DAPO optimizer steps (one rollout batch each).")
-    learning_rate: float = _arg(2e-3, "LM, CPT and baseline peak LR (a model trained from scratch; Table 9's suit 7B).")
+    learning_rate: float = _arg(2e-3, "LM and CPT peak LR (a model trained from scratch; Table 9's suit 7B); the baseline takes SFT's.")
     projection_learning_rate: float = _arg(2e-3, "Memory projection LR in CPT-1 / CPT-2.")
     sft_learning_rate: float = _arg(5e-4, "SFT and baseline QA fine-tuning LR.")
     rl_learning_rate: float = _arg(2e-5, "DAPO LR.")
@@ -214,6 +214,15 @@ class SyntheticRunConfig:
             )
         if self.rl_temperature <= 0:
             raise ValueError(f"rl_temperature must be > 0 (rollouts are sampled), got {self.rl_temperature}.")
+        if self.chunk_size in self.recon_chunk_sizes:
+            raise ValueError(
+                f"recon_chunk_sizes {self.recon_chunk_sizes} holds chunk_size ({self.chunk_size}), which CPT-1 already "
+                "trains: leave it out of the curve (its evaluation would be CPT-1's)."
+            )
+        if len(set(self.recon_chunk_sizes)) != len(self.recon_chunk_sizes) or any(c < 1 for c in self.recon_chunk_sizes):
+            raise ValueError(f"recon_chunk_sizes must be distinct sizes >= 1, got {self.recon_chunk_sizes}.")
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"distractors must be one of {list(DISTRACTORS)}, got {self.distractors!r}.")
         if self.rl_batch_size % self.rl_generations:
             raise ValueError(f"rl_batch_size ({self.rl_batch_size}) must be a multiple of rl_generations ({self.rl_generations}).")
 
@@ -247,7 +256,11 @@ class SyntheticRunConfig:
 
 # ---------------------------------------------------------------------------------------------- bookkeeping
 def _done(folder: Path) -> bool:
-    return (folder / "config.json").is_file()
+    """A stage folder holds its finished model: its config and readable weights (a kill during the final save may
+    leave the config, written first, without them)."""
+    from trainers.checkpoints import weights_problem
+
+    return (folder / "config.json").is_file() and weights_problem(folder) is None
 
 
 def check_reused_stages(config: SyntheticRunConfig) -> None:
@@ -283,9 +296,36 @@ def check_start_folders(config: SyntheticRunConfig, stages: list[str]) -> None:
             raise FileNotFoundError(f"start_from: {stage} <- {folder}, which holds no finished model (train it first).")
 
 
+def check_seeds_of_trained_folders(config: SyntheticRunConfig) -> None:
+    """Each reused or start-from model trained in a run of this run's `seed`: another seed draws another split of the
+    names, so that model trained on this run's held-out names and its scores would not be held-out ones."""
+    folders = [(f"reuse {s}", f) for s, f in config.reuse.items() if s != "data"]
+    folders += [(f"start_from {s}", f) for s, f in config.start_from.items()]
+    for what, folder in folders:
+        record = Path(folder).resolve().parent / "run_config.json"
+        try:
+            seed = json.loads(record.read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            continue  # not trained by this pipeline (or its record is gone): nothing to compare
+        if seed is not None and seed != config.seed:
+            raise ValueError(
+                f"{what} -> {folder} was trained in a run of seed {seed} ({record}), this run's corpus is seed "
+                f"{config.seed}: that model trained on some of this run's held-out names. Give --seed {seed}, or train "
+                "the stage in this run."
+            )
+
+
 def _resume_point(folder: Path) -> bool | None:
-    """Resume from the newest complete checkpoint of a stage that has any (incomplete ones are skipped, logged)."""
-    return True if folder.is_dir() and any(folder.glob("checkpoint-*")) else None
+    """Resume from the newest complete checkpoint of a stage that has any (the trainer skips incomplete ones, logged);
+    None, starting the stage afresh, when it has none or only incomplete ones (a kill during its first save)."""
+    from trainers.checkpoints import checkpoint_problems, checkpoints_newest_first
+
+    found = checkpoints_newest_first(folder)
+    if found and all(checkpoint_problems(checkpoint) for checkpoint in found):
+        logger.warning("%s: no complete checkpoint to resume from (%s): the stage starts afresh.", folder,
+                       "; ".join(f"{c.name}: {', '.join(checkpoint_problems(c))}" for c in found))
+        return None
+    return True if found else None
 
 
 def _update_timings(config: SyntheticRunConfig, change) -> dict:
@@ -316,6 +356,19 @@ class StageClock(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         seconds = self.elapsed()
         _update_timings(self.config, lambda t: t.setdefault("unfinished", {}).__setitem__(self.stage, seconds))
+
+
+class StopWhenOrphaned(TrainerCallback):
+    """The second process's guard: it exits (resumable from its last checkpoint) once the main process is gone, so a
+    killed run never leaves it training, and a rerun never puts a second trainer on the same stage folder."""
+
+    def __init__(self, parent_pid: int):
+        self.parent_pid = parent_pid
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if os.getppid() != self.parent_pid:
+            raise SystemExit(f"the main process ({self.parent_pid}) is gone: stopping at step {state.global_step}; "
+                             "rerun the command to resume from the last checkpoint.")
 
 
 class ThreadsWhenAlone(TrainerCallback):
@@ -615,7 +668,7 @@ def baseline_arguments(config: SyntheticRunConfig):
     )
 
 
-def train_baseline(config: SyntheticRunConfig) -> None:
+def train_baseline(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     """The full-context baseline: the pretrained base (or its `start_from` model) fine-tuned on the SFT QA rows with
     the context as text."""
     from benchmarks.eval.synthetic import QUERY_AWARE_ATTRIBUTE
@@ -633,7 +686,7 @@ def train_baseline(config: SyntheticRunConfig) -> None:
     dataset = _examples_dataset(examples, config.train_seed)
     args = baseline_arguments(config)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
-    seconds = _train(trainer, config, "baseline")
+    seconds = _train(trainer, config, "baseline", callbacks)
     model.config.prompt_template = "chat"
     setattr(model.config, QUERY_AWARE_ATTRIBUTE, config.baseline_query_aware)  # the evaluation prompts the same way
     trainer.save_model()
@@ -705,24 +758,25 @@ def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     _record(config, "rl", seconds, trainer)
 
 
-def run_side_stages(config: SyntheticRunConfig) -> None:
+def run_side_stages(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     """The second process: the full-context baseline, then the reconstruction-curve CPT-1 runs."""
     for stage in ("baseline", *config.recon_stages):
         if stage in config.stages and not _done(config.stage_dir(stage)):
-            train_baseline(config) if stage == "baseline" else train_memcomp_stage(config, stage)
+            train_baseline(config, callbacks) if stage == "baseline" else train_memcomp_stage(config, stage, callbacks)
 
 
-def _side_process(config_dict: dict) -> None:
+def _side_process(config_dict: dict, parent_pid: int) -> None:
     logging.basicConfig(level=logging.INFO)
     config = SyntheticRunConfig(**config_dict)
     torch.set_num_threads(config.threads)
-    run_side_stages(config)
+    run_side_stages(config, (StopWhenOrphaned(parent_pid),))
 
 
 def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     """Run the selected stages (finished ones are skipped; reused ones linked in); returns the timings."""
     # Every check before anything is written: a refused command leaves the run's folder as it was.
     check_reused_stages(config)
+    check_seeds_of_trained_folders(config)
     check_start_folders(config, [stage for stage in config.stages if not _done(config.stage_dir(stage))])
     data = Path(config.reuse.get("data") or config.root / "data")
     if (data / "tokenizer").is_dir():
@@ -741,7 +795,7 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     side = None
     pending = [s for s in ("baseline", *config.recon_stages) if s in wanted and not _done(config.stage_dir(s))]
     if pending and config.parallel:
-        side = multiprocessing.get_context("spawn").Process(target=_side_process, args=(asdict(config),))
+        side = multiprocessing.get_context("spawn").Process(target=_side_process, args=(asdict(config), os.getpid()))
         side.start()
     elif pending:
         run_side_stages(config)
@@ -751,6 +805,11 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
             torch.set_num_threads(config.threads if side is not None and side.is_alive() else config.threads_alone)
             if stage in wanted and not _done(config.stage_dir(stage)):
                 train_rl(config, threads) if stage == "rl" else train_memcomp_stage(config, stage, threads)
+    except BaseException:
+        if side is not None and side.is_alive():  # the error surfaces now, not when the second process ends hours later
+            logger.error("the main process failed: stopping the second process (a rerun resumes it from its last checkpoint)")
+            side.terminate()
+        raise
     finally:
         if side is not None:
             side.join()
@@ -771,7 +830,9 @@ def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) 
     export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
     card = Path(destination) / "README.md"
     curriculum = ", ".join(["LM pretraining", "CPT-1", "CPT-2", "SFT", *(["RL"] if stage == "rl" else [])])
-    card.write_text(card.read_text().rstrip() + "\n\n" + DEMO_CARD_NOTE.format(curriculum=curriculum))
+    model = json.loads((Path(destination) / "config.json").read_text())
+    note = DEMO_CARD_NOTE.format(curriculum=curriculum, chunk_size=model["chunk_size"], wrap=model["wrap"])
+    card.write_text(card.read_text().rstrip() + "\n\n" + note)
     return Path(destination)
 
 
@@ -779,10 +840,10 @@ DEMO_CARD_NOTE = """## About this checkpoint
 
 A tiny Qwen2-architecture model (sizes in the table above) trained from scratch, on CPU, on the synthetic corpus of
 `trainers/synthetic.py` (fictional people and companies, questions whose documents sit among distractor documents)
-by `examples/train_synthetic.py`, through the curriculum up to its stage ({curriculum}) with its own
-step counts and learning rates (see the run's `report.json`), chunk size 4 with block wrapping. It only knows that
-corpus: it is the demo and test model of the memcomp repository, not a general-purpose model, and the recipe figures
-above describe the stages' task mixtures only.
+by `examples/train_synthetic.py` (or a schedule of its runs), through the curriculum up to its stage ({curriculum})
+with its own step counts and learning rates (see the run's `report.json`),
+chunk size {chunk_size} with {wrap} wrapping. It only knows that corpus: it is the demo and test model of the memcomp
+repository, not a general-purpose model, and the recipe figures above describe the stages' task mixtures only.
 """
 
 
@@ -790,11 +851,40 @@ above describe the stages' task mixtures only.
 class ReportArguments:
     """Where the evaluation, the report and the shipped checkpoint go."""
 
-    report_dir: str = _arg("benchmarks/results/synthetic", "Folder for report.json, report.md and the plots.")
-    checkpoint_dir: str | None = _arg("checkpoints/memcomp-synthetic-tiny", "The shipped model (None: do not export).")
+    report_dir: str | None = _arg(
+        None, "Folder for report.json, report.md and the plots (default: <output_dir>/report, so the committed run's "
+        "report in benchmarks/results/synthetic is rewritten only when this says so).",
+    )
+    checkpoint_dir: str | None = _arg(
+        "checkpoints/memcomp-synthetic-tiny", "The shipped model, replaced by the run's when it beats it ('': do not "
+        "export). It must be new, empty or a memcomp checkpoint: the export replaces the folder.",
+    )
     max_documents: int | None = _arg(None, "Held-out documents to reconstruct (None: all).")
-    max_single_questions: int | None = _arg(600, "Questions of the single-document held-out set (None: all 1,800).")
-    max_passage_questions: int | None = _arg(None, "Questions of the held-out set by number of documents (None: all).")
+    max_single_questions: int | None = _arg(600, "Questions of the single-document held-out set (1,800 in all: 1800 takes every one).")
+    max_passage_questions: int | None = _arg(
+        None, "Questions of the held-out set by number of documents, the first in order of k (a cap drops the largest k "
+        "first; default: all).",
+    )
+
+
+def check_checkpoint_dir(checkpoint_dir: str | None) -> None:
+    """Refuse, before anything trains, a `checkpoint_dir` the export would wipe: one holding files but no memcomp model."""
+    if not checkpoint_dir:
+        return
+    folder = Path(checkpoint_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r} is a file; give a folder (new, empty or a memcomp checkpoint).")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type != "memcomp":
+        raise ValueError(
+            f"checkpoint_dir {checkpoint_dir!r} holds files but no memcomp checkpoint, and the export replaces the whole "
+            "folder: give a new or empty folder (or a memcomp checkpoint to replace), or --checkpoint_dir '' to not export."
+        )
 
 
 def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None) -> Path | None:
@@ -832,6 +922,9 @@ def run_and_report(
     from benchmarks.eval.synthetic import EVALUATED, evaluate_run, evaluated_stages
     from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
 
+    check_checkpoint_dir(report_args.checkpoint_dir)
+    if report_args.report_dir is None:
+        report_args.report_dir = str(run.root / "report")
     previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     run_pipeline(run)
     if not evaluated_stages(run.output_dir):

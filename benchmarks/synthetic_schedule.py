@@ -23,7 +23,9 @@ import yaml
 from transformers import HfArgumentParser
 
 from benchmarks.eval.synthetic_report import phase_record
-from benchmarks.synthetic_run import ReportArguments, StageFolders, SyntheticRunConfig, run_and_report, run_pipeline
+from benchmarks.synthetic_run import (
+    ReportArguments, StageFolders, SyntheticRunConfig, check_checkpoint_dir, run_and_report, run_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +43,6 @@ class ScheduleArguments:
         metadata={"help": "YAML file: `output_dir`, `common` (fields every phase gets) and `phases`, a list of {name, "
                   "fields of SyntheticRunConfig}; `reuse` and `start_from` folders are '<phase>/<stage>', relative to "
                   "`output_dir`."},
-    )
-
-
-@dataclass
-class ScheduleReportArguments(ReportArguments):
-    """`ReportArguments`, with the report kept beside the schedule's runs unless a folder is given."""
-
-    report_dir: str | None = field(
-        default=None,
-        metadata={"help": "Folder for report.json, report.md and the plots (default: <output_dir>/report, so the "
-                  "committed run's report in benchmarks/results/synthetic is left as it is)."},
     )
 
 
@@ -116,8 +107,8 @@ def load_schedule(path: str | Path) -> Schedule:
 
 
 def _check_references(key: str, references: dict, earlier: list[Phase]) -> None:
-    """Each reference is '<phase>/<stage>' of an earlier phase that trains or reuses that stage, of a fitting kind:
-    data for data only, a baseline for a baseline's start."""
+    """Each reference is '<phase>/<stage>' of an earlier phase that trains or reuses that stage, of a fitting kind: a
+    reused folder is the same stage (an SFT for `sft`), a start is data for data only and a baseline for a baseline."""
     provides = {p.name: {*p.config.stages, *p.config.reuse} for p in earlier}
     for stage, folder in references.items():
         phase, _, source = str(folder).partition("/")
@@ -126,7 +117,9 @@ def _check_references(key: str, references: dict, earlier: list[Phase]) -> None:
         if source not in provides.get(phase, ()):
             raise ValueError(f"{key} {stage} -> '{folder}', but no earlier phase {phase!r} trains or reuses {source!r} "
                              f"(earlier phases: {sorted(provides) or 'none'}).")
-        if (stage == "data") != (source == "data") or (key == "start_from" and (stage == "baseline") != (source == "baseline")):
+        if key == "reuse" and source != stage:
+            raise ValueError(f"reuse {stage} -> '{folder}': a {source} folder cannot stand for {stage}; reuse '{phase}/{stage}'.")
+        if (stage == "data") != (source == "data") or (stage == "baseline") != (source == "baseline"):
             raise ValueError(f"{key} {stage} -> '{folder}': a {source} folder cannot stand for {stage}.")
 
 
@@ -134,6 +127,7 @@ def run_schedule(schedule: Schedule, report_args: ReportArguments, command: str)
     """Train every phase in order, then evaluate, report and export the last one; returns its report. Each phase's
     wall hours go to `{output_dir}/schedule_hours.json`; the report records every phase."""
     phases = schedule.phases
+    check_checkpoint_dir(report_args.checkpoint_dir)  # before the phases train, not hours later at the export
     for number, phase in enumerate(phases, 1):
         logger.info("phase %d/%d: %s (stages %s)", number, len(phases), phase.name, " ".join(phase.config.stages))
         if number < len(phases):
@@ -152,13 +146,14 @@ def schedule_hours(schedule: Schedule) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse `ScheduleArguments` and `ScheduleReportArguments` from the command line and run the schedule."""
+    """Parse `ScheduleArguments` and `ReportArguments` from the command line and run the schedule (the report goes to
+    `<schedule output_dir>/report` unless `--report_dir` says otherwise)."""
     import shlex
     import sys
 
     logging.basicConfig(level=logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ScheduleArguments, ScheduleReportArguments))
+    parser = HfArgumentParser((ScheduleArguments, ReportArguments))
     arguments, report_args = parser.parse_args_into_dataclasses(argv)
     schedule = load_schedule(arguments.schedule)
     if report_args.report_dir is None:

@@ -1,6 +1,7 @@
 """The synthetic run (issue 20) at toy size: every stage, the evaluation by documents and depth, report, export."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from benchmarks.eval.synthetic import (
 )
 from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic_run import (
-    StageClock, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_arguments, rl_rows, stage_config,
+    StageClock, StopWhenOrphaned, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_arguments, rl_rows,
+    stage_config,
 )
 
 TOY = [
@@ -75,6 +77,7 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
     card = (checkpoint / "README.md").read_text()
     assert f"up to its stage (LM pretraining, CPT-1, CPT-2, SFT{', RL' if stage == 'rl' else ''})" in card
+    assert f"chunk size {shipped.config.chunk_size} with {shipped.config.wrap} wrapping" in card
     if stage == "rl":  # the paper's system in one folder: SFT encoder + RL decoder
         assert shipped.fingerprint == MemCompForCausalLM.from_pretrained(run / "sft").fingerprint
 
@@ -121,6 +124,44 @@ def test_a_reconstruction_probe_reports_reconstruction_without_qa_tables(tmp_pat
     text = (report_dir / "report.md").read_text()
     assert "## Reconstruction of held-out documents" in text and "QA exact match" not in text
     assert not (report_dir / "em_by_documents.png").exists()
+    # Reported again with no training log (as models trained elsewhere and reused) and no --report_dir: the report
+    # goes beside the run, without a learning-curve plot, and the committed report is not touched.
+    for log in (tmp_path / "run").glob("*/log_history.json"):
+        log.unlink()
+    main(TOY + args[:2] + args[4:] + ["--stages", "data", "lm", "cpt1"])
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## Reconstruction of held-out documents" in text and "learning_curves.png" not in text
+    assert not (tmp_path / "run" / "report" / "learning_curves.png").exists()
+
+
+def test_a_checkpoint_dir_the_export_would_wipe_is_refused_before_anything_runs(tmp_path):
+    elsewhere = tmp_path / "models"
+    (elsewhere / "other_project").mkdir(parents=True)
+    (elsewhere / "other_project" / "notes.txt").write_text("keep me")
+    args = ["--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(elsewhere), "--stages", "data"]
+    with pytest.raises(ValueError, match="holds files but no memcomp checkpoint, and the export replaces the whole folder"):
+        main(TOY + args)
+    assert (elsewhere / "other_project" / "notes.txt").read_text() == "keep me" and not (tmp_path / "run").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        main(TOY + args[:2] + ["--checkpoint_dir", str(tmp_path / "file"), "--stages", "data"])
+
+
+def test_a_stage_whose_only_checkpoints_are_torn_starts_afresh(tmp_path, caplog):
+    from benchmarks.synthetic_run import _resume_point
+
+    assert _resume_point(tmp_path / "sft") is None  # nothing there yet
+    (tmp_path / "sft" / "checkpoint-250").mkdir(parents=True)  # killed during the stage's first save
+    assert _resume_point(tmp_path / "sft") is None
+    assert "no complete checkpoint to resume from (checkpoint-250: no trainer_state.json" in caplog.text
+    assert "the stage starts afresh" in caplog.text
+    (tmp_path / "sft" / "checkpoint-500").mkdir()
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        (tmp_path / "sft" / "checkpoint-500" / name).write_text("{}")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "sft" / "checkpoint-500" / "model.safetensors"))
+    assert _resume_point(tmp_path / "sft") is True  # the trainer resumes from checkpoint-500
 
 
 def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
@@ -351,6 +392,48 @@ def test_the_main_process_takes_every_thread_once_the_second_process_has_finishe
         torch.set_num_threads(before)
 
 
+def test_the_second_process_stops_once_the_main_one_is_gone():
+    state = type("State", (), {"global_step": 7})()
+    StopWhenOrphaned(os.getppid()).on_step_end(None, state, None)  # its parent is alive: it trains on
+    with pytest.raises(SystemExit, match=r"the main process \(1\) is gone: stopping at step 7; rerun the command"):
+        StopWhenOrphaned(1).on_step_end(None, state, None)
+
+
+def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import synthetic_run
+
+    class Side:
+        def __init__(self, target, args):
+            self.target, self.args, self.terminated, self.joined, self.exitcode = target, args, False, False, None
+            sides.append(self)
+
+        def start(self):
+            pass
+
+        def is_alive(self):
+            return not self.terminated
+
+        def terminate(self):
+            self.terminated = True
+
+        def join(self):
+            self.joined = True
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("cpt1 failed")
+
+    sides = []
+    monkeypatch.setattr(synthetic_run.multiprocessing, "get_context", lambda method: SimpleNamespace(Process=Side))
+    monkeypatch.setattr(synthetic_run, "train_memcomp_stage", fails)
+    with pytest.raises(RuntimeError, match="cpt1 failed"):
+        synthetic_run.run_pipeline(SyntheticRunConfig(output_dir=str(tmp_path), stages=["cpt1", "baseline"]))
+    (side,) = sides
+    assert side.terminated and side.joined  # not left training the baseline for hours before the error shows
+    assert side.args[1] == os.getpid()  # the pid its orphan guard watches
+
+
 def test_paired_bootstrap_interval():
     result = paired_bootstrap([1.0] * 30 + [0.0] * 10, [0.0] * 40)
     assert result["mean"] == pytest.approx(0.75) and 0.6 < result["low"] < 0.75 < result["high"] < 0.9
@@ -522,3 +605,21 @@ def test_the_report_says_what_a_second_process_trained_only_when_one_did():
     for probe in ("cpt1_name_lists/training_seed_0", "baseline_6000_steps"):  # run alone; only a baseline trained
         alone = render_markdown(json.loads((results / "probes" / probe / "report.json").read_text()))
         assert "from start to report.  \n" in alone and "second process" not in alone, probe
+
+
+def test_a_model_trained_on_another_seed_is_refused(tmp_path):
+    from benchmarks.synthetic_run import run_pipeline
+
+    trained = tmp_path / "seed0"
+    (trained / "sft").mkdir(parents=True)
+    (trained / "sft" / "config.json").write_text("{}")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(trained / "sft" / "model.safetensors"))
+    (trained / "run_config.json").write_text(json.dumps({"seed": 0}))
+    for field in ("reuse", "start_from"):
+        stages = ["rl"] if field == "reuse" else ["sft"]
+        config = SyntheticRunConfig(output_dir=str(tmp_path / field), seed=1, stages=stages, **{field: {"sft": str(trained / "sft")}})
+        with pytest.raises(ValueError, match=rf"{field} sft -> .*seed0/sft was trained in a run of seed 0 .* Give --seed 0"):
+            run_pipeline(config)
+        assert not (tmp_path / field).exists()  # refused before anything was written

@@ -154,6 +154,9 @@ def test_a_schedule_refuses_what_would_fail_or_mislead_hours_later(tmp_path):
     refused({"name": "b", "reuse": {"sft": "../a/sft"}}, r"reuse sft -> '\.\./a/sft'; write '<phase>/<stage>'")
     refused({"name": "b", "reuse": {"sft": "a/data"}}, r"a data folder cannot stand for sft")
     refused({"name": "b", "stages": ["baseline"], "start_from": {"baseline": "a/sft"}}, "a sft folder cannot stand for baseline")
+    refused({"name": "b", "stages": ["rl"], "reuse": {"sft": "a/cpt1"}}, r"a cpt1 folder cannot stand for sft; reuse 'a/sft'")
+    refused({"name": "b", "distractors": "other-kind"}, r"phase 'b': distractors must be one of \['any', 'other_kind'\], got 'other-kind'")
+    refused({"name": "b", "chunk_size": 8}, r"recon_chunk_sizes \[8, 16\] holds chunk_size \(8\)")
     refused({"name": "b", "sft_stepz": 3}, r"phase 'b': unknown fields \['sft_stepz'\]")
     refused({"name": "b", "sft_lr": 1e-4}, r"unknown fields \['sft_lr'\]")  # not taken as sft_lr_decay
     refused({"name": "b", "sft_steps": "many"}, r"phase 'b':.*sft_steps")
@@ -191,10 +194,18 @@ def test_a_refused_run_leaves_its_folder_as_it_was(tmp_path):
 
 
 def test_a_reused_stage_is_linked_in_and_a_folder_in_its_place_is_refused_untouched(tmp_path):
+    from safetensors.torch import save_file
+
     source = tmp_path / "a" / "sft"
     source.mkdir(parents=True)
     (source / "config.json").write_text("{}")
     config = SyntheticRunConfig(output_dir=str(tmp_path / "b"), stages=["rl"], reuse={"sft": str(source)})
+    with pytest.raises(FileNotFoundError, match="holds no finished sft"):  # killed during its final save: no weights
+        check_reused_stages(config)
+    (source / "model.safetensors").write_bytes(b"torn")
+    with pytest.raises(FileNotFoundError, match="holds no finished sft"):
+        check_reused_stages(config)
+    save_file({"w": torch.zeros(1)}, str(source / "model.safetensors"))
     check_reused_stages(config)
     link_reused_stages(config)
     check_reused_stages(config)  # again (a resumed run): the same link is kept

@@ -230,7 +230,8 @@ def write_report(
     curves = learning_curves(run_dir)
     during = reconstruction_during_training(run_dir)
     held_out = {f"{stage} held-out": [(r["step"], r["from_memory"]) for r in rows] for stage, rows in during.items()}
-    plot_curves({**curves, **held_out}, output_dir / "learning_curves.png")
+    if curves or held_out:  # an evaluation-only run of reused models may have no training log
+        plot_curves({**curves, **held_out}, output_dir / "learning_curves.png")
     if aggregates["qa_em_by_k"]:
         plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
     if aggregates["reconstruction_content_accuracy"]:
@@ -361,7 +362,9 @@ def render_markdown(report: dict) -> str:
         lines += ["", "The stages above are the last phase's; the total is the schedule's. Its phases, in turn "
                   "(settings in report.json's `phases`):", "", "| phase | folder | hours |", "|---|---|---|",
                   *[f"| {i} | `{p['output_dir']}` | {p['wall_time_s'] / 3600:.2f} |" for i, p in enumerate(report["phases"], 1)]]
-    lines += ["", "![learning curves](learning_curves.png)", ""]
+    if report["final_training_values"] or report["reconstruction_during_training"]:
+        lines += ["", "![learning curves](learning_curves.png)"]
+    lines.append("")
     return "\n".join(lines)
 
 
