@@ -13,7 +13,7 @@
 A second process trains the baseline and the reconstruction-curve stages while the main one runs the memcomp
 stages, each with `threads` torch threads (two one-thread processes do more work on a 2-core CPU than one two-thread
 process); a process left alone uses `threads_alone`. Each stage writes its folder and `log_history.json`; a finished
-stage (its `config.json` exists) is skipped and an interrupted one resumes from its last complete checkpoint. Stage
+stage (its `config.json` and readable weights exist) is skipped and an interrupted one resumes from its last complete checkpoint. Stage
 wall times and non-padding tokens go to `{output_dir}/timings.json`. Evaluation: `benchmarks/eval/synthetic.py`;
 report: `benchmarks/eval/synthetic_report.py`; this module sits above both and above `trainers`.
 """
@@ -214,11 +214,6 @@ class SyntheticRunConfig:
             )
         if self.rl_temperature <= 0:
             raise ValueError(f"rl_temperature must be > 0 (rollouts are sampled), got {self.rl_temperature}.")
-        if self.chunk_size in self.recon_chunk_sizes:
-            raise ValueError(
-                f"recon_chunk_sizes {self.recon_chunk_sizes} holds chunk_size ({self.chunk_size}), which CPT-1 already "
-                "trains: leave it out of the curve (its evaluation would be CPT-1's)."
-            )
         if len(set(self.recon_chunk_sizes)) != len(self.recon_chunk_sizes) or any(c < 1 for c in self.recon_chunk_sizes):
             raise ValueError(f"recon_chunk_sizes must be distinct sizes >= 1, got {self.recon_chunk_sizes}.")
         if self.distractors not in DISTRACTORS:
@@ -232,7 +227,8 @@ class SyntheticRunConfig:
 
     @property
     def recon_stages(self) -> tuple[str, ...]:
-        return tuple(f"cpt1_c{size}" for size in self.recon_chunk_sizes)
+        """The curve's extra CPT-1 runs: CPT-1 itself is the curve's point at `chunk_size`."""
+        return tuple(f"cpt1_c{size}" for size in self.recon_chunk_sizes if size != self.chunk_size)
 
     @property
     def train_seed(self) -> int:
@@ -329,15 +325,16 @@ def _resume_point(folder: Path) -> bool | None:
 
 
 def _update_timings(config: SyntheticRunConfig, change) -> dict:
-    """Apply `change(timings)` to timings.json under a lock (the second process writes there too)."""
-    with open(config.root / "timings.json", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        timings = json.loads(f.read() or "{}")
+    """Apply `change(timings)` to timings.json under a lock (the second process writes there too), replacing the file
+    in one step: a process killed mid-update leaves the previous version, never a torn one."""
+    path = config.root / "timings.json"
+    with open(config.root / "timings.json.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timings = json.loads(path.read_text() or "{}") if path.is_file() else {}
         change(timings)
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(timings, indent=2))
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(timings, indent=2))
+        partial.replace(path)
     return timings
 
 
@@ -358,14 +355,17 @@ class StageClock(TrainerCallback):
         _update_timings(self.config, lambda t: t.setdefault("unfinished", {}).__setitem__(self.stage, seconds))
 
 
-class StopWhenOrphaned(TrainerCallback):
-    """The second process's guard: it exits (resumable from its last checkpoint) once the main process is gone, so a
-    killed run never leaves it training, and a rerun never puts a second trainer on the same stage folder."""
+class StopSideProcess(TrainerCallback):
+    """The second process's guard: it exits at its next step (resumable from its last checkpoint) when the main process
+    asks (a stage of its failed) or is gone (killed), so a failed or killed run does not leave it training on."""
 
-    def __init__(self, parent_pid: int):
-        self.parent_pid = parent_pid
+    def __init__(self, parent_pid: int, stop):
+        self.parent_pid, self.stop = parent_pid, stop
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.is_set():
+            raise SystemExit(f"the main process failed: stopping at step {state.global_step}; rerun the command to "
+                             "resume from the last checkpoint.")
         if os.getppid() != self.parent_pid:
             raise SystemExit(f"the main process ({self.parent_pid}) is gone: stopping at step {state.global_step}; "
                              "rerun the command to resume from the last checkpoint.")
@@ -765,11 +765,15 @@ def run_side_stages(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
             train_baseline(config, callbacks) if stage == "baseline" else train_memcomp_stage(config, stage, callbacks)
 
 
-def _side_process(config_dict: dict, parent_pid: int) -> None:
+def _side_process(config_dict: dict, parent_pid: int, stop) -> None:
     logging.basicConfig(level=logging.INFO)
     config = SyntheticRunConfig(**config_dict)
     torch.set_num_threads(config.threads)
-    run_side_stages(config, (StopWhenOrphaned(parent_pid),))
+    run_side_stages(config, (StopSideProcess(parent_pid, stop),))
+
+
+SIDE_STOP_TIMEOUT_S = 300
+"""How long a failed main process waits for the second one to stop at its next step before terminating it."""
 
 
 def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
@@ -795,7 +799,9 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     side = None
     pending = [s for s in ("baseline", *config.recon_stages) if s in wanted and not _done(config.stage_dir(s))]
     if pending and config.parallel:
-        side = multiprocessing.get_context("spawn").Process(target=_side_process, args=(asdict(config), os.getpid()))
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        side = context.Process(target=_side_process, args=(asdict(config), os.getpid(), stop))
         side.start()
     elif pending:
         run_side_stages(config)
@@ -808,7 +814,10 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     except BaseException:
         if side is not None and side.is_alive():  # the error surfaces now, not when the second process ends hours later
             logger.error("the main process failed: stopping the second process (a rerun resumes it from its last checkpoint)")
-            side.terminate()
+            stop.set()
+            side.join(SIDE_STOP_TIMEOUT_S)
+            if side.is_alive():
+                side.terminate()
         raise
     finally:
         if side is not None:

@@ -79,7 +79,6 @@ def build_toy(config: ToyStepConfig):
 
 def measure(config: ToyStepConfig, mode: str, threads: int) -> dict:
     """Mean seconds of one optimizer step (forward, backward, fused AdamW) in `mode` with `threads` torch threads."""
-    torch.set_num_threads(threads)
     model, batch = build_toy(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(model) if mode == "compile" else model
@@ -91,7 +90,12 @@ def measure(config: ToyStepConfig, mode: str, threads: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = time_calls(step, torch.device("cpu"), config.warmup, config.repeats)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seconds = time_calls(step, torch.device("cpu"), config.warmup, config.repeats)
+    finally:
+        torch.set_num_threads(before)
     tokens = batch["input_ids"].numel() + batch["chunk_ids"].numel()  # decoder + encoder tokens, none padding
     summary = summarize(seconds)
     return {"mode": mode, "threads": threads, **summary, "tokens_per_step": tokens,

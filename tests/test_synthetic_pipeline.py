@@ -15,8 +15,8 @@ from benchmarks.eval.synthetic import (
 )
 from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic_run import (
-    StageClock, StopWhenOrphaned, SyntheticRunConfig, ThreadsWhenAlone, _record, main, make_data, rl_arguments, rl_rows,
-    stage_config,
+    StageClock, StopSideProcess, SyntheticRunConfig, ThreadsWhenAlone, _record, _update_timings, main, make_data,
+    rl_arguments, rl_rows, stage_config,
 )
 
 TOY = [
@@ -392,46 +392,70 @@ def test_the_main_process_takes_every_thread_once_the_second_process_has_finishe
         torch.set_num_threads(before)
 
 
-def test_the_second_process_stops_once_the_main_one_is_gone():
-    state = type("State", (), {"global_step": 7})()
-    StopWhenOrphaned(os.getppid()).on_step_end(None, state, None)  # its parent is alive: it trains on
-    with pytest.raises(SystemExit, match=r"the main process \(1\) is gone: stopping at step 7; rerun the command"):
-        StopWhenOrphaned(1).on_step_end(None, state, None)
+def test_the_second_process_stops_when_the_main_one_fails_or_is_gone():
+    import threading
+
+    state, stop = type("State", (), {"global_step": 7})(), threading.Event()
+    StopSideProcess(os.getppid(), stop).on_step_end(None, state, None)  # its parent is alive and asks nothing: it trains on
+    with pytest.raises(SystemExit, match=r"the main process \(\d+\) is gone: stopping at step 7; rerun the command"):
+        StopSideProcess(os.getpid(), stop).on_step_end(None, state, None)  # never its own parent
+    stop.set()
+    with pytest.raises(SystemExit, match="the main process failed: stopping at step 7"):
+        StopSideProcess(os.getppid(), stop).on_step_end(None, state, None)
 
 
-def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stops_in_time", [True, False])
+def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeypatch, stops_in_time):
+    import threading
     from types import SimpleNamespace
 
     from benchmarks import synthetic_run
 
     class Side:
         def __init__(self, target, args):
-            self.target, self.args, self.terminated, self.joined, self.exitcode = target, args, False, False, None
+            self.target, self.args, self.alive, self.terminated, self.exitcode = target, args, True, False, None
             sides.append(self)
 
         def start(self):
             pass
 
         def is_alive(self):
-            return not self.terminated
+            return self.alive
 
         def terminate(self):
-            self.terminated = True
+            self.terminated, self.alive = True, False
 
-        def join(self):
-            self.joined = True
+        def join(self, timeout=None):
+            if stops_in_time and self.args[2].is_set():  # its guard stops it at its next step
+                self.alive = False
 
     def fails(*args, **kwargs):
         raise RuntimeError("cpt1 failed")
 
     sides = []
-    monkeypatch.setattr(synthetic_run.multiprocessing, "get_context", lambda method: SimpleNamespace(Process=Side))
+    context = SimpleNamespace(Process=Side, Event=threading.Event)
+    monkeypatch.setattr(synthetic_run.multiprocessing, "get_context", lambda method: context)
     monkeypatch.setattr(synthetic_run, "train_memcomp_stage", fails)
     with pytest.raises(RuntimeError, match="cpt1 failed"):
         synthetic_run.run_pipeline(SyntheticRunConfig(output_dir=str(tmp_path), stages=["cpt1", "baseline"]))
     (side,) = sides
-    assert side.terminated and side.joined  # not left training the baseline for hours before the error shows
-    assert side.args[1] == os.getpid()  # the pid its orphan guard watches
+    assert side.args[1] == os.getpid() and side.args[2].is_set()  # asked to stop, not left training for hours
+    assert not side.is_alive() and side.terminated == (not stops_in_time)  # terminated only if it did not stop
+
+
+def test_timings_are_replaced_whole_under_the_lock(tmp_path):
+    config = SyntheticRunConfig(output_dir=str(tmp_path))
+    _update_timings(config, lambda t: t.__setitem__("lm", 1.0))
+    _update_timings(config, lambda t: t.__setitem__("cpt1", 2.0))
+    assert json.loads((tmp_path / "timings.json").read_text()) == {"lm": 1.0, "cpt1": 2.0}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_curve_leaves_out_cpt1_own_chunk_size():
+    assert SyntheticRunConfig(chunk_size=8).recon_stages == ("cpt1_c16",)  # CPT-1 is the curve's point at C = 8
+    assert SyntheticRunConfig().recon_stages == ("cpt1_c8", "cpt1_c16")
+    with pytest.raises(ValueError, match=r"unknown stages \['cpt1_c8'\]"):
+        SyntheticRunConfig(chunk_size=8, stages=["cpt1_c8"])
 
 
 def test_paired_bootstrap_interval():

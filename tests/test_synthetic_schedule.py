@@ -156,7 +156,6 @@ def test_a_schedule_refuses_what_would_fail_or_mislead_hours_later(tmp_path):
     refused({"name": "b", "stages": ["baseline"], "start_from": {"baseline": "a/sft"}}, "a sft folder cannot stand for baseline")
     refused({"name": "b", "stages": ["rl"], "reuse": {"sft": "a/cpt1"}}, r"a cpt1 folder cannot stand for sft; reuse 'a/sft'")
     refused({"name": "b", "distractors": "other-kind"}, r"phase 'b': distractors must be one of \['any', 'other_kind'\], got 'other-kind'")
-    refused({"name": "b", "chunk_size": 8}, r"recon_chunk_sizes \[8, 16\] holds chunk_size \(8\)")
     refused({"name": "b", "sft_stepz": 3}, r"phase 'b': unknown fields \['sft_stepz'\]")
     refused({"name": "b", "sft_lr": 1e-4}, r"unknown fields \['sft_lr'\]")  # not taken as sft_lr_decay
     refused({"name": "b", "sft_steps": "many"}, r"phase 'b':.*sft_steps")

@@ -230,8 +230,11 @@ def write_report(
     curves = learning_curves(run_dir)
     during = reconstruction_during_training(run_dir)
     held_out = {f"{stage} held-out": [(r["step"], r["from_memory"]) for r in rows] for stage, rows in during.items()}
-    if curves or held_out:  # an evaluation-only run of reused models may have no training log
-        plot_curves({**curves, **held_out}, output_dir / "learning_curves.png")
+    panels = {name: points for name, points in {**curves, **held_out}.items() if points}
+    if panels:  # an evaluation-only run of reused models may have no training log
+        plot_curves(panels, output_dir / "learning_curves.png")
+    else:
+        (output_dir / "learning_curves.png").unlink(missing_ok=True)  # an earlier run's, into the same folder
     if aggregates["qa_em_by_k"]:
         plot_em_by_k(aggregates["qa_em_by_k"], config["max_passages"], output_dir / "em_by_documents.png")
     if aggregates["reconstruction_content_accuracy"]:
