@@ -488,8 +488,11 @@ def make_data(config: SyntheticRunConfig) -> None:
     corpus = generate(wanted)
     write_corpus(corpus, config.root / "data")
     texts = [*iter_texts(corpus, "train"), *prompt_texts()]
-    train_synthetic_tokenizer(texts).save_pretrained(config.root / "data" / "tokenizer")
     (config.root / "data" / CORPUS_RECORD).write_text(json.dumps(asdict(wanted), indent=2))
+    partial = config.root / "data" / "tokenizer.partial"  # the tokenizer folder marks the stage finished: made last
+    shutil.rmtree(partial, ignore_errors=True)
+    train_synthetic_tokenizer(texts).save_pretrained(partial)
+    partial.replace(config.root / "data" / "tokenizer")
 
 
 def check_corpus(config: SyntheticRunConfig, data: Path | None = None) -> None:
@@ -900,7 +903,10 @@ def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None
     """A copy of the checkpoint shipped before this run (`{output_dir}/previous`), made once, to compare against."""
     previous = run.root / "previous"
     if not previous.is_dir() and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
-        shutil.copytree(checkpoint_dir, previous)
+        partial = run.root / "previous.partial"  # a copy cut short by a kill is never taken for the checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, partial)
+        partial.replace(previous)
     return previous if previous.is_dir() else None
 
 

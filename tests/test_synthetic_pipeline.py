@@ -169,6 +169,7 @@ def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
     args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]
     assert main(TOY + args + ["--stages", "data", "lm", "--lm_lexicon_texts", "8"]) == {}
     assert (tmp_path / "run" / "lm" / "config.json").is_file() and not report_dir.exists()
+    assert (tmp_path / "run" / "data" / "tokenizer").is_dir() and not (tmp_path / "run" / "data" / "tokenizer.partial").exists()
     assert "no stage the evaluation reads yet" in caplog.text
 
 
@@ -647,3 +648,20 @@ def test_a_model_trained_on_another_seed_is_refused(tmp_path):
         with pytest.raises(ValueError, match=rf"{field} sft -> .*seed0/sft was trained in a run of seed 0 .* Give --seed 0"):
             run_pipeline(config)
         assert not (tmp_path / field).exists()  # refused before anything was written
+
+
+def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path):
+    from benchmarks.synthetic_run import keep_previous_checkpoint
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / "model.safetensors").write_text("weights")
+    config = SyntheticRunConfig(output_dir=str(tmp_path / "run"))
+    (tmp_path / "run" / "previous.partial").mkdir(parents=True)  # a copy cut short by a kill
+    (tmp_path / "run" / "previous.partial" / "config.json").write_text("{}")
+    previous = keep_previous_checkpoint(config, str(shipped))
+    assert previous == tmp_path / "run" / "previous" and not (tmp_path / "run" / "previous.partial").exists()
+    assert (previous / "model.safetensors").read_text() == "weights"
+    (shipped / "model.safetensors").write_text("a later export")
+    assert (keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "weights"  # made once

@@ -380,7 +380,7 @@ def evaluate_run(
     tokenizer = trained[0].tokenizer  # one tokenizer for the whole run (its data stage)
     baseline = models["baseline"]
     query_aware_baseline = baseline is not None and bool(getattr(baseline.config, QUERY_AWARE_ATTRIBUTE, False))
-    settings = {"run": str(run_dir), "query_aware_baseline": query_aware_baseline}
+    settings = {"run": str(Path(run_dir).resolve()), "query_aware_baseline": query_aware_baseline}  # one key per run
     settings.update({f"{s}_encoder": m.fingerprint for s, m in models.items() if m is not None})
     settings.update({f"{s}_decoder": m.decoder_fingerprint for s, m in models.items() if m is not None})
     results = {}
