@@ -316,12 +316,29 @@ def _resume_point(folder: Path) -> bool | None:
     None, starting the stage afresh, when it has none or only incomplete ones (a kill during its first save)."""
     from trainers.checkpoints import checkpoint_problems, checkpoints_newest_first
 
-    found = checkpoints_newest_first(folder)
-    if found and all(checkpoint_problems(checkpoint) for checkpoint in found):
+    problems = {checkpoint: checkpoint_problems(checkpoint) for checkpoint in checkpoints_newest_first(folder)}
+    if problems and all(problems.values()):
         logger.warning("%s: no complete checkpoint to resume from (%s): the stage starts afresh.", folder,
-                       "; ".join(f"{c.name}: {', '.join(checkpoint_problems(c))}" for c in found))
+                       "; ".join(f"{c.name}: {', '.join(p)}" for c, p in problems.items()))
         return None
-    return True if found else None
+    return True if problems else None
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write `path` in one step (a per-process temporary file, then a rename): a reader, the other process included,
+    or a kill mid-write never meets a torn file."""
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _build_folder(path: Path, build) -> None:
+    """Make the folder `path` whole or not at all: `build(partial)` fills `<path>.partial` (a leftover of a killed
+    attempt is cleared first), renamed into place once done, so a cut-short folder is never taken for a finished one."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    partial.replace(path)
 
 
 def _update_timings(config: SyntheticRunConfig, change) -> dict:
@@ -332,9 +349,7 @@ def _update_timings(config: SyntheticRunConfig, change) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         timings = json.loads(path.read_text() or "{}") if path.is_file() else {}
         change(timings)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(json.dumps(timings, indent=2))
-        partial.replace(path)
+        _replace_text(path, json.dumps(timings, indent=2))
     return timings
 
 
@@ -489,10 +504,8 @@ def make_data(config: SyntheticRunConfig) -> None:
     write_corpus(corpus, config.root / "data")
     texts = [*iter_texts(corpus, "train"), *prompt_texts()]
     (config.root / "data" / CORPUS_RECORD).write_text(json.dumps(asdict(wanted), indent=2))
-    partial = config.root / "data" / "tokenizer.partial"  # the tokenizer folder marks the stage finished: made last
-    shutil.rmtree(partial, ignore_errors=True)
-    train_synthetic_tokenizer(texts).save_pretrained(partial)
-    partial.replace(config.root / "data" / "tokenizer")
+    tokenizer = train_synthetic_tokenizer(texts)  # its folder marks the stage finished: made last
+    _build_folder(config.root / "data" / "tokenizer", tokenizer.save_pretrained)
 
 
 def check_corpus(config: SyntheticRunConfig, data: Path | None = None) -> None:
@@ -583,9 +596,7 @@ def write_name_lists(config: SyntheticRunConfig) -> Path:
     path = config.name_lists_file
     if not path.is_file() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")  # the curve stages may write it from another process
-        partial.write_text(text)
-        partial.replace(path)
+        _replace_text(path, text)  # the curve stages may write it from another process
     return path
 
 
@@ -903,10 +914,7 @@ def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None
     """A copy of the checkpoint shipped before this run (`{output_dir}/previous`), made once, to compare against."""
     previous = run.root / "previous"
     if not previous.is_dir() and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
-        partial = run.root / "previous.partial"  # a copy cut short by a kill is never taken for the checkpoint
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, partial)
-        partial.replace(previous)
+        _build_folder(previous, lambda partial: shutil.copytree(checkpoint_dir, partial))
     return previous if previous.is_dir() else None
 
 
