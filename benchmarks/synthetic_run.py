@@ -20,6 +20,7 @@ report: `benchmarks/eval/synthetic_report.py`; this module sits above both and a
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import json
 import logging
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -292,23 +294,44 @@ def check_start_folders(config: SyntheticRunConfig, stages: list[str]) -> None:
             raise FileNotFoundError(f"start_from: {stage} <- {folder}, which holds no finished model (train it first).")
 
 
+SEED_RECORD = "memcomp_synthetic.json"
+"""Written into an exported synthetic model's folder: the corpus seed it trained on (its held-out names are that seed's)."""
+
+
+def trained_seed(folder: str | Path) -> tuple[int, Path] | None:
+    """The corpus seed a model folder trained on and the file that says so: an export's `SEED_RECORD`, else the
+    `run_config.json` of the run holding it (a stage folder, or a `checkpoint-N` in one); None when nothing says."""
+    folder = Path(folder).resolve()
+    records = [folder / SEED_RECORD, folder.parent / "run_config.json"]
+    if folder.name.startswith("checkpoint-"):
+        records.append(folder.parent.parent / "run_config.json")
+    for record in records:
+        try:
+            seed = json.loads(record.read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(seed, int):
+            return seed, record
+    return None
+
+
+def _check_seed(what: str, folder: str | Path, seed: int) -> None:
+    found = trained_seed(folder)
+    if found is not None and found[0] != seed:
+        raise ValueError(
+            f"{what} -> {folder} was trained in a run of seed {found[0]} ({found[1]}), this run's corpus is seed {seed}: "
+            f"that model trained on some of this run's held-out names. Give --seed {found[0]}, or train the stage in "
+            "this run."
+        )
+
+
 def check_seeds_of_trained_folders(config: SyntheticRunConfig) -> None:
     """Each reused or start-from model trained in a run of this run's `seed`: another seed draws another split of the
     names, so that model trained on this run's held-out names and its scores would not be held-out ones."""
     folders = [(f"reuse {s}", f) for s, f in config.reuse.items() if s != "data"]
     folders += [(f"start_from {s}", f) for s, f in config.start_from.items()]
     for what, folder in folders:
-        record = Path(folder).resolve().parent / "run_config.json"
-        try:
-            seed = json.loads(record.read_text()).get("seed")
-        except (OSError, ValueError, AttributeError):
-            continue  # not trained by this pipeline (or its record is gone): nothing to compare
-        if seed is not None and seed != config.seed:
-            raise ValueError(
-                f"{what} -> {folder} was trained in a run of seed {seed} ({record}), this run's corpus is seed "
-                f"{config.seed}: that model trained on some of this run's held-out names. Give --seed {seed}, or train "
-                "the stage in this run."
-            )
+        _check_seed(what, folder, config.seed)
 
 
 def _resume_point(folder: Path) -> bool | None:
@@ -779,8 +802,24 @@ def run_side_stages(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
             train_baseline(config, callbacks) if stage == "baseline" else train_memcomp_stage(config, stage, callbacks)
 
 
+def watch_parent(parent_pid: int, grace_s: float = 120.0, poll_s: float = 10.0) -> None:
+    """The second process's guard between steps (data preparation, a held-out probe): once orphaned for `grace_s`
+    without `StopSideProcess` stopping it at a step, interrupt its main thread (KeyboardInterrupt)."""
+    orphaned_since = None
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() == parent_pid:
+            continue
+        orphaned_since = orphaned_since or time.monotonic()
+        if time.monotonic() - orphaned_since >= grace_s:
+            logger.error("the main process (%d) is gone and no step has come to stop at: interrupting.", parent_pid)
+            _thread.interrupt_main()
+            return
+
+
 def _side_process(config_dict: dict, parent_pid: int, stop) -> None:
     logging.basicConfig(level=logging.INFO)
+    threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     config = SyntheticRunConfig(**config_dict)
     torch.set_num_threads(config.threads)
     run_side_stages(config, (StopSideProcess(parent_pid, stop),))
@@ -846,11 +885,13 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
 DEMO_REPO_ID = "memcomp/memcomp-synthetic-tiny"
 
 
-def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path) -> Path:
-    """Write a stage's model as a Hub-ready folder (safetensors, remote code, tokenizer, model card) at `destination`."""
+def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path, seed: int) -> Path:
+    """Write a stage's model as a Hub-ready folder (safetensors, remote code, tokenizer, model card) at `destination`,
+    with the corpus `seed` it trained on (`SEED_RECORD`)."""
     from hub_cards.export import export_model
 
     export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
+    (Path(destination) / SEED_RECORD).write_text(json.dumps({"seed": seed}, indent=2) + "\n")
     card = Path(destination) / "README.md"
     curriculum = ", ".join(["LM pretraining", "CPT-1", "CPT-2", "SFT", *(["RL"] if stage == "rl" else [])])
     model = json.loads((Path(destination) / "config.json").read_text())
@@ -879,8 +920,9 @@ class ReportArguments:
         "report in benchmarks/results/synthetic is rewritten only when this says so).",
     )
     checkpoint_dir: str | None = _arg(
-        "checkpoints/memcomp-synthetic-tiny", "The shipped model, replaced by the run's when it beats it ('': do not "
-        "export). It must be new, empty or a memcomp checkpoint: the export replaces the folder.",
+        "checkpoints/memcomp-synthetic-tiny", "The shipped model, replaced by the run's when it beats it ('' or None: "
+        "do not export). It must be new, empty or an earlier export (its card tagged memcomp): the export replaces the "
+        "folder. A checkpoint of a run of another --seed is refused: it trained on this run's held-out names.",
     )
     max_documents: int | None = _arg(None, "Held-out documents to reconstruct (None: all).")
     max_single_questions: int | None = _arg(600, "Questions of the single-document held-out set (1,800 in all: 1800 takes every one).")
@@ -889,25 +931,24 @@ class ReportArguments:
         "first; default: all).",
     )
 
+    def __post_init__(self):
+        # `--checkpoint_dir None` on the command line arrives as the string "None": a folder nobody means.
+        self.report_dir, self.checkpoint_dir = (None if v == "None" else v for v in (self.report_dir, self.checkpoint_dir))
 
-def check_checkpoint_dir(checkpoint_dir: str | None) -> None:
-    """Refuse, before anything trains, a `checkpoint_dir` the export would wipe: one holding files but no memcomp model."""
+
+def check_checkpoint_dir(checkpoint_dir: str | None, seed: int) -> None:
+    """Refuse, before anything trains, a `checkpoint_dir` the export may not replace (`hub_cards.export.check_output_dir`:
+    only a new or empty folder or an earlier export) or whose model trained on a corpus of another `seed` (the ship rule
+    compares the two on this run's held-out names, some of which that model trained on)."""
+    from hub_cards.export import check_output_dir
+
     if not checkpoint_dir:
         return
-    folder = Path(checkpoint_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"checkpoint_dir {checkpoint_dir!r} is a file; give a folder (new, empty or a memcomp checkpoint).")
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        model_type = None
-    if model_type != "memcomp":
-        raise ValueError(
-            f"checkpoint_dir {checkpoint_dir!r} holds files but no memcomp checkpoint, and the export replaces the whole "
-            "folder: give a new or empty folder (or a memcomp checkpoint to replace), or --checkpoint_dir '' to not export."
-        )
+        check_output_dir(checkpoint_dir, overwrite=True, what="checkpoint_dir")
+        _check_seed("checkpoint_dir", checkpoint_dir, seed)
+    except ValueError as error:
+        raise ValueError(f"{error} Or pass --checkpoint_dir '' to not export.") from None
 
 
 def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None) -> Path | None:
@@ -945,7 +986,7 @@ def run_and_report(
     from benchmarks.eval.synthetic import EVALUATED, evaluate_run, evaluated_stages
     from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
 
-    check_checkpoint_dir(report_args.checkpoint_dir)
+    check_checkpoint_dir(report_args.checkpoint_dir, run.seed)
     if report_args.report_dir is None:
         report_args.report_dir = str(run.root / "report")
     previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
@@ -966,7 +1007,7 @@ def run_and_report(
         stage, reason = choose_shipped_stage(report)
         report["shipped"] = {"stage": stage, "reason": reason}
         if stage is not None:
-            export_checkpoint(run.output_dir, stage, report_args.checkpoint_dir)
+            export_checkpoint(run.output_dir, stage, report_args.checkpoint_dir, run.seed)
             logger.info("exported %s to %s", stage, report_args.checkpoint_dir)
         out = Path(report_args.report_dir)
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -127,7 +127,7 @@ def run_schedule(schedule: Schedule, report_args: ReportArguments, command: str)
     """Train every phase in order, then evaluate, report and export the last one; returns its report. Each phase's
     wall hours go to `{output_dir}/schedule_hours.json`; the report records every phase."""
     phases = schedule.phases
-    check_checkpoint_dir(report_args.checkpoint_dir)  # before the phases train, not hours later at the export
+    check_checkpoint_dir(report_args.checkpoint_dir, phases[-1].config.seed)  # before the phases train, not at the export
     for number, phase in enumerate(phases, 1):
         logger.info("phase %d/%d: %s (stages %s)", number, len(phases), phase.name, " ".join(phase.config.stages))
         if number < len(phases):

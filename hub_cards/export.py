@@ -17,14 +17,45 @@ PRECOMPUTE_METADATA = "memcomp_memory.json"
 """Sidecar `trainers.precompute` writes next to its dataset: the compressor's id, fingerprint and sizes."""
 
 
+def is_export(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a memcomp export: every card `export_model`/`export_dataset` writes is tagged `memcomp`."""
+    import yaml
+    from huggingface_hub import metadata_load
+
+    try:
+        metadata = metadata_load(Path(folder) / "README.md") or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    tags = metadata.get("tags")
+    return isinstance(tags, list) and "memcomp" in tags
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool, source: Path | None = None, what: str = "output_dir"
+) -> Path:
+    """Refuse, touching nothing, an `output_dir` an export may not write: one overlapping `source`, a file, or a
+    non-empty folder unless `overwrite` and it holds an earlier export (the only folder an export replaces: a user's
+    checkpoint or anything else there is never deleted). Returns the resolved folder."""
+    out = Path(output_dir).resolve()
+    if source is not None and (out == source or source in out.parents or out in source.parents):
+        raise ValueError(f"{what} {str(out)!r} overlaps the source {str(source)!r}; pick a separate folder.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{what} {str(out)!r} is a file; give a folder (new, empty or an earlier export).")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{what} {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
+        if not is_export(out):
+            raise ValueError(
+                f"{what} {str(out)!r} holds files but no memcomp export (no README.md card tagged 'memcomp'), and "
+                "overwriting replaces the whole folder: give a new or empty folder, or one an earlier export wrote."
+            )
+    return out
+
+
 def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool) -> Path:
     """Check `output_dir` can receive the repo folder without touching the source; return it, empty."""
-    out = Path(output_dir).resolve()
-    if out == source or source in out.parents or out in source.parents:
-        raise ValueError(f"output_dir {str(out)!r} overlaps the source {str(source)!r}; pick a separate folder.")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"output_dir {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
+    out = check_output_dir(output_dir, overwrite, source)
+    if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -154,6 +154,20 @@ def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, ch
     assert "overlaps the source" in capsys.readouterr().err
 
 
+def test_overwrite_replaces_only_an_earlier_export(tmp_path, checkpoint, capsys):
+    argv = ["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run", "--overwrite"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "config.json").write_text(json.dumps({"model_type": "memcomp"}))  # a user's checkpoint is no export either
+    assert push.main([*argv, "--output-dir", str(mine)]) == 2
+    assert "holds files but no memcomp export (no README.md card tagged 'memcomp')" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    (tmp_path / "file").write_text("")
+    assert push.main([*argv, "--output-dir", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == ""
+
+
 def test_save_to_disk_memory_dataset_becomes_parquet_splits(tmp_path, fake_hub):
     from datasets import Dataset, DatasetDict, load_dataset
 

@@ -75,6 +75,7 @@ def test_toy_run_trains_every_stage_reports_and_exports(tmp_path):
     source = MemCompForCausalLM.from_pretrained(run / stage)
     assert shipped.fingerprint == source.fingerprint and shipped.decoder_fingerprint == source.decoder_fingerprint
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "modeling_memcomp.py").is_file()
+    assert json.loads((checkpoint / "memcomp_synthetic.json").read_text()) == {"seed": 0}  # the corpus it trained on
     card = (checkpoint / "README.md").read_text()
     assert f"up to its stage (LM pretraining, CPT-1, CPT-2, SFT{', RL' if stage == 'rl' else ''})" in card
     assert f"chunk size {shipped.config.chunk_size} with {shipped.config.wrap} wrapping" in card
@@ -139,9 +140,12 @@ def test_a_checkpoint_dir_the_export_would_wipe_is_refused_before_anything_runs(
     (elsewhere / "other_project").mkdir(parents=True)
     (elsewhere / "other_project" / "notes.txt").write_text("keep me")
     args = ["--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(elsewhere), "--stages", "data"]
-    with pytest.raises(ValueError, match="holds files but no memcomp checkpoint, and the export replaces the whole folder"):
+    with pytest.raises(ValueError, match="holds files but no memcomp export .* Or pass --checkpoint_dir '' to not export"):
         main(TOY + args)
     assert (elsewhere / "other_project" / "notes.txt").read_text() == "keep me" and not (tmp_path / "run").exists()
+    (elsewhere / "config.json").write_text(json.dumps({"model_type": "memcomp"}))  # a user's checkpoint, not an export
+    with pytest.raises(ValueError, match="holds files but no memcomp export"):
+        main(TOY + args)
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file; give a folder"):
         main(TOY + args[:2] + ["--checkpoint_dir", str(tmp_path / "file"), "--stages", "data"])
@@ -405,6 +409,16 @@ def test_the_second_process_stops_when_the_main_one_fails_or_is_gone():
         StopSideProcess(os.getppid(), stop).on_step_end(None, state, None)
 
 
+def test_an_orphaned_second_process_is_interrupted_between_steps(monkeypatch):
+    from benchmarks import synthetic_run
+
+    parents, interrupted = iter([41, 1, 1, 1, 1]), []
+    monkeypatch.setattr(synthetic_run.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(synthetic_run._thread, "interrupt_main", lambda: interrupted.append(True))
+    synthetic_run.watch_parent(41, grace_s=0.02, poll_s=0.01)  # returns once it has interrupted
+    assert interrupted == [True]
+
+
 @pytest.mark.parametrize("stops_in_time", [True, False])
 def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeypatch, stops_in_time):
     import threading
@@ -642,12 +656,38 @@ def test_a_model_trained_on_another_seed_is_refused(tmp_path):
 
     save_file({"w": torch.zeros(1)}, str(trained / "sft" / "model.safetensors"))
     (trained / "run_config.json").write_text(json.dumps({"seed": 0}))
-    for field in ("reuse", "start_from"):
+    (trained / "sft" / "checkpoint-500").mkdir()  # a checkpoint of the stage: its run is two folders up
+    for field, folder in (("reuse", "sft"), ("start_from", "sft"), ("start_from", "sft/checkpoint-500")):
         stages = ["rl"] if field == "reuse" else ["sft"]
-        config = SyntheticRunConfig(output_dir=str(tmp_path / field), seed=1, stages=stages, **{field: {"sft": str(trained / "sft")}})
-        with pytest.raises(ValueError, match=rf"{field} sft -> .*seed0/sft was trained in a run of seed 0 .* Give --seed 0"):
+        config = SyntheticRunConfig(output_dir=str(tmp_path / field), seed=1, stages=stages, **{field: {"sft": str(trained / folder)}})
+        with pytest.raises(ValueError, match=rf"{field} sft -> .*seed0/{folder} was trained in a run of seed 0 .* Give --seed 0"):
             run_pipeline(config)
         assert not (tmp_path / field).exists()  # refused before anything was written
+
+
+def test_a_shipped_checkpoint_of_another_seed_is_refused_before_anything_runs(tmp_path):
+    from benchmarks.synthetic_run import SEED_RECORD, trained_seed
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "README.md").write_text("---\ntags:\n- memcomp\n---\n# an export\n")
+    (shipped / SEED_RECORD).write_text(json.dumps({"seed": 0}))
+    args = ["--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(shipped), "--stages", "data"]
+    with pytest.raises(ValueError, match=r"checkpoint_dir -> .*shipped was trained in a run of seed 0 .* this run's corpus is seed 1"):
+        main(TOY + args + ["--seed", "1"])
+    assert not (tmp_path / "run").exists()
+    demo = (Path(__file__).parents[1] / "checkpoints" / "memcomp-synthetic-tiny").resolve()
+    assert trained_seed(demo) == (0, demo / SEED_RECORD)  # the shipped checkpoint says its seed
+
+
+@pytest.mark.parametrize("value", ["", "None"])
+def test_checkpoint_dir_empty_or_none_exports_nothing(value):
+    from transformers import HfArgumentParser
+
+    from benchmarks.synthetic_run import ReportArguments
+
+    (report_args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(["--checkpoint_dir", value, "--report_dir", "None"])
+    assert not report_args.checkpoint_dir and report_args.report_dir is None
 
 
 def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path):
