@@ -19,9 +19,10 @@ from trl import TrlParser  # noqa: E402
 
 from modeling_memcomp import MemCompForCausalLM  # noqa: E402
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer  # noqa: E402
+from trainers.checkpoints import resume_point  # noqa: E402
 from trainers.distributed import process_group_teardown  # noqa: E402
 from trainers.judges import JudgeArguments, build_judge  # noqa: E402
-from trainers.precompute import read_metadata  # noqa: E402
+from trainers.precompute import check_memory_source  # noqa: E402
 
 
 @dataclass
@@ -36,18 +37,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     script, judge_args, args = TrlParser((RLScriptArguments, JudgeArguments, MemCompGRPOConfig)).parse_args_and_config()
     model = MemCompForCausalLM.from_pretrained(script.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-    meta = read_metadata(script.memory_dataset)
-    if meta is not None and meta["fingerprint"] != model.fingerprint:  # also differs across dtypes: warn only
-        logging.warning(
-            "%s was compressed by %s, whose compressor fingerprint differs from %s; unless only the dtype "
-            "differs, re-run examples/precompute_memory.py --model %s.",
-            script.memory_dataset, meta["model"], script.model, script.model,
-        )
+    check_memory_source(script.memory_dataset, model, script.model)
     with process_group_teardown():
         trainer = MemCompGRPOTrainer(
             model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_point(args))
         trainer.save_model(args.output_dir)
         del trainer  # its reference cycles hold DDP's gloo work: free it before the process group goes
 

@@ -4,6 +4,7 @@ The scripts run as users run them. The RL learning rate and weight decay are hig
 move even though an untrained model earns no reward.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -18,12 +19,13 @@ ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def run_script(script: str, *args: str) -> None:
+def run_script(script: str, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, f"examples/{script}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,18 @@ def test_rl_folder_compresses_with_the_sft_encoder_and_answers_with_the_rl_decod
     again = MemCompForCausalLM.from_pretrained(tmp_path / "again").eval()
     assert again.state_dict().keys() == rl.state_dict().keys()
     assert all(torch.equal(again.state_dict()[k], v) for k, v in rl.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_killed_rl_run_resumes_from_its_last_checkpoint(chain, tmp_path):
+    argv = ["--config", "examples/configs/rl_tiny.yaml", "--model", str(chain / "sft"), "--memory_dataset",
+            str(chain / "rl_memory"), "--output_dir", str(tmp_path / "rl"), "--save_strategy", "steps", "--save_steps", "1",
+            "--disable_tqdm", "true"]
+    run_script("train_rl.py", *argv, "--max_steps", "2")  # as if killed after its second step's checkpoint
+    log = run_script("train_rl.py", *argv, "--max_steps", "3", "--resume_from_checkpoint", "last")
+    assert f"resuming from {tmp_path / 'rl' / 'checkpoint-2'}" in log
+    state = json.loads((tmp_path / "rl" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
 
 
 @pytest.mark.slow

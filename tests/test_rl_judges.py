@@ -34,6 +34,9 @@ from trainers.judges import (
         ("answer: one. Later, Answer: two", "two"),
         (" ".join(f"w{i}" for i in range(30)), " ".join(f"w{i}" for i in range(10, 30))),
         ("", ""),
+        (r"\boxed{\text{Paris}}", "Paris"),  # LaTeX text wrappers around the whole answer are dropped
+        (r"\boxed{\mathrm{\textbf{1921}}}", "1921"),
+        (r"\boxed{\text{a} + \text{b}}", r"\text{a} + \text{b}"),  # two groups, not one wrapper
     ],
 )
 def test_extract_answer(text, expected):
@@ -145,6 +148,10 @@ def test_llm_judge_bad_arguments():
         ("exact", r"\boxed{Paris, France}", "Paris", False),
         ("exact", r"\boxed{ paris. }", "Paris", True),
         ("subspan", r"\boxed{}", "Paris", False),
+        ("exact", r"\boxed{\text{Paris}}", "Paris", True),
+        ("exact", "Answer: The", "The", True),  # a reference SQuAD normalisation empties is compared as written
+        ("exact", "", "The", False),  # an empty answer is never right
+        ("exact", r"\boxed{}", ["A", "Paris"], False),
     ],
 )
 def test_match_judge(mode, response, reference, correct):

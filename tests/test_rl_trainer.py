@@ -88,7 +88,13 @@ def test_config_from_yaml_with_cli_override(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(use_vllm=True), "rollout_backend='vllm'"), (dict(rollout_backend="sglang"), "rollout_backend must be")],
+    [
+        (dict(use_vllm=True), "rollout_backend='vllm'"),
+        (dict(rollout_backend="sglang"), "rollout_backend must be"),
+        # values the Table 10 batch settings would otherwise replace without a word
+        (dict(gradient_accumulation_steps=4), r"gradient_accumulation_steps=4 conflicts with mini_batch_prompts=64 \(64 at"),
+        (dict(warmup_steps=50), r"warmup_steps=50 conflicts with lr_warmup_rollouts=10 \(20 optimizer steps\)"),
+    ],
 )
 def test_config_rejects_token_id_vllm_and_unknown_backends(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -118,6 +124,49 @@ def test_precompute_drops_overlong_prompts_and_names_missing_columns(rl_model):
 
 
 # ------------------------------------------------------------------ trainer plumbing
+def test_precomputed_rows_follow_the_columns_read_even_from_the_datasets_cache(rl_model, tmp_path):
+    from datasets import load_dataset
+
+    rows = load_rows(str(QA)).select([0, 1])
+    rows = rows.add_column("query", [f"ALT {q}" for q in rows["question"]])
+    rows.to_json(tmp_path / "qa.jsonl")
+    cached = load_dataset("json", data_files=str(tmp_path / "qa.jsonl"), cache_dir=str(tmp_path / "cache"))["train"]
+    assert precompute_memory(rl_model, cached)["question"] == rows["question"]
+    assert precompute_memory(rl_model, cached, question_column="query")["question"] == rows["query"]  # not the cached rows
+
+
+def test_precompute_refuses_a_memory_float16_cannot_hold(tokenizer):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16)
+    with torch.no_grad():
+        model.memory_projection.weight.mul_(1e7)  # memories beyond float16's range (65504)
+    rows = load_rows(str(QA)).select([0])
+    assert torch.isfinite(torch.tensor(precompute_memory(model, rows)["memory"][0])).all()  # float32 holds them
+    with pytest.raises(ValueError, match=r"row 0: its memory is not finite in float16 .* store float32 \(--dtype float32\)"):
+        precompute_memory(model, rows, dtype="float16")
+
+
+def test_rl_refuses_memories_another_encoder_made(rl_model, tokenizer, tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from modeling_memcomp.tiny import build_tiny_memcomp
+    from trainers.precompute import check_memory_source, write_metadata
+
+    write_metadata(tmp_path, rl_model, SimpleNamespace(model="sft-a", template="rl"), 3)
+    check_memory_source(tmp_path, rl_model, "sft-a")  # its own memories
+    with pytest.raises(ValueError, match=r"compressed by sft-a \(fingerprint \w+\), not by sft-b .* Re-run examples/precompute_memory.py --model sft-b"):
+        check_memory_source(tmp_path, build_tiny_memcomp(tokenizer, chunk_size=16, seed=1), "sft-b")
+    with pytest.raises(ValueError, match=r"memories of \{'chunk_size': 16, 'hidden_size': 64\} from sft-a, sft-c makes \{'chunk_size': 8"):
+        check_memory_source(tmp_path, build_tiny_memcomp(tokenizer, chunk_size=8), "sft-c")
+    with caplog.at_level(logging.WARNING, logger="trainers.precompute"):
+        check_memory_source(tmp_path, build_tiny_memcomp(tokenizer, chunk_size=16, seed=1).to(torch.bfloat16), "sft-a")
+        assert "loaded in float32, and sft-a is loaded in bfloat16: their fingerprints cannot be compared" in caplog.text
+        check_memory_source(tmp_path / "elsewhere", rl_model, "sft-a")
+        assert "nothing records which model compressed it" in caplog.text
+
+
 def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
     with pytest.raises(ValueError, match="precompute_memory"):
         _trainer(rl_model, rl_data.remove_columns("memory"), tmp_path)
@@ -286,15 +335,35 @@ def test_groups_constant_in_accuracy_never_train_whatever_their_other_rewards(to
     assert log["grad_norm"] == 0
     after = dict(model.named_parameters())
     assert all(torch.equal(p, after[name]) for name, p in before.items())
+    assert not trainer.optimizer.state, "the skipped step advanced AdamW's moments and step count"
 
 
 # ------------------------------------------------------------------ end to end
-@pytest.mark.slow
 def shape_reward(completion_ids, **unused):
     """A reward that varies within groups (an untrained tiny model never answers right, so accuracy cannot)."""
     return [float(sum(ids) % 5) for ids in completion_ids]
 
 
+def test_a_bf16_policy_learns_at_table_10s_lr_with_float32_master_weights(tokenizer, rl_data, tmp_path):
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16).to(torch.bfloat16)  # as train_rl.py loads it with --bf16
+    before = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+    settings = {**TINY, "max_steps": 1, "learning_rate": 1e-6, "bf16": True, "dynamic_sampling_warmup_rollouts": 1}
+    trainer = MemCompGRPOTrainer(model, reward_funcs=[shape_reward], args=MemCompGRPOConfig(output_dir=str(tmp_path), **settings),
+                                 train_dataset=rl_data)
+    trainer.train()
+    decoder = {name: p for name, p in model.named_parameters() if name.startswith("language_model.model.layers.")}
+    assert all(p.dtype == torch.float32 for p in decoder.values())  # the trained weights, held in float32
+    changed = [name for name, p in decoder.items() if not torch.equal(p.detach(), before[name])]
+    assert len(changed) == len(decoder), "in bf16 an LR 1e-6 step rounds away on most weights"
+    assert all(p.dtype == torch.bfloat16 for p in model.memory_encoder.parameters())  # frozen: as loaded, unchanged
+    assert all(torch.equal(p.float(), before[f"language_model.model.{n}"]) for n, p in model.memory_encoder.named_parameters())
+    with pytest.raises(ValueError, match="are torch.bfloat16 and bf16/fp16 autocast is off, so .* pass --bf16 true"):
+        _trainer(build_tiny_memcomp(tokenizer, chunk_size=16).to(torch.bfloat16), rl_data, tmp_path)
+
+
+@pytest.mark.slow
 def test_tiny_rl_run_trains_decoder_only_and_saves_the_rl_checkpoint(tokenizer, rl_data, tmp_path, corpus):
     from modeling_memcomp import MemCompForCausalLM
     from modeling_memcomp.tiny import build_tiny_memcomp
@@ -322,6 +391,33 @@ def test_tiny_rl_run_trains_decoder_only_and_saves_the_rl_checkpoint(tokenizer, 
     assert torch.equal(reloaded.compress(corpus[0]).embeds, sft_memory.embeds)
     assert reloaded.fingerprint == sft_memory.model_fingerprint
     assert not torch.equal(reloaded.language_model.model.layers[0].mlp.up_proj.weight, before["language_model.model.layers.0.mlp.up_proj.weight"])
+
+
+def test_a_resumed_run_draws_the_refills_the_uninterrupted_run_draws(rl_model, rl_data, tmp_path):
+    import copy
+
+    impossible = rl_data.map(lambda row: {"answer": "no completion can ever be this answer"})  # every group refilled
+    settings = {**TINY, "save_strategy": "steps", "save_steps": 1, "dynamic_sampling_warmup_rollouts": 0,
+                "dynamic_sampling_max_tries": 1, "max_steps": 4}
+
+    def refills(output_dir, resume=None, max_steps=4):
+        args = MemCompGRPOConfig(output_dir=str(output_dir), **{**settings, "max_steps": max_steps})
+        trainer = MemCompGRPOTrainer(copy.deepcopy(rl_model), args=args, train_dataset=impossible, judge=MatchJudge())
+        drawn, draw = [], trainer._next_refill_batch
+
+        def recorded(size):
+            batch = draw(size)
+            drawn.append((trainer.state.global_step, [row["question"] for row in batch]))
+            return batch
+
+        trainer._next_refill_batch = recorded
+        trainer.train(resume_from_checkpoint=resume)
+        return drawn
+
+    straight = refills(tmp_path / "straight")
+    refills(tmp_path / "killed", max_steps=2)
+    resumed = refills(tmp_path / "killed", resume=True)
+    assert [step for step, _ in resumed] == [2, 3] and resumed == [d for d in straight if d[0] >= 2]
 
 
 def test_resume_skips_a_checkpoint_torn_by_a_kill(rl_model, rl_data, tmp_path, caplog):

@@ -65,6 +65,20 @@ def test_each_stage_learns_on_a_fixed_batch(stage, tmp_path):
     assert {f"loss_{task}" for task in tasks} <= logged
 
 
+def test_bf16_weights_train_with_float32_masters_under_bf16_autocast(tmp_path):
+    config = tiny_stage("sft", tmp_path, eval_samples=0, max_steps=1, learning_rate=1e-5, warmup_steps=0, bf16=True)
+    model = build_model(config).to(torch.bfloat16)  # as a base loaded with `dtype: bfloat16` (the paper's configs)
+    before = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+    train, _ = build_datasets(config, model)
+    MemCompTrainer(model=model, args=config.training, train_dataset=train).train()
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    unchanged = [name for name, p in trained.items() if torch.equal(p.detach(), before[name])]
+    assert len(unchanged) < 0.05 * len(trained), unchanged  # in bf16 most LR 1e-5 steps would round away
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # the frozen projection stays as loaded
+
+
 def test_per_task_losses_in_training_and_evaluation(tmp_path):
     config = tiny_stage(
         "cpt1", tmp_path, num_samples=8, eval_samples=8, max_steps=2, global_batch_size=4, save_strategy="no",

@@ -121,6 +121,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, *, full_ft: bool = F
         if not problems:
             if skipped:
                 logger.warning("resuming from %s (skipped: %s)", folder, "; ".join(skipped))
+            else:
+                logger.info("resuming from %s", folder)
             return os.fspath(folder)
         reason = f"{folder.name}: {', '.join(problems)}"
         logger.warning("skipping incomplete checkpoint %s (%s)", folder, ", ".join(problems))
@@ -170,3 +172,12 @@ class CompleteCheckpointResume:
         """`Trainer.train`, resuming only from a complete checkpoint (see `resolve_checkpoint`)."""
         self._resume_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=self._resume_checkpoint, **kwargs)
+
+
+def resume_point(training) -> str | bool | None:
+    """`--resume_from_checkpoint` as `Trainer.train` takes it: a checkpoint folder, or `last` / `true` for the newest
+    complete one in `output_dir`."""
+    value = training.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none", "no"):
+        return None
+    return True if str(value).lower() in ("last", "true", "yes") else value

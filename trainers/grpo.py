@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from .checkpoints import CompleteCheckpointResume
 from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
 from .distributed import check_launch
 from .judges import MatchJudge
+from .precision import upcast_trainable_weights
 from .rewards import JudgeReward, OverlongPenalty
 
 logger = logging.getLogger(__name__)
@@ -121,13 +123,16 @@ class MemCompGRPOConfig(GRPOConfig):
         if self.dynamic_sampling_max_tries < 0:
             raise ValueError(f"dynamic_sampling_max_tries must be >= 0, got {self.dynamic_sampling_max_tries}.")
         if isinstance(self.vllm_decoder_kwargs, str):
-            import json
-
             self.vllm_decoder_kwargs = json.loads(self.vllm_decoder_kwargs)
         self._derive_batches(int(os.environ.get("WORLD_SIZE", "1")))
         super().__post_init__()
         if self.lr_warmup_rollouts is not None:
-            self.warmup_steps = self.lr_warmup_rollouts * self.optimizer_steps_per_rollout
+            warmup = self.lr_warmup_rollouts * self.optimizer_steps_per_rollout
+            if self.warmup_steps not in (0, warmup):
+                raise ValueError(f"warmup_steps={self.warmup_steps} conflicts with lr_warmup_rollouts="
+                                 f"{self.lr_warmup_rollouts} ({warmup} optimizer steps): set lr_warmup_rollouts=None to "
+                                 "give warmup_steps yourself.")
+            self.warmup_steps = warmup
 
     def _derive_batches(self, world_size: int) -> None:
         if self.rollout_batch_prompts is not None and (self.generation_batch_size is not None or self.steps_per_generation is not None):
@@ -136,6 +141,10 @@ class MemCompGRPOConfig(GRPOConfig):
             self.per_device_train_batch_size, self.num_generations, self.rollout_batch_prompts, self.mini_batch_prompts,
             world_size,
         )
+        if accumulation is not None and self.gradient_accumulation_steps not in (1, accumulation):
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} conflicts with "
+                             f"mini_batch_prompts={self.mini_batch_prompts} ({accumulation} at this world size): set "
+                             "mini_batch_prompts=None to give gradient_accumulation_steps yourself.")
         self.gradient_accumulation_steps = accumulation or self.gradient_accumulation_steps
         self.generation_batch_size = generation or self.generation_batch_size
 
@@ -222,6 +231,7 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
         for parameter in [*model.memory_projection.parameters(), *model.pooling.parameters()]:
             parameter.requires_grad_(False)
         model.config.prompt_template, model.config.system_prompt = args.template, args.system_prompt
+        upcast_trainable_weights(model, args)
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,
@@ -254,6 +264,7 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
         self._memory_lengths: list[int] = []
         self._last_rewards_per_func: torch.Tensor | None = None
         self._refill_iterator = None
+        self._refill_epoch, self._refill_drawn, self._refill_skip = -1, 0, 0  # saved with each checkpoint
         self._vllm = None
         self._vllm_step = -1
         self._step_items = 0.0  # completion tokens of the current optimizer step on this process
@@ -532,8 +543,6 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
         """Append this rank's keep decision (global group indices) to `rank_trace_dir/rank<i>.jsonl`."""
         if not self.args.rank_trace_dir:
             return
-        import json
-
         os.makedirs(self.args.rank_trace_dir, exist_ok=True)
         path = os.path.join(self.args.rank_trace_dir, f"rank{self.accelerator.process_index}.jsonl")
         with open(path, "a") as f:
@@ -553,7 +562,7 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
             )
         while True:
             if self._refill_iterator is None:
-                self._refill_epoch = getattr(self, "_refill_epoch", -1) + 1
+                self._refill_epoch += 1
                 sampler = RepeatSampler(
                     self.train_dataset,
                     mini_repeat_count=self.num_generations,
@@ -565,17 +574,48 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
                     self.train_dataset, batch_size=size, sampler=sampler, collate_fn=identity, drop_last=True
                 )
                 self._refill_iterator = iter(loader)
+                self._refill_drawn, skip, self._refill_skip = 0, self._refill_skip, 0
+                for _ in range(skip):  # a resumed run goes on where the checkpointed one was in this epoch
+                    next(self._refill_iterator, None)
+                    self._refill_drawn += 1
             try:
-                return next(self._refill_iterator)
+                batch = next(self._refill_iterator)
             except StopIteration:
+                if self._refill_drawn == 0:
+                    raise ValueError(f"the training set has fewer than {size // self.num_generations} prompts: "
+                                     "dynamic sampling cannot draw a refill batch from it.") from None
                 self._refill_iterator = None
+                continue
+            self._refill_drawn += 1
+            return batch
+
+    def _refill_state_file(self, folder: str) -> str:
+        return os.path.join(folder, f"dynamic_sampling_refill_{self.accelerator.process_index}.json")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Trainer's RNG states, and where the refill sampler is, so a resumed run draws the refills it would have."""
+        super()._save_rng_state(output_dir)
+        with open(self._refill_state_file(output_dir), "w") as f:
+            json.dump({"epoch": self._refill_epoch, "drawn": self._refill_drawn}, f)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        super()._load_rng_state(checkpoint)
+        path = self._refill_state_file(checkpoint) if checkpoint else ""
+        if os.path.isfile(path):  # absent from checkpoints older than this record: the refills start afresh
+            with open(path) as f:
+                state = json.load(f)
+            if state["epoch"] >= 0:
+                self._refill_iterator = None
+                self._refill_epoch, self._refill_skip = state["epoch"] - 1, state["drawn"]
 
 
 class SkipEmptySteps(TrainerCallback):
     """Skip an optimizer step that has no completion tokens on any process (dynamic sampling found nothing to train on).
 
-    Its gradient is zero already, but AdamW would still move the weights by its momentum and weight decay; a learning
-    rate of 0 for that one step leaves them exactly as they are. Logged as `dynamic_sampling/skipped_steps`.
+    Its gradient is zero already, but AdamW would still move the weights by its momentum and weight decay and advance its
+    moments and step count: the gradients are dropped (`None`: AdamW passes over the parameter, its state untouched), and
+    a learning rate of 0 for that one step covers engines that step from their own gradient copy (DeepSpeed). The LR
+    schedule still advances. Logged as `dynamic_sampling/skipped_steps`.
     """
 
     def __init__(self, trainer: "MemCompGRPOTrainer"):
@@ -588,6 +628,7 @@ class SkipEmptySteps(TrainerCallback):
         empty = bool(trainer.accelerator.gather(items).sum() == 0)
         trainer._metrics["train"]["dynamic_sampling/skipped_steps"].append(float(empty))
         if empty and optimizer is not None:
+            trainer.model.zero_grad(set_to_none=True)
             self._saved = [group["lr"] for group in optimizer.param_groups]
             for group in optimizer.param_groups:
                 group["lr"] = 0.0

@@ -67,6 +67,7 @@ class JudgeBackend(Protocol):
 
 # ---------------------------------------------------------------------------------------------- answer text
 _BOXED = re.compile(r"\\boxed\s*\{")
+_LATEX_TEXT = re.compile(r"^\\(?:text|textbf|textit|textrm|mathrm|mathbf|operatorname)\s*\{(.*)\}$", re.DOTALL)
 _ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -90,7 +91,7 @@ def extract_answer(text: str, fallback_words: int = 20, style: str = "any") -> s
             for pos in range(start, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[pos], 0)
                 if depth == 0:
-                    return text[start:pos].strip()
+                    return _unwrap_latex_text(text[start:pos].strip())
     if style in ("any", "answer"):
         answers = list(_ANSWER.finditer(text))
         if answers:
@@ -98,6 +99,23 @@ def extract_answer(text: str, fallback_words: int = 20, style: str = "any") -> s
             if tail:
                 return tail.splitlines()[0].strip()
     return " ".join(text.split()[-fallback_words:])
+
+
+def _unwrap_latex_text(answer: str) -> str:
+    """`\\text{Paris}` (or `\\textbf`, `\\mathrm`, ...) around a whole boxed answer -> `Paris`."""
+    while (match := _LATEX_TEXT.match(answer)) and _balanced(match.group(1)):
+        answer = match.group(1).strip()
+    return answer
+
+
+def _balanced(text: str) -> bool:
+    """Whether `text`'s braces close in order (`a} + \\text{b` does not: the outer braces were two groups)."""
+    depth = 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def answer_style(template: str) -> str:
@@ -110,6 +128,11 @@ def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
+
+
+def _comparable(text: str) -> str:
+    """`normalize_answer`, or the lower-cased words where it leaves nothing (a reference "The" or "A")."""
+    return normalize_answer(text) or " ".join(text.lower().split())
 
 
 def _references(reference: str | Sequence[str]) -> list[str]:
@@ -172,9 +195,11 @@ class MatchJudge(_JudgeBase):
         self.mode, self.extract, self.style = mode, extract, style
 
     def judge(self, question: str, response: str, reference: str | Sequence[str]) -> JudgeResult:
-        answer = normalize_answer(extract_answer(response, style=self.style) if self.extract else response)
-        refs = [normalize_answer(r) for r in _references(reference)]
-        if self.mode == "exact":
+        answer = _comparable(extract_answer(response, style=self.style) if self.extract else response)
+        refs = [_comparable(r) for r in _references(reference)]
+        if not answer:  # an empty answer is never right, whatever a reference normalises to
+            correct = False
+        elif self.mode == "exact":
             correct = answer in refs
         else:
             padded = f" {answer} "

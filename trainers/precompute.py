@@ -13,8 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_dataset, load_from_disk
+from datasets.fingerprint import Hasher
 
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt
@@ -83,25 +85,35 @@ def precompute_memory(
         }
     )
 
-    def compress(row):
+    def compress(row, index):
         memory = model.compress(row[context_column])
         prompt = build_prompt(model.tokenizer, model.config, len(memory), row[question_column], template=template)
+        stored = memory.embeds.to(torch.float32).cpu().numpy().astype(dtype)
+        if not np.isfinite(stored).all():  # RL would fail on this row hours later, and again after every resume
+            peak = float(memory.embeds.abs().max())
+            raise ValueError(f"row {index}: its memory is not finite in {dtype} (largest magnitude {peak:.3g}); "
+                             + ("store float32 (--dtype float32)." if dtype == "float16" and np.isfinite(peak)
+                                else "the encoder itself produced NaN or infinite values: check the checkpoint."))
         return {
             "prompt": row[question_column],
             "question": row[question_column],
             "answer": row[answer_column],
-            "memory": memory.embeds.to(torch.float32).cpu().numpy().astype(dtype),
+            "memory": stored,
             "num_memory": len(memory),
             "prompt_length": len(prompt.input_ids),
         }
 
+    # Everything the rows depend on: the encoder, the rows, the columns read, how the prompt is built and measured.
+    fingerprint = Hasher.hash([model.fingerprint, dataset._fingerprint, context_column, question_column, answer_column,
+                               template, dtype, model.config.wrap, model.config.system_prompt, model.tokenizer])
     with torch.no_grad():
         out = dataset.map(
             compress,
+            with_indices=True,
             remove_columns=dataset.column_names,
             features=features,
             desc="compress contexts",
-            new_fingerprint=f"memcomp-{model.fingerprint}-{dataset._fingerprint}-{template}-{dtype}",
+            new_fingerprint=f"memcomp-{fingerprint}",
         )
     kept = out.filter(lambda n: n <= max_prompt_length, input_columns="prompt_length")
     if len(kept) < len(out):
@@ -115,6 +127,7 @@ def write_metadata(folder: str | Path, model: MemCompForCausalLM, args: Precompu
     meta = {
         "model": args.model,
         "fingerprint": model.fingerprint,
+        "model_dtype": _dtype_name(model),
         "chunk_size": model.config.chunk_size,
         "hidden_size": model.config.text_config.hidden_size,
         "template": args.template,
@@ -126,6 +139,38 @@ def write_metadata(folder: str | Path, model: MemCompForCausalLM, args: Precompu
 def read_metadata(folder: str | Path) -> dict | None:
     path = Path(folder) / METADATA_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _dtype_name(model: MemCompForCausalLM) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
+def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_name: str) -> None:
+    """Refuse RL on memories another compressor made: the RL checkpoint keeps `model`'s encoder, so its decoder must
+    learn on that encoder's memories (the paper's system, SFT encoder + RL decoder)."""
+    meta = read_metadata(folder)
+    if meta is None:
+        logger.warning("%s has no %s: nothing records which model compressed it; make sure it was %s "
+                       "(examples/precompute_memory.py writes the record).", folder, METADATA_FILE, model_name)
+        return
+    sizes = {"chunk_size": model.config.chunk_size, "hidden_size": model.config.text_config.hidden_size}
+    recorded_sizes = {key: meta.get(key) for key in sizes}
+    if recorded_sizes != sizes:
+        raise ValueError(f"{folder} holds memories of {recorded_sizes} from {meta.get('model')}, {model_name} makes "
+                         f"{sizes}: re-run examples/precompute_memory.py --model {model_name}.")
+    if meta.get("fingerprint") == model.fingerprint:
+        return
+    dtype, recorded_dtype = _dtype_name(model), meta.get("model_dtype")
+    if recorded_dtype is not None and recorded_dtype != dtype:  # the fingerprint samples weights as loaded
+        logger.warning("%s was compressed by %s loaded in %s, and %s is loaded in %s: their fingerprints cannot be "
+                       "compared; make sure it is the same checkpoint.", folder, meta.get("model"), recorded_dtype,
+                       model_name, dtype)
+        return
+    raise ValueError(
+        f"{folder} was compressed by {meta.get('model')} (fingerprint {meta.get('fingerprint')}), not by {model_name} "
+        f"(fingerprint {model.fingerprint}): the RL checkpoint would keep an encoder whose memories its decoder never "
+        f"trained on. Re-run examples/precompute_memory.py --model {model_name} (in the dtype RL loads it in)."
+    )
 
 
 SHARDS_DIR = ".shards"

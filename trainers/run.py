@@ -15,6 +15,7 @@ from modeling_memcomp.extras import require_extra
 
 require_extra("train", "training (trainers.run, examples/train_cpt.py, examples/train_sft.py)")  # before the imports below need it
 
+from .checkpoints import resume_point  # noqa: E402
 from .config import StageConfig, parse_stage_args  # noqa: E402
 from .data import stage_streams  # noqa: E402
 from .distributed import process_group_teardown  # noqa: E402
@@ -119,14 +120,6 @@ def run_stage(
     elif trainer.is_world_process_zero():  # the best model is already loaded when load_best_model_at_end
         save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
     return trainer
-
-
-def resume_point(training) -> str | bool | None:
-    """`--resume_from_checkpoint`: a checkpoint folder, or `last` / `true` for the newest one in `output_dir`."""
-    value = training.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none", "no"):
-        return None
-    return True if str(value).lower() in ("last", "true", "yes") else value
 
 
 def main(argv: list[str] | None = None, expected_stages: tuple[str, ...] = ("cpt1", "cpt2", "sft")) -> None:

@@ -18,6 +18,7 @@ from .checkpoints import FULL_FT_WEIGHTS, CompleteCheckpointResume
 from .collator import MemCompCollator
 from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
+from .precision import upcast_trainable_weights
 from .sampling import ResumableLengthGroupedSampler
 from .stages import TASKS, get_stage
 
@@ -93,6 +94,8 @@ class MemCompTrainer(CompleteCheckpointResume, Trainer):
             for name, parameter in model.named_parameters():
                 if "memory_projection" in name:
                     parameter.requires_grad_(False)
+        if model is not None:
+            upcast_trainable_weights(model, args)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
         check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}

@@ -1,0 +1,36 @@
+"""Float32 master weights for trainable parameters loaded in half precision, as FSDP2 and ZeRO keep themselves."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def upcast_trainable_weights(model: torch.nn.Module, args) -> int:
+    """Hold trainable bf16/fp16 weights in float32 so small updates land; returns how many tensors were upcast.
+
+    An AdamW step at RL's LR 1e-6 moves a 0.02 weight by about 5e-5 of itself, far under bf16's 2^-8 resolution: on
+    one GPU or under DDP, whose Trainer keeps no float32 copy, it rounds away. The forward still computes in half
+    precision under `bf16`/`fp16` autocast; frozen weights stay as loaded. DeepSpeed keeps its own float32 copy.
+    """
+    if getattr(args, "deepspeed", None):
+        return 0
+    half = [p for p in model.parameters() if p.requires_grad and p.dtype in HALF]
+    if not half:
+        return 0
+    if not (args.bf16 or args.fp16):
+        raise ValueError(
+            f"{len(half)} trainable weight tensors are {half[0].dtype} and bf16/fp16 autocast is off, so updates under "
+            "that dtype's resolution would round away: pass --bf16 true (weights kept in float32, computed in "
+            "bfloat16) or load the model in float32."
+        )
+    for parameter in half:
+        parameter.data = parameter.data.float()
+    logger.info("%d trainable weight tensors upcast to float32 (master weights); the forward runs under %s autocast.",
+                len(half), "bf16" if args.bf16 else "fp16")
+    return len(half)
