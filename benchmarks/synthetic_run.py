@@ -890,8 +890,8 @@ def export_checkpoint(run_dir: str | Path, stage: str, destination: str | Path, 
     with the corpus `seed` it trained on (`SEED_RECORD`)."""
     from hub_cards.export import export_model
 
-    export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",), overwrite=True)
-    (Path(destination) / SEED_RECORD).write_text(json.dumps({"seed": seed}, indent=2) + "\n")
+    export_model(Path(run_dir) / stage, destination, repo_id=DEMO_REPO_ID, stage=stage, tags=("synthetic",),
+                 overwrite=True, extra_files={SEED_RECORD: json.dumps({"seed": seed}, indent=2) + "\n"})
     card = Path(destination) / "README.md"
     curriculum = ", ".join(["LM pretraining", "CPT-1", "CPT-2", "SFT", *(["RL"] if stage == "rl" else [])])
     model = json.loads((Path(destination) / "config.json").read_text())
@@ -921,8 +921,8 @@ class ReportArguments:
     )
     checkpoint_dir: str | None = _arg(
         "checkpoints/memcomp-synthetic-tiny", "The shipped model, replaced by the run's when it beats it ('' or None: "
-        "do not export). It must be new, empty or an earlier export (its card tagged memcomp): the export replaces the "
-        "folder. A checkpoint of a run of another --seed is refused: it trained on this run's held-out names.",
+        "do not export). It must be new, empty or an earlier export (with its .memcomp-export.json): the export "
+        "replaces the files that export wrote. A checkpoint of a run of another --seed is refused: it trained on this run's held-out names.",
     )
     max_documents: int | None = _arg(None, "Held-out documents to reconstruct (None: all).")
     max_single_questions: int | None = _arg(600, "Questions of the single-document held-out set (1,800 in all: 1800 takes every one).")

@@ -17,25 +17,25 @@ PRECOMPUTE_METADATA = "memcomp_memory.json"
 """Sidecar `trainers.precompute` writes next to its dataset: the compressor's id, fingerprint and sizes."""
 
 
-def is_export(folder: str | os.PathLike) -> bool:
-    """Whether `folder` holds a memcomp export: every card `export_model`/`export_dataset` writes is tagged `memcomp`."""
-    import yaml
-    from huggingface_hub import metadata_load
+EXPORT_RECORD = ".memcomp-export.json"
+"""Written into every export folder (never uploaded): the files that export wrote, the only ones a later export with
+`overwrite` removes. A folder without it (a checkpoint, a downloaded repo, anything else) is never replaced."""
 
+
+def exported_files(folder: str | os.PathLike) -> list[str] | None:
+    """The files an earlier export wrote into `folder` (its `EXPORT_RECORD`), or None when no export wrote there."""
     try:
-        metadata = metadata_load(Path(folder) / "README.md") or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    tags = metadata.get("tags")
-    return isinstance(tags, list) and "memcomp" in tags
+        files = json.loads((Path(folder) / EXPORT_RECORD).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, list) and all(isinstance(name, str) for name in files) else None
 
 
 def check_output_dir(
     output_dir: str | os.PathLike, overwrite: bool, source: Path | None = None, what: str = "output_dir"
 ) -> Path:
     """Refuse, touching nothing, an `output_dir` an export may not write: one overlapping `source`, a file, or a
-    non-empty folder unless `overwrite` and it holds an earlier export (the only folder an export replaces: a user's
-    checkpoint or anything else there is never deleted). Returns the resolved folder."""
+    non-empty folder unless `overwrite` and an earlier export wrote there (its `EXPORT_RECORD`). Returns it resolved."""
     out = Path(output_dir).resolve()
     if source is not None and (out == source or source in out.parents or out in source.parents):
         raise ValueError(f"{what} {str(out)!r} overlaps the source {str(source)!r}; pick a separate folder.")
@@ -44,21 +44,37 @@ def check_output_dir(
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ValueError(f"{what} {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
-        if not is_export(out):
+        if exported_files(out) is None:
             raise ValueError(
-                f"{what} {str(out)!r} holds files but no memcomp export (no README.md card tagged 'memcomp'), and "
-                "overwriting replaces the whole folder: give a new or empty folder, or one an earlier export wrote."
+                f"{what} {str(out)!r} holds files but no memcomp export record ({EXPORT_RECORD}), so none of them was "
+                "written by an export and none may be replaced: give a new or empty folder, or one an export wrote."
             )
     return out
 
 
-def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Check `output_dir` can receive the repo folder without touching the source; return it, empty."""
+def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool) -> tuple[Path, set[str]]:
+    """Check `output_dir` can receive the repo folder without touching the source; remove the files an earlier export
+    wrote there (only those: a file a user added stays). Returns the folder and the files left in it."""
     out = check_output_dir(output_dir, overwrite, source)
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
+    for name in exported_files(out) or []:
+        path = out / name
+        if path.is_symlink() or out not in path.resolve().parents or not path.is_file():
+            continue  # only a plain file inside the folder: a record naming anything else is not followed
+        path.unlink()
+        for parent in path.parents:
+            if parent == out or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    (out / EXPORT_RECORD).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out, set(list_files(out))
+
+
+def _record_export(out: Path, kept: set[str]) -> list[str]:
+    """Write `EXPORT_RECORD` (every file but those that were there before the export) and return the folder's files."""
+    files = list_files(out)
+    (out / EXPORT_RECORD).write_text(json.dumps({"files": sorted(set(files) - kept)}, indent=2) + "\n")
+    return files
 
 
 def _source_folder(path: str | os.PathLike, what: str) -> Path:
@@ -69,9 +85,9 @@ def _source_folder(path: str | os.PathLike, what: str) -> Path:
 
 
 def list_files(folder: str | os.PathLike) -> list[str]:
-    """Relative paths of every file under `folder`, sorted: what `upload_folder` would send."""
+    """Relative paths of every file under `folder` but the export record, sorted: what `upload_folder` would send."""
     root = Path(folder)
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != EXPORT_RECORD)
 
 
 def export_model(
@@ -87,9 +103,11 @@ def export_model(
     tags: Sequence[str] = (),
     evaluation: str | os.PathLike | dict | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> list[str]:
     """Load `checkpoint` and write its Hub repo folder: safetensors weights, config with `auto_map`, the
-    remote-code files, tokenizer, generation config and README.md card. Returns the file list.
+    remote-code files, tokenizer, generation config, README.md card and `extra_files` (name -> text). Returns the
+    file list.
 
     Loading and re-saving (rather than copying) guarantees the remote code is this package's and the
     weights are safetensors, whatever the checkpoint was saved with.
@@ -116,7 +134,7 @@ def export_model(
             f"no tokenizer could be loaded from {os.fspath(tokenizer or source)!r} ({error}); pass tokenizer= "
             "(--tokenizer) with the folder of the tokenizer the model was trained with."
         ) from error
-    out = _prepare_output(source, output_dir, overwrite)
+    out, kept = _prepare_output(source, output_dir, overwrite)
     model = MemCompForCausalLM.from_pretrained(os.fspath(source), dtype="auto")
     model.tokenizer = tok
     model.save_pretrained(out)
@@ -125,7 +143,9 @@ def export_model(
         evaluation=evaluation, num_parameters=model.num_parameters(),
     )
     card.save(out / "README.md")
-    return list_files(out)
+    for name, text in (extra_files or {}).items():
+        (out / name).write_text(text)
+    return _record_export(out, kept)
 
 
 def export_dataset(
@@ -149,7 +169,7 @@ def export_dataset(
     """
     source = _source_folder(folder, "dataset folder")
     memory_files = sorted(source.rglob("*.safetensors"))
-    out = _prepare_output(source, output_dir, overwrite)
+    out, kept = _prepare_output(source, output_dir, overwrite)
     if memory_files:
         contents = _copy_memory_files(source, memory_files, out)
     else:
@@ -158,7 +178,7 @@ def export_dataset(
         repo_id, contents, memory_model=memory_model, source_datasets=source_datasets, license=license, tags=tags
     )
     card.save(out / "README.md")
-    return list_files(out)
+    return _record_export(out, kept)
 
 
 def _copy_memory_files(source: Path, files: list[Path], out: Path) -> DatasetContents:

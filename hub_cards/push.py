@@ -20,7 +20,7 @@ from huggingface_hub.errors import LocalTokenNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from .cards import DEFAULT_LICENSE, STAGES, check_stage
-from .export import export_dataset, export_model
+from .export import EXPORT_RECORD, export_dataset, export_model
 
 DEFAULT_EXPORT_ROOT = "hub_export"
 
@@ -98,7 +98,7 @@ def upload(
     api = HfApi(token=require_token())
     repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     commit = api.upload_folder(
-        folder_path=os.fspath(folder), repo_id=repo.repo_id, repo_type=repo_type,
+        folder_path=os.fspath(folder), repo_id=repo.repo_id, repo_type=repo_type, ignore_patterns=[EXPORT_RECORD],
         commit_message=commit_message or "Upload with memcomp push",
     )
     return commit.commit_url

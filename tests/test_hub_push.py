@@ -1,6 +1,7 @@
 """Publishing: the dry-run repo folder loads as remote code without memcomp; pushes go through HfApi, never the network."""
 
 import json
+from fnmatch import fnmatch
 import socket
 from pathlib import Path
 
@@ -59,7 +60,9 @@ class FakeHfApi:
         return type("RepoUrl", (), {"repo_id": repo_id})()
 
     def upload_folder(self, folder_path, **kwargs):
-        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        ignored = kwargs.get("ignore_patterns") or []
+        files = sorted(name for p in Path(folder_path).rglob("*") if p.is_file()
+                       and not any(fnmatch(name := p.relative_to(folder_path).as_posix(), pattern) for pattern in ignored))
         self.calls.append(("upload_folder", files, kwargs))
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/0"})()
 
@@ -76,7 +79,7 @@ def test_dry_run_writes_the_repo_folder_and_lists_it(dry_run, capsys):
     out, argv = dry_run
     assert push.main(argv) == 0
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == REPO_FILES
+    assert {p.name for p in out.iterdir()} == REPO_FILES | {".memcomp-export.json"}  # the record: never uploaded
     assert all(f"  {name}\n" in printed for name in REPO_FILES) and "nothing uploaded" in printed
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_memcomp.MemCompForCausalLM"
@@ -154,18 +157,34 @@ def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, ch
     assert "overlaps the source" in capsys.readouterr().err
 
 
-def test_overwrite_replaces_only_an_earlier_export(tmp_path, checkpoint, capsys):
+def test_overwrite_replaces_only_what_an_earlier_export_wrote(tmp_path, checkpoint, capsys):
     argv = ["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run", "--overwrite"]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    (mine / "config.json").write_text(json.dumps({"model_type": "memcomp"}))  # a user's checkpoint is no export either
+    (mine / "config.json").write_text(json.dumps({"model_type": "memcomp"}))  # a user's checkpoint is no export
+    (mine / "README.md").write_text("---\ntags:\n- memcomp\n---\n")  # nor is a downloaded repo with our card
     assert push.main([*argv, "--output-dir", str(mine)]) == 2
-    assert "holds files but no memcomp export (no README.md card tagged 'memcomp')" in capsys.readouterr().err
-    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    assert "holds files but no memcomp export record (.memcomp-export.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "config.json", "notes.txt"]
     (tmp_path / "file").write_text("")
     assert push.main([*argv, "--output-dir", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == ""
+
+    export = tmp_path / "export"
+    assert push.main([*argv, "--output-dir", str(export)]) == 0
+    (export / "NOTES.md").write_text("mine")  # added by the user: not the export's
+    (export / "old-00001-of-00002.safetensors").write_text("a file an earlier export wrote")
+    (tmp_path / "outside.txt").write_text("never touched")
+    record = json.loads((export / ".memcomp-export.json").read_text())
+    assert set(record["files"]) == REPO_FILES
+    record["files"] += ["old-00001-of-00002.safetensors", "../outside.txt"]
+    (export / ".memcomp-export.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert push.main([*argv, "--output-dir", str(export)]) == 0
+    assert {p.name for p in export.iterdir()} == REPO_FILES | {"NOTES.md", ".memcomp-export.json"}
+    assert (export / "NOTES.md").read_text() == "mine" and (tmp_path / "outside.txt").read_text() == "never touched"
+    assert ".memcomp-export.json" not in capsys.readouterr().out  # listed, and uploaded, without the record
 
 
 def test_save_to_disk_memory_dataset_becomes_parquet_splits(tmp_path, fake_hub):
@@ -181,7 +200,7 @@ def test_save_to_disk_memory_dataset_becomes_parquet_splits(tmp_path, fake_hub):
             "--memory-model", "someone/memcomp-sft", "--source-datasets", "hotpotqa/hotpot_qa", "--output-dir", str(out)]
     assert push.main([*argv, "--dry-run"]) == 0
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
-        "README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"
+        "README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet", ".memcomp-export.json"
     }
     back = load_dataset("parquet", data_files=str(out / "data" / "train-*.parquet"), split="train",
                         cache_dir=str(tmp_path / "cache"))

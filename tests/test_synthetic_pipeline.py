@@ -140,11 +140,11 @@ def test_a_checkpoint_dir_the_export_would_wipe_is_refused_before_anything_runs(
     (elsewhere / "other_project").mkdir(parents=True)
     (elsewhere / "other_project" / "notes.txt").write_text("keep me")
     args = ["--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(elsewhere), "--stages", "data"]
-    with pytest.raises(ValueError, match="holds files but no memcomp export .* Or pass --checkpoint_dir '' to not export"):
+    with pytest.raises(ValueError, match="holds files but no memcomp export record .* Or pass --checkpoint_dir '' to not export"):
         main(TOY + args)
     assert (elsewhere / "other_project" / "notes.txt").read_text() == "keep me" and not (tmp_path / "run").exists()
     (elsewhere / "config.json").write_text(json.dumps({"model_type": "memcomp"}))  # a user's checkpoint, not an export
-    with pytest.raises(ValueError, match="holds files but no memcomp export"):
+    with pytest.raises(ValueError, match="holds files but no memcomp export record"):
         main(TOY + args)
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file; give a folder"):
@@ -670,7 +670,7 @@ def test_a_shipped_checkpoint_of_another_seed_is_refused_before_anything_runs(tm
 
     shipped = tmp_path / "shipped"
     shipped.mkdir()
-    (shipped / "README.md").write_text("---\ntags:\n- memcomp\n---\n# an export\n")
+    (shipped / ".memcomp-export.json").write_text(json.dumps({"files": [SEED_RECORD]}))  # an export wrote it
     (shipped / SEED_RECORD).write_text(json.dumps({"seed": 0}))
     args = ["--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(shipped), "--stages", "data"]
     with pytest.raises(ValueError, match=r"checkpoint_dir -> .*shipped was trained in a run of seed 0 .* this run's corpus is seed 1"):
