@@ -1,6 +1,6 @@
 """memcomp: near-lossless context compression for Hugging Face causal LMs (mean-pooled chunk memories)."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_memcomp import MEM_END_TOKEN, MEM_START_TOKEN, MEM_TOKEN, MemCompConfig
 from .memory import MemoryEmbeddings
@@ -10,6 +10,7 @@ from .special_tokens import add_memory_tokens, memory_token_ids
 
 AutoConfig.register("memcomp", MemCompConfig, exist_ok=True)
 AutoModelForCausalLM.register(MemCompConfig, MemCompForCausalLM, exist_ok=True)
+AutoModel.register(MemCompConfig, MemCompForCausalLM, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [

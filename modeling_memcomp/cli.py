@@ -177,9 +177,23 @@ def _check_output(parser: argparse.ArgumentParser, output: Path) -> None:
         parser.error(f"-o/--output must end with .safetensors, got {str(output)!r}.")
     if output.is_dir():
         _fail(parser, f"-o/--output {str(output)!r} is a directory; give a file path ending with .safetensors.")
+    if output.exists() and not _is_memory_file(output):
+        _fail(parser, f"-o/--output {str(output)!r} exists and is not a memcomp memory (model weights, say): it is "
+                      "never replaced; give a new path.")
     folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         _fail(parser, f"-o/--output {str(output)!r} cannot be written: {str(folder)!r} is not a writable folder.")
+
+
+def _is_memory_file(path: Path) -> bool:
+    """Whether `path` is a safetensors file `MemoryEmbeddings.save` wrote (the only kind `-o` may replace)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == "memcomp.memory"
+    except (OSError, SafetensorError):
+        return False
 
 
 def _save(parser: argparse.ArgumentParser, memory, output: Path) -> None:

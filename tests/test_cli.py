@@ -55,6 +55,17 @@ def test_compress_then_ask_matches_the_python_api(model, checkpoint, text_file, 
     assert code == 0 and out.startswith(f"Q: Who kept the ledger?\nA: {expected}\nQ: When?\nA: ")
 
 
+def test_compress_replaces_a_memory_file_but_never_other_safetensors(checkpoint, text_file, tmp_path, capsys):
+    memory_path = tmp_path / "doc.safetensors"
+    for _ in range(2):  # a memory written before is replaced
+        assert run(capsys, "compress", text_file, "-o", memory_path, "--model", checkpoint)[0] == 0
+    weights = Path(checkpoint) / "model.safetensors"
+    before = weights.read_bytes()
+    code, _, err = run(capsys, "compress", text_file, "-o", weights, "--model", checkpoint)
+    assert code == 2 and "exists and is not a memcomp memory (model weights, say): it is never replaced" in err
+    assert weights.read_bytes() == before
+
+
 def test_compress_through_a_store_reuses_the_memory(checkpoint, text_file, tmp_path, capsys):
     for name in ("a", "b"):
         code, _, _ = run(capsys, "compress", text_file, "-o", tmp_path / f"{name}.safetensors", "--model", checkpoint,

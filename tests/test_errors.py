@@ -158,3 +158,19 @@ def test_non_finite_memory_embeds_are_refused_on_the_tensor_path(model, bad):
         model.generate(**batch, **GREEDY)
     with pytest.raises(ValueError, match="floating point"):
         model.generate(**{**batch, "memory_embeds": batch["memory_embeds"].long()}, **GREEDY)
+
+
+def test_a_plain_language_model_is_not_taken_for_a_memcomp_checkpoint(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from benchmarks.eval.config import EvalArguments
+    from benchmarks.eval.runtime import load_model
+    from modeling_memcomp import MemCompForCausalLM
+
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=100)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"a qwen2 language model's .* not a memcomp checkpoint's: wrap the base model with MemCompForCausalLM.from_base"):
+        MemCompForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is a Qwen2ForCausalLM, not a memcomp checkpoint: .* --full_context_model"):
+        load_model(EvalArguments(model=str(tmp_path)))

@@ -81,6 +81,28 @@ def test_record_store_resumes_by_config_and_drops_a_torn_line(tmp_path):
         resumed.append({"id": "c"})
 
 
+def test_an_example_whose_data_changed_under_the_same_id_is_run_again(tmp_path):
+    from benchmarks.eval.harness import Example, run
+    from benchmarks.eval.systems import Generation
+
+    class Echo:
+        name, calls = "echo", []
+
+        def generate(self, contexts, instructions, **kwargs):
+            self.calls.extend(contexts)
+            return [Generation(text="Answer: Oslo", num_tokens=2, context_tokens=3) for _ in contexts]
+
+    score = lambda example, generation: {"em": float(example.reference == "Oslo")}  # noqa: E731
+    store = lambda: RecordStore(tmp_path / "records.jsonl", config_hash({"t": 0}))  # noqa: E731
+    wrong = [Example("0", "Oslo is in Norway.", "Where?", "Rome"), Example("1", "Paris.", "Where?", "Paris")]
+    assert [r["em"] for r in run(wrong, [Echo()], score, store(), {})] == [0.0, 0.0]
+    fixed = [Example("0", "Oslo is in Norway.", "Where?", "Oslo"), wrong[1]]  # the reference corrected in the file
+    Echo.calls.clear()
+    records = run(fixed, [Echo()], score, store(), {})
+    assert Echo.calls == ["Oslo is in Norway."]  # only the changed example ran again
+    assert sorted((r["id"], r["em"]) for r in records) == [("0", 1.0), ("1", 0.0)]
+
+
 def test_niah_needle_sits_at_its_depth_on_a_sentence_boundary(tokenizer):
     haystack = (FIXTURES / "haystack.txt").read_text()
     examples = niah_examples(tokenizer, haystack, [200], [0, 50, 100])

@@ -125,13 +125,16 @@ import pytest  # noqa: E402
 from test_cli import hostile_copy  # noqa: E402
 
 
+@pytest.mark.parametrize("auto", ["AutoModelForCausalLM", "AutoModel"])
 @pytest.mark.parametrize("trust", [{}, {"trust_remote_code": False}, {"trust_remote_code": True}])
-def test_installed_memcomp_never_imports_a_checkpoints_code(model, tmp_path, trust):
+def test_installed_memcomp_never_imports_a_checkpoints_code(model, tmp_path, trust, auto):
     """With memcomp installed, its registered classes read memcomp checkpoints: the folder's .py never runs."""
+    import transformers
+
     model.save_pretrained(tmp_path / "saved")
     marker = tmp_path / "ran"
     folder = hostile_copy(tmp_path / "saved", tmp_path / "hostile", marker)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, **trust)
+    loaded = getattr(transformers, auto).from_pretrained(folder, **trust)
     assert type(loaded).__module__ == "modeling_memcomp.modeling_memcomp"
     assert not marker.exists()
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

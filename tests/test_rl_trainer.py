@@ -175,6 +175,19 @@ def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
     with pytest.raises(ValueError, match="not both"):
         MemCompGRPOTrainer(rl_model, reward_funcs=[OverlongPenalty()], judge=MatchJudge(),
                            args=MemCompGRPOConfig(output_dir=str(tmp_path), **TINY), train_dataset=rl_data)
+    with pytest.raises(ValueError, match="the RL dataset has no rows: .* drops rows whose prompt exceeds"):
+        _trainer(rl_model, rl_data.select([]), tmp_path)
+
+
+def test_precompute_refuses_to_save_an_empty_rl_dataset(rl_model, tmp_path):
+    from trainers.precompute import PrecomputeArguments, run
+
+    rl_model.save_pretrained(tmp_path / "sft")
+    args = PrecomputeArguments(model=str(tmp_path / "sft"), dataset=str(QA), output_dir=str(tmp_path / "memory"),
+                               max_prompt_length=1, device="cpu")
+    with pytest.raises(ValueError, match="no row of .* is left to save: every prompt exceeds --max_prompt_length 1"):
+        run(args)
+    assert not (tmp_path / "memory").exists()
 
 
 def test_rollout_backend_auto_falls_back_to_hf_and_vllm_explains(tokenizer, rl_data, tmp_path, monkeypatch):

@@ -142,6 +142,23 @@ def resume_run(out, resume=None, stop=None, **fields):
     return trainer, {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
 
 
+def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpoints(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from trainers.checkpoints import resume_point
+
+    args = lambda value: SimpleNamespace(resume_from_checkpoint=value, output_dir=str(tmp_path))  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="trainers.checkpoints"):
+        assert resume_point(args("last")) is None and "no checkpoint in" in caplog.text  # one command starts...
+        assert resume_point(args(None)) is None and "earlier run" not in caplog.text
+        (tmp_path / "checkpoint-50").mkdir()
+        assert resume_point(args("last")) is True  # ...and resumes
+        assert resume_point(args(None)) is None
+        assert "holds checkpoint-50 from an earlier run: this run starts afresh and overwrites" in caplog.text
+    assert resume_point(args(str(tmp_path / "checkpoint-50"))) == str(tmp_path / "checkpoint-50")
+
+
 @pytest.mark.slow
 def test_resumed_run_logs_the_same_next_loss(tmp_path):
     def run(out, resume=None, stop=None):

@@ -175,9 +175,16 @@ class CompleteCheckpointResume:
 
 
 def resume_point(training) -> str | bool | None:
-    """`--resume_from_checkpoint` as `Trainer.train` takes it: a checkpoint folder, or `last` / `true` for the newest
-    complete one in `output_dir`."""
+    """`--resume_from_checkpoint` as `Trainer.train` takes it: a checkpoint folder, `true` for the newest complete one
+    in `output_dir`, or `last`: that one if there is any, else a fresh start (one command starts and resumes a run)."""
     value = training.resume_from_checkpoint
+    found = checkpoints_newest_first(training.output_dir)
     if value is None or str(value).lower() in ("", "false", "none", "no"):
+        if found:
+            logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
+                           "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
+        return None
+    if str(value).lower() == "last" and not found:
+        logger.info("no checkpoint in %s yet: the run starts afresh.", training.output_dir)
         return None
     return True if str(value).lower() in ("last", "true", "yes") else value

@@ -651,6 +651,9 @@ def _check_columns(dataset) -> None:
                 f"the RL dataset lacks the columns {sorted(missing)}: build it with examples/precompute_memory.py "
                 "(rows of prompt = question, memory = (k, d) embeddings, answer)."
             )
+        if len(part) == 0:  # training would take no step and save the SFT weights as an "RL checkpoint"
+            raise ValueError("the RL dataset has no rows: examples/precompute_memory.py drops rows whose prompt exceeds "
+                             "--max_prompt_length (its log says how many); raise it or give other rows.")
 
 
 def _with_torch_memory(dataset):

@@ -177,6 +177,12 @@ SHARDS_DIR = ".shards"
 """Inside `output_dir`: each rank's compressed shard, until rank 0 has merged them (then removed)."""
 
 
+def _check_rows(num_rows: int, args: PrecomputeArguments) -> None:
+    if num_rows == 0:
+        raise ValueError(f"no row of {args.dataset} is left to save: every prompt exceeds --max_prompt_length "
+                         f"{args.max_prompt_length} (or the split is empty); an empty RL dataset trains nothing.")
+
+
 def run(args: PrecomputeArguments) -> Dataset:
     """Load the SFT model and the rows, compress, save to `args.output_dir`.
 
@@ -201,6 +207,7 @@ def run(args: PrecomputeArguments) -> Dataset:
         args.template, args.dtype,
     )
     if state.num_processes == 1:
+        _check_rows(len(out), args)
         out.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(out))
         return out
@@ -209,6 +216,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     state.wait_for_everyone()
     merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
     if state.is_main_process:
+        _check_rows(len(merged), args)
         merged.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(merged))
     state.wait_for_everyone()  # every rank has read the shards before they go

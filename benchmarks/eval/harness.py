@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,12 @@ def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) ->
         return [out for example in batch for out in _generate(system, [example], seed, generate_kwargs)]
 
 
+def example_hash(example: Example) -> str:
+    """Digest of everything an example's record depends on: a data file edited under the same ids reruns the example."""
+    content = [example.context, example.instruction, example.reference, example.question, example.meta]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _score(scorer: Scorer, answered: list[tuple[Example, Generation]]) -> list[dict]:
     if not answered:
         return []
@@ -79,8 +86,9 @@ def run(
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError("example ids must be unique: they key the resumable records.")
+    digests = {e.id: example_hash(e) for e in examples}
     for system in systems:
-        todo = [e for e in examples if not store.done(e.id, system.name)]
+        todo = [e for e in examples if not store.done(e.id, system.name, digests[e.id])]
         skipped = len(examples) - len(todo)
         bar = tqdm(total=len(todo), desc=f"{desc} [{system.name}]", unit="ex", disable=not todo)
         if skipped:
@@ -90,7 +98,8 @@ def run(
             answered = [(e, o) for e, o in zip(batch, outputs) if not isinstance(o, str)]
             scores = iter(_score(scorer, answered))
             for example, output in zip(batch, outputs):
-                record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference, **example.meta}
+                record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference,
+                          **example.meta, "example_hash": digests[example.id]}
                 if isinstance(output, str):
                     record["error"] = output
                 else:
@@ -99,5 +108,4 @@ def run(
                 store.append(record)
             bar.update(len(batch))
         bar.close()
-    wanted = set(ids)
-    return [r for r in store.records() if r["id"] in wanted]
+    return [r for r in store.records() if digests.get(r["id"]) == r.get("example_hash")]

@@ -1,4 +1,5 @@
-"""Resumable evaluation records: an append-only JSONL file keyed by example id, system and config hash."""
+"""Resumable evaluation records: an append-only JSONL file keyed by example id, system and config hash; a record
+also carries its example's content digest, so an example whose data changed under the same id is run again."""
 
 from __future__ import annotations
 
@@ -36,8 +37,10 @@ class RecordStore:
                 if record.get("config_hash") == config_hash:
                     self._records[(record["id"], record["system"])] = record
 
-    def done(self, example_id: str, system: str) -> bool:
-        return (example_id, system) in self._records
+    def done(self, example_id: str, system: str, example_hash: str | None = None) -> bool:
+        """Whether the example has a record for `system` (made from the same content, when `example_hash` is given)."""
+        record = self._records.get((example_id, system))
+        return record is not None and (example_hash is None or record.get("example_hash") == example_hash)
 
     def append(self, record: dict) -> None:
         """Add one finished example (needs `id` and `system`) and flush it to disk at once."""

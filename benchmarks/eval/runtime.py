@@ -35,6 +35,9 @@ def load_model(args: EvalArguments, tiny_corpus: list[str] | None = None):
 
     device_map = "auto" if torch.cuda.is_available() else None
     model = load_memcomp(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype, device_map=device_map)
+    if not hasattr(model, "compress"):
+        raise ValueError(f"--model {args.model!r} is a {type(model).__name__}, not a memcomp checkpoint: evaluate a "
+                         "memcomp checkpoint (a plain model is the full-context baseline: --full_context_model).")
     return model.eval()
 
 
