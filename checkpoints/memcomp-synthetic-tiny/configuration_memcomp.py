@@ -53,6 +53,12 @@ class MemCompConfig(PretrainedConfig):
         separate_encoder: bool = False,
         **kwargs,
     ):
+        if text_config is None and "hidden_size" in kwargs:  # a base LM's own config.json, read as a memcomp one
+            raise ValueError(
+                f"this config is a {kwargs.get('model_type') or 'plain'} language model's (hidden_size at the top "
+                "level), not a memcomp checkpoint's: wrap the base model with MemCompForCausalLM.from_base(path, "
+                "chunk_size=...) and train it, or load a memcomp checkpoint."
+            )
         if isinstance(text_config, dict):
             text_config = dict(text_config)
             model_type = text_config.pop("model_type", "qwen2")
