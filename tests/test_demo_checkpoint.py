@@ -70,3 +70,10 @@ def test_the_readme_tables_the_shipped_checkpoint_from_its_committed_reports(row
     by_k = json.loads(report.read_text())["aggregates"]["qa_em_by_k"]
     figures = [cell.strip() for cell in line[len(row):].split("|") if cell.strip()]
     assert figures[:6] == [f"{100 * by_k[k]['rl']['mean']:.1f}" for k in ("1", "2", "4", "8", "16", "32")]
+
+
+def test_the_shipped_remote_code_is_the_packages():
+    """The checkpoint's `*.py` files are what an export of it would write now: a fix to the package ships with it."""
+    package = CHECKPOINT.parent.parent / "modeling_memcomp"
+    stale = [p.name for p in sorted(CHECKPOINT.glob("*.py")) if p.read_text() != (package / p.name).read_text()]
+    assert not stale, f"re-export the checkpoint or copy {stale} from modeling_memcomp/"
