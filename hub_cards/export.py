@@ -118,13 +118,20 @@ def export_model(
 
     source = _source_folder(checkpoint, "checkpoint")
     config_path = source / "config.json"
-    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
-    if model_type != "memcomp":
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if config.get("model_type") != "memcomp":
+        if (source / "adapter_config.json").is_file():
+            raise ValueError(f"{str(source)!r} is a training checkpoint with LoRA adapters, not a model: push the "
+                             "stage's output_dir (the merged model its run saves at the end).")
         raise ValueError(
-            f"{str(source)!r} is not a memcomp checkpoint (config.json model_type is {model_type!r}). Wrap a base "
-            "model with MemCompForCausalLM.from_base(...) and save_pretrained it, or push it with the usual tools."
+            f"{str(source)!r} is not a memcomp checkpoint (config.json model_type is {config.get('model_type')!r}). "
+            "Wrap a base model with MemCompForCausalLM.from_base(...) and save_pretrained it, or push it with the "
+            "usual tools."
         )
     check_stage(stage)  # fail on bad card inputs before the slow load
+    if config.get("separate_encoder") and stage != "rl":
+        raise ValueError(f"{str(source)!r} is an RL checkpoint (SFT encoder + RL decoder, separate_encoder): its card "
+                         f"must say stage 'rl', not {stage!r}.")
     if evaluation is not None:
         load_evaluation(evaluation)
     try:

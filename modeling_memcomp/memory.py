@@ -208,7 +208,8 @@ class MemoryEmbeddings:
             warnings.warn(
                 f"memory was made by model {self.model_fingerprint} but is read by model {model_fingerprint}. "
                 "Compressing with one checkpoint and answering with another is legitimate (e.g. an SFT encoder "
-                "with an RL decoder); otherwise the memory is stale: re-compress the context with this model.",
+                "with an RL decoder), and the same checkpoint loaded in another dtype has another fingerprint too; "
+                "otherwise the memory is stale: re-compress the context with this model.",
                 MemoryFingerprintWarning,
                 stacklevel=2,
             )

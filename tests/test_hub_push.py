@@ -155,6 +155,15 @@ def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, ch
     assert push.main(["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run",
                       "--output-dir", str(checkpoint / "inside")]) == 2
     assert "overlaps the source" in capsys.readouterr().err
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert push.main(["--source", str(tmp_path / "adapter"), "--stage", "rl", *argv]) == 2
+    assert "is a training checkpoint with LoRA adapters, not a model" in capsys.readouterr().err
+    rl = tmp_path / "rl"
+    rl.mkdir()
+    (rl / "config.json").write_text(json.dumps({**json.loads((checkpoint / "config.json").read_text()), "separate_encoder": True}))
+    assert push.main(["--source", str(rl), "--stage", "sft", *argv]) == 2
+    assert "is an RL checkpoint (SFT encoder + RL decoder, separate_encoder): its card must say stage 'rl', not 'sft'" in capsys.readouterr().err
 
 
 def test_overwrite_replaces_only_what_an_earlier_export_wrote(tmp_path, checkpoint, capsys):

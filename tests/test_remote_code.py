@@ -187,3 +187,16 @@ def test_evaluation_runtime_runs_no_checkpoint_code_by_default(model, tmp_path):
     assert hasattr(load_model(EvalArguments(model=str(custom), trust_remote_code=True)), "compress")
     assert marker.exists()
     assert "trust_remote_code" not in EvalArguments().run_settings("qa"), "records made before the flag stay valid"
+
+
+def test_load_memcomp_names_what_a_folder_is_when_it_holds_no_model(tmp_path):
+    from modeling_memcomp.loading import load_memcomp
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a training checkpoint with LoRA adapters, not a model: load the stage's output_dir"):
+        load_memcomp(tmp_path / "checkpoint-4")
+    with pytest.raises(ValueError, match="is a folder without config.json"):
+        load_memcomp(tmp_path)
+    with pytest.raises(ValueError, match="does not exist: give a checkpoint folder or a Hub id"):
+        load_memcomp(str(tmp_path / "nope"))

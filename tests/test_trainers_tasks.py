@@ -177,6 +177,8 @@ def test_local_sources_are_normalised_and_cycled():
         next(record_stream([SourceConfig(str(FIXTURES / "summaries.jsonl"), kind="summary")]))
     with pytest.raises(ValueError, match="source kind must be one of"):
         SourceConfig("x.jsonl", kind="dialogue")
+    with pytest.raises(FileNotFoundError, match="source file 'missing.jsonl' does not exist"):
+        SourceConfig("missing.jsonl", kind="qa")
 
 
 @pytest.mark.parametrize(

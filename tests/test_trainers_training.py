@@ -79,6 +79,14 @@ def test_bf16_weights_train_with_float32_masters_under_bf16_autocast(tmp_path):
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # the frozen projection stays as loaded
 
 
+def test_a_chained_stage_refuses_a_chunk_size_its_base_checkpoint_would_ignore(tmp_path, model):
+    model.save_pretrained(tmp_path / "cpt1")  # a memcomp checkpoint, chunk size 16
+    with pytest.raises(ValueError, match=r"chunk_size=8 is given, but the base .* memcomp checkpoint with chunk_size=16"):
+        build_model(tiny_stage("cpt2", tmp_path, tiny=False, base=str(tmp_path / "cpt1"), chunk_size=8))
+    with pytest.raises(ValueError, match="base '.*nope' could not be read .* give a model folder or a Hub id"):
+        build_model(tiny_stage("cpt2", tmp_path, tiny=False, base=str(tmp_path / "nope")))
+
+
 def test_per_task_losses_in_training_and_evaluation(tmp_path):
     config = tiny_stage(
         "cpt1", tmp_path, num_samples=8, eval_samples=8, max_steps=2, global_batch_size=4, save_strategy="no",

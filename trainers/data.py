@@ -88,6 +88,9 @@ class SourceConfig:
             raise ValueError(f"source kind must be one of {sorted(SCHEMAS)}, got {self.kind!r} for {self.path!r}.")
         if self.weight <= 0:
             raise ValueError(f"source weight must be > 0, got {self.weight} for {self.path!r}.")
+        if Path(self.path).suffix in LOCAL_FORMATS and not Path(self.path).exists():
+            raise FileNotFoundError(f"source file {self.path!r} does not exist (a {Path(self.path).suffix} path is read "
+                                    "as a local file; a Hub dataset is named owner/name).")
 
     @property
     def is_local(self) -> bool:

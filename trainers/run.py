@@ -45,6 +45,12 @@ def build_model(config: StageConfig):
             num_layers=args.tiny_layers, wrap=args.wrap,
         )
         return apply_fqlora(model, config.fqlora) if args.fqlora else model
+    try:
+        base_config = AutoConfig.from_pretrained(args.base)
+    except OSError as error:
+        raise ValueError(f"base {args.base!r} could not be read ({error}); give a model folder or a Hub id.") from None
+    if isinstance(base_config, MemCompConfig):
+        check_inherited_settings(args, base_config)
     load_kwargs = {"dtype": getattr(torch, args.dtype)}
     if args.attn_implementation:
         load_kwargs["attn_implementation"] = args.attn_implementation
@@ -53,9 +59,22 @@ def build_model(config: StageConfig):
             # bitsandbytes quantizes while loading: each rank loads its copy straight onto its own GPU.
             load_kwargs["device_map"] = {"": config.training.local_process_index}
         return load_fqlora_model(args.base, config.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
-    if isinstance(AutoConfig.from_pretrained(args.base), MemCompConfig):
+    if isinstance(base_config, MemCompConfig):
         return MemCompForCausalLM.from_pretrained(args.base, **load_kwargs)
     return MemCompForCausalLM.from_base(args.base, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
+
+
+def check_inherited_settings(args, base_config) -> None:
+    """A stage that continues a memcomp checkpoint keeps its chunk size and wrapping: refuse another one given
+    explicitly (it would be ignored without a word)."""
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(args)}
+    for name in ("chunk_size", "wrap"):
+        given, kept = getattr(args, name), getattr(base_config, name)
+        if given != kept and given != defaults[name]:
+            raise ValueError(f"{name}={given!r} is given, but the base {args.base!r} is a memcomp checkpoint with "
+                             f"{name}={kept!r}, which the stage keeps: drop {name}, or start from a base LM.")
 
 
 def _stat(path: str) -> tuple[int, int]:
