@@ -315,13 +315,12 @@ def trained_seed(folder: str | Path) -> tuple[int, Path] | None:
     return None
 
 
-def _check_seed(what: str, folder: str | Path, seed: int) -> None:
+def _check_seed(what: str, folder: str | Path, seed: int, fix: str = "or train the stage in this run") -> None:
     found = trained_seed(folder)
     if found is not None and found[0] != seed:
         raise ValueError(
             f"{what} -> {folder} was trained in a run of seed {found[0]} ({found[1]}), this run's corpus is seed {seed}: "
-            f"that model trained on some of this run's held-out names. Give --seed {found[0]}, or train the stage in "
-            "this run."
+            f"that model trained on some of this run's held-out names. Give --seed {found[0]}, {fix}."
         )
 
 
@@ -946,9 +945,9 @@ def check_checkpoint_dir(checkpoint_dir: str | None, seed: int) -> None:
         return
     try:
         check_output_dir(checkpoint_dir, overwrite=True, what="checkpoint_dir")
-        _check_seed("checkpoint_dir", checkpoint_dir, seed)
     except ValueError as error:
         raise ValueError(f"{error} Or pass --checkpoint_dir '' to not export.") from None
+    _check_seed("checkpoint_dir", checkpoint_dir, seed, fix="or another --checkpoint_dir (a new folder, or '' to not export)")
 
 
 def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None) -> Path | None:

@@ -23,12 +23,16 @@ EXPORT_RECORD = ".memcomp-export.json"
 
 
 def exported_files(folder: str | os.PathLike) -> list[str] | None:
-    """The files an earlier export wrote into `folder` (its `EXPORT_RECORD`), or None when no export wrote there."""
+    """The files an earlier export wrote into `folder` (its `EXPORT_RECORD`; for an export cut short, every file but
+    those that were there before it), or None when no export wrote there."""
     try:
-        files = json.loads((Path(folder) / EXPORT_RECORD).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((Path(folder) / EXPORT_RECORD).read_text())
+        names = record["kept"] if record.get("in_progress") else record["files"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return files if isinstance(files, list) and all(isinstance(name, str) for name in files) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return sorted(set(list_files(folder)) - set(names)) if record.get("in_progress") else names
 
 
 def check_output_dir(
@@ -47,7 +51,8 @@ def check_output_dir(
         if exported_files(out) is None:
             raise ValueError(
                 f"{what} {str(out)!r} holds files but no memcomp export record ({EXPORT_RECORD}), so none of them was "
-                "written by an export and none may be replaced: give a new or empty folder, or one an export wrote."
+                "written by an export and none may be replaced: give a new or empty folder, or one an export wrote (an "
+                "export by a memcomp older than the record has none: remove that folder yourself)."
             )
     return out
 
@@ -65,9 +70,11 @@ def _prepare_output(source: Path, output_dir: str | os.PathLike, overwrite: bool
             if parent == out or any(parent.iterdir()):
                 break
             parent.rmdir()
-    (out / EXPORT_RECORD).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    return out, set(list_files(out))
+    kept = set(list_files(out))
+    # Until the export is whole, the record names what was there before it: a cut-short export stays replaceable.
+    (out / EXPORT_RECORD).write_text(json.dumps({"in_progress": True, "kept": sorted(kept)}) + "\n")
+    return out, kept
 
 
 def _record_export(out: Path, kept: set[str]) -> list[str]:
@@ -141,8 +148,9 @@ def export_model(
             f"no tokenizer could be loaded from {os.fspath(tokenizer or source)!r} ({error}); pass tokenizer= "
             "(--tokenizer) with the folder of the tokenizer the model was trained with."
         ) from error
-    out, kept = _prepare_output(source, output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, source)  # before the slow load
     model = MemCompForCausalLM.from_pretrained(os.fspath(source), dtype="auto")
+    out, kept = _prepare_output(source, output_dir, overwrite)
     model.tokenizer = tok
     model.save_pretrained(out)
     card = model_card(

@@ -52,14 +52,15 @@ def load_memcomp(name_or_path: str | os.PathLike, *, trust_remote_code: bool = F
     from .tokenizer_io import load_tokenizer
 
     trust_remote_code = bool(trust_remote_code)  # never None: transformers would prompt on a terminal
-    folder = os.fspath(name_or_path)
+    folder = os.path.join(os.fspath(name_or_path), from_pretrained_kwargs.get("subfolder") or "")
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
         what = ("a training checkpoint with LoRA adapters, not a model: load the stage's output_dir (the merged model "
                 "its run saves at the end)") if os.path.isfile(os.path.join(folder, "adapter_config.json")) else \
             "a folder without config.json: give the folder save_pretrained wrote"
         raise ValueError(f"{folder!r} is {what}.")
-    if not os.path.exists(folder) and (folder.startswith((".", "/", "~")) or folder.count("/") > 1):
-        raise ValueError(f"{folder!r} does not exist: give a checkpoint folder or a Hub id (owner/name).")
+    path = os.fspath(name_or_path)
+    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ValueError(f"{path!r} does not exist: give a checkpoint folder or a Hub id (owner/name).")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **from_pretrained_kwargs

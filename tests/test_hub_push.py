@@ -195,6 +195,11 @@ def test_overwrite_replaces_only_what_an_earlier_export_wrote(tmp_path, checkpoi
     assert (export / "NOTES.md").read_text() == "mine" and (tmp_path / "outside.txt").read_text() == "never touched"
     assert ".memcomp-export.json" not in capsys.readouterr().out  # listed, and uploaded, without the record
 
+    (export / "model.safetensors").unlink()  # an export cut short (killed while saving): its record says so
+    (export / ".memcomp-export.json").write_text(json.dumps({"in_progress": True, "kept": ["NOTES.md"]}))
+    assert push.main([*argv, "--output-dir", str(export)]) == 0  # replaceable, the user's file kept
+    assert {p.name for p in export.iterdir()} == REPO_FILES | {"NOTES.md", ".memcomp-export.json"}
+
 
 def test_save_to_disk_memory_dataset_becomes_parquet_splits(tmp_path, fake_hub):
     from datasets import Dataset, DatasetDict, load_dataset

@@ -189,8 +189,11 @@ def test_evaluation_runtime_runs_no_checkpoint_code_by_default(model, tmp_path):
     assert "trust_remote_code" not in EvalArguments().run_settings("qa"), "records made before the flag stay valid"
 
 
-def test_load_memcomp_names_what_a_folder_is_when_it_holds_no_model(tmp_path):
+def test_load_memcomp_names_what_a_folder_is_when_it_holds_no_model(model, tmp_path):
     from modeling_memcomp.loading import load_memcomp
+
+    model.save_pretrained(tmp_path / "repo" / "sft")
+    assert load_memcomp(tmp_path / "repo", subfolder="sft").fingerprint == model.fingerprint  # a model in a subfolder
 
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "adapter_config.json").write_text("{}")

@@ -151,6 +151,8 @@ def test_llm_judge_bad_arguments():
         ("exact", r"\boxed{\text{Paris}}", "Paris", True),
         ("exact", "Answer: The", "The", True),  # a reference SQuAD normalisation empties is compared as written
         ("exact", "", "The", False),  # an empty answer is never right
+        ("exact", r"\boxed{(A)}", "A", True),  # a multiple-choice letter, punctuation aside
+        ("exact", "Answer: A.", "A", True),
         ("exact", r"\boxed{}", ["A", "Paris"], False),
     ],
 )

@@ -1,5 +1,6 @@
 """RL stage on a tiny model: precomputed memories, memory-aware rollouts and log-probs, dynamic sampling, training."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -165,6 +166,10 @@ def test_rl_refuses_memories_another_encoder_made(rl_model, tokenizer, tmp_path,
         assert "loaded in float32, and sft-a is loaded in bfloat16: their fingerprints cannot be compared" in caplog.text
         check_memory_source(tmp_path / "elsewhere", rl_model, "sft-a")
         assert "nothing records which model compressed it" in caplog.text
+        meta = json.loads((tmp_path / "memcomp_memory.json").read_text())
+        (tmp_path / "memcomp_memory.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "model_dtype"}))
+        check_memory_source(tmp_path, build_tiny_memcomp(tokenizer, chunk_size=16, seed=1), "sft-b")  # an older record
+        assert "loaded in a dtype it did not record" in caplog.text
 
 
 def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
@@ -372,6 +377,12 @@ def test_a_bf16_policy_learns_at_table_10s_lr_with_float32_master_weights(tokeni
     assert len(changed) == len(decoder), "in bf16 an LR 1e-6 step rounds away on most weights"
     assert all(p.dtype == torch.bfloat16 for p in model.memory_encoder.parameters())  # frozen: as loaded, unchanged
     assert all(torch.equal(p.float(), before[f"language_model.model.{n}"]) for n, p in model.memory_encoder.named_parameters())
+    trainer.save_model(str(tmp_path / "rl"))  # the final model: as large as the one loaded, the masters kept
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "rl" / "model.safetensors"), framework="pt") as saved:
+        assert {saved.get_slice(k).get_dtype() for k in saved.keys()} == {"BF16"}
+    assert all(p.dtype == torch.float32 for p in decoder.values())
     with pytest.raises(ValueError, match="are torch.bfloat16 and bf16/fp16 autocast is off, so .* pass --bf16 true"):
         _trainer(build_tiny_memcomp(tokenizer, chunk_size=16).to(torch.bfloat16), rl_data, tmp_path)
 

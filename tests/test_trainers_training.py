@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from modeling_memcomp import MemCompForCausalLM
 from trainers import MemCompTrainer
 from trainers.config import parse_stage_args
 from trainers.run import build_datasets, build_model
@@ -70,13 +71,18 @@ def test_bf16_weights_train_with_float32_masters_under_bf16_autocast(tmp_path):
     model = build_model(config).to(torch.bfloat16)  # as a base loaded with `dtype: bfloat16` (the paper's configs)
     before = {name: p.detach().float().clone() for name, p in model.named_parameters()}
     train, _ = build_datasets(config, model)
-    MemCompTrainer(model=model, args=config.training, train_dataset=train).train()
+    trainer = MemCompTrainer(model=model, args=config.training, train_dataset=train)
+    trainer.train()
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     assert trained and all(p.dtype == torch.float32 for p in trained.values())
     unchanged = [name for name, p in trained.items() if torch.equal(p.detach(), before[name])]
     assert len(unchanged) < 0.05 * len(trained), unchanged  # in bf16 most LR 1e-5 steps would round away
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # the frozen projection stays as loaded
+    trainer.save_model(str(tmp_path / "final"))  # saved as loaded (bf16), trained on in float32
+    reloaded = MemCompForCausalLM.from_pretrained(tmp_path / "final", dtype="auto")
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trained.values())
 
 
 def test_a_chained_stage_refuses_a_chunk_size_its_base_checkpoint_would_ignore(tmp_path, model):
@@ -160,7 +166,13 @@ def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpo
     with caplog.at_level(logging.INFO, logger="trainers.checkpoints"):
         assert resume_point(args("last")) is None and "no checkpoint in" in caplog.text  # one command starts...
         assert resume_point(args(None)) is None and "earlier run" not in caplog.text
-        (tmp_path / "checkpoint-50").mkdir()
+        (tmp_path / "checkpoint-50").mkdir()  # killed during its first save: nothing to resume
+        assert resume_point(args("last")) is None and "no complete checkpoint in" in caplog.text
+        for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt"):
+            (tmp_path / "checkpoint-50" / name).write_text("{}")
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.zeros(1)}, str(tmp_path / "checkpoint-50" / "model.safetensors"))
         assert resume_point(args("last")) is True  # ...and resumes
         assert resume_point(args(None)) is None
         assert "holds checkpoint-50 from an earlier run: this run starts afresh and overwrites" in caplog.text

@@ -184,7 +184,11 @@ def resume_point(training) -> str | bool | None:
             logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
                            "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
         return None
-    if str(value).lower() == "last" and not found:
-        logger.info("no checkpoint in %s yet: the run starts afresh.", training.output_dir)
+    if str(value).lower() == "last" and all(checkpoint_problems(folder) for folder in found):
+        if found:  # killed during its first save
+            logger.warning("no complete checkpoint in %s (%s): the run starts afresh.", training.output_dir,
+                           ", ".join(folder.name for folder in found))
+        else:
+            logger.info("no checkpoint in %s yet: the run starts afresh.", training.output_dir)
         return None
     return True if str(value).lower() in ("last", "true", "yes") else value

@@ -131,8 +131,8 @@ def normalize_answer(text: str) -> str:
 
 
 def _comparable(text: str) -> str:
-    """`normalize_answer`, or the lower-cased words where it leaves nothing (a reference "The" or "A")."""
-    return normalize_answer(text) or " ".join(text.lower().split())
+    """`normalize_answer`, or the same without dropping articles where it leaves nothing (a reference "The" or "A")."""
+    return normalize_answer(text) or " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
 
 
 def _references(reference: str | Sequence[str]) -> list[str]:

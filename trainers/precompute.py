@@ -161,10 +161,11 @@ def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_nam
     if meta.get("fingerprint") == model.fingerprint:
         return
     dtype, recorded_dtype = _dtype_name(model), meta.get("model_dtype")
-    if recorded_dtype is not None and recorded_dtype != dtype:  # the fingerprint samples weights as loaded
+    if recorded_dtype != dtype:  # the fingerprint samples weights as loaded: another dtype alone changes it
         logger.warning("%s was compressed by %s loaded in %s, and %s is loaded in %s: their fingerprints cannot be "
-                       "compared; make sure it is the same checkpoint.", folder, meta.get("model"), recorded_dtype,
-                       model_name, dtype)
+                       "compared; make sure it is the same checkpoint (re-running examples/precompute_memory.py in the "
+                       "dtype RL loads it in makes the check exact).", folder, meta.get("model"),
+                       recorded_dtype or "a dtype it did not record", model_name, dtype)
         return
     raise ValueError(
         f"{folder} was compressed by {meta.get('model')} (fingerprint {meta.get('fingerprint')}), not by {model_name} "
@@ -215,8 +216,8 @@ def run(args: PrecomputeArguments) -> Dataset:
     out.save_to_disk(shards / f"rank{state.process_index:05d}")
     state.wait_for_everyone()
     merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
+    _check_rows(len(merged), args)  # on every rank: none is left waiting at the barrier below
     if state.is_main_process:
-        _check_rows(len(merged), args)
         merged.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(merged))
     state.wait_for_everyone()  # every rank has read the shards before they go

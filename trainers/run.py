@@ -21,6 +21,7 @@ from .data import stage_streams  # noqa: E402
 from .distributed import process_group_teardown  # noqa: E402
 from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora  # noqa: E402
 from .mixture import StageMixture, build_stage_dataset  # noqa: E402
+from .precision import final_save_context  # noqa: E402
 from .stages import get_stage  # noqa: E402
 from .tasks import TaskBuilder  # noqa: E402
 from .trainer import MemCompTrainer  # noqa: E402
@@ -137,7 +138,8 @@ def run_stage(
     if not config.model.fqlora:
         trainer.save_model()
     elif trainer.is_world_process_zero():  # the best model is already loaded when load_best_model_at_end
-        save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
+        with final_save_context(trainer, internal_call=False):  # the weights in their loaded dtype
+            save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
     return trainer
 
 

@@ -108,4 +108,4 @@ def run(
                 store.append(record)
             bar.update(len(batch))
         bar.close()
-    return [r for r in store.records() if digests.get(r["id"]) == r.get("example_hash")]
+    return [r for r in store.records() if r["id"] in digests and r.get("example_hash") == digests[r["id"]]]
