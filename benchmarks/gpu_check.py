@@ -5,6 +5,8 @@
               memory (the 120K row is the compress figure)
     fqlora    one FQLoRA training step of the 7B shape with a 4-bit (bitsandbytes NF4) base: time and peak memory
     reuse     16 questions on one memory with and without memory-prefix reuse (`prefill_memory`), 8K and 32K
+    bf16      one RL step of a tiny bf16 policy at Table 10's LR 1e-6 under CUDA bf16 autocast: the share of decoder
+              weights it moves (float32 master weights: all of them) and the saved dtype (bf16)
     summary   merges the parts into gpu_check.json and gpu_check.md
 
 `--smoke` runs each part at tiny size on CPU; what needs CUDA says it was skipped (the 4-bit step runs
@@ -28,7 +30,7 @@ from transformers import HfArgumentParser
 from benchmarks import latency, memory_reuse
 from benchmarks._timing import cuda_peak_bytes, machine_info, time_once
 
-PARTS = ("latency", "fqlora", "reuse", "summary")
+PARTS = ("latency", "fqlora", "reuse", "bf16", "summary")
 
 
 @dataclass
@@ -238,6 +240,47 @@ def run_reuse(config: GpuCheckConfig) -> dict:
     return {"status": "ok" if available else "ran without reuse rows: " + memory_reuse.UNAVAILABLE, "report": report}
 
 
+# ---------------------------------------------------------------------------------------------- bf16
+def run_bf16(config: GpuCheckConfig) -> dict:
+    """One DAPO step of a tiny bf16 policy at LR 1e-6 (smoke: CPU bf16 autocast): trainable weights held in float32
+    must all move, and the final save must be bf16 again (`trainers.precision`)."""
+    from safetensors import safe_open
+
+    from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+    from trainers import MemCompGRPOConfig, MemCompGRPOTrainer
+    from trainers.precompute import load_rows, precompute_memory
+
+    device = config.device
+    if device.type != "cuda" and not config.smoke:
+        return skipped("needs a CUDA GPU")
+    fixtures = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+    tokenizer = train_tokenizer((fixtures / "corpus.txt").read_text().splitlines(), vocab_size=512)
+    model = build_tiny_memcomp(tokenizer, chunk_size=16).to(device=device, dtype=torch.bfloat16)
+    data = precompute_memory(model, load_rows(str(fixtures / "rl" / "qa.jsonl")))
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters() if n.startswith("language_model.")}
+    with tempfile.TemporaryDirectory() as folder:
+        args = MemCompGRPOConfig(
+            output_dir=folder, per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
+            overlong_buffer=4, rollout_batch_prompts=2, mini_batch_prompts=2, lr_warmup_rollouts=0, max_steps=1,
+            learning_rate=1e-6, dynamic_sampling_warmup_rollouts=1, bf16=True, use_cpu=device.type != "cuda",
+            gradient_checkpointing=False, report_to=[], save_strategy="no", disable_tqdm=True,
+        )
+        shape = lambda completion_ids, **unused: [float(sum(ids) % 5) for ids in completion_ids]  # noqa: E731
+        shape.__name__ = "shape"
+        trainer = MemCompGRPOTrainer(model, reward_funcs=[shape], args=args, train_dataset=data)
+        trainer.train()
+        after = dict(model.named_parameters())
+        moved = sum(not torch.equal(after[n].detach().float(), b) for n, b in before.items() if after[n].requires_grad)
+        trained = sum(after[n].requires_grad for n in before)
+        trainer.save_model(folder + "/final")
+        with safe_open(folder + "/final/model.safetensors", framework="pt") as saved:
+            saved_dtypes = sorted({saved.get_slice(k).get_dtype() for k in saved.keys()})
+    ok = moved == trained and saved_dtypes == ["BF16"]
+    return {"status": "ok" if ok else "failed", "device": str(device), "trained_tensors": trained,
+            "moved_tensors": moved, "saved_dtypes": saved_dtypes,
+            "master_dtypes": sorted({str(after[n].dtype) for n in before if after[n].requires_grad})}
+
+
 # ---------------------------------------------------------------------------------------------- summary
 def summary_markdown(parts: dict) -> str:
     machine = parts.get("machine", {})
@@ -280,6 +323,13 @@ def summary_markdown(parts: dict) -> str:
         lines += [memory_reuse.markdown_table(reuse["report"]), f"Reuse: {reuse['status']}", ""]
     else:
         lines += [f"Memory reuse: {reuse.get('status', 'missing')} ({reuse.get('reason', '')})", ""]
+    bf16 = parts.get("bf16", {})
+    if "moved_tensors" in bf16:
+        lines += [f"bf16 RL step at LR 1e-6 ({bf16['device']}, {bf16['status']}): {bf16['moved_tensors']} of "
+                  f"{bf16['trained_tensors']} trained tensors moved (masters {', '.join(bf16['master_dtypes'])}); "
+                  f"saved as {', '.join(bf16['saved_dtypes'])}", ""]
+    else:
+        lines += [f"bf16 RL step: {bf16.get('status', 'missing')} ({bf16.get('reason', '')})", ""]
     return "\n".join(lines)
 
 
@@ -294,7 +344,7 @@ def run_summary(config: GpuCheckConfig) -> dict:
     return parts
 
 
-RUNNERS = {"latency": run_latency, "fqlora": run_fqlora, "reuse": run_reuse}
+RUNNERS = {"latency": run_latency, "fqlora": run_fqlora, "reuse": run_reuse, "bf16": run_bf16}
 
 
 def main(argv: list[str] | None = None) -> int:

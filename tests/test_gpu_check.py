@@ -19,7 +19,8 @@ def test_smoke_runs_every_part_and_writes_the_summary(tmp_path):
     result = subprocess.run(["bash", "scripts/gpu_check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "gpu_check.json", "gpu_check.md", "gpu_check_fqlora.json", "gpu_check_latency.json", "gpu_check_reuse.json",
+        "gpu_check.json", "gpu_check.md", "gpu_check_bf16.json", "gpu_check_fqlora.json", "gpu_check_latency.json",
+        "gpu_check_reuse.json",
     ]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
@@ -33,8 +34,11 @@ def test_smoke_runs_every_part_and_writes_the_summary(tmp_path):
     assert fqlora["status"].startswith("ran without 4-bit (no CUDA)") and fqlora["losses_finite"]
     assert len(fqlora["steps"]) == 2 and fqlora["layers"]["lora"] and fqlora["layers"]["full"] == [0]
     assert report["reuse"]["report"]["results"]
+    bf16 = report["bf16"]
+    assert bf16["status"] == "ok" and bf16["moved_tensors"] == bf16["trained_tensors"] > 0
+    assert bf16["master_dtypes"] == ["torch.float32"] and bf16["saved_dtypes"] == ["BF16"]
     summary = (tmp_path / "gpu_check.md").read_text()
-    assert summary.startswith("# GPU check on ") and "FQLoRA step (smoke" in summary
+    assert summary.startswith("# GPU check on ") and "FQLoRA step (smoke" in summary and "bf16 RL step at LR 1e-6" in summary
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU answer of the GPU parts")
@@ -42,6 +46,7 @@ def test_smoke_runs_every_part_and_writes_the_summary(tmp_path):
     (gpu_check.run_latency, "needs a CUDA GPU (the Qwen2.5-7B shape in bf16)"),
     (gpu_check.run_fqlora, "needs a CUDA GPU and bitsandbytes (4-bit NF4 base)"),
     (gpu_check.run_reuse, "needs a CUDA GPU"),
+    (gpu_check.run_bf16, "needs a CUDA GPU"),
 ])
 def test_full_size_parts_say_skipped_without_cuda(run, reason):
     assert run(gpu_check.GpuCheckConfig()) == {"status": "skipped", "reason": reason}
