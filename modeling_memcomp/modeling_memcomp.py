@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 
 from .configuration_memcomp import MemCompConfig
-from .memory import MemoryEmbeddings, source_digest
+from .memory import MemoryEmbeddings, source_digest, tensor_checksum
 from .pooling import build_pooling
 from .prefix_cache import CACHE_KEY, MemoryPrefix
 from .prompting import build_prompt, left_pad, shared_prefix_length, stop_token_ids
@@ -310,8 +310,10 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             raise TypeError(
                 f"context must be a string, a list of strings or token ids, got {type(context).__name__}."
             )
-        if any(not p.strip() for p in passages):
-            raise ValueError("context is empty or whitespace only: give the text to compress.")
+        for i, passage in enumerate(passages):
+            if not passage.strip():
+                what = "context" if len(passages) == 1 else f"context passage {i}"
+                raise ValueError(f"{what} is empty or whitespace only: give the text to compress.")
         for i, passage in enumerate(passages):
             _check_text(passage, "context" if len(passages) == 1 else f"context passage {i}")
         tokenizer = self.tokenizer
@@ -401,6 +403,12 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
     def _append(self, memory: MemoryEmbeddings, new: list[list[int]], new_passages: bool, batch_size, show_progress):
         """`memory` followed by `new` (see `compress(append_to=)`), encoding only the chunks that change."""
         memory.check_compatible(self.config, self.fingerprint)
+        if memory.model_fingerprint and memory.model_fingerprint != self.fingerprint:
+            raise ValueError(
+                f"append_to: this memory was made by model {memory.model_fingerprint}, not by this one "
+                f"({self.fingerprint}); one memory cannot hold two encoders' embeddings. Compress the whole context "
+                "with this model, then append to that memory."
+            )
         if memory.tail_token_ids is None:
             raise ValueError(
                 "this memory does not record its last partial chunk (it was saved by an older memcomp), so it cannot "
@@ -515,8 +523,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if chunk_ids is not None:
             if memory_embeds is not None:
                 raise ValueError("give either chunk_ids (encode now) or memory_embeds (precomputed), not both.")
-            if chunk_attention_mask is None:
-                chunk_attention_mask = (chunk_ids != self.config.text_config.pad_token_id).long()
+            if chunk_attention_mask is None:  # a pad id inside a chunk (an end-of-text equal to pad) is not padding
+                raise ValueError("chunk_ids need chunk_attention_mask (1 for real tokens; model.chunk_passages returns "
+                                 "both): padding cannot be told from a real token whose id is the pad id.")
             memory_embeds = self.encode_chunks(chunk_ids, chunk_attention_mask)
         if input_ids is not None and inputs_embeds is None:
             has_slots = bool((input_ids == self.config.mem_token_id).any())
@@ -574,6 +583,14 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         """Left-padded `input_ids`, `attention_mask` and `(batch, max_slots, d)` `memory_embeds` for generation."""
         template, system_prompt = self.prompt_settings(template, system_prompt)
         memories = [as_memory(m) for m in memories]
+        if len(memories) != len(questions):
+            raise ValueError(f"got {len(memories)} memories for {len(questions)} questions: give one memory per question.")
+        for memory in memories:  # as generate(memory=...) does: another chunk size is refused, another model warned of
+            memory.check_compatible(self.config, self.fingerprint)
+        return self._prompt_batch(memories, questions, template, system_prompt)
+
+    def _prompt_batch(self, memories: list[MemoryEmbeddings], questions: list[str], template: str, system_prompt) -> dict:
+        """`prepare_prompts` for memories already checked (the text path checks them once, in `pair_memories`)."""
         prompts = [self.prompt_ids(len(m), q, template, system_prompt) for m, q in zip(memories, questions)]
         batch = left_pad(prompts, self.tokenizer.pad_token_id)
         slots = max(len(m) for m in memories)
@@ -598,7 +615,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         outputs = self(
             input_ids=torch.tensor([ids], device=self.device), memory_embeds=[memory.to(self.device)], use_cache=True
         )
-        return MemoryPrefix(ids, outputs[CACHE_KEY], memory.content_hash, len(memory), template, system_prompt)
+        return MemoryPrefix(ids, outputs[CACHE_KEY], memory.content_hash, len(memory), template, system_prompt,
+                            tensor_checksum(memory.embeds))
 
     def generate(
         self,
@@ -625,6 +643,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         Tensor path: `generate(input_ids=..., attention_mask=..., memory_embeds=...)` is `GenerationMixin.generate`
         (KV cache, sampling, streamers, `GenerationConfig`) and returns ids.
         """
+        if kwargs.get("stop_strings") is not None:
+            kwargs.setdefault("tokenizer", self.tokenizer)  # transformers needs it to match stop strings
         if context is None and memory is None and question is None:
             if memory_cache is not None:
                 raise ValueError("memory_cache= needs memory= and question=.")
@@ -657,7 +677,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         for start in range(0, len(questions), batch_size):
             rows = slice(start, start + batch_size)
             if prefix is None:
-                batch = self.prepare_prompts(memories[rows], questions[rows], template, system_prompt)
+                batch = self._prompt_batch(memories[rows], questions[rows], template, system_prompt)
             else:
                 batch = self._prefixed_batch(prefix, questions[rows], template, system_prompt, kwargs, config)
             output = super().generate(**batch, **kwargs)

@@ -1,7 +1,9 @@
 """`MemoryStore`: compress a corpus once, keep the memories on disk, answer later questions without re-encoding.
 
 Entries are safetensors files at `<root>/<model fingerprint>/C<chunk size>/<content hash>.safetensors`
-(`MemCompForCausalLM.fingerprint` changes with any weight). Every read checks the file (`MemoryEmbeddings.load`:
+(`MemCompForCausalLM.fingerprint`: architecture, chunk size, pooling and a strided sample of every encoder weight, so
+it changes with training or another checkpoint, but an edit that misses every sampled value, e.g. of a few embedding
+rows, may keep it: use a new root after such an edit). Every read checks the file (`MemoryEmbeddings.load`:
 checksum and metadata), its content hash, model and chunk size; a bad entry is moved to `<root>/quarantine/`
 (never deleted) and recomputed with a `StaleMemoryWarning`, never used. Hashes must be well-formed and every
 path stays inside the root, so a hash from a dataset column cannot reach a file outside the store.

@@ -141,6 +141,17 @@ def test_appending_passages_and_text_equals_compressing_them_at_once(model, corp
     assert torch.equal(log.embeds, once.embeds) and log.content_hash == once.content_hash
 
 
+def test_appending_to_another_models_memory_is_refused(model, make_model, corpus):
+    foreign = make_model(chunk_size=16, seed=1).compress(corpus[0])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="one memory cannot hold two encoders' embeddings"):
+        model.compress(corpus[1], append_to=foreign)
+
+
+def test_an_empty_passage_is_named(model):
+    with pytest.raises(ValueError, match="context passage 1 is empty or whitespace only"):
+        model.compress(["abc", " ", "def"])
+
+
 def test_appending_encodes_only_the_new_chunks(make_model, corpus):
     model = make_model()
     ids = model.tokenizer(" ".join(corpus[:6]), add_special_tokens=False)["input_ids"]

@@ -159,6 +159,31 @@ def test_memory_cache_must_match_its_memory_and_template(model, corpus):
         model.generate(memory=model.compress(corpus[0]), question="Who?", memory_cache=prefix, template="rl", **GREEDY)
 
 
+def test_memory_cache_of_another_models_embeddings_of_the_same_text_is_refused(model, make_model, corpus):
+    prefix = model.prefill_memory(model.compress(corpus[0]))
+    other = make_model(chunk_size=16, seed=1).compress(corpus[0])  # same text, same content hash, other embeddings
+    assert other.content_hash == prefix.memory_hash
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="prefilled for other embeddings of the same text"):
+        model.generate(memory=other, question="Who?", memory_cache=prefix, **GREEDY)
+
+
+def test_prepare_prompts_checks_its_memories_as_generate_does(model, make_model, corpus):
+    memory = model.compress(corpus[0])
+    with pytest.raises(ValueError, match="got 1 memories for 2 questions"):
+        model.prepare_prompts([memory], ["Who?", "When?"])
+    with pytest.raises(ValueError, match="chunk_size=8"):
+        model.prepare_prompts([make_model(chunk_size=8).compress(corpus[0])], ["Who?"])
+    with pytest.warns(UserWarning, match="memory was made by model"):
+        model.prepare_prompts([make_model(chunk_size=16, seed=1).compress(corpus[0])], ["Who?"])
+
+
+def test_stop_strings_work_on_the_text_path(model, corpus):
+    answer = model.generate(context=corpus[0], question="Who?", **GREEDY)
+    stop = answer.split()[1] if len(answer.split()) > 1 else answer[:2]
+    stopped = model.generate(context=corpus[0], question="Who?", stop_strings=[stop], **GREEDY)
+    assert stopped.endswith(stop) and len(stopped) <= len(answer)
+
+
 def test_micro_batches_equal_one_batch(model, corpus, monkeypatch):
     from transformers import GenerationMixin
 

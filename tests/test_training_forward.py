@@ -1,5 +1,6 @@
 """forward() for training: the loss reaches the encoder pass and the projection."""
 
+import pytest
 import torch
 
 from modeling_memcomp import build_prompt
@@ -15,6 +16,13 @@ def training_batch(model, corpus):
         chunk_ids=chunk_ids,
         chunk_attention_mask=chunk_mask,
     )
+
+
+def test_chunk_ids_without_their_mask_are_refused(model, corpus):
+    batch = training_batch(model, corpus)
+    del batch["chunk_attention_mask"]
+    with pytest.raises(ValueError, match="chunk_ids need chunk_attention_mask"):
+        model(**batch)
 
 
 def test_backward_reaches_projection_and_encoder_layers(make_model, corpus):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .memory import tensor_checksum
+
 CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 """What transformers calls the KV cache in forward/generate arguments and outputs: `cache` from 5.2x, `past_key_values` before."""
 
@@ -27,6 +29,7 @@ class MemoryPrefix:
     num_memory: int
     template: str
     system_prompt: str | None
+    embeds_checksum: str = ""  # the memory's embeddings themselves: the same text compressed by another model differs
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -48,4 +51,9 @@ class MemoryPrefix:
                 "memory_cache was prefilled for another memory, template or system prompt "
                 f"(cache: template={self.template!r}, {self.num_memory} embeddings; call: template={template!r}, "
                 f"{len(memory)} embeddings). Build it with model.prefill_memory(memory, template=..., system_prompt=...)."
+            )
+        if tensor_checksum(memory.embeds) != self.embeds_checksum:
+            raise ValueError(
+                "memory_cache was prefilled for other embeddings of the same text (another model or dtype compressed "
+                "it, or they were changed): build it again with model.prefill_memory(memory)."
             )
