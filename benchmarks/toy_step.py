@@ -73,7 +73,8 @@ def build_toy(config: ToyStepConfig):
     memory = torch.full((config.batch_size, slots), model.config.mem_token_id)
     input_ids = torch.cat([memory, context], dim=1)
     labels = torch.cat([torch.full_like(memory, -100), context], dim=1)
-    batch = {"input_ids": input_ids, "labels": labels, "chunk_ids": context.reshape(-1, config.chunk_size)}
+    chunks = context.reshape(-1, config.chunk_size)
+    batch = {"input_ids": input_ids, "labels": labels, "chunk_ids": chunks, "chunk_attention_mask": torch.ones_like(chunks)}
     return model, batch
 
 
