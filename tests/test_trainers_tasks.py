@@ -96,6 +96,55 @@ def test_long_documents_are_truncated_to_max_length(model, corpus):
     assert short.qa(" ".join(corpus[:60]), "Q?", "A") is None  # a QA context is never cut: the example is skipped
 
 
+def test_a_text_cut_short_ends_without_an_end_token_but_a_whole_one_keeps_it(model, corpus):
+    eos = model.tokenizer.eos_token_id
+    short = TaskBuilder(model.tokenizer, model.config, max_length=128)
+    text = " ".join(corpus[:10])  # far longer than 128 tokens
+    for cut in (short.continuation(text, 1), short.language_modeling(text)):
+        assert target_ids(cut)[-1] != eos  # it must not learn to stop mid-text
+    assert target_ids(short.reconstruction(text))[-1] == eos  # the target ends where the memory ends
+    whole = " ".join(corpus[0].split()[:12])
+    assert len(short.tokenize(whole)) < 50
+    for complete in (short.continuation(whole, 1), short.language_modeling(whole), short.reconstruction(whole)):
+        assert target_ids(complete)[-1] == eos
+    assert short.summarization(text, "A summary.") is None  # never cut: it would summarise what memory lacks
+    assert short.qa("A passage.", "Q?", "  ") is None  # an empty answer would train the end token alone
+
+
+def test_the_validation_split_of_the_training_sources_holds_no_training_record():
+    sources = [SourceConfig(str(FIXTURES / "documents.jsonl"), kind="document")]
+    total = sum(1 for _ in open(FIXTURES / "documents.jsonl"))
+
+    def first_epoch(split):
+        stream, seen = stage_streams(sources, seed=0, split=split)["document"], []
+        while len(seen) < total and (record := next(stream))["text"] not in seen:
+            seen.append(record["text"])
+        return set(seen)
+
+    train, held_out = first_epoch("train"), first_epoch("eval")
+    assert held_out and train and not train & held_out and len(train | held_out) == total
+
+
+def test_skipped_records_are_counted_and_the_cache_key_follows_the_data_and_templates(model, caplog):
+    import logging
+
+    stage = STAGES["sft"]
+    builder = TaskBuilder(model.tokenizer, model.config, template="chat", max_length=160)
+    long = {"context": ["word " * 400], "question": "Q?", "answer": "A"}
+    streams = {"qa": cycle([long, {"context": ["The code is 7."], "question": "What is the code?", "answer": "7"}])}
+    mixture = StageMixture(stage, builder, streams, num_samples=4, batch_size=2, seed=0)
+    with caplog.at_level(logging.WARNING, logger="trainers.mixture"):
+        assert len(list(mixture)) == 4
+    assert mixture.skipped["qa"] == 4 and "records skipped, per task" in caplog.text
+    key = mixture.fingerprint({"sources": "x"})
+    template, model.tokenizer.chat_template = getattr(model.tokenizer, "chat_template", None), "{{ messages }}"
+    try:
+        assert mixture.fingerprint({"sources": "x"}) != key  # another chat template: examples built afresh
+    finally:
+        model.tokenizer.chat_template = template
+    assert mixture.fingerprint({"sources": "x"}) == key
+
+
 def test_collator_stacks_chunks_in_row_order_and_pads_labels(builder, corpus, model):
     examples = [
         builder.language_modeling(corpus[3]),

@@ -89,7 +89,7 @@ class DataArguments:
         metadata={"help": "Training sources (trainers.data.SourceConfig: path, kind, weight, columns, ...); YAML mappings or JSON objects."},
     )
     eval_sources: list[SourceSpec] | None = field(
-        default=None, metadata={"help": "Validation sources; default: the training sources with another seed."}
+        default=None, metadata={"help": "Validation sources; default: the training sources' held-out tenth (one record in ten, by content, that training never sees)."}
     )
     num_samples: int = field(default=1000, metadata={"help": "Training examples drawn from the mixture."})
     eval_samples: int = field(default=0, metadata={"help": "Validation examples (0: no evaluation)."})

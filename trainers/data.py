@@ -13,7 +13,9 @@ QA corpora of Table 2 whose contexts are nested have a `preset` that flattens th
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +139,23 @@ def load_source(source: SourceConfig) -> datasets.IterableDataset:
     )
 
 
-def record_stream(sources: list[SourceConfig], seed: int = 0) -> Iterator[dict]:
-    """Endless records from `sources` (all one kind), interleaved by weight and cycled epoch after epoch."""
+HOLDOUT_EVERY = 10
+"""With `split`, one record in this many (by a hash of its content) is held out for evaluation, the rest train."""
+
+
+def in_holdout(record: dict) -> bool:
+    """Whether `record` belongs to the held-out evaluation part of its source (a stable hash of its content)."""
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HOLDOUT_EVERY == 0
+
+
+def record_stream(sources: list[SourceConfig], seed: int = 0, split: str | None = None) -> Iterator[dict]:
+    """Endless records from `sources` (all one kind), interleaved by weight and cycled epoch after epoch.
+
+    `split="train"` leaves out the held-out records (`in_holdout`) and `split="eval"` yields only them, so a
+    validation set drawn from the training sources never holds a training record; None yields every record."""
+    if split not in (None, "train", "eval"):
+        raise ValueError(f"split must be None, 'train' or 'eval', got {split!r}.")
     if not sources:
         raise ValueError("record_stream needs at least one source.")
     schemas = {tuple(SCHEMAS[s.kind]) for s in sources}
@@ -157,10 +174,13 @@ def record_stream(sources: list[SourceConfig], seed: int = 0) -> Iterator[dict]:
         mixed.set_epoch(epoch)
         empty = True
         for record in mixed:
+            if split is not None and in_holdout(record) != (split == "eval"):
+                continue
             empty = False
             yield record
         if empty:
-            raise ValueError(f"sources {[s.path for s in sources]} yielded no records.")
+            part = "" if split is None else f" in their {split} part (one record in {HOLDOUT_EVERY} is held out)"
+            raise ValueError(f"sources {[s.path for s in sources]} yielded no records{part}.")
 
 
 def sources_by_kind(sources: list[SourceConfig | dict]) -> dict[str, list[SourceConfig]]:
@@ -172,10 +192,11 @@ def sources_by_kind(sources: list[SourceConfig | dict]) -> dict[str, list[Source
     return groups
 
 
-def stage_streams(sources: list[SourceConfig | dict], seed: int = 0) -> dict[str, Iterator[dict]]:
-    """One record stream per kind; `standard` (plain LM) draws from the document and standard sources."""
+def stage_streams(sources: list[SourceConfig | dict], seed: int = 0, split: str | None = None) -> dict[str, Iterator[dict]]:
+    """One record stream per kind; `standard` (plain LM) draws from the document and standard sources (`split`: see
+    `record_stream`)."""
     groups = sources_by_kind(sources)
-    streams = {kind: record_stream(group, seed) for kind, group in groups.items() if kind != "standard"}
+    streams = {kind: record_stream(group, seed, split) for kind, group in groups.items() if kind != "standard"}
     if "standard" in groups:
-        streams["standard"] = record_stream(groups.get("document", []) + groups["standard"], seed)
+        streams["standard"] = record_stream(groups.get("document", []) + groups["standard"], seed, split)
     return streams

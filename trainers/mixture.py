@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import datasets
 from tqdm.auto import tqdm
 
 from .stages import STANDARD_TASK, StageSpec
 from .tasks import TaskBuilder
+
+logger = logging.getLogger(__name__)
+
+CODE_FILES = ("mixture.py", "tasks.py", "instructions.py", "stages.py", "../modeling_memcomp/prompting.py")
+"""The code an example's ids come from: part of the cache key, so an upgraded package never reads stale examples."""
 
 EXAMPLE_FEATURES = datasets.Features(
     {
@@ -86,6 +95,7 @@ class StageMixture:
             )
         self.stage, self.builder, self.streams = stage, builder, streams
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.skipped: Counter = Counter()  # records per task that made no example (too long, empty answer)
 
     def _build(self, task: str, rng: random.Random) -> dict:
         """One example of `task`, drawing records until one fits the length limit."""
@@ -104,6 +114,7 @@ class StageMixture:
                 example = getattr(self.builder, task)(record["text"])
             if example is not None:
                 return example
+            self.skipped[task] += 1
         raise ValueError(f"1000 records in a row did not fit a {task} example in max_length={self.builder.max_length}.")
 
     def __iter__(self) -> Iterator[dict]:
@@ -111,25 +122,38 @@ class StageMixture:
         self.builder.rng = random.Random(self.seed + 1)
         tasks, weights = zip(*self.stage.task_weights.items())
         schedule = compression_schedule(self.num_samples, self.stage.compression_ratio, self.batch_size, rng)
+        self.skipped.clear()
         for index, compressed in enumerate(schedule):
             task = rng.choices(tasks, weights)[0] if compressed else STANDARD_TASK
             yield {"example_id": index, **self._build(task, rng)}
+        if self.skipped:  # long-context records are the ones skipped: say how many, the data is biased by them
+            logger.warning("%s: records skipped, per task (too long for max_length=%d, or an empty answer): %s",
+                           self.stage.name, self.builder.max_length, dict(self.skipped))
 
     def fingerprint(self, extra: dict | None = None) -> str:
         """Cache key of the materialised dataset: stage, sizes, seed, prompt settings and `extra` (the sources)."""
         tokenizer = self.builder.tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        here = Path(__file__).parent
         key = dict(
             stage=asdict(self.stage), n=self.num_samples, batch=self.batch_size, seed=self.seed,
             template=self.builder.template, max_length=self.builder.max_length, system=self.builder.system_prompt,
             chunk=self.builder.config.chunk_size, wrap=self.builder.config.wrap,
             vocab=hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),
+            tokenizer=hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None,
+            chat_template=getattr(tokenizer, "chat_template", None), eos=tokenizer.eos_token_id,
+            code=hashlib.sha256(b"".join((here / name).read_bytes() for name in CODE_FILES)).hexdigest(),
             extra=extra,
         )
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_stage_dataset(mixture: StageMixture, extra_fingerprint: dict | None = None, cache_dir: str | None = None) -> datasets.Dataset:
-    """Materialise a mixture as a `datasets.Dataset` (cached by content, so ranks and resumed runs reuse it)."""
+    """Materialise a mixture as a `datasets.Dataset`, cached by content (so ranks and resumed runs reuse it) when
+    `extra_fingerprint` says what the sources are (`trainers.run` gives their paths, sizes and modification times);
+    without it the mixture cannot know its data, so it is built afresh, never read from an earlier cache."""
+    if extra_fingerprint is None:
+        extra_fingerprint = {"unidentified sources": uuid.uuid4().hex}
 
     def generate():
         yield from tqdm(mixture, total=mixture.num_samples, desc=f"{mixture.stage.name} examples", unit="ex")

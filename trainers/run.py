@@ -94,22 +94,27 @@ def build_datasets(config: StageConfig, model):
     # The checkpoint records how it is trained to be prompted: the default of generate, the CLI, evaluation and the card.
     unwrapped.config.prompt_template, unwrapped.config.system_prompt = template, data.system_prompt
 
-    def mixture(sources, num_samples, seed):
+    # Validation from the training sources holds out one record in ten (by content) that training never sees.
+    shared = bool(data.eval_samples) and not data.eval_sources
+
+    def mixture(sources, num_samples, seed, split=None):
         builder = TaskBuilder(
             unwrapped.tokenizer, unwrapped.config, template=template,
             max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
             rng=random.Random(seed),
         )
-        streams = stage_streams(sources, seed)
+        streams = stage_streams(sources, seed, split)
         mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)
         files = [(s["path"], *_stat(s["path"])) for s in sources if Path(s["path"]).is_file()]
-        return build_stage_dataset(mix, extra_fingerprint={"sources": sources, "files": files}, cache_dir=data.cache_dir)
+        extra = {"sources": sources, "files": files, "split": split}
+        return build_stage_dataset(mix, extra_fingerprint=extra, cache_dir=data.cache_dir)
 
     with config.training.main_process_first(desc="build stage mixture"):
-        train = mixture(data.sources, data.num_samples, data.mixture_seed)
+        train = mixture(data.sources, data.num_samples, data.mixture_seed, "train" if shared else None)
         evaluation = None
         if data.eval_samples:
-            evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.mixture_seed + EVAL_SEED_OFFSET)
+            evaluation = mixture(data.eval_sources or data.sources, data.eval_samples, data.mixture_seed + EVAL_SEED_OFFSET,
+                                 "eval" if shared else None)
         if config.training.train_sampling_strategy == "group_by_length":
             train = with_lengths(train, config.training.length_column_name)
     return train, evaluation

@@ -52,7 +52,7 @@ class TaskBuilder:
         size = self.config.chunk_size
         return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
-    def _example(self, task, chunks, instruction, target, bridge=None) -> dict:
+    def _example(self, task, chunks, instruction, target, bridge=None, end=True) -> dict:
         prompt = build_prompt(
             self.tokenizer,
             self.config,
@@ -62,15 +62,18 @@ class TaskBuilder:
             target=target,
             bridge_ids=bridge,
             system_prompt=self.system_prompt,
+            end=end,
         )
         return {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
 
     def _fit(self, ids: list[int], build) -> dict | None:
-        """`build(ids[:n])` for the largest `n` whose example fits in `max_length` (binary search)."""
+        """`build(ids[:n], whole)` for the largest `n` whose example fits in `max_length` (binary search); `whole` says
+        whether `ids[:n]` is the whole text (a text cut short gets no end token after its target)."""
+        total = len(ids)
         ids = ids[: 2 * self.max_length]  # no task puts more than twice the decoder length into memory + target
 
         def fits(n):
-            example = build(ids[:n]) if n else None
+            example = build(ids[:n], n == total) if n else None
             return example if example is not None and len(example["input_ids"]) <= self.max_length else None
 
         best = fits(len(ids))
@@ -89,8 +92,9 @@ class TaskBuilder:
     def reconstruction(self, text: str, instruction: str | None = None) -> dict | None:
         """Memory: the whole document; target: the document itself."""
         instruction = instruction or sample_instruction("reconstruction", self.rng)
+        # Cut short, the target is still all the memory holds: it ends, with its end token, where the memory does.
         return self._fit(
-            self.tokenize(text), lambda ids: self._example("reconstruction", self.chunk(ids), instruction, ids)
+            self.tokenize(text), lambda ids, whole: self._example("reconstruction", self.chunk(ids), instruction, ids)
         )
 
     def continuation(self, text: str, num_bridges: int = 1, instruction: str | None = None) -> dict | None:
@@ -100,7 +104,7 @@ class TaskBuilder:
         instruction = instruction or sample_instruction("continuation", self.rng)
         size = self.config.chunk_size
 
-        def build(ids):
+        def build(ids, whole):
             half = len(ids) // 2
             bridges = num_bridges
             while bridges and half + bridges * size >= len(ids):
@@ -108,31 +112,36 @@ class TaskBuilder:
             if half == 0:
                 return None
             cut = half + bridges * size
-            return self._example("continuation", self.chunk(ids[:half]), instruction, ids[cut:], bridge=ids[half:cut])
+            return self._example(
+                "continuation", self.chunk(ids[:half]), instruction, ids[cut:], bridge=ids[half:cut], end=whole
+            )
 
         return self._fit(self.tokenize(text), build)
 
     def summarization(self, text: str, summary: str, instruction: str | None = None) -> dict | None:
-        """Memory: the document; target: its summary."""
+        """Memory: the document; target: its summary. A document that does not fit is skipped, never cut: the summary
+        would describe text the memory does not hold."""
         instruction = instruction or sample_instruction("summarization", self.rng)
-        target = self.tokenize(summary)
-        return self._fit(
-            self.tokenize(text), lambda ids: self._example("summarization", self.chunk(ids), instruction, target)
-        )
+        example = self._example("summarization", self.chunk(self.tokenize(text)), instruction, self.tokenize(summary))
+        return example if len(example["input_ids"]) <= self.max_length else None
 
     def qa(self, context: str | Sequence[str], question: str, answer: str) -> dict | None:
         """Memory: the context (each passage chunked separately); instruction: the question; target: the answer."""
         passages = [context] if isinstance(context, str) else list(context)
         if not passages or not question.strip():
             raise ValueError("qa needs a non-empty context and question.")
+        if not answer.strip():
+            return None  # it would train the end-of-turn token alone
         chunks = [c for passage in passages for c in self.chunk(self.tokenize(passage))]
         example = self._example("qa", chunks, question, self.tokenize(answer))
         return example if len(example["input_ids"]) <= self.max_length else None
 
     def language_modeling(self, text: str) -> dict | None:
         """Standard full-context LM on the raw text (no memory), mixed in to prevent forgetting."""
-        ids = self.tokenize(text)[: self.max_length - 1]
+        full = self.tokenize(text)
+        ids = full[: self.max_length - 1]
         if not ids:
             return None
-        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        whole = len(ids) == len(full)  # a text cut short must not teach the model to stop there
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None and whole else []
         return {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}

@@ -158,10 +158,12 @@ def build_prompt(
     target: str | list[int] | None = None,
     bridge_ids: list[int] | None = None,
     system_prompt: str | None = None,
+    end: bool = True,
 ) -> PromptIds:
     """Build the decoder ids for `num_memory` memory embeddings followed by `instruction`.
 
-    With `target` (text or ids) the ids end with it and its end token(s), and `labels` cover exactly those;
+    With `target` (text or ids) the ids end with it and its end token(s) (`end=False`: without them, for a target
+    cut short, which must not teach the model to stop there), and `labels` cover exactly those;
     without it the ids end where generation starts. `bridge_ids` are uncompressed context tokens placed
     right before the target (continuation task) and are not in the loss. `system_prompt=None` uses the
     template's default (`default_system_prompt`).
@@ -184,7 +186,7 @@ def build_prompt(
     if target is None:
         return PromptIds(input_ids=prefix, labels=[IGNORE_INDEX] * len(prefix), num_memory=num_memory)
     target_ids = _text_ids(tokenizer, target) if isinstance(target, str) else list(target)
-    target_ids = target_ids + end_ids
+    target_ids = target_ids + (end_ids if end else [])
     return PromptIds(
         input_ids=prefix + target_ids,
         labels=[IGNORE_INDEX] * len(prefix) + target_ids,
