@@ -42,6 +42,18 @@ def test_extraction_order_boxed_then_answer_then_last_20_words():
 def test_token_f1_and_rouge_known_values():
     assert token_f1("the silver engine", "silver engine room") == pytest.approx(0.8)  # P=1, R=2/3
     assert token_f1("nothing shared", ["silver engine"]) == 0.0
+    assert token_f1("The", "The") == 1.0 and answer_scores("Answer: The", "The")["em"] == 1.0  # F1 agrees with EM
+    assert token_f1("", "") == 0.0  # an empty answer is never right
+
+
+def test_an_example_a_system_could_not_take_counts_as_a_failure_for_it():
+    from benchmarks.eval.report import summarize
+
+    records = [{"id": "4k", "system": "memcomp", "accuracy": 1.0}, {"id": "4k", "system": "full", "accuracy": 1.0},
+               {"id": "120k", "system": "memcomp", "accuracy": 0.0}, {"id": "120k", "system": "full", "error": "too long"}]
+    summary = summarize(records, "accuracy", error_score=0.0)["all"]
+    assert summary == {"full": {"mean": 0.5, "n": 2}, "memcomp": {"mean": 0.5, "n": 2}}  # both over the same examples
+    assert summarize(records, "accuracy")["all"]["full"] == {"mean": 1.0, "n": 1}  # without a failure value: left out
     assert rouge_f1("the cat sat on the mat", "the cat sat on the mat") == {"rouge1": 1.0, "rougeL": 1.0}
     assert rouge_f1("the cat sat", "the cat sat on the mat") == pytest.approx({"rouge1": 2 / 3, "rougeL": 2 / 3})
     # same words, scrambled: unigram overlap is perfect, the longest common subsequence is 3 of 6 words
@@ -54,6 +66,8 @@ def test_token_f1_and_rouge_known_values():
         ('The correct answer is (B).', "B"),
         ("The correct answer is **C**", "C"),
         ("Reasoning... so \\boxed{D}", "D"),
+        ("\\boxed{B. The treaty}", "B"),  # the RL template's boxed forms
+        ("Hence \\boxed{\\text{C}}", "C"),
         ("Answer: A", "A"),
         ("(A) The silver engine", "A"),
         ("C) the crowd", "C"),

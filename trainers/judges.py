@@ -130,8 +130,8 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def _comparable(text: str) -> str:
-    """`normalize_answer`, or the same without dropping articles where it leaves nothing (a reference "The" or "A")."""
+def comparable_answer(text: str) -> str:
+    """What answers are compared on: `normalize_answer`, or the same without dropping articles where it leaves nothing (a reference "The" or "A")."""
     return normalize_answer(text) or " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
 
 
@@ -195,8 +195,8 @@ class MatchJudge(_JudgeBase):
         self.mode, self.extract, self.style = mode, extract, style
 
     def judge(self, question: str, response: str, reference: str | Sequence[str]) -> JudgeResult:
-        answer = _comparable(extract_answer(response, style=self.style) if self.extract else response)
-        refs = [_comparable(r) for r in _references(reference)]
+        answer = comparable_answer(extract_answer(response, style=self.style) if self.extract else response)
+        refs = [comparable_answer(r) for r in _references(reference)]
         if not answer:  # an empty answer is never right, whatever a reference normalises to
             correct = False
         elif self.mode == "exact":

@@ -27,6 +27,10 @@ class Example:
     reference: str | list[str]
     question: str = ""
     meta: dict = field(default_factory=dict)
+    system_instructions: dict = field(default_factory=dict)  # system name -> its own instruction (default: `instruction`)
+
+    def instruction_for(self, system: str) -> str:
+        return self.system_instructions.get(system, self.instruction)
 
 
 Scorer = Callable[[Example, Generation], dict]
@@ -47,7 +51,7 @@ def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) ->
     """Generations for a batch; an example the system rejects (ValueError, e.g. too long) yields its message."""
     torch.manual_seed(_seed_for(seed, batch[0].id))
     try:
-        return system.generate([e.context for e in batch], [e.instruction for e in batch], **generate_kwargs)
+        return system.generate([e.context for e in batch], [e.instruction_for(system.name) for e in batch], **generate_kwargs)
     except ValueError as error:
         if len(batch) == 1:
             return [str(error)]
@@ -56,7 +60,8 @@ def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) ->
 
 def example_hash(example: Example) -> str:
     """Digest of everything an example's record depends on: a data file edited under the same ids reruns the example."""
-    content = [example.context, example.instruction, example.reference, example.question, example.meta]
+    content = [example.context, example.instruction, example.reference, example.question, example.meta,
+               example.system_instructions]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -68,8 +68,8 @@ def evaluate(model, args: EvalArguments, data: LongBenchArguments, rows: list[di
     )
     out = output_dir(args, "longbench")
     starts = {r["bucket"]: r["bucket_start"] for r in records}
-    by_bucket = dict(sorted(summarize(records, "accuracy", by="bucket").items(), key=lambda kv: starts.get(kv[0], float("inf"))))
-    aggregates = {"accuracy_by_bucket": by_bucket, "accuracy_by_difficulty": summarize(records, "accuracy", by="difficulty")}
+    by_bucket = dict(sorted(summarize(records, "accuracy", by="bucket", error_score=0.0).items(), key=lambda kv: starts.get(kv[0], float("inf"))))
+    aggregates = {"accuracy_by_bucket": by_bucket, "accuracy_by_difficulty": summarize(records, "accuracy", by="difficulty", error_score=0.0)}
     tables = {
         "Accuracy (%) by context length": comparison_table(by_bucket, "length", scale=100),
         "Accuracy (%) by difficulty": comparison_table(aggregates["accuracy_by_difficulty"], "difficulty", scale=100),

@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def instruction_for(question: str, template: str) -> str:
-    """The RULER QA instruction; the RL template asks for `\\boxed{}` itself, so it gets the bare question (Figure 13)."""
+    """The RULER QA instruction; the RL template asks for `\\boxed{}` itself, so it gets the bare question (Figure 13).
+    The full-context baseline always gets the RULER instruction (`Example.system_instructions`)."""
     return question if template == "rl" else protocol.MULTIHOP_INSTRUCTION.format(question=question)
 
 
@@ -34,11 +35,13 @@ def build_examples(
     examples = []
     for name, items in datasets.items():
         pool = [(item.id, p) for item in items for p in item.passages]
-        pool_tokens = [len(ids) for ids in tokenizer([p for _, p in pool], add_special_tokens=False)["input_ids"]]
+        # Each passage costs its "Document i:" header and blank-line join too (i < 1000 assumed for the header).
+        overhead = len(tokenizer("\n\nDocument 999:\n", add_special_tokens=False)["input_ids"])
+        pool_tokens = [len(ids) + overhead for ids in tokenizer([p for _, p in pool], add_special_tokens=False)["input_ids"]]
         chosen = items if samples_per_set is None or samples_per_set >= len(items) else random.Random(seed).sample(items, samples_per_set)
         for item in chosen:
             gold = [item.passages[i] for i in item.supporting] or item.passages
-            gold_tokens = sum(len(ids) for ids in tokenizer(gold, add_special_tokens=False)["input_ids"])
+            gold_tokens = sum(len(ids) + overhead for ids in tokenizer(gold, add_special_tokens=False)["input_ids"])
             rng = random.Random(f"{seed}/{name}/{item.id}")
             order = [k for k in range(len(pool)) if pool[k][0] != item.id]
             rng.shuffle(order)
@@ -58,6 +61,7 @@ def build_examples(
                     Example(
                         f"{name}/{item.id}@{length}", documents, instruction_for(item.question, template), item.answers,
                         item.question, meta={"dataset": name, "length": length},
+                        system_instructions={"full": instruction_for(item.question, "chat")},
                     )
                 )
     return examples
@@ -84,7 +88,8 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
         batch_size=args.batch_size, seed=args.seed, desc="multihop",
     )
     out = output_dir(args, "multihop")
-    aggregates = {"accuracy_by_length": summarize(records, "accuracy", by="length"), "accuracy_by_dataset": summarize(records, "accuracy", by="dataset")}
+    aggregates = {"accuracy_by_length": summarize(records, "accuracy", by="length", error_score=0.0),
+                  "accuracy_by_dataset": summarize(records, "accuracy", by="dataset", error_score=0.0)}
     tables = {
         "Sub-span EM (%) by context length": comparison_table(aggregates["accuracy_by_length"], "length", scale=100),
         "Sub-span EM (%) by dataset": comparison_table(aggregates["accuracy_by_dataset"], "dataset", scale=100),

@@ -68,7 +68,8 @@ def evaluate(model, args: EvalArguments, data: NIAHArguments, haystack: str, jud
         batch_size=args.batch_size, seed=args.seed, desc="niah",
     )
     out = output_dir(args, "niah")
-    aggregates = {"score_by_length": summarize(records, "score", by="length"), "score_by_depth": summarize(records, "score", by="depth")}
+    aggregates = {"score_by_length": summarize(records, "score", by="length", error_score=1.0),  # the 1-10 scale's floor
+                  "score_by_depth": summarize(records, "score", by="depth", error_score=1.0)}
     tables = {
         "NIAH score (1-10) by context length": comparison_table(aggregates["score_by_length"], "length"),
         "NIAH score (1-10) by needle depth (%)": comparison_table(aggregates["score_by_depth"], "depth"),

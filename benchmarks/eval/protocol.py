@@ -1,4 +1,6 @@
-"""The paper's evaluation protocol (Section 4.3, Appendices D, F, G.2, H) as constants: the one place for defaults."""
+"""The paper's evaluation protocol (Section 4.3, Appendices D, F, G.2, H) as constants: the one place for defaults.
+
+Where the paper states no value, the constant is this repository's choice and its comment says so ("ours")."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ TEMPERATURE = {
     "multihop": 0.7,
     "longbench": 0.7,
 }
-# Answer length caps: the RL stage's response budget (Table 10) leaves room for the expanded reasoning;
-# a needle answer is one sentence; a reconstruction gets 1.25 x its context length.
+# Answer length caps (ours; the paper states none for evaluation): the RL stage's response budget (Table 10) leaves
+# room for the expanded reasoning; a needle answer is one sentence (an RL checkpoint, which reasons before its
+# \boxed{} answer, wants --max_new_tokens 600); a reconstruction gets 1.25 x its context length.
 MAX_NEW_TOKENS = {"qa": 600, "multihop": 600, "longbench": 600, "niah": 64}
 RECONSTRUCTION_LENGTH_FACTOR = 1.25
 
@@ -25,7 +28,8 @@ QA_IN_DISTRIBUTION = ("hotpotqa", "nq", "triviaqa")
 QA_OUT_OF_DISTRIBUTION = ("2wiki", "bioasq", "squad", "musique", "msmarco")
 QA_SAMPLES_PER_SET = 1000
 
-# NIAH (Appendix F, G.2), after Kamradt (2023).
+# NIAH (Appendix F, G.2), after Kamradt (2023). The paper states "1K-120K tokens" only: the length and depth grids
+# are ours (its text implies 10K and 20K points for the baselines' limits: add them with --lengths).
 NIAH_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
 NIAH_QUESTION = "What is the best thing to do in San Francisco?"
 NIAH_ANSWER = "Eat a sandwich and sit in Dolores Park on a sunny day."

@@ -69,10 +69,10 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
     )
     accuracy = "judge accuracy" if judge else "sub-span EM"
     aggregates = {
-        "accuracy": summarize(records, "accuracy", by="dataset"),
-        "accuracy_by_split": summarize(records, "accuracy", by="split"),
-        "em": summarize(records, "em", by="dataset"),
-        "f1": summarize(records, "f1", by="dataset"),
+        "accuracy": summarize(records, "accuracy", by="dataset", error_score=0.0),
+        "accuracy_by_split": summarize(records, "accuracy", by="split", error_score=0.0),
+        "em": summarize(records, "em", by="dataset", error_score=0.0),
+        "f1": summarize(records, "f1", by="dataset", error_score=0.0),
         "response_tokens": summarize(records, "response_tokens", by="dataset"),
     }
     tables = {

@@ -48,7 +48,7 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
         batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
     )
     out = output_dir(args, "reconstruction")
-    summaries = {m: summarize(records, m, by="length") for m in ("rouge1", "rougeL")}
+    summaries = {m: summarize(records, m, by="length", error_score=0.0) for m in ("rouge1", "rougeL")}
     tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}
     plots = [
         plot_lines(s, out / f"{m}_vs_length.png", "context length (tokens)", f"{m} F1", f"Reconstruction {m} F1", ylim=(0, 1))

@@ -21,11 +21,17 @@ def _systems(summary: dict) -> list[str]:
     return sorted({s for row in summary.values() for s in row}, key=lambda s: (s != "memcomp", s))
 
 
-def summarize(records: list[dict], metric: str, by: str | None = None) -> dict:
-    """`{group: {system: {"mean", "n"}}}` over records that have `metric` (errors are left out), plus group "all"."""
+def summarize(records: list[dict], metric: str, by: str | None = None, error_score: float | None = None) -> dict:
+    """`{group: {system: {"mean", "n"}}}` over records that have `metric`, plus group "all".
+
+    A record with an `error` (a context the system could not take, e.g. longer than its window) counts as
+    `error_score`, the metric's failure, so every system is averaged over the same examples; with None it is left out
+    (for metrics such as response length that have no failure value)."""
     values: dict = defaultdict(lambda: defaultdict(list))
     for record in records:
         value = record.get(metric)
+        if value is None and "error" in record:
+            value = error_score
         if value is None:
             continue
         values[ALL][record["system"]].append(float(value))

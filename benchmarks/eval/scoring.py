@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from rouge_score import rouge_scorer
 
-from trainers.judges import MatchJudge, extract_answer, normalize_answer
+from trainers.judges import MatchJudge, comparable_answer, extract_answer, normalize_answer
 
 _STOPWORDS = frozenset(
     "a an the and or of in on at to is are was were be it its this that for with as by from do".split()
@@ -19,11 +19,14 @@ _STOPWORDS = frozenset(
 
 
 def token_f1(prediction: str, references: str | Sequence[str]) -> float:
-    """Best SQuAD token-level F1 of the prediction against the references."""
-    pred = normalize_answer(prediction).split()
+    """Best SQuAD token-level F1 of the prediction against the references (normalised as the EM judge does)."""
+    pred = comparable_answer(prediction).split()
     best = 0.0
     for reference in [references] if isinstance(references, str) else references:
-        ref = normalize_answer(reference).split()
+        ref = comparable_answer(reference).split()
+        if not pred or not ref:  # SQuAD's rule: F1 is their agreement when either side is empty
+            best = max(best, float(pred == ref and bool(prediction.strip())))
+            continue
         common = sum((Counter(pred) & Counter(ref)).values())
         if common:
             precision, recall = common / len(pred), common / len(ref)
@@ -66,6 +69,10 @@ def parse_choice(response: str) -> str | None:
     Looks, in order, for "The correct answer is (X)", `\\boxed{X}`, "Answer: X", a reply starting with the
     letter, then a lone "(X)"; the last pattern must name exactly one letter to count.
     """
+    if "\\boxed" in response:  # the RL template's format: `\boxed{B}`, `\boxed{B. The treaty}`, `\boxed{\text{C}}`
+        boxed = re.match(r"^\s*\(?([A-D])\b", extract_answer(response, style="boxed"))
+        if boxed:
+            return boxed.group(1).upper()
     for pattern in _CHOICE_PATTERNS[:-1]:
         match = pattern.search(response)
         if match:
