@@ -54,6 +54,17 @@ def test_an_example_a_system_could_not_take_counts_as_a_failure_for_it():
     summary = summarize(records, "accuracy", error_score=0.0)["all"]
     assert summary == {"full": {"mean": 0.5, "n": 2}, "memcomp": {"mean": 0.5, "n": 2}}  # both over the same examples
     assert summarize(records, "accuracy")["all"]["full"] == {"mean": 1.0, "n": 1}  # without a failure value: left out
+
+
+def test_qa_averages_are_over_datasets_as_in_table_3():
+    from benchmarks.eval.report import summarize
+
+    records = [{"system": "memcomp", "dataset": "big", "split": "in", "accuracy": 1.0}] * 9
+    records += [{"system": "memcomp", "dataset": "small", "split": "in", "accuracy": 0.0}]
+    assert summarize(records, "accuracy", by="dataset")["all"]["memcomp"]["mean"] == 0.9  # pooled examples
+    by_dataset = summarize(records, "accuracy", by="dataset", average_over="dataset")
+    assert by_dataset["all"]["memcomp"] == {"mean": 0.5, "n": 10} and by_dataset["big"]["memcomp"]["mean"] == 1.0
+    assert summarize(records, "accuracy", by="split", average_over="dataset")["in"]["memcomp"]["mean"] == 0.5
     assert rouge_f1("the cat sat on the mat", "the cat sat on the mat") == {"rouge1": 1.0, "rougeL": 1.0}
     assert rouge_f1("the cat sat", "the cat sat on the mat") == pytest.approx({"rouge1": 2 / 3, "rougeL": 2 / 3})
     # same words, scrambled: unigram overlap is perfect, the longest common subsequence is 3 of 6 words

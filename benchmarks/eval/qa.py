@@ -69,10 +69,11 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
     )
     accuracy = "judge accuracy" if judge else "sub-span EM"
     aggregates = {
-        "accuracy": summarize(records, "accuracy", by="dataset", error_score=0.0),
-        "accuracy_by_split": summarize(records, "accuracy", by="split", error_score=0.0),
-        "em": summarize(records, "em", by="dataset", error_score=0.0),
-        "f1": summarize(records, "f1", by="dataset", error_score=0.0),
+        # Table 3's averages are means over datasets, not over pooled examples
+        "accuracy": summarize(records, "accuracy", by="dataset", error_score=0.0, average_over="dataset"),
+        "accuracy_by_split": summarize(records, "accuracy", by="split", error_score=0.0, average_over="dataset"),
+        "em": summarize(records, "em", by="dataset", error_score=0.0, average_over="dataset"),
+        "f1": summarize(records, "f1", by="dataset", error_score=0.0, average_over="dataset"),
         "response_tokens": summarize(records, "response_tokens", by="dataset"),
     }
     tables = {

@@ -21,28 +21,34 @@ def _systems(summary: dict) -> list[str]:
     return sorted({s for row in summary.values() for s in row}, key=lambda s: (s != "memcomp", s))
 
 
-def summarize(records: list[dict], metric: str, by: str | None = None, error_score: float | None = None) -> dict:
+def summarize(
+    records: list[dict], metric: str, by: str | None = None, error_score: float | None = None,
+    average_over: str | None = None,
+) -> dict:
     """`{group: {system: {"mean", "n"}}}` over records that have `metric`, plus group "all".
 
     A record with an `error` (a context the system could not take, e.g. longer than its window) counts as
     `error_score`, the metric's failure, so every system is averaged over the same examples; with None it is left out
-    (for metrics such as response length that have no failure value)."""
-    values: dict = defaultdict(lambda: defaultdict(list))
+    (for metrics such as response length that have no failure value). `average_over` (e.g. "dataset") makes each
+    mean the mean of that field's means, as the paper's "Avg." over datasets, not a mean over pooled examples."""
+    values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for record in records:
         value = record.get(metric)
         if value is None and "error" in record:
             value = error_score
         if value is None:
             continue
-        values[ALL][record["system"]].append(float(value))
+        part = record[average_over] if average_over is not None else None
+        values[ALL][record["system"]][part].append(float(value))
         if by is not None:
-            values[record[by]][record["system"]].append(float(value))
+            values[record[by]][record["system"]][part].append(float(value))
+
+    def stats(parts: dict) -> dict:
+        means = [sum(v) / len(v) for v in parts.values()]
+        return {"mean": sum(means) / len(means), "n": sum(len(v) for v in parts.values())}
+
     groups = sorted((g for g in values if g != ALL), key=lambda g: (isinstance(g, str), g)) + [ALL]
-    return {
-        g: {s: {"mean": sum(v) / len(v), "n": len(v)} for s, v in sorted(values[g].items())}
-        for g in groups
-        if g in values
-    }
+    return {g: {s: stats(parts) for s, parts in sorted(values[g].items())} for g in groups if g in values}
 
 
 def retention(compressed: float | None, full: float | None) -> float | None:
