@@ -69,6 +69,20 @@ def test_qa_averages_are_over_datasets_as_in_table_3():
     assert rouge_f1("the cat sat", "the cat sat on the mat") == pytest.approx({"rouge1": 2 / 3, "rougeL": 2 / 3})
     # same words, scrambled: unigram overlap is perfect, the longest common subsequence is 3 of 6 words
     assert rouge_f1("mat the on sat cat the", "the cat sat on the mat") == pytest.approx({"rouge1": 1.0, "rougeL": 0.5})
+    assert rouge_f1("天气很好", "天气很好") == {"rouge1": 1.0, "rougeL": 1.0}  # the default tokenizer scored 0
+    assert rouge_f1("天气很好", "天气不好") == pytest.approx({"rouge1": 0.75, "rougeL": 0.75})
+    assert rouge_f1("", "the cat") == {"rouge1": 0.0, "rougeL": 0.0}
+
+
+def test_rouge_on_ascii_text_is_rouge_scores_default():
+    from rouge_score import rouge_scorer
+
+    default = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    pairs = [("The cat, 2 dogs & 3 birds!", "the cat and two dogs"), ("Hello-world x_y", "hello world x y z"),
+             ("Reconstruct the memory: it's 1921.", "It is 1921, reconstructed")]
+    for prediction, reference in pairs:
+        expected = default.score(reference, prediction)
+        assert rouge_f1(prediction, reference) == pytest.approx({k: expected[k].fmeasure for k in ("rouge1", "rougeL")})
 
 
 @pytest.mark.parametrize(

@@ -45,13 +45,23 @@ def answer_scores(response: str, references: str | Sequence[str], style: str = "
     }
 
 
-_SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+class _AnyScriptTokenizer:
+    """`rouge-score`'s default tokens (lower-cased alphanumeric runs) for Latin text, and one token per CJK character:
+    the default keeps only [a-z0-9], so Chinese (CPT's CCI2 data) scored 0 against itself."""
+
+    _TOKENS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W_]+")
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._TOKENS.findall(text.lower())
+
+
+_SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False, tokenizer=_AnyScriptTokenizer())
 
 
 def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
-    """ROUGE-1 and ROUGE-L F1 (Google's `rouge-score`, the package `evaluate`'s rouge wraps)."""
+    """ROUGE-1 and ROUGE-L F1 (Google's `rouge-score`, the package `evaluate`'s rouge wraps), on any script."""
     scores = _SCORER.score(reference, prediction)
-    return {"rouge1": scores["rouge1"].fmeasure, "rougeL": scores["rougeL"].fmeasure}
+    return {"rouge1": float(scores["rouge1"].fmeasure), "rougeL": float(scores["rougeL"].fmeasure)}
 
 
 _CHOICE_PATTERNS = [
