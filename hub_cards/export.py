@@ -8,11 +8,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from modeling_memcomp.memory import MEMORY_FORMAT
+
 from .cards import DEFAULT_LICENSE, DatasetContents, check_stage, dataset_card, model_card
 from .evaluation import load_evaluation
 
-MEMORY_FORMAT = "memcomp.memory"
-"""`format` metadata of a `MemoryEmbeddings.save` file."""
 PRECOMPUTE_METADATA = "memcomp_memory.json"
 """Sidecar `trainers.precompute` writes next to its dataset: the compressor's id, fingerprint and sizes."""
 

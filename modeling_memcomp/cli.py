@@ -189,9 +189,11 @@ def _is_memory_file(path: Path) -> bool:
     """Whether `path` is a safetensors file `MemoryEmbeddings.save` wrote (the only kind `-o` may replace)."""
     from safetensors import SafetensorError, safe_open
 
+    from .memory import MEMORY_FORMAT
+
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("format") == "memcomp.memory"
+            return (handle.metadata() or {}).get("format") == MEMORY_FORMAT
     except (OSError, SafetensorError):
         return False
 

@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+MEMORY_FORMAT = "memcomp.memory"
+"""`format` metadata of a `MemoryEmbeddings.save` file: what tells a memory from other safetensors files."""
 FORMAT_VERSION = "2"
 SUPPORTED_FORMAT_VERSIONS = frozenset({"1", "2"})
 """Version 2 hashes the source chunk by chunk and keeps the last partial chunk's tokens, so a memory can grow."""
@@ -217,7 +219,7 @@ class MemoryEmbeddings:
     def metadata(self) -> dict[str, str]:
         """The safetensors metadata `save` writes: format, sizes, identity and the tensor checksum."""
         return {
-            "format": "memcomp.memory",
+            "format": MEMORY_FORMAT,
             "format_version": FORMAT_VERSION,
             "chunk_size": str(self.chunk_size),
             "hidden_size": str(self.hidden_size),
@@ -249,7 +251,7 @@ class MemoryEmbeddings:
                 f"{path!r} is not a readable safetensors file ({error}); it may be truncated or corrupt. "
                 "Re-create it with `model.compress(...).save(path)`."
             ) from error
-        if metadata.get("format") != "memcomp.memory" or "embeds" not in tensors:
+        if metadata.get("format") != MEMORY_FORMAT or "embeds" not in tensors:
             raise ValueError(f"{path!r} is a safetensors file but not a memcomp memory (no memcomp metadata).")
         embeds = tensors["embeds"]
         version = metadata.get("format_version")
