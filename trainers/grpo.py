@@ -14,8 +14,8 @@ overlong penalty factor (as a reward, `trainers.rewards.OverlongPenalty`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -33,7 +33,7 @@ from .checkpoints import CompleteCheckpointResume
 from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
 from .distributed import check_launch
 from .judges import MatchJudge
-from .precision import final_save_context, upcast_trainable_weights
+from .precision import SaveInLoadedDtype, upcast_trainable_weights
 from .rewards import JudgeReward, OverlongPenalty
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def derive_batches(
     return accumulation, generation
 
 
-class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
+class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTrainer):
     """DAPO on compressed prompts: a `GRPOTrainer` whose prompts are memory embeddings + question.
 
     Args:
@@ -588,11 +588,6 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, GRPOTrainer):
                 continue
             self._refill_drawn += 1
             return batch
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """As Trainer; a final save writes the decoder weights upcast for training in the dtype they were loaded in."""
-        with final_save_context(self, _internal_call):
-            super().save_model(output_dir, _internal_call)
 
     def _refill_state_file(self, folder: str) -> str:
         return os.path.join(folder, f"dynamic_sampling_refill_{self.accelerator.process_index}.json")

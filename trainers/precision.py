@@ -62,3 +62,11 @@ def final_save_context(trainer, internal_call: bool):
     if internal_call or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return contextlib.nullcontext()
     return in_loaded_dtype(trainer.model)
+
+
+class SaveInLoadedDtype:
+    """Trainer mixin: a final `save_model` writes weights upcast for training in the dtype they were loaded in."""
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with final_save_context(self, _internal_call):
+            super().save_model(output_dir, _internal_call)

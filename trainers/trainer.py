@@ -18,7 +18,7 @@ from .checkpoints import FULL_FT_WEIGHTS, CompleteCheckpointResume
 from .collator import MemCompCollator
 from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
-from .precision import final_save_context, upcast_trainable_weights
+from .precision import SaveInLoadedDtype, upcast_trainable_weights
 from .sampling import ResumableLengthGroupedSampler
 from .stages import TASKS, get_stage
 
@@ -78,7 +78,7 @@ class MemCompTrainingArguments(TrainingArguments):
         return cls(**kwargs)
 
 
-class MemCompTrainer(CompleteCheckpointResume, Trainer):
+class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
     """Trainer for memory-compression tasks: the loss is the token mean over all targets of the batch, and
     the same per-token losses are also averaged per task (logged as `loss_<task>` / `eval_loss_<task>`)."""
 
@@ -141,11 +141,6 @@ class MemCompTrainer(CompleteCheckpointResume, Trainer):
         if isinstance(model, PeftModel) and any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
             return model
         return None
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """As Trainer; a final save writes weights upcast for training in the dtype they were loaded in."""
-        with final_save_context(self, _internal_call):
-            super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as Trainer does, plus the fully fine-tuned weights that peft's adapter save leaves out."""
