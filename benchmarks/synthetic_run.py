@@ -38,7 +38,7 @@ import torch
 from transformers import TrainerCallback
 
 from trainers.config import JSONObject, TaskWeights
-from trainers.synthetic import DISTRACTORS, lexicon_texts, read_jsonl
+from trainers.synthetic import DISTRACTORS, NAME_PATTERN, lexicon_texts, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class SyntheticRunConfig:
         "documents and multi-document texts with their weight (see trainers.synthetic.name_list_texts): every name in "
         "them is told apart only by where it sits, as a document's non-subject names are (a document-kind source, they are "
         "also read by CPT-1's plain-LM rows); 0: none (probe cpt1_name_lists: 20,000 held CPT-1 below the plateau).",
+    )
+    cpt1_name_weight: float = _arg(
+        1.0, "Loss weight of the invented names' tokens in CPT-1's (and the curve stages') reconstruction targets, the "
+        "other tokens weighing 1 (`emphasis_weight`): names other than the subject's are what CPT-1 learns to read last. "
+        "1: none.",
     )
     cpt2_steps: int = _arg(1500, "CPT-2 steps.")
     sft_steps: int = _arg(6000, "SFT steps.")
@@ -202,6 +207,8 @@ class SyntheticRunConfig:
         for name in ("probe_steps", "probe_documents", "lm_lexicon_texts", "cpt1_name_lists"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not self.cpt1_name_weight > 0:
+            raise ValueError(f"cpt1_name_weight must be > 0, got {self.cpt1_name_weight}.")
         for name in ("cpt1_lr_decay", "sft_lr_decay", "baseline_lr_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share of the steps, in (0, 1]; got {getattr(self, name)}.")
@@ -649,11 +656,13 @@ def stage_config(config: SyntheticRunConfig, stage: str):
             cache_dir=str(config.root / "cache"),
             task_weights=config.cpt1_task_weights if kind == "cpt1" else None,
             compression_ratio=config.cpt1_compression_ratio if kind == "cpt1" else None,
+            emphasis_pattern=NAME_PATTERN if kind == "cpt1" and config.cpt1_name_weight != 1 else None,
         ),
         training=_training_args(
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
             **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),
             **_lr_schedule(steps, {"cpt1": config.cpt1_lr_decay, "sft": config.sft_lr_decay}.get(kind, 1.0)),
+            **({"emphasis_weight": config.cpt1_name_weight} if kind == "cpt1" else {}),
         ),
     )
 

@@ -265,3 +265,29 @@ def test_openhermes_preset_joins_the_plain_lm_stream():
     texts = [next(streams["standard"])["text"] for _ in range(400)]
     assert "system: Be brief.\nhuman: Name a colour.\ngpt: Amber." in texts
     assert any(text.startswith("The ") for text in texts)  # documents are plain-LM material too
+
+
+def test_emphasis_marks_exactly_the_target_tokens_of_matches(model):
+    builder = TaskBuilder(model.tokenizer, model.config, max_length=512, emphasis=r"\bfox\b|\d+")
+    text = "the quick brown fox jumps over 42 lazy dogs, and the fox sleeps."
+    example = builder.reconstruction(text)
+    marked = [model.tokenizer.decode([example["input_ids"][i]]) for i in example["emphasis"]]
+    assert "".join(marked).replace(" ", "") == "fox42fox"
+    assert all(example["labels"][i] != IGNORE_INDEX for i in example["emphasis"])  # targets only, never the prompt
+    cut = TaskBuilder(model.tokenizer, model.config, max_length=64, emphasis=r"\bfox\b").reconstruction(text * 8)
+    assert cut["emphasis"] and max(cut["emphasis"]) < len(cut["input_ids"]) - 1  # a cut target: never its last token
+    plain = builder.language_modeling(text)
+    assert plain["emphasis"] == []  # every example has the column; only reconstruction targets are marked
+    assert "emphasis" not in TaskBuilder(model.tokenizer, model.config, max_length=512).reconstruction(text)
+    with pytest.raises(ValueError, match="not a regular expression"):
+        TaskBuilder(model.tokenizer, model.config, max_length=512, emphasis="(")
+
+
+def test_collator_turns_emphasis_positions_into_a_mask(builder, corpus, model):
+    examples = [builder.reconstruction(corpus[0]), builder.reconstruction(corpus[1])]
+    examples[0] = {**examples[0], "emphasis": [3, 5]}
+    examples[1] = {**examples[1], "emphasis": []}
+    batch = MemCompCollator.for_model(model)(examples)
+    assert batch["emphasis_mask"].shape == batch["input_ids"].shape
+    assert batch["emphasis_mask"][0].nonzero().flatten().tolist() == [3, 5] and not batch["emphasis_mask"][1].any()
+    assert "emphasis_mask" not in MemCompCollator.for_model(model)([examples[1]])

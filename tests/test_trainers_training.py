@@ -117,6 +117,30 @@ def test_per_task_losses_in_training_and_evaluation(tmp_path):
     assert all("loss_reconstruction" in log or "loss_continuation" in log for log in train_logs)
 
 
+def test_emphasized_tokens_weigh_emphasis_weight_in_the_loss(tmp_path):
+    fields = dict(num_samples=8, max_steps=1, global_batch_size=4, save_strategy="no", eval_strategy="no",
+                  early_stopping_patience=None, task_weights={"reconstruction": 1.0}, emphasis_pattern=r"\b\w{5}\b")
+    config = tiny_stage("cpt1", tmp_path, emphasis_weight=5.0, **fields)
+    model = build_model(config)
+    train, _ = build_datasets(config, model)
+    assert any(train["emphasis"])
+    weighted = MemCompTrainer(model=model, args=config.training, train_dataset=train)
+    batch = weighted.data_collator([train[i] for i in range(8)])
+    plain = MemCompTrainer(model=model, args=tiny_stage("cpt1", tmp_path, **fields).training, train_dataset=train)
+    with torch.no_grad():
+        outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", "task_ids", "example_ids", "emphasis_mask")})
+    logits, targets = outputs.logits[:, :-1].float(), batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    weights = 1 + 4 * batch["emphasis_mask"][:, 1:].float()
+    expected = (token_loss * weights).sum() / (targets != -100).sum()
+    assert fixed_batch_loss(weighted, batch) == pytest.approx(expected.item(), rel=1e-4)
+    assert fixed_batch_loss(plain, batch) == pytest.approx(token_loss.sum().item() / (targets != -100).sum().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="no emphasis_pattern is given"):
+        tiny_stage("cpt1", tmp_path, emphasis_weight=5.0)
+    with pytest.raises(ValueError, match="emphasis_weight must be > 0"):
+        tiny_stage("cpt1", tmp_path, emphasis_weight=0.0, emphasis_pattern="x")
+
+
 def test_early_stopping_is_wired_to_eval_loss(tmp_path):
     config = tiny_stage("cpt1", tmp_path, num_samples=4, eval_samples=4)
     args = config.training

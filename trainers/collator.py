@@ -17,7 +17,8 @@ class MemCompCollator:
 
     Output: `input_ids`, `attention_mask`, `labels` (-100 on padding), `chunk_ids` / `chunk_attention_mask`
     (omitted when no example has memory), `task_ids` (index into `stages.TASKS`) and, when the examples
-    carry one, `example_ids`. The Trainer pops the last two before calling the model.
+    carry them, `example_ids` and `emphasis_mask` (True at the positions an example lists in `emphasis`).
+    The Trainer pops the last three before calling the model.
     """
 
     pad_token_id: int
@@ -58,6 +59,11 @@ class MemCompCollator:
                 chunk_mask[i, : len(chunk)] = 1
             batch["chunk_ids"], batch["chunk_attention_mask"] = chunk_ids, chunk_mask
         batch["task_ids"] = torch.tensor([TASKS.index(f["task"]) for f in features], dtype=torch.long)
+        if any(f.get("emphasis") for f in features):
+            emphasis = torch.zeros((len(features), longest), dtype=torch.bool)
+            for row, feature in enumerate(features):
+                emphasis[row, torch.as_tensor(feature.get("emphasis") or [], dtype=torch.long)] = True
+            batch["emphasis_mask"] = emphasis
         if all("example_id" in f for f in features):
             batch["example_ids"] = torch.tensor([f["example_id"] for f in features], dtype=torch.long)
         return batch

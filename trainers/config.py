@@ -105,6 +105,11 @@ class DataArguments:
     compression_ratio: float | None = field(
         default=None, metadata={"help": "Share of compression examples, the rest plain LM; default: the stage's (Table 1)."}
     )
+    emphasis_pattern: str | None = field(
+        default=None,
+        metadata={"help": "Regular expression: reconstruction target tokens overlapping a match weigh `emphasis_weight` "
+                          "in the loss (e.g. the names a memory must carry); None: every target token weighs 1."},
+    )
 
     def __post_init__(self):
         self.sources = [SourceSpec(s) for s in self.sources]
@@ -136,6 +141,11 @@ class StageConfig:
     fqlora: FQLoRAConfig
     data: DataArguments
     training: MemCompTrainingArguments
+
+    def __post_init__(self):
+        if self.training.emphasis_weight != 1 and self.data.emphasis_pattern is None:
+            raise ValueError(f"emphasis_weight={self.training.emphasis_weight} weighs the tokens `emphasis_pattern` "
+                             "marks, but no emphasis_pattern is given: give one, or leave emphasis_weight at 1.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, FQLoRAConfig, DataArguments, MemCompTrainingArguments)

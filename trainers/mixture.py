@@ -138,7 +138,7 @@ class StageMixture:
         key = dict(
             stage=asdict(self.stage), n=self.num_samples, batch=self.batch_size, seed=self.seed,
             template=self.builder.template, max_length=self.builder.max_length, system=self.builder.system_prompt,
-            chunk=self.builder.config.chunk_size, wrap=self.builder.config.wrap,
+            chunk=self.builder.config.chunk_size, wrap=self.builder.config.wrap, emphasis=self.builder.emphasis,
             vocab=hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),
             tokenizer=hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None,
             chat_template=getattr(tokenizer, "chat_template", None), eos=tokenizer.eos_token_id,
@@ -158,6 +158,9 @@ def build_stage_dataset(mixture: StageMixture, extra_fingerprint: dict | None = 
     def generate():
         yield from tqdm(mixture, total=mixture.num_samples, desc=f"{mixture.stage.name} examples", unit="ex")
 
+    features = EXAMPLE_FEATURES
+    if mixture.builder.emphasis is not None:
+        features = datasets.Features({**EXAMPLE_FEATURES, "emphasis": datasets.List(datasets.Value("int32"))})
     return datasets.Dataset.from_generator(
-        generate, features=EXAMPLE_FEATURES, cache_dir=cache_dir, fingerprint=mixture.fingerprint(extra_fingerprint)
+        generate, features=features, cache_dir=cache_dir, fingerprint=mixture.fingerprint(extra_fingerprint)
     )

@@ -101,7 +101,7 @@ def build_datasets(config: StageConfig, model):
         builder = TaskBuilder(
             unwrapped.tokenizer, unwrapped.config, template=template,
             max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
-            rng=random.Random(seed),
+            rng=random.Random(seed), emphasis=data.emphasis_pattern,
         )
         streams = stage_streams(sources, seed, split)
         mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)

@@ -207,7 +207,9 @@ class SyntheticConfig:
 EVAL_PASSAGES = (1, 2, 4, 8, 16, 32)
 DEPTHS = ("first", "middle", "last")
 """Where the answer's document sits in a held-out context (the paper's Figure 3 varies the needle depth)."""
-_NAME_WORD = re.compile(rf"\b[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]\b")
+NAME_PATTERN = rf"\b[{CONSONANTS.upper()}][{VOWELS}][{CONSONANTS}][{VOWELS}]\b"
+"""An invented name as a regular expression (see `name_pool`)."""
+_NAME_WORD = re.compile(NAME_PATTERN)
 
 
 _DRAWS_PER_DISTRACTOR = 50

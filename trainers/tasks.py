@@ -7,6 +7,8 @@ inference prompts. An example is a dict:
     input_ids   decoder ids, one `<MEM>` placeholder per memory chunk
     labels      -100 everywhere except the target (and its end token)
     chunks      the compressed context, cut into chunks of at most `chunk_size` tokens (passages separately)
+    emphasis    (only with `TaskBuilder.emphasis`) positions of target tokens whose text matches the pattern; the
+                trainer weighs them `emphasis_weight` in the loss
 
 A builder returns None when an example cannot fit in `max_length` even after truncating its document
 (e.g. a QA context longer than the decoder can hold), so that data pipelines can skip it.
@@ -15,10 +17,11 @@ A builder returns None when an example cannot fit in `max_length` even after tru
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from modeling_memcomp.prompting import TEMPLATES, build_prompt
+from modeling_memcomp.prompting import IGNORE_INDEX, TEMPLATES, build_prompt
 
 from .instructions import sample_instruction
 
@@ -33,8 +36,16 @@ class TaskBuilder:
     max_length: int = 2048
     system_prompt: str | None = None
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    emphasis: str | None = None  # regex: reconstruction target tokens overlapping a match are listed in `emphasis`
 
     def __post_init__(self):
+        if self.emphasis is not None:
+            try:
+                self._emphasis = re.compile(self.emphasis)
+            except re.error as error:
+                raise ValueError(f"emphasis {self.emphasis!r} is not a regular expression: {error}.") from None
+            if not getattr(self.tokenizer, "is_fast", False):
+                raise ValueError("emphasis needs a fast tokenizer (it maps matches to tokens by their offsets).")
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}.")
         if self.max_length < 4 * self.config.chunk_size:
@@ -64,7 +75,19 @@ class TaskBuilder:
             system_prompt=self.system_prompt,
             end=end,
         )
-        return {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
+        example = {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
+        if self.emphasis is not None:
+            example["emphasis"] = []
+        return example
+
+    def emphasized(self, text: str, ids: list[int]) -> list[bool]:
+        """Per token of `ids` (`tokenize(text)` or a prefix of it): does its text overlap a match of `emphasis`?"""
+        matches = [m.span() for m in self._emphasis.finditer(text) if m.end() > m.start()]
+        encoding = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        if encoding["input_ids"][: len(ids)] != list(ids):
+            raise ValueError("emphasized(text, ids): ids are not the start of the text's tokens.")
+        tokens = encoding["offset_mapping"][: len(ids)]
+        return [any(t_start < m_end and m_start < t_end for m_start, m_end in matches) for t_start, t_end in tokens]
 
     def _fit(self, ids: list[int], build) -> dict | None:
         """`build(ids[:n], whole)` for the largest `n` whose example fits in `max_length` (binary search); `whole` says
@@ -93,9 +116,16 @@ class TaskBuilder:
         """Memory: the whole document; target: the document itself."""
         instruction = instruction or sample_instruction("reconstruction", self.rng)
         # Cut short, the target is still all the memory holds: it ends, with its end token, where the memory does.
-        return self._fit(
+        example = self._fit(
             self.tokenize(text), lambda ids, whole: self._example("reconstruction", self.chunk(ids), instruction, ids)
         )
+        if example is not None and self.emphasis is not None:
+            target = [label for label in example["labels"] if label != IGNORE_INDEX]  # the row's last tokens
+            start = len(example["labels"]) - len(target)
+            kept = [i for chunk in example["chunks"] for i in chunk]  # the text's ids the target repeats, cut or whole
+            flags = self.emphasized(text, kept)
+            example["emphasis"] = [start + i for i, flag in enumerate(flags) if flag]
+        return example
 
     def continuation(self, text: str, num_bridges: int = 1, instruction: str | None = None) -> dict | None:
         """Memory: the first half; then `num_bridges` uncompressed chunks (no loss); target: the rest."""
@@ -144,4 +174,7 @@ class TaskBuilder:
             return None
         whole = len(ids) == len(full)  # a text cut short must not teach the model to stop there
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None and whole else []
-        return {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}
+        example = {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}
+        if self.emphasis is not None:
+            example["emphasis"] = []
+        return example

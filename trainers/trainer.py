@@ -48,6 +48,10 @@ class MemCompTrainingArguments(TrainingArguments):
     rank_trace_dir: str | None = field(
         default=None, metadata={"help": "Write per-rank example ids and gradient checksums here (DDP checks)."}
     )
+    emphasis_weight: float = field(
+        default=1.0,
+        metadata={"help": "Loss weight of target tokens the data marks as emphasized (`emphasis_pattern`); 1: none."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep task/chunks columns for the collator."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluate losses only (no logits gathered)."})
     train_sampling_strategy: str = field(
@@ -55,6 +59,8 @@ class MemCompTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.emphasis_weight > 0:
+            raise ValueError(f"emphasis_weight must be > 0, got {self.emphasis_weight}.")
         if self.global_batch_size is not None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             per_step = self.per_device_train_batch_size * world
@@ -211,6 +217,7 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
         task_ids = inputs.pop("task_ids", None)
         example_ids = inputs.pop("example_ids", None)
         labels = inputs.pop("labels")
+        emphasis = inputs.pop("emphasis_mask", None)
         if example_ids is not None and model.training:
             self.example_ids_seen.extend(example_ids.tolist())
         if model.training:  # real (non-padding) decoder and encoder tokens, for throughput figures
@@ -223,10 +230,14 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
             logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         ).view_as(targets)
         valid = targets != IGNORE_INDEX
+        weighted = token_loss
+        if emphasis is not None and self.args.emphasis_weight != 1:
+            weights = 1 + (self.args.emphasis_weight - 1) * emphasis[:, 1:].to(token_loss)
+            weighted = token_loss * weights  # still divided by the token count: other tokens keep their weight
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
-            loss = token_loss.sum() / valid.sum().clamp(min=1)  # Trainer then scales for gradient accumulation
+            loss = weighted.sum() / valid.sum().clamp(min=1)  # Trainer then scales for gradient accumulation
         else:
-            loss = token_loss.sum() / num_items_in_batch  # token mean over the whole accumulated global batch
+            loss = weighted.sum() / num_items_in_batch  # token mean over the whole accumulated global batch
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
         if task_ids is not None:
