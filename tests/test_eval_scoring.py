@@ -99,6 +99,12 @@ def test_rouge_on_ascii_text_is_rouge_scores_default():
         ("B", "B"),
         ("I think (B) is right, (B) it is.", "B"),
         ("Either (A) or (C).", None),  # ambiguous
+        ("The answer is A or B.", None),  # the first pattern found names two letters: no choice, not its first
+        ("Answer: (B)/(D)", None),
+        ("\\boxed{A, C}", None),
+        ("The answer is C. Later: the answer is D", None),
+        ("The answer is B, because the treaty came first.", "B"),
+        ("Answer: A. And (C) is wrong.", "A"),
         ("A sandwich in the park.", None),  # a word, not a choice
         ("the answer is a sandwich", None),
         ("", None),

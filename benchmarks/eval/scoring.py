@@ -71,24 +71,28 @@ _CHOICE_PATTERNS = [
     re.compile(r"^\s*\(?([A-D])(?:\)|[.:]|\s*$)"),
     re.compile(r"\(([A-D])\)"),
 ]
+_ANOTHER_LETTER = re.compile(r"\)?\**\s*(?:,|/|(?i:or|and))\s*\**\(?[A-D]\b")
+"""What follows a letter that a second letter joins ("A or B", "(A)/(C)", "B and D"): no single choice."""
 
 
 def parse_choice(response: str) -> str | None:
     """The chosen letter A-D from a multiple-choice reply, or None when no single letter can be read.
 
     Looks, in order, for "The correct answer is (X)", `\\boxed{X}`, "Answer: X", a reply starting with the
-    letter, then a lone "(X)"; the last pattern must name exactly one letter to count.
+    letter, then a lone "(X)". The first pattern found decides, and only if it names one letter: every match of it
+    the same letter, none joined to another ("A or B").
     """
     if "\\boxed" in response:  # the RL template's format: `\boxed{B}`, `\boxed{B. The treaty}`, `\boxed{\text{C}}`
         boxed = re.match(r"^\s*\(?([A-D])\b", extract_answer(response, style="boxed"))
         if boxed:
-            return boxed.group(1).upper()
-    for pattern in _CHOICE_PATTERNS[:-1]:
-        match = pattern.search(response)
-        if match:
-            return match.group(1).upper()
-    letters = set(_CHOICE_PATTERNS[-1].findall(response))
-    return letters.pop() if len(letters) == 1 else None
+            return None if _ANOTHER_LETTER.match(boxed.string, boxed.end()) else boxed.group(1).upper()
+    for pattern in _CHOICE_PATTERNS:
+        matches = list(pattern.finditer(response))
+        if matches:
+            letters = {match.group(1).upper() for match in matches}
+            joined = any(_ANOTHER_LETTER.match(response, match.end()) for match in matches)
+            return letters.pop() if len(letters) == 1 and not joined else None
+    return None
 
 
 _SCORE_PATTERNS = [
