@@ -146,6 +146,21 @@ def test_precompute_refuses_a_memory_float16_cannot_hold(tokenizer):
     assert torch.isfinite(torch.tensor(precompute_memory(model, rows)["memory"][0])).all()  # float32 holds them
     with pytest.raises(ValueError, match=r"row 0: its memory is not finite in float16 .* store float32 \(--dtype float32\)"):
         precompute_memory(model, rows, dtype="float16")
+    with pytest.raises(ValueError, match=r"row 5: its memory"):  # a rank's shard names the row in the whole dataset
+        precompute_memory(model, rows, dtype="float16", first_row=5)
+
+
+def test_shard_start_is_where_datasets_puts_each_contiguous_shard():
+    from datasets import Dataset
+
+    from trainers.precompute import shard_start
+
+    for num_rows in (0, 1, 7, 8, 13):
+        rows = Dataset.from_dict({"i": list(range(num_rows))})
+        for num_shards in (1, 2, 3, 5):
+            starts = [shard_start(num_rows, num_shards, k) for k in range(num_shards)]
+            shards = [rows.shard(num_shards, k, contiguous=True)["i"] for k in range(num_shards)]
+            assert [shard[0] if shard else start for shard, start in zip(shards, starts)] == starts
 
 
 def test_rl_refuses_memories_another_encoder_made(rl_model, tokenizer, tmp_path, caplog):

@@ -63,8 +63,10 @@ def precompute_memory(
     max_prompt_length: int = 1024,
     template: str = "rl",
     dtype: str = "float32",
+    first_row: int = 0,
 ) -> Dataset:
-    """Compress every row's context with `model` and return the RL dataset (rows too long are dropped, logged)."""
+    """Compress every row's context with `model` and return the RL dataset (rows too long are dropped, logged).
+    `first_row`: the number of `dataset`'s first row in the whole dataset (a rank's shard), for error messages."""
     missing = {context_column, question_column, answer_column} - set(dataset.column_names)
     if missing:
         raise ValueError(
@@ -91,7 +93,7 @@ def precompute_memory(
         stored = memory.embeds.to(torch.float32).cpu().numpy().astype(dtype)
         if not np.isfinite(stored).all():  # RL would fail on this row hours later, and again after every resume
             peak = float(memory.embeds.abs().max())
-            raise ValueError(f"row {index}: its memory is not finite in {dtype} (largest magnitude {peak:.3g}); "
+            raise ValueError(f"row {first_row + index}: its memory is not finite in {dtype} (largest magnitude {peak:.3g}); "
                              + ("store float32 (--dtype float32)." if dtype == "float16" and np.isfinite(peak)
                                 else "the encoder itself produced NaN or infinite values: check the checkpoint."))
         return {
@@ -178,6 +180,13 @@ SHARDS_DIR = ".shards"
 """Inside `output_dir`: each rank's compressed shard, until rank 0 has merged them (then removed)."""
 
 
+def shard_start(num_rows: int, num_shards: int, index: int) -> int:
+    """The first row of `Dataset.shard(num_shards, index, contiguous=True)`: the first `num_rows % num_shards`
+    shards hold one row more."""
+    per_shard, extra = divmod(num_rows, num_shards)
+    return per_shard * index + min(index, extra)
+
+
 def _check_rows(num_rows: int, args: PrecomputeArguments) -> None:
     if num_rows == 0:
         raise ValueError(f"no row of {args.dataset} is left to save: every prompt exceeds --max_prompt_length "
@@ -201,11 +210,13 @@ def run(args: PrecomputeArguments) -> Dataset:
     rows = load_rows(args.dataset, args.split, args.dataset_config)
     if args.max_samples is not None:
         rows = rows.select(range(min(args.max_samples, len(rows))))
+    first_row = 0
     if state.num_processes > 1:
+        first_row = shard_start(len(rows), state.num_processes, state.process_index)
         rows = rows.shard(num_shards=state.num_processes, index=state.process_index, contiguous=True)
     out = precompute_memory(
         model, rows, args.context_column, args.question_column, args.answer_column, args.max_prompt_length,
-        args.template, args.dtype,
+        args.template, args.dtype, first_row=first_row,
     )
     if state.num_processes == 1:
         _check_rows(len(out), args)
