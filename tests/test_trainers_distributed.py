@@ -74,3 +74,40 @@ def test_teardown_frees_the_trainer_then_destroys_the_group_even_on_error(tmp_pa
             destroy()
     assert seen == [None]  # collected before the group went, once
     assert not torch.distributed.is_initialized()
+
+
+def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: list[int], results) -> None:
+    """One rank of `test_every_rank_takes_the_main_process_resume_decision`: its output_dir is its own (a node's disk)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from trainers.checkpoints import resume_point
+
+    output_dir = Path(root) / f"node{rank}"
+    if rank in checkpoint_on:
+        folder = output_dir / "checkpoint-50"
+        folder.mkdir(parents=True)
+        for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+            (folder / name).write_text("{}")
+        save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results[rank] = repr(resume_point(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(output_dir))))
+    except ValueError as error:
+        results[rank] = f"error: {error}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("checkpoint_on, expected", [
+    ([1], ["None", "None"]),  # the main process starts afresh: so does the rank that sees a checkpoint
+    ([0], ["True", "error: rank 1: the main process resumes"]),  # a rank that cannot follow says why
+])
+def test_every_rank_takes_the_main_process_resume_decision(tmp_path, checkpoint_on, expected):
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_resume_on_own_disk, args=(free_port(), str(tmp_path), checkpoint_on, results), nprocs=2)
+    assert [results[0], results[1][: len(expected[1])]] == expected

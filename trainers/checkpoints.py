@@ -176,7 +176,25 @@ class CompleteCheckpointResume:
 
 def resume_point(training) -> str | bool | None:
     """`--resume_from_checkpoint` as `Trainer.train` takes it: a checkpoint folder, `true` for the newest complete one
-    in `output_dir`, or `last`: that one if there is any, else a fresh start (one command starts and resumes a run)."""
+    in `output_dir`, or `last`: that one if there is any, else a fresh start (one command starts and resumes a run).
+    Every rank takes the main process's decision: nodes that see different disks must not part ways."""
+    decision = _local_resume_point(training)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return decision
+    agreed = [decision]
+    dist.broadcast_object_list(agreed, src=0)
+    if agreed[0] and not decision:  # rank 0 resumes, this rank found nothing to resume from
+        raise ValueError(
+            f"rank {dist.get_rank()}: the main process resumes from a checkpoint in {training.output_dir}, but this "
+            "process finds no complete checkpoint there: put output_dir on a disk every node reads, or set "
+            "save_on_each_node."
+        )
+    return agreed[0]
+
+
+def _local_resume_point(training) -> str | bool | None:
     value = training.resume_from_checkpoint
     found = checkpoints_newest_first(training.output_dir)
     if value is None or str(value).lower() in ("", "false", "none", "no"):
