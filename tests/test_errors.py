@@ -59,9 +59,16 @@ def test_wrong_memory_type(model):
         model.generate(memory=torch.zeros(3, 64), question="Who?")
 
 
-def test_mismatched_batch(model, corpus):
-    with pytest.raises(ValueError, match="2 contexts/memories for 3 questions"):
+def test_mismatched_batch(model, corpus, monkeypatch):
+    monkeypatch.setattr(type(model), "_compress_passages", lambda *a: pytest.fail("encoded before the count check"))
+    with pytest.raises(ValueError, match="got 2 contexts for 3 questions"):
         model.generate(context=[corpus[0], corpus[1]], question=["a", "b", "c"])
+    with pytest.raises(ValueError, match="got 3 contexts for 2 questions"):
+        model.generate(context=[corpus[0], corpus[1], corpus[2]], question=["a", "b"])
+    monkeypatch.undo()
+    memory = model.compress(corpus[0])
+    with pytest.raises(ValueError, match="2 contexts/memories for 3 questions"):
+        model.generate(memory=[memory, memory], question=["a", "b", "c"])
 
 
 def test_memory_count_must_match_placeholders(model, corpus):

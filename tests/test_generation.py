@@ -55,6 +55,8 @@ def test_tensor_path_matches_text_path_and_accepts_memory_lists(model, corpus):
     assert torch.equal(padded, as_list)
     texts = model.tokenizer.batch_decode(padded[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert [t.strip() for t in texts] == model.generate(memory=memories, question=[QUESTION, "Who?"], **GREEDY)
+    with pytest.raises(ValueError, match=r"give row b the memory its prompt was built for"):  # rows swapped
+        model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], memory_embeds=memories[::-1])
 
 
 def test_generation_config_and_streamer(model, corpus):
@@ -165,6 +167,22 @@ def test_memory_cache_of_another_models_embeddings_of_the_same_text_is_refused(m
     assert other.content_hash == prefix.memory_hash
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="prefilled for other embeddings of the same text"):
         model.generate(memory=other, question="Who?", memory_cache=prefix, **GREEDY)
+
+
+def test_memory_cache_of_another_decoder_is_refused(model, corpus):
+    import copy
+
+    rl = copy.deepcopy(model)  # an RL checkpoint: the same compressor, another decoder
+    rl.split_encoder()
+    with torch.no_grad():
+        rl.language_model.model.layers[0].mlp.down_proj.weight.mul_(1.01)
+    memory = model.compress(corpus[0])
+    assert rl.fingerprint == model.fingerprint and rl.decoder_fingerprint != model.decoder_fingerprint
+    prefix = model.prefill_memory(memory)
+    with pytest.raises(ValueError, match="prefilled by another model's decoder"):
+        rl.generate(memory=memory, question="Who?", memory_cache=prefix, **GREEDY)
+    assert rl.generate(memory=memory, question="Who?", memory_cache=rl.prefill_memory(memory), **GREEDY) == rl.generate(
+        memory=memory, question="Who?", reuse_prefix=False, **GREEDY)
 
 
 def test_prepare_prompts_checks_its_memories_as_generate_does(model, make_model, corpus):

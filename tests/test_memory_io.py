@@ -33,8 +33,11 @@ def test_truncated_file_is_reported_as_corrupt(model, corpus, tmp_path):
         MemoryEmbeddings.load(path)
 
 
-def test_foreign_safetensors_file_is_refused(tmp_path):
+def test_foreign_safetensors_file_is_refused_from_its_header(tmp_path, monkeypatch):
+    import modeling_memcomp.memory
+
     save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(modeling_memcomp.memory, "load_file", lambda *a: pytest.fail("read whole (a weights shard: GBs)"))
     with pytest.raises(ValueError, match="not a memcomp memory"):
         MemoryEmbeddings.load(tmp_path / "w.safetensors")
 
@@ -70,6 +73,14 @@ def test_fingerprint_follows_every_weight(make_model, corpus):
         model.language_model.model.layers[1].mlp.down_proj.weight.mul_(1.01)  # an LM weight, not the projection
     assert model.fingerprint != before
     assert model.compress(corpus[0]).model_fingerprint == model.fingerprint
+
+
+def test_fingerprint_of_an_offloaded_model_is_a_clear_error(make_model):
+    model = make_model()
+    layer = model.language_model.model.layers[0].mlp.up_proj
+    layer.weight = torch.nn.Parameter(torch.empty_like(layer.weight, device="meta"))  # as accelerate's disk offload leaves it
+    with pytest.raises(ValueError, match="is offloaded .* load it without disk/CPU offload"):
+        model.fingerprint
 
 
 def test_fingerprint_under_inference_mode(make_model, corpus):

@@ -269,10 +269,15 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             samples = []
             for name, parameter in sorted(parameters, key=lambda item: item[0]):
+                if parameter.device.type == "meta":
+                    raise ValueError(f"{name} is offloaded (on the meta device), so the model cannot be identified for "
+                                     "its memories: load it without disk/CPU offload (enough GPU memory, or a smaller "
+                                     "dtype or quantization).")
                 flat = parameter.detach().reshape(-1)
-                samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES].float())
+                # Each sample to the CPU: device_map="auto" spreads the weights over several GPUs.
+                samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES].float().cpu())
                 digest.update(name.encode())
-            digest.update(torch.cat(samples).cpu().numpy().tobytes())
+            digest.update(torch.cat(samples).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ encoding
@@ -474,6 +479,10 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                     m.check_compatible(self.config)
                     m = m.embeds
                 rows.append(m)
+            counts = [m.shape[0] if m.ndim == 2 else None for m in rows]
+            if len(rows) == len(slots_per_row) and counts != slots_per_row.tolist():  # one memory per row
+                raise ValueError(f"the memories have {counts} embeddings, but the rows of input_ids have "
+                                 f"{slots_per_row.tolist()} <MEM> placeholders: give row b the memory its prompt was built for.")
             memory_embeds = torch.cat(rows, dim=0)
         if not memory_embeds.is_floating_point():
             raise ValueError(f"memory_embeds must be floating point (from model.compress), got {memory_embeds.dtype}.")
@@ -616,7 +625,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             input_ids=torch.tensor([ids], device=self.device), memory_embeds=[memory.to(self.device)], use_cache=True
         )
         return MemoryPrefix(ids, outputs[CACHE_KEY], memory.content_hash, len(memory), template, system_prompt,
-                            tensor_checksum(memory.embeds))
+                            tensor_checksum(memory.embeds), self.decoder_fingerprint)
 
     def generate(
         self,
@@ -670,7 +679,7 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if prefix is not None:
             if not shared:
                 raise ValueError("memory_cache= serves one memory: pass memory= (one MemoryEmbeddings) with it.")
-            prefix.check_matches(memories[0], template, system_prompt)
+            prefix.check_matches(memories[0], template, system_prompt, self.decoder_fingerprint)
         elif reuse_prefix and shared and len(questions) > 1:
             prefix = self.prefill_memory(memories[0], template, system_prompt)
         texts, output = [], None
@@ -740,6 +749,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         else:
             many = isinstance(context, (list, tuple)) and not single and not all(isinstance(x, int) for x in context)
             passages = [self.tokenize_context(c) for c in (context if many else [context])]
+            if len(passages) not in (1, len(questions)):
+                raise ValueError(f"got {len(passages)} contexts for {len(questions)} questions; give one per question.")
             for ids, q in zip(passages * len(questions) if len(passages) == 1 else passages, questions):
                 self.prompt_ids(self.num_chunks(ids), q, template, system_prompt)  # fail before encoding
             memories = [self._compress_passages(ids) for ids in passages]
