@@ -30,6 +30,7 @@ class MemoryPrefix:
     template: str
     system_prompt: str | None
     embeds_checksum: str = ""  # the memory's embeddings themselves: the same text compressed by another model differs
+    decoder_fingerprint: str = ""  # the decoder whose KV cache this is: an SFT and its RL checkpoint share memories
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -42,8 +43,14 @@ class MemoryPrefix:
             cache.batch_repeat_interleave(rows)
         return cache
 
-    def check_matches(self, memory, template: str, system_prompt: str | None) -> None:
-        """Raise a ValueError when this prefix was not built for `memory` with this template and system prompt."""
+    def check_matches(self, memory, template: str, system_prompt: str | None, decoder_fingerprint: str) -> None:
+        """Raise a ValueError when this prefix was not built for `memory` with this template and system prompt, by
+        the decoder `decoder_fingerprint` names."""
+        if decoder_fingerprint != self.decoder_fingerprint:
+            raise ValueError(
+                "memory_cache was prefilled by another model's decoder (an SFT checkpoint and its RL checkpoint share "
+                "memories, not KV caches): build it with this model's prefill_memory(memory)."
+            )
         wanted = (memory.content_hash, len(memory), template, system_prompt)
         have = (self.memory_hash, self.num_memory, self.template, self.system_prompt)
         if wanted != have:
