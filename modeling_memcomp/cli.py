@@ -224,7 +224,7 @@ def _compress(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if args.store is not None:
                 from .store import MemoryStore
 
-                memory = MemoryStore(args.store, model).compress(text)  # a failed cache write only warns
+                memory = MemoryStore(args.store, model).compress(text, batch_size=args.batch_size)  # a failed write warns
             else:
                 memory = model.compress(text, batch_size=args.batch_size)
         except ValueError as error:

@@ -78,12 +78,13 @@ class MemoryStore:
         return content_hash(self.model.tokenize_context(context), self.model.config.chunk_size)
 
     # ------------------------------------------------------------------ reads and writes
-    def compress(self, context) -> MemoryEmbeddings:
-        """The stored memory of `context`, or compress it now and store it."""
+    def compress(self, context, batch_size: int | None = None) -> MemoryEmbeddings:
+        """The stored memory of `context`, or compress it now (`batch_size`: chunks per encoder pass, as in
+        `model.compress`) and store it."""
         memory_hash = self.hash_of(context)
         memory = self._read(memory_hash)
         if memory is None:
-            memory = self.model.compress(context)
+            memory = self.model.compress(context, batch_size=batch_size)
             try:
                 self._write(memory)
             except OSError as error:
@@ -186,6 +187,8 @@ class MemoryStore:
         from datasets.fingerprint import Hasher
 
         map_kwargs.setdefault("desc", "memcomp: compressing corpus")
+        # The store, not datasets' cache, says what is compressed: a cached map result would skip a store emptied since.
+        map_kwargs.setdefault("load_from_cache_file", False)
         # Named here so that `datasets` does not pickle the whole model to fingerprint the transform.
         map_kwargs.setdefault("new_fingerprint", Hasher.hash([dataset._fingerprint, self.model_key, text_column, str(self.root)]))
         return dataset.map(

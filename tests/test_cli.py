@@ -66,11 +66,17 @@ def test_compress_replaces_a_memory_file_but_never_other_safetensors(checkpoint,
     assert weights.read_bytes() == before
 
 
-def test_compress_through_a_store_reuses_the_memory(checkpoint, text_file, tmp_path, capsys):
+def test_compress_through_a_store_reuses_the_memory(checkpoint, text_file, tmp_path, capsys, monkeypatch):
+    from modeling_memcomp import MemCompForCausalLM
+
+    seen = []
+    compress = MemCompForCausalLM.compress
+    monkeypatch.setattr(MemCompForCausalLM, "compress", lambda self, *a, **k: seen.append(k.get("batch_size")) or compress(self, *a, **k))
     for name in ("a", "b"):
         code, _, _ = run(capsys, "compress", text_file, "-o", tmp_path / f"{name}.safetensors", "--model", checkpoint,
-                         "--store", tmp_path / "store")
+                         "--store", tmp_path / "store", "--batch-size", "3")
         assert code == 0
+    assert seen == [3]  # the store encodes once, with the batch size asked for
     assert len(list((tmp_path / "store").rglob("*.safetensors"))) == 1
     a, b = (MemoryEmbeddings.load(tmp_path / f"{n}.safetensors") for n in "ab")
     assert torch.equal(a.embeds, b.embeds)

@@ -64,6 +64,20 @@ def test_corpus_is_compressed_once_through_datasets_map(model, tmp_path, count_e
     assert calls == []
 
 
+def test_a_corpus_on_disk_is_compressed_again_into_an_emptied_store(model, tmp_path):
+    import shutil
+
+    from datasets import load_dataset
+
+    (tmp_path / "docs.jsonl").write_text('{"text": "A short passage about tides."}\n')
+    rows = load_dataset("json", data_files=str(tmp_path / "docs.jsonl"), cache_dir=str(tmp_path / "cache"))["train"]
+    store = MemoryStore(tmp_path / "store", model)
+    first = store.compress_corpus(rows)
+    shutil.rmtree(tmp_path / "store")
+    again = MemoryStore(tmp_path / "store", model).compress_corpus(rows)  # datasets' cache would return `first`
+    assert again["memory_hash"] == first["memory_hash"] and len(store.load(again["memory_hash"][0])) > 0
+
+
 def test_corrupted_entry_is_detected_and_recomputed(model, tmp_path):
     store = MemoryStore(tmp_path, model)
     path = store.path_for(store.compress(DOCUMENT).content_hash)
