@@ -36,6 +36,11 @@ LOAD_WITHOUT_MEMCOMP = textwrap.dedent(
     pipe = pipeline("memcomp-qa", model=folder, trust_remote_code=True, device="cpu")
     assert pipe(context=context, question=QUESTION, **greedy) == {"answer": answer}
     assert pipe(context=context, question=[QUESTION, QUESTION], **greedy) == [{"answer": answer}] * 2
+    try:  # both sources: refused, never one of them silently dropped
+        pipe(context=context, memory=model.compress(context), question=QUESTION, **greedy)
+        raise SystemExit("context= and memory= together were accepted")
+    except ValueError as error:
+        assert "exactly one of 'context' (text) or 'memory'" in str(error), error
     model.save_memory(model.compress(context), out + ".memory.safetensors")
     assert model.generate(memory=model.load_memory(out + ".memory.safetensors"), question=QUESTION, **greedy) == answer
     save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, out + ".safetensors")

@@ -242,18 +242,20 @@ class MemoryEmbeddings:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no memory file at {path!r}.")
+        not_memory = ValueError(f"{path!r} is a safetensors file but not a memcomp memory (no memcomp metadata).")
         try:
-            with safe_open(path, framework="pt") as handle:
+            with safe_open(path, framework="pt") as handle:  # the header first: model weights are never read whole
                 metadata = handle.metadata() or {}
-            tensors = load_file(path)
+                if metadata.get("format") != MEMORY_FORMAT or "embeds" not in handle.keys():
+                    raise not_memory
+            embeds = load_file(path)["embeds"]
         except (SafetensorError, OSError, ValueError) as error:
+            if error is not_memory:
+                raise
             raise ValueError(
                 f"{path!r} is not a readable safetensors file ({error}); it may be truncated or corrupt. "
                 "Re-create it with `model.compress(...).save(path)`."
             ) from error
-        if metadata.get("format") != MEMORY_FORMAT or "embeds" not in tensors:
-            raise ValueError(f"{path!r} is a safetensors file but not a memcomp memory (no memcomp metadata).")
-        embeds = tensors["embeds"]
         version = metadata.get("format_version")
         if version not in SUPPORTED_FORMAT_VERSIONS:
             raise ValueError(

@@ -49,7 +49,7 @@ class MemCompQAPipeline(Pipeline):
         if inputs is None:
             if question is None:
                 raise ValueError("pass question= with context= or memory=, or a list of {'context', 'question'} dicts.")
-            source = {"context": context} if memory is None else {"memory": memory}
+            source = {key: value for key, value in (("context", context), ("memory", memory)) if value is not None}
             item = self.preprocess({**source, "question": question})
             answers = self.model.generate(**item, batch_size=batch_size, **generate_kwargs)
             if isinstance(question, str):
