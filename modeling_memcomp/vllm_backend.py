@@ -25,7 +25,10 @@ VLLM_INSTALL_HINT = (
 )
 SUPPRESS_BIAS = -100.0
 """Logit bias that keeps a suppressed token from being picked (the most negative bias vLLM accepts)."""
-HF_TO_VLLM = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "eos_token_id": "stop_token_ids"}
+HF_TO_VLLM = {
+    "max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "eos_token_id": "stop_token_ids",
+    "num_return_sequences": "n",
+}
 VLLM_SAMPLING_KEYS = (
     "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "n", "ignore_eos",
     "max_tokens", "min_tokens", "stop_token_ids", "logit_bias",
@@ -149,6 +152,7 @@ class VLLMDecoder:
             enforce_eager=True,
         )
         settings.update(llm_kwargs)
+        self.llm_settings = settings  # what the engine was started with (benchmarks record it)
         self.llm = vllm.LLM(**settings)
         self._sampling_params_class = vllm.SamplingParams
 
@@ -192,11 +196,15 @@ class VLLMDecoder:
         template: str | None = None,
         system_prompt: str | None = None,
         **sampling,
-    ) -> list[str]:
-        """Text answers, like `model.generate(memory=..., question=...)` but decoded by vLLM.
+    ) -> list[str] | list[list[str]]:
+        """Text answers, like `model.generate(memory=..., question=...)` but decoded by vLLM: one per question, or
+        with `num_return_sequences` (vLLM: `n`) above 1, a list of that many per question.
 
         `sampling` takes HF names (`do_sample`, `max_new_tokens`, ...) or vLLM's, over the model's defaults.
         """
         embeds = build_prompt_embeds(model, memories, questions, template=template, system_prompt=system_prompt)
-        tokens = self.generate(embeds, self.sampling_params(**sampling))
-        return [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        params = self.sampling_params(**sampling)
+        tokens = self.generate(embeds, params)
+        texts = [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        per_question = getattr(params, "n", 1) or 1
+        return texts if per_question == 1 else [texts[i : i + per_question] for i in range(0, len(texts), per_question)]

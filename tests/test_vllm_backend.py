@@ -132,3 +132,20 @@ def test_missing_vllm_says_how_to_get_it(model):
         require_vllm()
     with pytest.raises(ImportError, match="make_vllm_env.sh"):
         VLLMDecoder(model)
+
+
+def test_answer_groups_several_samples_per_question(model, memories):
+    """`answer(..., num_return_sequences=n)` returns n answers per question, as `model.generate` does (engine faked)."""
+    from types import SimpleNamespace
+
+    class FakeLLM:
+        def generate(self, prompts, params, use_tqdm=False):
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=model.tokenizer.encode(f"q{i} s{j}"))
+                                             for j in range(params.n)]) for i in range(len(prompts))]
+
+    decoder = VLLMDecoder.__new__(VLLMDecoder)
+    decoder.llm, decoder.generation_config = FakeLLM(), model.generation_config
+    decoder._sampling_params_class = lambda **kwargs: SimpleNamespace(**{"n": 1, **kwargs})
+    grouped = decoder.answer(model, memories[:2], QUESTIONS[:2], num_return_sequences=3)
+    assert [[text.replace(" ", "") for text in row] for row in grouped] == [["q0s0", "q0s1", "q0s2"], ["q1s0", "q1s1", "q1s2"]]
+    assert len(decoder.answer(model, memories[:2], QUESTIONS[:2])) == 2

@@ -102,6 +102,9 @@ def test_n_samples_per_prompt_come_grouped(models, engine, corpus):
     top1 = dict(GREEDY, do_sample=True, temperature=1.0, top_k=1)  # sampling mode (n > 1 allowed), argmax result
     grouped = engine.generate(embeds, engine.sampling_params(**top1, n=3))
     assert grouped == [greedy[0]] * 3 + [greedy[1]] * 3
+    answers = engine.answer(model, model.compress(corpus[0]), QUESTIONS[:2], **top1, num_return_sequences=3)
+    assert [len(set(row)) for row in answers] == [1, 1] and [len(row) for row in answers] == [3, 3]
+    assert [row[0] for row in answers] == engine.answer(model, model.compress(corpus[0]), QUESTIONS[:2], **GREEDY)
 
 
 def test_output_ends_with_the_stop_token(models, engine, corpus):
