@@ -1,7 +1,8 @@
 """Decoding throughput from compressed memory: HF `generate` vs vLLM on prompt embeddings (same tiny model).
 
 Both sides answer the same questions from the same precomputed memories, greedy, with a fixed number of
-new tokens (stop tokens suppressed until then), so they do identical work and must emit identical tokens.
+new tokens (stop tokens suppressed until then), vLLM's prefix cache off (the warm-up and each timed run send the same
+prompts), so they do identical work and must emit identical tokens.
 Timed: prompt building + generation (compression is done once, before). Run in the vLLM environment:
 
     .venv-vllm/bin/python benchmarks/vllm_throughput.py --out benchmarks/results
@@ -98,6 +99,7 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
         "hf_tokens_per_s": generated / hf_seconds,
         "vllm_tokens_per_s": generated / vllm_seconds,
         "speedup": hf_seconds / vllm_seconds,
+        "vllm_prefix_caching": decoder.llm_settings["enable_prefix_caching"],
         "tokens_identical": hf_tokens == vllm_tokens,
         "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
         "versions": {"torch": torch.__version__, "vllm": require_vllm().__version__},
@@ -113,7 +115,8 @@ def main() -> None:
     model = build_tiny_memcomp(
         train_tokenizer(corpus, vocab_size=512), hidden_size=config.hidden_size, num_layers=config.num_layers, wrap=config.wrap
     )
-    decoder = VLLMDecoder(model, max_model_len=1024, seed=0)
+    # Prefix caching off: the repeated runs send the same prompts, which vLLM would serve from cache while HF prefills.
+    decoder = VLLMDecoder(model, max_model_len=1024, seed=0, enable_prefix_caching=False)
     write(measure(model, decoder, config, corpus), Path(config.out))
 
 
@@ -128,7 +131,8 @@ def write(result: dict, out: Path) -> None:
             f"Machine: {result['machine']}. vLLM worker cores: {result['vllm_threads_bind']}. Versions: {result['versions']}.",
             f"{c['num_prompts']} prompts (mean {result['prompt_length_mean']:.0f} positions, "
             f"{result['memory_embeddings_per_prompt']:.1f} memory embeddings each), {c['max_new_tokens']} greedy tokens each; "
-            f"median of {c['repeats']} runs after a warm-up.",
+            f"median of {c['repeats']} runs after a warm-up; vLLM's prefix cache "
+            f"{'on' if result.get('vllm_prefix_caching', True) else 'off'}.",
             "",
             "| backend | seconds | tokens/s |",
             "|---|---|---|",
