@@ -86,12 +86,13 @@ def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: list[int
     from trainers.checkpoints import resume_point
 
     output_dir = Path(root) / f"node{rank}"
-    if rank in checkpoint_on:
-        folder = output_dir / "checkpoint-50"
-        folder.mkdir(parents=True)
-        for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
-            (folder / name).write_text("{}")
-        save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+    for step, ranks in checkpoint_on.items():
+        if rank in ranks:
+            folder = output_dir / f"checkpoint-{step}"
+            folder.mkdir(parents=True)
+            for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+                (folder / name).write_text("{}")
+            save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         results[rank] = repr(resume_point(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(output_dir))))
@@ -102,12 +103,16 @@ def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: list[int
 
 
 @pytest.mark.parametrize("checkpoint_on, expected", [
-    ([1], ["None", "None"]),  # the main process starts afresh: so does the rank that sees a checkpoint
-    ([0], ["True", "error: rank 1: the main process resumes"]),  # a rank that cannot follow says why
+    ({50: [1]}, ["None", "None"]),  # the main process starts afresh: so does the rank that sees a checkpoint
+    ({50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"]),
+    ({40: [0, 1], 50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"]),
+    ({40: [0, 1], 50: [0, 1]}, ["node0/checkpoint-50", "node1/checkpoint-50"]),
 ])
 def test_every_rank_takes_the_main_process_resume_decision(tmp_path, checkpoint_on, expected):
+    """Each rank's output_dir is its own (a node's disk): rank 1 never resumes from its own older checkpoint-40."""
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
     mp.spawn(_resume_on_own_disk, args=(free_port(), str(tmp_path), checkpoint_on, results), nprocs=2)
-    assert [results[0], results[1][: len(expected[1])]] == expected
+    got = [results[rank].replace(repr(str(tmp_path))[1:-1] + "/", "").strip("'") for rank in (0, 1)]
+    assert [got[0], got[1][: len(expected[1])]] == expected

@@ -183,15 +183,22 @@ def resume_point(training) -> str | bool | None:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return decision
-    agreed = [decision]
+    newest = None  # the main process names the folder `True` means: a rank must not pick another newest one
+    if decision is True:
+        newest = next(f.name for f in checkpoints_newest_first(training.output_dir) if not checkpoint_problems(f))
+    agreed = [(decision, newest)]
     dist.broadcast_object_list(agreed, src=0)
-    if agreed[0] and not decision:  # rank 0 resumes, this rank found nothing to resume from
+    decision, newest = agreed[0]
+    if newest is None:
+        return decision  # a fresh start, or the folder the user named
+    folder = Path(training.output_dir) / newest
+    if not folder.is_dir() or checkpoint_problems(folder):
         raise ValueError(
-            f"rank {dist.get_rank()}: the main process resumes from a checkpoint in {training.output_dir}, but this "
-            "process finds no complete checkpoint there: put output_dir on a disk every node reads, or set "
+            f"rank {dist.get_rank()}: the main process resumes from {newest} in {training.output_dir}, but this "
+            "process finds no complete copy of it there: put output_dir on a disk every node reads, or set "
             "save_on_each_node."
         )
-    return agreed[0]
+    return str(folder)
 
 
 def _local_resume_point(training) -> str | bool | None:
