@@ -96,6 +96,7 @@ def sampling_kwargs(generation_config: GenerationConfig | None = None, **overrid
     if unknown:
         raise ValueError(f"unknown sampling option(s) {unknown}: use one of {sorted(known)}.")
     settings = generation_config.to_dict() if generation_config is not None else {}
+    settings.pop("num_return_sequences", None)  # samples per prompt are the caller's choice (GRPO sets its own n)
     settings.update(overrides)
     kwargs = {}
     for name, value in settings.items():
@@ -197,8 +198,8 @@ class VLLMDecoder:
         system_prompt: str | None = None,
         **sampling,
     ) -> list[str] | list[list[str]]:
-        """Text answers, like `model.generate(memory=..., question=...)` but decoded by vLLM: one per question, or
-        with `num_return_sequences` (vLLM: `n`) above 1, a list of that many per question.
+        """Text answers, like `model.generate(memory=..., question=[...])` but decoded by vLLM: always a list, one
+        answer per question, or with `num_return_sequences` (vLLM: `n`) above 1, a list of that many per question.
 
         `sampling` takes HF names (`do_sample`, `max_new_tokens`, ...) or vLLM's, over the model's defaults.
         """

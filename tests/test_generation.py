@@ -57,6 +57,9 @@ def test_tensor_path_matches_text_path_and_accepts_memory_lists(model, corpus):
     assert [t.strip() for t in texts] == model.generate(memory=memories, question=[QUESTION, "Who?"], **GREEDY)
     with pytest.raises(ValueError, match=r"give row b the memory its prompt was built for"):  # rows swapped
         model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], memory_embeds=memories[::-1])
+    one = model.prepare_prompts(memories[:1], [QUESTION])
+    as_3d = model.generate(**{**one, "memory_embeds": [one["memory_embeds"]]}, **GREEDY)  # [(1, k, d)]: still one row
+    assert torch.equal(as_3d, model.generate(**one, **GREEDY))
 
 
 def test_generation_config_and_streamer(model, corpus):

@@ -79,7 +79,7 @@ def test_fingerprint_of_an_offloaded_model_is_a_clear_error(make_model):
     model = make_model()
     layer = model.language_model.model.layers[0].mlp.up_proj
     layer.weight = torch.nn.Parameter(torch.empty_like(layer.weight, device="meta"))  # as accelerate's disk offload leaves it
-    with pytest.raises(ValueError, match="is offloaded .* load it without disk/CPU offload"):
+    with pytest.raises(ValueError, match="is offloaded .* cannot be fingerprinted .* load it without disk/CPU offload"):
         model.fingerprint
 
 

@@ -4,6 +4,8 @@ The exported checkpoint loaded as a plain HF LM and fed `build_prompt_embeds` mu
 memcomp's own `generate` produces: that is exactly the input vLLM gets, so it pins the vLLM path's inputs.
 """
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,3 +151,9 @@ def test_answer_groups_several_samples_per_question(model, memories):
     grouped = decoder.answer(model, memories[:2], QUESTIONS[:2], num_return_sequences=3)
     assert [[text.replace(" ", "") for text in row] for row in grouped] == [["q0s0", "q0s1", "q0s2"], ["q1s0", "q1s1", "q1s2"]]
     assert len(decoder.answer(model, memories[:2], QUESTIONS[:2])) == 2
+
+
+def test_a_checkpoints_num_return_sequences_never_sets_vllm_n(model):
+    config = copy.deepcopy(model.generation_config)
+    config.num_return_sequences = 4  # e.g. saved after sampling groups: GRPO rollouts pass their own n
+    assert "n" not in sampling_kwargs(config) and sampling_kwargs(config, num_return_sequences=2)["n"] == 2

@@ -80,7 +80,8 @@ def parse_choice(response: str) -> str | None:
 
     Looks, in order, for "The correct answer is (X)", `\\boxed{X}`, "Answer: X", a reply starting with the
     letter, then a lone "(X)". The first pattern found decides, and only if it names one letter: every match of it
-    the same letter, none joined to another ("A or B").
+    the same letter, none joined to another ("A or B"). So a reply that changes its mind ("if the answer is A ... so
+    the answer is B") or names a rejected letter after a comma ("B, A is wrong") reads no choice.
     """
     if "\\boxed" in response:  # the RL template's format: `\boxed{B}`, `\boxed{B. The treaty}`, `\boxed{\text{C}}`
         boxed = re.match(r"^\s*\(?([A-D])\b", extract_answer(response, style="boxed"))

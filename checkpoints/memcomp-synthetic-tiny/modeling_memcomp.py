@@ -270,14 +270,15 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             samples = []
             for name, parameter in sorted(parameters, key=lambda item: item[0]):
                 if parameter.device.type == "meta":
-                    raise ValueError(f"{name} is offloaded (on the meta device), so the model cannot be identified for "
-                                     "its memories: load it without disk/CPU offload (enough GPU memory, or a smaller "
-                                     "dtype or quantization).")
+                    raise ValueError(f"{name} is offloaded (on the meta device), so the model cannot be fingerprinted (which "
+                                     "matches memories and prefix caches to it): load it without disk/CPU offload "
+                                     "(enough GPU memory, or a smaller dtype or quantization).")
                 flat = parameter.detach().reshape(-1)
-                # Each sample to the CPU: device_map="auto" spreads the weights over several GPUs.
-                samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES].float().cpu())
+                sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES].float()
+                # One device for all: device_map="auto" spreads the weights over several GPUs (one sync at the end).
+                samples.append(sample.to(samples[0].device) if samples else sample)
                 digest.update(name.encode())
-            digest.update(torch.cat(samples).numpy().tobytes())
+            digest.update(torch.cat(samples).cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ encoding
@@ -479,8 +480,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                     m.check_compatible(self.config)
                     m = m.embeds
                 rows.append(m)
-            counts = [m.shape[0] if m.ndim == 2 else None for m in rows]
-            if len(rows) == len(slots_per_row) and counts != slots_per_row.tolist():  # one memory per row
+            counts = [m.shape[0] for m in rows if m.ndim == 2]
+            if len(counts) == len(rows) == len(slots_per_row) and counts != slots_per_row.tolist():  # one per row
                 raise ValueError(f"the memories have {counts} embeddings, but the rows of input_ids have "
                                  f"{slots_per_row.tolist()} <MEM> placeholders: give row b the memory its prompt was built for.")
             memory_embeds = torch.cat(rows, dim=0)
