@@ -54,9 +54,12 @@ class TaskBuilder:
     # ------------------------------------------------------------------ helpers
     def tokenize(self, text: str) -> list[int]:
         """Plain text -> ids; special-token strings in data stay text (they cannot forge a placeholder)."""
+        return self._encode(text)["input_ids"]
+
+    def _encode(self, text: str, offsets: bool = False):
         if not isinstance(text, str):
             raise TypeError(f"expected text as a string, got {type(text).__name__}.")
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=offsets)
 
     def chunk(self, ids: Sequence[int]) -> list[list[int]]:
         """Cut one passage's ids into chunks of `chunk_size` tokens (the last may be shorter)."""
@@ -80,14 +83,13 @@ class TaskBuilder:
             example["emphasis"] = []
         return example
 
-    def emphasized(self, text: str, ids: list[int]) -> list[bool]:
-        """Per token of `ids` (`tokenize(text)` or a prefix of it): does its text overlap a match of `emphasis`?"""
+    def _marked_tokens(self, text: str) -> tuple[list[int], list[bool]]:
+        """`tokenize(text)`, and per token whether its text overlaps a match of `emphasis` (one tokenizer pass)."""
+        encoding = self._encode(text, offsets=True)
         matches = [m.span() for m in self._emphasis.finditer(text) if m.end() > m.start()]
-        encoding = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-        if encoding["input_ids"][: len(ids)] != list(ids):
-            raise ValueError("emphasized(text, ids): ids are not the start of the text's tokens.")
-        tokens = encoding["offset_mapping"][: len(ids)]
-        return [any(t_start < m_end and m_start < t_end for m_start, m_end in matches) for t_start, t_end in tokens]
+        marked = [any(t_start < m_end and m_start < t_end for m_start, m_end in matches)
+                  for t_start, t_end in encoding["offset_mapping"]]
+        return encoding["input_ids"], marked
 
     def _fit(self, ids: list[int], build) -> dict | None:
         """`build(ids[:n], whole)` for the largest `n` whose example fits in `max_length` (binary search); `whole` says
@@ -116,15 +118,12 @@ class TaskBuilder:
         """Memory: the whole document; target: the document itself."""
         instruction = instruction or sample_instruction("reconstruction", self.rng)
         # Cut short, the target is still all the memory holds: it ends, with its end token, where the memory does.
-        example = self._fit(
-            self.tokenize(text), lambda ids, whole: self._example("reconstruction", self.chunk(ids), instruction, ids)
-        )
-        if example is not None and self.emphasis is not None:
-            target = [label for label in example["labels"] if label != IGNORE_INDEX]  # the row's last tokens
-            start = len(example["labels"]) - len(target)
-            kept = [i for chunk in example["chunks"] for i in chunk]  # the text's ids the target repeats, cut or whole
-            flags = self.emphasized(text, kept)
-            example["emphasis"] = [start + i for i, flag in enumerate(flags) if flag]
+        ids, marked = self._marked_tokens(text) if self.emphasis is not None else (self.tokenize(text), None)
+        example = self._fit(ids, lambda ids, whole: self._example("reconstruction", self.chunk(ids), instruction, ids))
+        if example is not None and marked is not None:
+            start = example["labels"].count(IGNORE_INDEX)  # the target is the row's last tokens
+            kept = sum(len(chunk) for chunk in example["chunks"])  # the text's tokens the target repeats, cut or whole
+            example["emphasis"] = [start + i for i in range(kept) if marked[i]]
         return example
 
     def continuation(self, text: str, num_bridges: int = 1, instruction: str | None = None) -> dict | None:
