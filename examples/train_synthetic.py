@@ -8,7 +8,7 @@ A rerun skips finished stages and resumes an interrupted one from its last check
 the report goes to `<output_dir>/report`.
 """
 
-from benchmarks.synthetic_run import main
+from benchmarks.synthetic.run import main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ going on from earlier ones' stages; the last is evaluated, reported and exported
 Run the same command again to resume: finished phases and stages are skipped, an interrupted stage resumes.
 """
 
-from benchmarks.synthetic_schedule import main
+from benchmarks.synthetic.schedule import main
 
 if __name__ == "__main__":
     main()

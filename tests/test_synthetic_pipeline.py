@@ -14,10 +14,12 @@ from benchmarks.eval.synthetic import (
     length_bucket, needed_documents, score_reconstruction,
 )
 from benchmarks.eval.systems import FullContextSystem, Generation
-from benchmarks.synthetic_run import (
-    StageClock, StopSideProcess, SyntheticRunConfig, ThreadsWhenAlone, _record, _update_timings, main, make_data,
-    rl_arguments, rl_rows, stage_config,
-)
+from benchmarks.synthetic.clock import StageClock, record_stage, update_timings
+from benchmarks.synthetic.config import SyntheticRunConfig
+from benchmarks.synthetic.data import make_data
+from benchmarks.synthetic.pipeline import StopSideProcess, ThreadsWhenAlone
+from benchmarks.synthetic.run import main
+from benchmarks.synthetic.stages import rl_arguments, rl_rows, stage_config
 
 TOY = [
     "--train_episodes", "30", "--heldout_episodes", "40", "--eval_questions", "2", "--multidoc_texts", "20",
@@ -152,20 +154,24 @@ def test_a_checkpoint_dir_the_export_would_wipe_is_refused_before_anything_runs(
 
 
 def test_a_stage_whose_only_checkpoints_are_torn_starts_afresh(tmp_path, caplog):
-    from benchmarks.synthetic_run import _resume_point
+    """Every stage's arguments resume from the newest complete checkpoint (`trainers.checkpoints.resume_point`)."""
+    from benchmarks.synthetic.stages import training_args
+    from trainers.checkpoints import resume_point
 
-    assert _resume_point(tmp_path / "sft") is None  # nothing there yet
+    config = SyntheticRunConfig(output_dir=str(tmp_path))
+    args = training_args(config, "sft", 10, 1e-3)
+    assert resume_point(args) is None  # nothing there yet
     (tmp_path / "sft" / "checkpoint-250").mkdir(parents=True)  # killed during the stage's first save
-    assert _resume_point(tmp_path / "sft") is None
-    assert "no complete checkpoint to resume from (checkpoint-250: no trainer_state.json" in caplog.text
-    assert "the stage starts afresh" in caplog.text
+    assert resume_point(args) is None
+    assert "no complete checkpoint in" in caplog.text and "(checkpoint-250): the run starts afresh" in caplog.text
     (tmp_path / "sft" / "checkpoint-500").mkdir()
     for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
         (tmp_path / "sft" / "checkpoint-500" / name).write_text("{}")
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(tmp_path / "sft" / "checkpoint-500" / "model.safetensors"))
-    assert _resume_point(tmp_path / "sft") is True  # the trainer resumes from checkpoint-500
+    assert resume_point(args) is True  # the trainer resumes from checkpoint-500
+    assert resume_point(rl_arguments(config)) is None  # RL resumes the same way
 
 
 def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
@@ -185,13 +191,12 @@ def test_a_killed_stage_keeps_its_time_up_to_its_last_checkpoint(tmp_path):
     resumed = StageClock(config, "sft")
     assert 100 <= resumed.carried < 101
     resumed.started -= 50
-    _record(config, "sft", resumed.elapsed())
+    record_stage(config, "sft", resumed.elapsed())
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert 150 <= timings["sft"] < 151 and "unfinished" not in timings
 
 
 def test_the_run_writes_the_distractor_world_it_is_asked_for(tmp_path):
-    from benchmarks.synthetic_run import make_data
     from trainers.synthetic import is_org_document, read_jsonl
 
     config = SyntheticRunConfig(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, distractors="other_kind")
@@ -203,7 +208,8 @@ def test_the_run_writes_the_distractor_world_it_is_asked_for(tmp_path):
 
 
 def test_a_run_on_existing_data_with_other_corpus_settings_is_refused(tmp_path, caplog):
-    from benchmarks.synthetic_run import CORPUS_RECORD, make_data, run_pipeline
+    from benchmarks.synthetic.data import CORPUS_RECORD
+    from benchmarks.synthetic.pipeline import run_pipeline
 
     small = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=20)
     make_data(SyntheticRunConfig(**small))
@@ -250,7 +256,7 @@ def test_rl_prompts_can_be_limited_to_a_range_of_documents(tmp_path):
 
 
 def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
-    from benchmarks.synthetic_run import run_pipeline
+    from benchmarks.synthetic.pipeline import run_pipeline
 
     toy = dict(output_dir=str(tmp_path), train_episodes=30, heldout_episodes=40, multidoc_texts=4, rl_prompts=50)
     make_data(SyntheticRunConfig(**toy))
@@ -268,7 +274,7 @@ def test_a_training_seed_reorders_training_on_the_same_corpus(tmp_path):
 
 
 def test_cpt1_name_lists_are_a_cpt1_source_of_training_names_written_once(tmp_path):
-    from benchmarks.synthetic_run import write_name_lists
+    from benchmarks.synthetic.data import write_name_lists
     from trainers.data import stage_streams
     from trainers.synthetic import split_names
 
@@ -347,7 +353,7 @@ def test_sft_lr_decay_holds_sfts_peak_only_and_defaults_to_a_cosine():
 
 
 def test_baseline_lr_decay_holds_the_baselines_peak_and_defaults_to_a_cosine():
-    from benchmarks.synthetic_run import baseline_arguments
+    from benchmarks.synthetic.stages import baseline_arguments
 
     peak = SyntheticRunConfig().sft_learning_rate
     held = _learning_rates(baseline_arguments(SyntheticRunConfig(baseline_steps=100, baseline_lr_decay=0.25)), 100)
@@ -410,12 +416,12 @@ def test_the_second_process_stops_when_the_main_one_fails_or_is_gone():
 
 
 def test_an_orphaned_second_process_is_interrupted_between_steps(monkeypatch):
-    from benchmarks import synthetic_run
+    from benchmarks.synthetic import pipeline
 
     parents, interrupted = iter([41, 1, 1, 1, 1]), []
-    monkeypatch.setattr(synthetic_run.os, "getppid", lambda: next(parents))
-    monkeypatch.setattr(synthetic_run._thread, "interrupt_main", lambda: interrupted.append(True))
-    synthetic_run.watch_parent(41, grace_s=0.02, poll_s=0.01)  # returns once it has interrupted
+    monkeypatch.setattr(pipeline.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(pipeline._thread, "interrupt_main", lambda: interrupted.append(True))
+    pipeline.watch_parent(41, grace_s=0.02, poll_s=0.01)  # returns once it has interrupted
     assert interrupted == [True]
 
 
@@ -424,7 +430,7 @@ def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeyp
     import threading
     from types import SimpleNamespace
 
-    from benchmarks import synthetic_run
+    from benchmarks.synthetic import pipeline
 
     class Side:
         def __init__(self, target, args):
@@ -449,10 +455,10 @@ def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeyp
 
     sides = []
     context = SimpleNamespace(Process=Side, Event=threading.Event)
-    monkeypatch.setattr(synthetic_run.multiprocessing, "get_context", lambda method: context)
-    monkeypatch.setattr(synthetic_run, "train_memcomp_stage", fails)
+    monkeypatch.setattr(pipeline.multiprocessing, "get_context", lambda method: context)
+    monkeypatch.setattr(pipeline, "train_memcomp_stage", fails)
     with pytest.raises(RuntimeError, match="cpt1 failed"):
-        synthetic_run.run_pipeline(SyntheticRunConfig(output_dir=str(tmp_path), stages=["cpt1", "baseline"]))
+        pipeline.run_pipeline(SyntheticRunConfig(output_dir=str(tmp_path), stages=["cpt1", "baseline"]))
     (side,) = sides
     assert side.args[1] == os.getpid() and side.args[2].is_set()  # asked to stop, not left training for hours
     assert not side.is_alive() and side.terminated == (not stops_in_time)  # terminated only if it did not stop
@@ -460,8 +466,8 @@ def test_a_failing_main_stage_stops_the_second_process_at_once(tmp_path, monkeyp
 
 def test_timings_are_replaced_whole_under_the_lock(tmp_path):
     config = SyntheticRunConfig(output_dir=str(tmp_path))
-    _update_timings(config, lambda t: t.__setitem__("lm", 1.0))
-    _update_timings(config, lambda t: t.__setitem__("cpt1", 2.0))
+    update_timings(config, lambda t: t.__setitem__("lm", 1.0))
+    update_timings(config, lambda t: t.__setitem__("cpt1", 2.0))
     assert json.loads((tmp_path / "timings.json").read_text()) == {"lm": 1.0, "cpt1": 2.0}
     assert not list(tmp_path.glob("*.partial"))
 
@@ -593,7 +599,7 @@ def test_the_defaults_are_the_committed_runs_settings():
 @pytest.mark.parametrize("query_aware", [False, True])
 def test_the_baseline_trains_on_exactly_the_prompts_it_is_evaluated_with(model, query_aware):
     """Query-aware or not, a training example is the evaluation prompt followed by the answer (loss on it only)."""
-    from benchmarks.synthetic_run import baseline_examples
+    from benchmarks.synthetic.stages import baseline_examples
 
     row = {"context": ["Kobe is a doctor.", "Nano lives in Oslo."], "question": "Where does Nano live?"}
     row["answer"] = "Oslo"
@@ -647,7 +653,7 @@ def test_the_report_says_what_a_second_process_trained_only_when_one_did():
 
 
 def test_a_model_trained_on_another_seed_is_refused(tmp_path):
-    from benchmarks.synthetic_run import run_pipeline
+    from benchmarks.synthetic.pipeline import run_pipeline
 
     trained = tmp_path / "seed0"
     (trained / "sft").mkdir(parents=True)
@@ -666,7 +672,7 @@ def test_a_model_trained_on_another_seed_is_refused(tmp_path):
 
 
 def test_a_shipped_checkpoint_of_another_seed_is_refused_before_anything_runs(tmp_path):
-    from benchmarks.synthetic_run import SEED_RECORD, trained_seed
+    from benchmarks.synthetic.folders import SEED_RECORD, trained_seed
 
     shipped = tmp_path / "shipped"
     shipped.mkdir()
@@ -684,14 +690,14 @@ def test_a_shipped_checkpoint_of_another_seed_is_refused_before_anything_runs(tm
 def test_checkpoint_dir_empty_or_none_exports_nothing(value):
     from transformers import HfArgumentParser
 
-    from benchmarks.synthetic_run import ReportArguments
+    from benchmarks.synthetic.run import ReportArguments
 
     (report_args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(["--checkpoint_dir", value, "--report_dir", "None"])
     assert not report_args.checkpoint_dir and report_args.report_dir is None
 
 
 def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path):
-    from benchmarks.synthetic_run import keep_previous_checkpoint
+    from benchmarks.synthetic.run import keep_previous_checkpoint
 
     shipped = tmp_path / "shipped"
     shipped.mkdir()

@@ -1,4 +1,4 @@
-"""A schedule of synthetic runs (`benchmarks.synthetic_schedule`): phases that reuse or go on from earlier phases'
+"""A schedule of synthetic runs (`benchmarks.synthetic.schedule`): phases that reuse or go on from earlier phases'
 stages, one resumable command; the shipped checkpoint's schedule is the chain of probes that made it."""
 
 import json
@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.synthetic_run import (
-    ReportArguments, SyntheticRunConfig, check_reused_stages, check_start_folders, link_reused_stages,
-)
-from benchmarks.synthetic_schedule import load_schedule, main
+from benchmarks.synthetic.config import SyntheticRunConfig
+from benchmarks.synthetic.folders import check_reused_stages, check_start_folders, link_reused_stages
+from benchmarks.synthetic.run import ReportArguments
+from benchmarks.synthetic.schedule import load_schedule, main
 from test_synthetic_pipeline import TOY
 
 PROBES = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic" / "probes"
@@ -178,7 +178,8 @@ def test_reused_and_started_stages_are_checked_before_anything_trains():
 
 
 def test_a_refused_run_leaves_its_folder_as_it_was(tmp_path):
-    from benchmarks.synthetic_run import make_data, run_pipeline
+    from benchmarks.synthetic.data import make_data
+    from benchmarks.synthetic.pipeline import run_pipeline
 
     small = dict(train_episodes=30, heldout_episodes=40, multidoc_texts=20)
     make_data(SyntheticRunConfig(output_dir=str(tmp_path / "a"), **small))
@@ -281,10 +282,10 @@ def test_a_toy_schedule_goes_on_from_earlier_phases_and_resumes_as_one_command(t
 
 @pytest.mark.parametrize("command", ["run", "schedule"])
 def test_help_lists_every_field(command, capsys):
-    from benchmarks import synthetic_run, synthetic_schedule
+    from benchmarks.synthetic import run, schedule
 
     with pytest.raises(SystemExit) as exit_:
-        {"run": synthetic_run.main, "schedule": synthetic_schedule.main}[command](["--help"])
+        {"run": run.main, "schedule": schedule.main}[command](["--help"])
     assert exit_.value.code == 0
     names = [f.name for f in fields(SyntheticRunConfig)] if command == "run" else ["schedule"]
     out = capsys.readouterr().out

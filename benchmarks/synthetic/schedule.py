@@ -3,7 +3,7 @@
 Each phase is a `SyntheticRunConfig` trained in its own folder, `{output_dir}/{name}`; a later phase takes finished
 stages of earlier ones (`reuse`) or goes on training them (`start_from`), e.g. in another distractor world. The last
 phase is evaluated, reported (by default in `{output_dir}/report`) and exported like a single run
-(`synthetic_run.run_and_report`). A rerun skips finished
+(`run.run_and_report`). A rerun skips finished
 phases and stages and resumes an interrupted stage from its last checkpoint, so a schedule longer than a session is
 the same command run again.
 
@@ -23,9 +23,10 @@ import yaml
 from transformers import HfArgumentParser
 
 from benchmarks.eval.synthetic_report import phase_record
-from benchmarks.synthetic_run import (
-    ReportArguments, StageFolders, SyntheticRunConfig, check_checkpoint_dir, run_and_report, run_pipeline,
-)
+
+from .config import StageFolders, SyntheticRunConfig
+from .pipeline import run_pipeline
+from .run import ReportArguments, check_checkpoint_dir, run_and_report
 
 logger = logging.getLogger(__name__)
 
