@@ -78,7 +78,11 @@ class TaskBuilder:
             system_prompt=self.system_prompt,
             end=end,
         )
-        example = {"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks}
+        return self._row({"task": task, "input_ids": prompt.input_ids, "labels": prompt.labels, "chunks": chunks})
+
+    def _row(self, example: dict) -> dict:
+        """An example with the columns every task's rows share: with `emphasis` on, an empty list (a task that marks
+        tokens fills it)."""
         if self.emphasis is not None:
             example["emphasis"] = []
         return example
@@ -173,7 +177,4 @@ class TaskBuilder:
             return None
         whole = len(ids) == len(full)  # a text cut short must not teach the model to stop there
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None and whole else []
-        example = {"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []}
-        if self.emphasis is not None:
-            example["emphasis"] = []
-        return example
+        return self._row({"task": "language_modeling", "input_ids": ids + eos, "labels": ids + eos, "chunks": []})
