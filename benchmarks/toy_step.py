@@ -1,6 +1,6 @@
 """Seconds per training step of the synthetic run's toy on this CPU, by execution mode and torch threads.
 
-The toy (`benchmarks.synthetic`'s defaults: Qwen2, hidden 128, 4 layers, vocabulary 1,027, C = 4) trains in
+The toy (`benchmarks.synthetic.config`'s defaults: Qwen2, hidden 128, 4 layers, vocabulary 1,027, C = 4) trains in
 fp32 eager mode. This measures one CPT-1-shaped optimizer step (a batch of reconstruction rows: each example's context
 encoded chunk by chunk, the decoder reading its memory and writing the context back) in that mode, under bf16
 autocast and under `torch.compile`, at each thread count: whether a switch would let the run fit in less wall time.

@@ -163,7 +163,8 @@ def test_a_stage_whose_only_checkpoints_are_torn_starts_afresh(tmp_path, caplog)
     assert resume_point(args) is None  # nothing there yet
     (tmp_path / "sft" / "checkpoint-250").mkdir(parents=True)  # killed during the stage's first save
     assert resume_point(args) is None
-    assert "no complete checkpoint in" in caplog.text and "(checkpoint-250): the run starts afresh" in caplog.text
+    assert "no complete checkpoint in" in caplog.text and "(checkpoint-250: no trainer_state.json" in caplog.text
+    assert "the run starts afresh" in caplog.text
     (tmp_path / "sft" / "checkpoint-500").mkdir()
     for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
         (tmp_path / "sft" / "checkpoint-500" / name).write_text("{}")

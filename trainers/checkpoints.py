@@ -209,10 +209,11 @@ def _local_resume_point(training) -> str | bool | None:
             logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
                            "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
         return None
-    if str(value).lower() == "last" and all(checkpoint_problems(folder) for folder in found):
+    problems = {folder: checkpoint_problems(folder) for folder in found} if str(value).lower() == "last" else {}
+    if str(value).lower() == "last" and all(problems.values()):
         if found:  # killed during its first save
             logger.warning("no complete checkpoint in %s (%s): the run starts afresh.", training.output_dir,
-                           ", ".join(folder.name for folder in found))
+                           "; ".join(f"{folder.name}: {', '.join(p)}" for folder, p in problems.items()))
         else:
             logger.info("no checkpoint in %s yet: the run starts afresh.", training.output_dir)
         return None

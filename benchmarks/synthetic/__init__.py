@@ -18,8 +18,10 @@ wall times and non-padding tokens go to `{output_dir}/timings.json`. Evaluation:
 report: `benchmarks/eval/synthetic_report.py`; this package sits above both and above `trainers`.
 
     config     SyntheticRunConfig: every setting, with its help
-    folders    finished, reused and start-from stage folders; files and folders written whole or not at all
-    clock      stage wall times and tokens (timings.json), across interruptions and both processes
+    folders    finished, reused and start-from stage folders and the corpus seed they trained on; files and
+               folders written whole or not at all
+    clock      stage wall times and tokens (timings.json), across interruptions and both processes; each
+               stage's log_history.json
     data       the corpus, its settings record, the tokenizer, CPT-1's name lists
     stages     one function per training stage
     pipeline   the stages in order, in one process or two

@@ -1,5 +1,5 @@
 """Stage wall times and non-padding tokens in `{output_dir}/timings.json`, kept across interruptions and shared by
-the run's two processes."""
+the run's two processes; each finished stage's log history next to its model."""
 
 from __future__ import annotations
 

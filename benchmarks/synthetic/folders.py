@@ -77,6 +77,8 @@ def trained_seed(folder: str | Path) -> tuple[int, Path] | None:
 
 
 def check_seed(what: str, folder: str | Path, seed: int, fix: str = "or train the stage in this run") -> None:
+    """Refuse a model `folder` trained on a corpus of another `seed` (its training names include held-out ones of
+    `seed`'s corpus); `fix` ends the error's advice."""
     found = trained_seed(folder)
     if found is not None and found[0] != seed:
         raise ValueError(

@@ -3,7 +3,7 @@
 Each phase is a `SyntheticRunConfig` trained in its own folder, `{output_dir}/{name}`; a later phase takes finished
 stages of earlier ones (`reuse`) or goes on training them (`start_from`), e.g. in another distractor world. The last
 phase is evaluated, reported (by default in `{output_dir}/report`) and exported like a single run
-(`run.run_and_report`). A rerun skips finished
+(`benchmarks.synthetic.run.run_and_report`). A rerun skips finished
 phases and stages and resumes an interrupted stage from its last checkpoint, so a schedule longer than a session is
 the same command run again.
 

@@ -107,6 +107,7 @@ STAGE_SOURCES = {
     "cpt2": (("document", "document"), ("multidoc", "document"), ("summary", "summary"), ("qa", "qa"), ("standard", "standard")),
     "sft": (("qa", "qa"),),
 }
+"""(file, kind) of the corpus files each memcomp stage draws from (kinds of `trainers.data`)."""
 
 
 def stage_config(config: SyntheticRunConfig, stage: str):
