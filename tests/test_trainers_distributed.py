@@ -76,7 +76,7 @@ def test_teardown_frees_the_trainer_then_destroys_the_group_even_on_error(tmp_pa
     assert not torch.distributed.is_initialized()
 
 
-def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: list[int], results) -> None:
+def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: dict, results, resume: str = "last") -> None:
     """One rank of `test_every_rank_takes_the_main_process_resume_decision`: its output_dir is its own (a node's disk)."""
     from types import SimpleNamespace
 
@@ -95,24 +95,25 @@ def _resume_on_own_disk(rank: int, port: int, root: str, checkpoint_on: list[int
             save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        results[rank] = repr(resume_point(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(output_dir))))
+        results[rank] = repr(resume_point(SimpleNamespace(resume_from_checkpoint=resume, output_dir=str(output_dir))))
     except ValueError as error:
         results[rank] = f"error: {error}"
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("checkpoint_on, expected", [
-    ({50: [1]}, ["None", "None"]),  # the main process starts afresh: so does the rank that sees a checkpoint
-    ({50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"]),
-    ({40: [0, 1], 50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"]),
-    ({40: [0, 1], 50: [0, 1]}, ["node0/checkpoint-50", "node1/checkpoint-50"]),
+@pytest.mark.parametrize("checkpoint_on, expected, resume", [
+    ({50: [1]}, ["None", "None"], "last"),  # the main process starts afresh: so does the rank that sees a checkpoint
+    ({50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"], "last"),
+    ({40: [0, 1], 50: [0]}, ["node0/checkpoint-50", "error: rank 1: the main process resumes from checkpoint-50"], "last"),
+    ({40: [0, 1], 50: [0, 1]}, ["node0/checkpoint-50", "node1/checkpoint-50"], "last"),
+    ({50: [1]}, ["error: no complete checkpoint in"] * 2, "true"),  # every rank stops with the error, none hangs
 ])
-def test_every_rank_takes_the_main_process_resume_decision(tmp_path, checkpoint_on, expected):
+def test_every_rank_takes_the_main_process_resume_decision(tmp_path, checkpoint_on, expected, resume):
     """Each rank's output_dir is its own (a node's disk): rank 1 never resumes from its own older checkpoint-40."""
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_resume_on_own_disk, args=(free_port(), str(tmp_path), checkpoint_on, results), nprocs=2)
+    mp.spawn(_resume_on_own_disk, args=(free_port(), str(tmp_path), checkpoint_on, results, resume), nprocs=2)
     got = [results[rank].replace(repr(str(tmp_path))[1:-1] + "/", "").strip("'") for rank in (0, 1)]
-    assert [got[0], got[1][: len(expected[1])]] == expected
+    assert [got[0][: len(expected[0])], got[1][: len(expected[1])]] == expected

@@ -203,6 +203,28 @@ def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpo
     assert resume_point(args(str(tmp_path / "checkpoint-50"))) == str(tmp_path / "checkpoint-50")
 
 
+@pytest.mark.parametrize("flags, resumes", [
+    ({}, False),  # an ordinary run saves optimizer and scheduler state: without them a checkpoint is torn
+    ({"save_only_model": True}, True),
+    ({"deepspeed_plugin": object()}, True),  # DeepSpeed keeps them under global_step*/ (ZeRO-3)
+])
+def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path, caplog, flags, resumes):
+    """`last` must not start afresh (and overwrite) a run whose checkpoints the trainer would resume from."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from trainers.checkpoints import resume_point
+
+    folder = tmp_path / "checkpoint-50"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+    args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path), **flags)
+    assert resume_point(args) is (True if resumes else None)
+    assert ("no optimizer state (optimizer.pt)" in caplog.text) is not resumes
+
+
 @pytest.mark.slow
 def test_resumed_run_logs_the_same_next_loss(tmp_path):
     def run(out, resume=None, stop=None):

@@ -100,6 +100,14 @@ def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, opt
     return problems
 
 
+def checkpoint_requirements(training, *, full_ft: bool = False) -> dict[str, bool]:
+    """What a checkpoint of a run with these training arguments must hold to resume it exactly (`checkpoint_problems`'
+    keywords): optimizer and scheduler state unless the run saves only the model or DeepSpeed keeps its own (ZeRO
+    writes them under `global_step*/`); `full_ft`: FQLoRA's fully fine-tuned layers, which only the trainer knows of."""
+    deepspeed = getattr(training, "deepspeed_plugin", None) is not None or bool(getattr(training, "deepspeed", None))
+    return {"full_ft": full_ft, "optimizer": not getattr(training, "save_only_model", False) and not deepspeed}
+
+
 def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
     """The `checkpoint-<step>` folders of `output_dir`, highest step first."""
     root = Path(output_dir)
@@ -144,7 +152,7 @@ class CompleteCheckpointResume:
 
     def _checkpoint_requirements(self) -> dict[str, bool]:
         """What a checkpoint of this run must hold to resume it exactly (`checkpoint_problems`' keywords)."""
-        return {"full_ft": False, "optimizer": not self.args.save_only_model and not self.is_deepspeed_enabled}
+        return checkpoint_requirements(self.args)
 
     def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
         """`True`: the newest complete checkpoint of `output_dir`; a path: that checkpoint, which must be complete;
@@ -177,22 +185,31 @@ class CompleteCheckpointResume:
 def resume_point(training) -> str | bool | None:
     """`--resume_from_checkpoint` as `Trainer.train` takes it: a checkpoint folder, `true` for the newest complete one
     in `output_dir`, or `last`: that one if there is any, else a fresh start (one command starts and resumes a run).
-    Every rank takes the main process's decision: nodes that see different disks must not part ways."""
+    Every rank takes the main process's decision: nodes that see different disks must not part ways. A checkpoint is
+    complete by `checkpoint_requirements(training)`, the trainer's own rule (less FQLoRA's layers, which the trainer
+    checks when it resumes)."""
     decision = _local_resume_point(training)
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return decision
+    requirements = checkpoint_requirements(training)
     newest = None  # the main process names the folder `True` means: a rank must not pick another newest one
     if decision is True:
-        newest = next(f.name for f in checkpoints_newest_first(training.output_dir) if not checkpoint_problems(f))
+        complete = (f for f in checkpoints_newest_first(training.output_dir) if not checkpoint_problems(f, **requirements))
+        newest = next((f.name for f in complete), None)
     agreed = [(decision, newest)]
     dist.broadcast_object_list(agreed, src=0)
     decision, newest = agreed[0]
+    if decision is True and newest is None:
+        raise ValueError(
+            f"no complete checkpoint in {training.output_dir} to resume from (the main process found none): start "
+            "without resume, or pass --resume_from_checkpoint last to start afresh when there is none."
+        )
     if newest is None:
         return decision  # a fresh start, or the folder the user named
     folder = Path(training.output_dir) / newest
-    if not folder.is_dir() or checkpoint_problems(folder):
+    if not folder.is_dir() or checkpoint_problems(folder, **requirements):
         raise ValueError(
             f"rank {dist.get_rank()}: the main process resumes from {newest} in {training.output_dir}, but this "
             "process finds no complete copy of it there: put output_dir on a disk every node reads, or set "
@@ -209,7 +226,8 @@ def _local_resume_point(training) -> str | bool | None:
             logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
                            "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
         return None
-    problems = {folder: checkpoint_problems(folder) for folder in found} if str(value).lower() == "last" else {}
+    requirements = checkpoint_requirements(training)
+    problems = {f: checkpoint_problems(f, **requirements) for f in found} if str(value).lower() == "last" else {}
     if str(value).lower() == "last" and all(problems.values()):
         if found:  # killed during its first save
             logger.warning("no complete checkpoint in %s (%s): the run starts afresh.", training.output_dir,
