@@ -1,80 +1,121 @@
-"""Peak memory of `compress` vs context length and encoder micro-batch size (CPU, random tiny-ish model).
+"""Peak memory of `compress` vs context length and encoder micro-batch size (CPU, random tiny Qwen2).
 
-Each cell runs in a fresh subprocess that resets its RSS high-water mark (`/proc/self/clear_refs`)
-right before `compress`; the figure reported is the high-water mark above the RSS before the call, minus
-the output memory itself (num_chunks x hidden x 4 bytes, which must grow with the context). Expectation: the rest
-grows with the micro-batch size and stays flat in the context length.
+    python -m benchmarks.compress_memory                         # writes benchmarks/results/compress_memory_cpu.*
+    python -m benchmarks.compress_memory --smoke --output_dir /tmp/compress
 
-    python benchmarks/compress_memory.py --out benchmarks/results
+Each cell runs in a fresh process (memory freed by earlier cells would hide part of its peak) and measures the RSS
+high-water mark during one `compress` above the RSS before it (`_timing.rss_peak_bytes`), minus the output memory
+itself (chunks x hidden x 4 bytes, which must grow with the context). Expectation: the rest, the working memory,
+grows with the micro-batch size and stays flat in the context length. Linux only.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import subprocess
-import sys
+import concurrent.futures
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-CELL = r"""
-import json, re, sys, time
 import torch
-from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
-torch.set_num_threads(2)
-length, batch = int(sys.argv[1]), int(sys.argv[2])
-def status_kib(field):
-    return int(re.search(rf"^{field}:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1))
-tokenizer = train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
-model = build_tiny_memcomp(tokenizer, hidden_size=256, num_layers=4, encoder_batch_size=batch)
-ids = torch.randint(5, 290, (length,)).tolist()
-model.compress(ids[:16], show_progress=False)  # warm-up on one chunk: kernels loaded, no batch-sized buffers yet
-before = status_kib("VmRSS")
-open("/proc/self/clear_refs", "w").write("5")  # reset the RSS high-water mark (VmHWM) to the current RSS
-start = time.perf_counter()
-memory = model.compress(ids, show_progress=False)
-seconds = time.perf_counter() - start
-peak = (status_kib("VmHWM") - before) * 1024
-output = memory.embeds.numel() * memory.embeds.element_size()
-print(json.dumps({"tokens": length, "micro_batch": batch, "chunks": len(memory), "seconds": seconds,
-                  "peak_mib": peak / 2**20, "output_mib": output / 2**20, "working_mib": max(0, peak - output) / 2**20}))
-"""
+
+from ._outputs import benchmark_main, write_outputs
+from ._timing import machine_info, rss_peak_bytes
+
+MIB = 2**20
 
 
-def run_cell(length: int, batch: int) -> dict:
-    result = subprocess.run([sys.executable, "-c", CELL, str(length), str(batch)], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+@dataclass
+class CompressMemoryConfig:
+    lengths: list[int] = field(default_factory=lambda: [4096, 32768, 122880], metadata={"help": "Context lengths (tokens)."})
+    micro_batches: list[int] = field(
+        default_factory=lambda: [16, 64, 256], metadata={"help": "Encoder micro-batch sizes (chunks per forward pass)."}
+    )
+    chunk_size: int = field(default=16, metadata={"help": "Tokens per memory embedding."})
+    hidden_size: int = field(default=256, metadata={"help": "Width of the random tiny Qwen2."})
+    num_layers: int = field(default=4, metadata={"help": "Depth of the random tiny Qwen2."})
+    threads: int = field(default=2, metadata={"help": "Torch threads of each cell's process."})
+    seed: int = field(default=0, metadata={"help": "Context token ids."})
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Folder for <name>.json and <name>.md."})
+    name: str = field(default="compress_memory_cpu", metadata={"help": "File stem of the results."})
+    smoke: bool = field(default=False, metadata={"help": "Tiny sizes for a seconds-long check (tests)."})
+
+    def __post_init__(self):
+        if self.smoke:
+            self.lengths, self.micro_batches, self.hidden_size, self.num_layers = [64, 256], [4], 32, 1
+        if min(*self.lengths, *self.micro_batches, self.chunk_size, self.threads) < 1:
+            raise ValueError("lengths, micro_batches, chunk_size and threads must be positive.")
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    return f"{cpu}, 2 torch threads, {platform.system()}"
+def _build(config: CompressMemoryConfig, micro_batch: int):
+    from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+
+    corpus = (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus.txt").read_text().splitlines()
+    return build_tiny_memcomp(
+        train_tokenizer(corpus, vocab_size=300), chunk_size=config.chunk_size, hidden_size=config.hidden_size,
+        num_layers=config.num_layers, encoder_batch_size=micro_batch,
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 32768, 122880])
-    parser.add_argument("--micro-batches", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
+@torch.no_grad()
+def measure_cell(config_dict: dict, length: int, micro_batch: int) -> dict:
+    """One cell, in a fresh process: build the model, warm it up on one chunk, measure one `compress` of `length`."""
+    config = CompressMemoryConfig(**config_dict)
+    torch.set_num_threads(config.threads)
+    model = _build(config, micro_batch)
+    vocab = model.get_input_embeddings().num_embeddings - 4  # plain tokens only
+    ids = torch.randint(5, vocab, (length,), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    model.compress(ids[: config.chunk_size], show_progress=False)  # kernels loaded, no batch-sized buffers yet
+    memories = []
+    start = time.perf_counter()
+    peak = rss_peak_bytes(lambda: memories.append(model.compress(ids, show_progress=False)))
+    seconds = time.perf_counter() - start
+    output = memories[0].embeds.numel() * memories[0].embeds.element_size()
+    return {"tokens": length, "micro_batch": micro_batch, "chunks": len(memories[0]), "seconds": seconds,
+            "peak_mib": peak / MIB, "output_mib": output / MIB, "working_mib": max(0, peak - output) / MIB}
 
-    rows = [run_cell(length, batch) for batch in args.micro_batches for length in args.lengths]
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "compress_memory", "machine": machine(), "model": "Qwen2 4 layers, hidden 256, fp32, C=16", "rows": rows}
-    (args.out / "compress_memory_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+
+def run(config: CompressMemoryConfig) -> dict:
+    """Every (micro-batch, length) cell, each in its own spawned process; returns the JSON-ready report."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        raise ValueError("this benchmark needs Linux (/proc/self/clear_refs) to reset the RSS high-water mark.")
+    rows = []
+    for micro_batch in config.micro_batches:
+        for length in config.lengths:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                rows.append(pool.submit(measure_cell, asdict(config), length, micro_batch).result())
+    machine = {**machine_info(torch.device("cpu")), "torch_threads": config.threads}
+    return {"benchmark": "compress_memory", "config": asdict(config), "machine": machine, "rows": rows}
+
+
+def markdown_table(report: dict) -> str:
+    config, machine = report["config"], report["machine"]
     lines = [
-        f"# compress() peak memory on CPU\n\nMachine: {report['machine']}. Model: {report['model']}.",
-        "Peak = RSS high-water mark during the call above the RSS before it; working = peak minus the output tensor.\n",
+        "# compress() peak memory on CPU", "",
+        f"Machine: {machine['cpu']}, {machine['torch_threads']} torch threads. Model: random Qwen2, "
+        f"{config['num_layers']} layers, hidden {config['hidden_size']}, fp32, C={config['chunk_size']}.",
+        "Peak = RSS high-water mark during the call above the RSS before it; working = peak minus the output tensor.", "",
         "| tokens | micro-batch | chunks | seconds | peak (MiB) | output (MiB) | working (MiB) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['tokens']} | {r['micro_batch']} | {r['chunks']} | {r['seconds']:.2f} | {r['peak_mib']:.1f} | {r['output_mib']:.1f} | {r['working_mib']:.1f} |"
-        for r in rows
+        f"| {r['tokens']} | {r['micro_batch']} | {r['chunks']} | {r['seconds']:.2f} | {r['peak_mib']:.1f} | "
+        f"{r['output_mib']:.1f} | {r['working_mib']:.1f} |"
+        for r in report["rows"]
     ]
-    (args.out / "compress_memory_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, config: CompressMemoryConfig) -> dict[str, Path]:
+    return write_outputs(report, config.output_dir, config.name, markdown_table(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(CompressMemoryConfig, argv, "python -m benchmarks.compress_memory", __doc__, run,
+                          markdown_table, write_report)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -158,3 +158,17 @@ def test_growing_memory_benchmark_smoke_run(tmp_path):
     result = run(GrowingMemoryConfig(smoke=True, output_dir=str(tmp_path), name="growing"))
     assert [r["step"] for r in result["rows"]] == [1, 2, 3] and result["max_abs_diff"] < 1e-4
     assert (tmp_path / "growing.json").is_file() and "re-compress (s)" in (tmp_path / "growing.md").read_text()
+
+
+def test_compress_memory_benchmark_smoke_run(tmp_path, capsys):
+    from benchmarks import compress_memory
+
+    assert compress_memory.main(["--smoke", "--output_dir", str(tmp_path), "--name", "cm"]) == 0
+    report = json.loads((tmp_path / "cm.json").read_text())
+    cells = [(r["micro_batch"], r["tokens"], r["chunks"]) for r in report["rows"]]
+    assert cells == [(4, 64, 4), (4, 256, 16)]  # each cell measured in its own process
+    assert all(r["peak_mib"] >= 0 and r["output_mib"] == r["chunks"] * 32 * 4 / 2**20 for r in report["rows"])
+    assert "| 256 | 4 | 16 |" in (tmp_path / "cm.md").read_text() and "working (MiB)" in capsys.readouterr().out
+    assert compress_memory.main(["--micro_batches", "0", "--output_dir", str(tmp_path / "bad")]) == 2
+    assert "error: lengths, micro_batches, chunk_size and threads must be positive." in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
