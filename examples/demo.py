@@ -7,7 +7,6 @@ answers from the compressed memory, saying which document held the answer. `--co
 your own question; `--model PATH_OR_HUB_ID` uses another checkpoint.
 """
 
-import random
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,7 @@ from transformers.utils import logging
 
 from modeling_memcomp.loading import load_memcomp
 from modeling_memcomp.prompting import memory_block_ids
-from trainers.synthetic import make_episode, split_names, with_distractors
+from trainers.synthetic import unseen_example
 
 CHECKPOINT = "checkpoints/memcomp-synthetic-tiny"
 
@@ -30,19 +29,6 @@ class DemoArguments:
     seed: int = field(default=0, metadata={"help": "Which fresh synthetic documents and question to draw."})
     max_new_tokens: int = field(default=16, metadata={"help": "Answer length limit in tokens."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code saved with the checkpoint."})
-
-
-def unseen_example(seed: int, documents: int) -> tuple[list[str], str, str, int]:
-    """Fresh episodes over held-out names (never in training): `documents` documents, a question, its answer and the
-    index of the document that states it."""
-    rng = random.Random(f"demo-{seed}")
-    _, heldout_names = split_names()
-    episodes = [make_episode(rng, heldout_names) for _ in range(documents)]
-    row = rng.choice(episodes[0].rows(rng)["qa"])
-    pool = [doc for episode in episodes[1:] for doc in (episode.people_doc, episode.org_doc)]
-    needed = sorted(row["context"], key=lambda doc: " was founded " in doc)  # the answer's document last
-    passages = with_distractors(needed, pool, max(documents, len(needed)), rng)
-    return passages, row["question"], row["answer"], passages.index(needed[-1])
 
 
 def main() -> None:

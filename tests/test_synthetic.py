@@ -328,3 +328,14 @@ def test_a_base_saved_with_this_tokenizer_keeps_its_tokenization_through_from_ba
     wrapped.save_pretrained(tmp_path / "memcomp")
     reloaded = MemCompForCausalLM.from_pretrained(tmp_path / "memcomp")
     assert reloaded.tokenizer(text, add_special_tokens=False)["input_ids"] == expected
+
+
+def test_unseen_example_states_its_answer_in_the_document_it_names_and_uses_held_out_names_only():
+    from trainers.synthetic import names_in, unseen_example
+
+    train_names, _ = split_names()
+    for seed in range(20):
+        passages, question, answer, holder = unseen_example(seed, documents=4)
+        assert len(passages) == 4 and question.endswith("?") and answer in passages[holder]
+        assert not set().union(*map(names_in, passages)) & set(train_names)
+    assert unseen_example(3, 4) == unseen_example(3, 4)  # a seed is one example

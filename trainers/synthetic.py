@@ -259,9 +259,22 @@ def is_org_document(doc: str) -> bool:
     return " was founded " in doc
 
 
-def _answer_doc_last(row: dict) -> list[str]:
+def answer_doc_last(row: dict) -> list[str]:
     """The row's needed documents, the one stating the answer last (two-hop: the organisation document)."""
     return sorted(row["context"], key=is_org_document)
+
+
+def unseen_example(seed: int, documents: int) -> tuple[list[str], str, str, int]:
+    """A fresh question over held-out names (never in training), for demos: `documents` documents (the needed ones
+    among distractors of other fresh episodes), the question, its answer and the index of the document stating it."""
+    rng = random.Random(f"demo-{seed}")
+    _, heldout_names = split_names()
+    episodes = [make_episode(rng, heldout_names) for _ in range(documents)]
+    row = rng.choice(episodes[0].rows(rng)["qa"])
+    pool = [doc for episode in episodes[1:] for doc in (episode.people_doc, episode.org_doc)]
+    needed = answer_doc_last(row)
+    passages = with_distractors(needed, pool, max(documents, len(needed)), rng)
+    return passages, row["question"], row["answer"], passages.index(needed[-1])
 
 
 def distractor_pools(documents: list[str], distractors: str = "any"):
@@ -278,7 +291,7 @@ def distractor_rows(
     """Each QA row with its context grown to 1..max_passages documents (uniform; at least its needed ones)."""
     pool, out = distractor_pools(documents, distractors), []
     for row in rows:
-        needed = _answer_doc_last(row)
+        needed = answer_doc_last(row)
         k = rng.randint(len(needed), max(len(needed), max_passages))
         out.append({**row, "context": with_distractors(needed, pool(needed), k, rng), "k": k})
     return out
@@ -299,7 +312,7 @@ def evaluation_rows(
             candidates = [r for r in rows if len(r["context"]) <= k]
             for row in rng.sample(candidates, min(per_cell, len(candidates))):
                 at = {"first": 0, "middle": (k - 1) // 2, "last": k - 1}[depth]
-                needed = _answer_doc_last(row)
+                needed = answer_doc_last(row)
                 context = with_distractors(needed, pool(needed), k, rng, answer_at=at)
                 out.append({**row, "context": context, "k": k, "depth": depth})
     return out
