@@ -11,9 +11,12 @@ from collections.abc import Sequence
 import torch
 from trl.rewards import get_soft_overlong_punishment
 
+from .stages import RL
+
 
 def overlong_penalty(
-    lengths: Sequence[int], max_length: int = 600, buffer: int = 100, factor: float = 0.5
+    lengths: Sequence[int], max_length: int = RL.max_completion_length, buffer: int = RL.overlong_buffer,
+    factor: float = RL.overlong_penalty_factor,
 ) -> list[float]:
     """DAPO soft overlong punishment times `factor`, one value per completion length.
 
@@ -57,7 +60,7 @@ def filter_groups(rewards, group_size: int) -> list[int]:
     return varied.nonzero().flatten().tolist()
 
 
-def dynamic_sampling_enabled(rollouts_done: int, warmup_rollouts: int = 25) -> bool:
+def dynamic_sampling_enabled(rollouts_done: int, warmup_rollouts: int = RL.dynamic_sampling_warmup_rollouts) -> bool:
     """Whether dynamic sampling filters the next rollout batch: only once `warmup_rollouts` batches are done.
 
     The paper (Appendix I.3) lets the model learn the `\\boxed{}` format for 25 steps before filtering; a step there

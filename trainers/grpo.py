@@ -35,6 +35,7 @@ from .distributed import check_launch
 from .judges import MatchJudge
 from .precision import SaveInLoadedDtype, upcast_trainable_weights
 from .rewards import JudgeReward, OverlongPenalty
+from .stages import RL
 
 logger = logging.getLogger(__name__)
 
@@ -51,35 +52,42 @@ class MemCompGRPOConfig(GRPOConfig):
     `generation_batch_size` are derived from them). Warm-ups count rollout batches, as VERL's steps do.
     """
 
-    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (Table 10: 1e-6)."})
+    learning_rate: float = field(default=RL.learning_rate, metadata={"help": "Peak learning rate (Table 10)."})
     lr_warmup_rollouts: int | None = field(
-        default=10,
-        metadata={"help": "LR warm-up in rollout batches (Table 10: 10 steps of 128 prompts); sets warmup_steps to this "
+        default=RL.lr_warmup_rollouts,
+        metadata={"help": "LR warm-up in rollout batches (Table 10: steps of 128 prompts); sets warmup_steps to this "
                   "times the optimizer steps per rollout batch. None keeps warmup_steps as given."},
     )
     lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule after warmup."})
     rollout_batch_prompts: int | None = field(
-        default=128,
-        metadata={"help": "Prompts per rollout batch (Table 10: 128): generation_batch_size = this x num_generations. "
+        default=RL.rollout_batch_prompts,
+        metadata={"help": "Prompts per rollout batch (Table 10): generation_batch_size = this x num_generations. "
                   "None leaves generation_batch_size / steps_per_generation to TRL."},
     )
     mini_batch_prompts: int | None = field(
-        default=64,
-        metadata={"help": "Prompts per optimizer step (Table 10 mini-batch: 64) at any world size: "
+        default=RL.mini_batch_prompts,
+        metadata={"help": "Prompts per optimizer step (Table 10's mini-batch) at any world size: "
                   "gradient_accumulation_steps = this x num_generations / (per_device_train_batch_size x world size). "
                   "None keeps gradient_accumulation_steps as given."},
     )
     loss_type: str = field(default="dapo", metadata={"help": "Loss aggregation; 'dapo' is DAPO's token-mean."})
-    epsilon: float = field(default=0.2, metadata={"help": "Lower clip ratio (Table 10: 0.2)."})
-    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip ratio, DAPO clip-higher (Table 10: 0.28)."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient (Table 10: 0, no reference model)."})
-    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (Table 10: 1.0)."})
-    num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (Table 10: 16 for 7B, 8 for 32B)."})
-    max_completion_length: int = field(default=600, metadata={"help": "Maximum response tokens (Table 10: 600)."})
-    max_prompt_length: int = field(
-        default=1024, metadata={"help": "Maximum prompt tokens incl. memory slots (Table 10: 1024); longer rows are errors."}
+    epsilon: float = field(default=RL.epsilon, metadata={"help": "Lower clip ratio (Table 10)."})
+    epsilon_high: float = field(default=RL.epsilon_high, metadata={"help": "Upper clip ratio, DAPO clip-higher (Table 10)."})
+    beta: float = field(default=RL.beta, metadata={"help": "KL coefficient (Table 10: none, no reference model)."})
+    temperature: float = field(default=RL.temperature, metadata={"help": "Rollout sampling temperature (Table 10)."})
+    num_generations: int = field(
+        default=RL.num_generations, metadata={"help": "Rollouts per prompt (Table 10: this for 7B, 8 for 32B)."}
     )
-    template: str = field(default="rl", metadata={"help": "Prompt template of build_prompt ('rl' adds the \\boxed{} instruction)."})
+    max_completion_length: int = field(
+        default=RL.max_completion_length, metadata={"help": "Maximum response tokens (Table 10)."}
+    )
+    max_prompt_length: int = field(
+        default=RL.max_prompt_length,
+        metadata={"help": "Maximum prompt tokens incl. memory slots (Table 10); longer rows are errors."},
+    )
+    template: str = field(
+        default=RL.template, metadata={"help": "Prompt template of build_prompt ('rl' adds the \\boxed{} instruction)."}
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System prompt; None uses the template's default (the RL one for 'rl')."}
     )
@@ -87,7 +95,8 @@ class MemCompGRPOConfig(GRPOConfig):
         default=True, metadata={"help": "DAPO dynamic sampling: train only on prompt groups whose accuracy varies."}
     )
     dynamic_sampling_warmup_rollouts: int = field(
-        default=25, metadata={"help": "Rollout batches before dynamic sampling starts (paper: 25 steps of 128 prompts)."}
+        default=RL.dynamic_sampling_warmup_rollouts,
+        metadata={"help": "Rollout batches before dynamic sampling starts (paper: steps of 128 prompts)."},
     )
     dynamic_sampling_max_tries: int = field(
         default=4,
@@ -97,9 +106,12 @@ class MemCompGRPOConfig(GRPOConfig):
     dynamic_sampling_metric: str | None = field(
         default=None, metadata={"help": "Reward function filtered on (its __name__); None = the first ('judge': accuracy)."}
     )
-    overlong_buffer: int = field(default=100, metadata={"help": "Soft overlong punishment buffer, tokens (Table 10: 100)."})
+    overlong_buffer: int = field(
+        default=RL.overlong_buffer, metadata={"help": "Soft overlong punishment buffer, tokens (Table 10)."}
+    )
     overlong_penalty_factor: float = field(
-        default=0.5, metadata={"help": "Overlong penalty factor (Table 10: 0.5); 0 disables the penalty reward."}
+        default=RL.overlong_penalty_factor,
+        metadata={"help": "Overlong penalty factor (Table 10); 0 disables the penalty reward."},
     )
     rollout_backend: str = field(
         default="hf", metadata={"help": "Rollouts by 'hf' generate, 'vllm' (prompt embeddings) or 'auto' (vllm if installed)."}

@@ -21,6 +21,8 @@ from datasets.fingerprint import Hasher
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt
 
+from .stages import RL
+
 logger = logging.getLogger(__name__)
 METADATA_FILE = "memcomp_memory.json"
 """Sidecar written next to the dataset: which compressor made the memories (checked before RL)."""
@@ -38,8 +40,10 @@ class PrecomputeArguments:
     context_column: str = field(default="context", metadata={"help": "Column with the context (string or list of passages)."})
     question_column: str = field(default="question", metadata={"help": "Column with the question."})
     answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer(s)."})
-    max_prompt_length: int = field(default=1024, metadata={"help": "Drop rows whose RL prompt exceeds this many tokens (Table 10: 1024)."})
-    template: str = field(default="rl", metadata={"help": "Prompt template used to measure prompt_length."})
+    max_prompt_length: int = field(
+        default=RL.max_prompt_length, metadata={"help": "Drop rows whose RL prompt exceeds this many tokens (Table 10)."}
+    )
+    template: str = field(default=RL.template, metadata={"help": "Prompt template used to measure prompt_length."})
     max_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows (smoke runs)."})
     dtype: str = field(default="float32", metadata={"help": "Storage dtype of the memories: float32 or float16 (half the disk)."})
     device: str | None = field(default=None, metadata={"help": "Device for the encoder; default cuda if available, else cpu."})
@@ -60,8 +64,8 @@ def precompute_memory(
     context_column: str = "context",
     question_column: str = "question",
     answer_column: str = "answer",
-    max_prompt_length: int = 1024,
-    template: str = "rl",
+    max_prompt_length: int = RL.max_prompt_length,
+    template: str = RL.template,
     dtype: str = "float32",
     first_row: int = 0,
 ) -> Dataset:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .dapo import overlong_penalty
 from .judges import LLMJudge, MatchJudge, extract_answer
+from .stages import RL
 
 
 def _text(completion) -> str:
@@ -51,7 +52,10 @@ class OverlongPenalty:
 
     __name__ = "overlong_penalty"
 
-    def __init__(self, max_length: int = 600, buffer: int = 100, factor: float = 0.5):
+    def __init__(
+        self, max_length: int = RL.max_completion_length, buffer: int = RL.overlong_buffer,
+        factor: float = RL.overlong_penalty_factor,
+    ):
         overlong_penalty([0], max_length, buffer, factor)  # validates the settings now, not at the first step
         self.max_length, self.buffer, self.factor = max_length, buffer, factor
 

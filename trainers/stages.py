@@ -1,4 +1,4 @@
-"""The paper's curriculum (Tables 1, 2, 9; Section 3.3) in one place: every stage default is read from here."""
+"""The paper's curriculum (Tables 1, 2, 9, 10; Section 3.3) in one place: every stage default is read from here."""
 
 from __future__ import annotations
 
@@ -103,3 +103,28 @@ def get_stage(name: str) -> StageSpec:
     if name not in STAGES:
         raise ValueError(f"stage must be one of {sorted(STAGES)}, got {name!r}.")
     return STAGES[name]
+
+
+@dataclass(frozen=True)
+class RLSpec:
+    """The RL stage: DAPO on the decoder (Table 10; Section 3.3.3), batches counted as VERL counts them."""
+
+    learning_rate: float = 1e-6
+    lr_warmup_rollouts: int = 10  # rollout batches
+    rollout_batch_prompts: int = 128
+    mini_batch_prompts: int = 64  # two optimizer steps per rollout batch
+    epsilon: float = 0.2
+    epsilon_high: float = 0.28  # clip-higher
+    beta: float = 0.0  # no KL term, no reference model
+    temperature: float = 1.0
+    num_generations: int = 16  # 8 for 32B
+    max_completion_length: int = 600
+    max_prompt_length: int = 1024  # memory slots included
+    dynamic_sampling_warmup_rollouts: int = 25
+    overlong_buffer: int = 100
+    overlong_penalty_factor: float = 0.5
+    template: str = "rl"  # adds the \boxed{} answer instruction
+
+
+RL = RLSpec()
+
