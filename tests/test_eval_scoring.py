@@ -143,15 +143,19 @@ def test_needle_recall_score_spans_1_to_10():
 
 def test_score_judge_retries_malformed_then_parses():
     backend = ScriptedBackend("I think it is good", "Rating: [[8]]")
-    result = ScoreJudge(backend, retries=2).score("Q?", "response", "reference")
+    judge = ScoreJudge(backend, retries=2, retry_delay=0)
+    result = judge.score("Q?", "response", "reference")
     assert (result.score, result.failed, len(backend.prompts)) == (8, False, 2)
+    assert (judge.stats["calls"], judge.stats["malformed"], judge.stats["retried"]) == (1, 1, 1)
     assert "Reference answer: reference" in backend.prompts[0] and "Response to grade: response" in backend.prompts[0]
 
 
 def test_score_judge_fails_to_1_after_retries_and_survives_errors():
     backend = ScriptedBackend(TimeoutError("slow"), "no score here", "Rating: [[42]]")
-    result = ScoreJudge(backend, retries=2).score("Q?", "response", "reference")
+    judge = ScoreJudge(backend, retries=2, retry_delay=0)
+    result = judge.score("Q?", "response", "reference")
     assert (result.score, result.failed, len(backend.prompts)) == (1.0, True, 3)
+    assert (judge.stats["errors"], judge.stats["failed"], judge.failure_rate) == (1, 1, 1.0)
     with pytest.raises(TypeError, match="complete"):
         ScoreJudge(object())
 

@@ -275,8 +275,9 @@ class LLMJudge(_JudgeBase):
             question=question.strip(), response=shown or "(empty)", reference=" OR ".join(_references(reference))
         )
 
-    def judge(self, question: str, response: str, reference: str | Sequence[str]) -> JudgeResult:
-        prompt = self.build_prompt(question, response, reference)
+    def ask(self, prompt: str, parse):
+        """`(parse(reply), reply)` for the first reply `parse` reads (not None), with retries and back-off; after the
+        last failed try `(None, last reply or error)`. Counted in `stats`."""
         self._count(calls=1)
         raw = ""
         for attempt in range(self.retries + 1):
@@ -285,18 +286,24 @@ class LLMJudge(_JudgeBase):
                 time.sleep(self.retry_delay * 2 ** (attempt - 1))
             try:
                 raw = self.backend.complete(prompt)
-            except Exception as error:  # a judge failure must never stop training
+            except Exception as error:  # a judge failure must never stop training or a long evaluation
                 logger.warning("judge call failed (attempt %d/%d): %r", attempt + 1, self.retries + 1, error)
                 self._count(errors=1)
                 raw = f"<error: {error!r}>"
                 continue
-            verdict = parse_verdict(raw) if isinstance(raw, str) else None
-            if verdict is not None:
-                self._count(correct=int(verdict))
-                return JudgeResult(correct=verdict, failed=False, raw=raw)
+            value = parse(raw) if isinstance(raw, str) else None
+            if value is not None:
+                return value, raw
             self._count(malformed=1)
         self._count(failed=1)
-        return JudgeResult(correct=False, failed=True, raw=str(raw))
+        return None, str(raw)
+
+    def judge(self, question: str, response: str, reference: str | Sequence[str]) -> JudgeResult:
+        verdict, raw = self.ask(self.build_prompt(question, response, reference), parse_verdict)
+        if verdict is None:
+            return JudgeResult(correct=False, failed=True, raw=raw)
+        self._count(correct=int(verdict))
+        return JudgeResult(correct=verdict, failed=False, raw=raw)
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -455,6 +462,14 @@ class OpenAIJudgeBackend:
             raise ValueError(f"unexpected reply from {self.url}: {str(payload)[:200]}") from error
 
 
+def load_hf_backend(model_name: str, **kwargs) -> HFJudgeBackend:
+    """An `HFJudgeBackend` over a local or Hub model (its own dtype, spread over the available devices)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype="auto", device_map="auto")
+    return HFJudgeBackend(model.eval(), AutoTokenizer.from_pretrained(model_name), **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------- from a CLI
 @dataclass
 class JudgeArguments:
@@ -491,11 +506,7 @@ def build_judge(args: JudgeArguments):
             extra_body=json.loads(args.judge_extra_body) if args.judge_extra_body else None,
         )
     elif args.judge == "hf":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.judge_model)
-        model = AutoModelForCausalLM.from_pretrained(args.judge_model, dtype="auto", device_map="auto")
-        backend = HFJudgeBackend(model, tokenizer, max_new_tokens=args.judge_max_tokens)
+        backend = load_hf_backend(args.judge_model, max_new_tokens=args.judge_max_tokens)
     else:
         raise ValueError(f"judge must be 'match', 'openai' or 'hf', got {args.judge!r}.")
     return LLMJudge(backend, retries=args.judge_retries)

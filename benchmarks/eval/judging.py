@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-from trainers.judges import HFJudgeBackend, JudgeBackend, LLMJudge, OpenAIJudgeBackend
+from trainers.judges import JudgeBackend, LLMJudge, OpenAIJudgeBackend, load_hf_backend
 
 from .scoring import parse_judge_score
-
-logger = logging.getLogger(__name__)
 
 # The NIAH rubric (Appendix H.2 scores 1-10), after Kamradt's needle-in-a-haystack evaluator.
 NIAH_JUDGE_PROMPT = """You are grading how well a response retrieves a fact, against the reference answer.
@@ -39,30 +36,16 @@ class ScoreResult:
     raw: str = ""
 
 
-class ScoreJudge:
-    """A 1-10 LLM judge over any `JudgeBackend`; bad or failing replies are retried, then scored 1 and `failed`."""
+class ScoreJudge(LLMJudge):
+    """A 1-10 LLM judge over any `JudgeBackend`: `LLMJudge`'s retries, back-off and `stats`, then a score of 1 and
+    `failed` when no reply carries a usable score."""
 
-    def __init__(self, backend: JudgeBackend, retries: int = 2, prompt_template: str = NIAH_JUDGE_PROMPT):
-        if not callable(getattr(backend, "complete", None)):
-            raise TypeError(f"backend must have a complete(prompt) -> str method, got {type(backend).__name__}.")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}.")
-        self.backend, self.retries, self.prompt_template = backend, retries, prompt_template
+    def __init__(self, backend: JudgeBackend, retries: int = 2, prompt_template: str = NIAH_JUDGE_PROMPT, **kwargs):
+        super().__init__(backend, retries=retries, prompt_template=prompt_template, **kwargs)
 
     def score(self, question: str, response: str, reference: str) -> ScoreResult:
-        prompt = self.prompt_template.format(question=question, response=response.strip() or "(empty)", reference=reference)
-        raw = ""
-        for attempt in range(self.retries + 1):
-            try:
-                raw = self.backend.complete(prompt)
-            except Exception as error:  # a flaky judge must not stop a long evaluation
-                logger.warning("score judge call failed (attempt %d): %r", attempt + 1, error)
-                raw = f"<error: {error!r}>"
-                continue
-            value = parse_judge_score(raw)
-            if value is not None:
-                return ScoreResult(score=value, raw=raw)
-        return ScoreResult(score=1.0, failed=True, raw=raw)
+        value, raw = self.ask(self.build_prompt(question, response, reference), parse_judge_score)
+        return ScoreResult(score=1.0, failed=True, raw=raw) if value is None else ScoreResult(score=value, raw=raw)
 
 
 def build_backend(
@@ -73,12 +56,7 @@ def build_backend(
         if not judge_model:
             raise ValueError("judge_url needs judge_model= naming the served model (e.g. Qwen/Qwen2.5-72B-Instruct).")
         return OpenAIJudgeBackend(judge_url, judge_model, api_key=api_key, timeout=timeout)
-    if judge_model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(judge_model, dtype="auto", device_map="auto")
-        return HFJudgeBackend(model.eval(), AutoTokenizer.from_pretrained(judge_model))
-    return None
+    return load_hf_backend(judge_model) if judge_model else None
 
 
 def judges_from_args(args) -> tuple[LLMJudge | None, ScoreJudge | None]:
