@@ -21,6 +21,7 @@ from datasets.fingerprint import Hasher
 from modeling_memcomp import MemCompForCausalLM
 from modeling_memcomp.prompting import build_prompt
 
+from .data import LOCAL_FORMATS
 from .stages import RL
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,8 @@ class PrecomputeArguments:
 def load_rows(path_or_name: str, split: str = "train", config: str | None = None) -> Dataset:
     """A local json/jsonl/parquet/csv file or a Hub dataset, as a `Dataset`."""
     suffix = Path(path_or_name).suffix.lower()
-    builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-    if suffix in builders and Path(path_or_name).is_file():
-        return load_dataset(builders[suffix], data_files=path_or_name, split="train")
+    if suffix in LOCAL_FORMATS and Path(path_or_name).is_file():
+        return load_dataset(LOCAL_FORMATS[suffix], data_files=path_or_name, split="train")
     return load_dataset(path_or_name, config, split=split)
 
 
