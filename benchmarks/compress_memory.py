@@ -76,10 +76,14 @@ def measure_cell(config_dict: dict, length: int, micro_batch: int) -> dict:
             "peak_mib": peak / MIB, "output_mib": output / MIB, "working_mib": max(0, peak - output) / MIB}
 
 
-def run(config: CompressMemoryConfig) -> dict:
-    """Every (micro-batch, length) cell, each in its own spawned process; returns the JSON-ready report."""
+def check_platform(config: CompressMemoryConfig) -> None:
     if not os.path.exists("/proc/self/clear_refs"):
         raise ValueError("this benchmark needs Linux (/proc/self/clear_refs) to reset the RSS high-water mark.")
+
+
+def run(config: CompressMemoryConfig) -> dict:
+    """Every (micro-batch, length) cell, each in its own spawned process; returns the JSON-ready report."""
+    check_platform(config)
     rows = []
     for micro_batch in config.micro_batches:
         for length in config.lengths:
@@ -114,7 +118,7 @@ def write_report(report: dict, config: CompressMemoryConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     return benchmark_main(CompressMemoryConfig, argv, "python -m benchmarks.compress_memory", __doc__, run,
-                          markdown_table, write_report)
+                          markdown_table, write_report, check=check_platform)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ def test_score_judge_fails_to_1_after_retries_and_survives_errors():
     assert (judge.stats["errors"], judge.stats["failed"], judge.failure_rate) == (1, 1, 1.0)
     with pytest.raises(TypeError, match="complete"):
         ScoreJudge(object())
+    with pytest.raises(TypeError, match="call score"):  # a score judge gives no verdicts
+        judge.judge("Q?", "response", "reference")
 
 
 def test_qa_scorer_uses_the_llm_judge_verdict_and_marks_failures():

@@ -203,13 +203,15 @@ def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpo
     assert resume_point(args(str(tmp_path / "checkpoint-50"))) == str(tmp_path / "checkpoint-50")
 
 
-@pytest.mark.parametrize("flags, resumes", [
-    ({}, False),  # an ordinary run saves optimizer and scheduler state: without them a checkpoint is torn
-    ({"save_only_model": True}, True),
-    ({"deepspeed_plugin": object()}, True),  # DeepSpeed keeps them under global_step*/ (ZeRO-3)
+@pytest.mark.parametrize("flags, global_step, missing", [
+    ({}, False, "no optimizer state (optimizer.pt)"),  # an ordinary run saves optimizer and scheduler state
+    ({"save_only_model": True}, False, None),
+    ({"deepspeed_plugin": object()}, True, None),  # ZeRO keeps them under global_step*/, which the trainer loads
+    ({"deepspeed_plugin": object()}, False, "no DeepSpeed state (global_step*/)"),
 ])
-def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path, caplog, flags, resumes):
-    """`last` must not start afresh (and overwrite) a run whose checkpoints the trainer would resume from."""
+def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path, caplog, flags, global_step, missing):
+    """`last` must not start afresh (and overwrite) a run whose checkpoints the trainer would resume from, nor take
+    one it could not resume from."""
     from types import SimpleNamespace
 
     from safetensors.torch import save_file
@@ -220,9 +222,11 @@ def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path,
     folder.mkdir()
     (folder / "trainer_state.json").write_text("{}")
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+    if global_step:
+        (folder / "global_step50").mkdir()
     args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path), **flags)
-    assert resume_point(args) is (True if resumes else None)
-    assert ("no optimizer state (optimizer.pt)" in caplog.text) is not resumes
+    assert resume_point(args) is (None if missing else True)
+    assert missing is None or missing in caplog.text
 
 
 @pytest.mark.slow

@@ -66,11 +66,14 @@ def weights_problem(folder: Path) -> str | None:
     return None
 
 
-def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, optimizer: bool = True) -> list[str]:
+def checkpoint_problems(
+    folder: str | os.PathLike, *, full_ft: bool = False, optimizer: bool = True, deepspeed: bool = False
+) -> list[str]:
     """What keeps `folder` from being a complete checkpoint (empty list: it is complete).
 
     `optimizer`: the run saves optimizer and scheduler state (not `save_only_model`, not DeepSpeed, which
-    keeps its own). `full_ft`: the model has fully fine-tuned parameters outside peft's adapters (FQLoRA).
+    keeps its own). `deepspeed`: the run resumes through DeepSpeed, which needs its `global_step*` folder.
+    `full_ft`: the model has fully fine-tuned parameters outside peft's adapters (FQLoRA).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -90,6 +93,8 @@ def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, opt
             problems.append("no optimizer state (optimizer.pt)")
         if not (folder / "scheduler.pt").is_file():
             problems.append("no scheduler state (scheduler.pt)")
+    if deepspeed and not any(p.is_dir() and p.name.startswith("global_step") for p in folder.iterdir()):
+        problems.append("no DeepSpeed state (global_step*/)")
     if full_ft:
         if not (folder / FULL_FT_WEIGHTS).is_file():
             problems.append(f"no {FULL_FT_WEIGHTS} (the fully fine-tuned FQLoRA layers)")
@@ -102,10 +107,12 @@ def checkpoint_problems(folder: str | os.PathLike, *, full_ft: bool = False, opt
 
 def checkpoint_requirements(training, *, full_ft: bool = False) -> dict[str, bool]:
     """What a checkpoint of a run with these training arguments must hold to resume it exactly (`checkpoint_problems`'
-    keywords): optimizer and scheduler state unless the run saves only the model or DeepSpeed keeps its own (ZeRO
-    writes them under `global_step*/`); `full_ft`: FQLoRA's fully fine-tuned layers, which only the trainer knows of."""
+    keywords): under DeepSpeed its `global_step*/` folder (ZeRO's optimizer and scheduler state: the trainer resumes
+    through it), else optimizer and scheduler state unless the run saves only the model; `full_ft`: FQLoRA's fully
+    fine-tuned layers, which only the trainer knows of."""
     deepspeed = getattr(training, "deepspeed_plugin", None) is not None or bool(getattr(training, "deepspeed", None))
-    return {"full_ft": full_ft, "optimizer": not getattr(training, "save_only_model", False) and not deepspeed}
+    optimizer = not getattr(training, "save_only_model", False) and not deepspeed
+    return {"full_ft": full_ft, "optimizer": optimizer, "deepspeed": deepspeed}
 
 
 def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
@@ -117,15 +124,16 @@ def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike, *, full_ft: bool = False, optimizer: bool = True) -> str | None:
-    """The newest complete `checkpoint-<step>` of `output_dir` (None when there is no checkpoint folder at all).
+def last_complete_checkpoint(output_dir: str | os.PathLike, **requirements: bool) -> str | None:
+    """The newest complete `checkpoint-<step>` of `output_dir` by `requirements` (`checkpoint_problems`' keywords;
+    None when there is no checkpoint folder at all).
 
     Each newer incomplete one is skipped with a logged warning that says why; when every one is
     incomplete, a ValueError lists them all: resuming must never start from a partial state.
     """
     skipped = []
     for folder in checkpoints_newest_first(output_dir):
-        problems = checkpoint_problems(folder, full_ft=full_ft, optimizer=optimizer)
+        problems = checkpoint_problems(folder, **requirements)
         if not problems:
             if skipped:
                 logger.warning("resuming from %s (skipped: %s)", folder, "; ".join(skipped))

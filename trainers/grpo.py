@@ -55,7 +55,7 @@ class MemCompGRPOConfig(GRPOConfig):
     learning_rate: float = field(default=RL.learning_rate, metadata={"help": "Peak learning rate (Table 10)."})
     lr_warmup_rollouts: int | None = field(
         default=RL.lr_warmup_rollouts,
-        metadata={"help": "LR warm-up in rollout batches (Table 10: steps of 128 prompts); sets warmup_steps to this "
+        metadata={"help": "LR warm-up in rollout batches (Table 10's steps of 128 prompts); sets warmup_steps to this "
                   "times the optimizer steps per rollout batch. None keeps warmup_steps as given."},
     )
     lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule after warmup."})
@@ -76,7 +76,7 @@ class MemCompGRPOConfig(GRPOConfig):
     beta: float = field(default=RL.beta, metadata={"help": "KL coefficient (Table 10: none, no reference model)."})
     temperature: float = field(default=RL.temperature, metadata={"help": "Rollout sampling temperature (Table 10)."})
     num_generations: int = field(
-        default=RL.num_generations, metadata={"help": "Rollouts per prompt (Table 10: this for 7B, 8 for 32B)."}
+        default=RL.num_generations, metadata={"help": "Rollouts per prompt (Table 10: the default for 7B, 8 for 32B)."}
     )
     max_completion_length: int = field(
         default=RL.max_completion_length, metadata={"help": "Maximum response tokens (Table 10)."}
@@ -96,7 +96,7 @@ class MemCompGRPOConfig(GRPOConfig):
     )
     dynamic_sampling_warmup_rollouts: int = field(
         default=RL.dynamic_sampling_warmup_rollouts,
-        metadata={"help": "Rollout batches before dynamic sampling starts (paper: steps of 128 prompts)."},
+        metadata={"help": "Rollout batches before dynamic sampling starts (the paper's steps of 128 prompts)."},
     )
     dynamic_sampling_max_tries: int = field(
         default=4,

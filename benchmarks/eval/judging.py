@@ -43,6 +43,9 @@ class ScoreJudge(LLMJudge):
     def __init__(self, backend: JudgeBackend, retries: int = 2, prompt_template: str = NIAH_JUDGE_PROMPT, **kwargs):
         super().__init__(backend, retries=retries, prompt_template=prompt_template, **kwargs)
 
+    def judge(self, question, response, reference):
+        raise TypeError("ScoreJudge scores 1-10: call score(question, response, reference); LLMJudge gives verdicts.")
+
     def score(self, question: str, response: str, reference: str) -> ScoreResult:
         value, raw = self.ask(self.build_prompt(question, response, reference), parse_judge_score)
         return ScoreResult(score=1.0, failed=True, raw=raw) if value is None else ScoreResult(score=value, raw=raw)
