@@ -25,6 +25,11 @@ def parse_config(config_class, argv: list[str] | None, prog: str, doc: str, chec
     return config
 
 
+def tokens_label(n: int) -> str:
+    """A token count as the tables print it: 4096 -> '4K', other counts as they are."""
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
 def write_outputs(report: dict, output_dir: str | Path, name: str, markdown: str, plot: Callable[[Path], object] | None = None) -> dict[str, Path]:
     """Write `<name>.json` (the report), `<name>.md` (its table) and, with `plot`, `<name>.png` under `output_dir`."""
     out = Path(output_dir)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from benchmarks._outputs import benchmark_main, write_outputs
+from benchmarks._outputs import benchmark_main, tokens_label, write_outputs
 from benchmarks._timing import (
     PAPER_REPEATS,
     PAPER_WARMUP,
@@ -302,10 +302,6 @@ def check_targets(rows: list[dict]) -> dict:
     }
 
 
-def _k(length: int) -> str:
-    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
-
-
 def markdown_table(report: dict) -> str:
     """Table 7 layout (TTFT and peak memory, full vs ours) plus encode and end-to-end columns."""
     machine, config = report["machine"], report["config"]
@@ -327,7 +323,7 @@ def markdown_table(report: dict) -> str:
         ttft, speed, e2e = row["ttft_ms"], row.get("ttft_speedup", {}), row.get("end_to_end_speedup", {})
         peak = row.get("peak_memory_mb", {})
         cells = [
-            _k(row["context_tokens"]),
+            tokens_label(row["context_tokens"]),
             f"{ttft['full']:,.0f}" if "full" in ttft else dash,
             f"{ttft['each']:,.1f}",
             f"{speed['each']:.1f}x" if speed else dash,
@@ -347,7 +343,7 @@ def markdown_table(report: dict) -> str:
     lines += _spread_table(report)
     lines += ["", "Targets: " + ", ".join(f"{k}={_fmt(v)}" for k, v in report["targets"].items()), ""]
     lines += ["Paper, Table 7 (Qwen2.5-7B, one H100, fp16): " + ", ".join(
-        f"{_k(n)} {f / o:.1f}x / {pf / po:.2f}x" for n, (f, o, pf, po) in PAPER_TABLE7_7B.items()
+        f"{tokens_label(n)} {f / o:.1f}x / {pf / po:.2f}x" for n, (f, o, pf, po) in PAPER_TABLE7_7B.items()
     ) + " (TTFT speedup / memory saving).", ""]
     return "\n".join(lines)
 
@@ -371,7 +367,7 @@ def _spread_table(report: dict) -> list[str]:
     for row in rows:
         for mode, stats in row["timing_ms"].items():
             lines.append(
-                f"| {_k(row['context_tokens'])} | {mode} | {stats['mean_ms']:,.1f} | {stats['median_ms']:,.1f} | "
+                f"| {tokens_label(row['context_tokens'])} | {mode} | {stats['mean_ms']:,.1f} | {stats['median_ms']:,.1f} | "
                 f"{stats['stdev_ms']:,.1f} | {stats['min_ms']:,.1f} | {stats['max_ms']:,.1f} | {stats['n']} |"
             )
     return lines
@@ -397,7 +393,7 @@ def plot_speedups(report: dict, path: Path) -> None:
     axes.plot(list(PAPER_TABLE7_7B), [f / o for f, o, _, _ in PAPER_TABLE7_7B.values()], "k:", label="paper 7B (H100)")
     axes.axhline(1.0, color="grey", linewidth=0.8)
     axes.set_xscale("log", base=2)
-    axes.set_xticks(sorted(set(lengths) | set(PAPER_TABLE7_7B)), [_k(n) for n in sorted(set(lengths) | set(PAPER_TABLE7_7B))])
+    axes.set_xticks(sorted(set(lengths) | set(PAPER_TABLE7_7B)), [tokens_label(n) for n in sorted(set(lengths) | set(PAPER_TABLE7_7B))])
     axes.set_xlabel("context tokens")
     axes.set_ylabel("speedup over full context (x)")
     axes.set_title(f"memcomp TTFT speedup ({report['config']['preset']}, {report['machine'].get('gpu') or 'CPU'})", fontsize=9)

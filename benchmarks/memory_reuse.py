@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import latency
-from benchmarks._outputs import benchmark_main, write_outputs
+from benchmarks._outputs import benchmark_main, tokens_label, write_outputs
 from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, summarize, time_calls
 from benchmarks.peers import QUESTIONS
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -143,10 +143,6 @@ def check_target(rows: list[dict], config: MemoryReuseConfig) -> dict:
     }
 
 
-def _k(n: int) -> str:
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
-
-
 def markdown_table(report: dict) -> str:
     machine, config = report["machine"], report["config"]
     n = config["questions"]
@@ -164,7 +160,7 @@ def markdown_table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
-        cells = [_k(row["context_tokens"]), row["wrap"], f"{row['timing_ms']['one_question']['mean_ms']:,.0f}"]
+        cells = [tokens_label(row["context_tokens"]), row["wrap"], f"{row['timing_ms']['one_question']['mean_ms']:,.0f}"]
         for mode in MODES[1:]:
             if mode in row["timing_ms"]:
                 cells += [f"{row['timing_ms'][mode]['mean_ms']:,.0f}", f"{row['cost_vs_one_question'][mode]:.2f}x"]

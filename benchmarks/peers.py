@@ -45,7 +45,7 @@ from benchmarks._sessions import (
     reuse_prefix,
     run_job,
 )
-from benchmarks._outputs import benchmark_main, write_outputs
+from benchmarks._outputs import benchmark_main, tokens_label, write_outputs
 from benchmarks._timing import PAPER_WARMUP, machine_info, summarize, time_once
 from modeling_memcomp import build_prompt
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
@@ -373,10 +373,6 @@ LLMLINGUA2_NOT_RUN = (
 )
 
 
-def _k(n: int) -> str:
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
-
-
 def _load(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -413,12 +409,12 @@ def markdown_table(report: dict) -> str:
     skipped = []
     for row in report["results"]:
         if not row["available"]:
-            skipped.append(f"- {_k(row['context_tokens'])}, {row['label']}: {row['reason']}")
+            skipped.append(f"- {tokens_label(row['context_tokens'])}, {row['label']}: {row['reason']}")
             continue
         later = row["ttft_later_ms"]
         per_token = row["stored_bytes_per_context_token"]
         lines.append(
-            f"| {_k(row['context_tokens'])} | {row['label']} | {_ms(row['ttft_first_ms']['mean_ms'])} | "
+            f"| {tokens_label(row['context_tokens'])} | {row['label']} | {_ms(row['ttft_first_ms']['mean_ms'])} | "
             f"{_ms(later['mean_ms'] if later else None)} | {_ms(row['one_question_ms'])} | {_ms(row['all_questions_ms'])} | "
             f"{_ms(row['peak_memory_mb'])} | {'–' if per_token is None else f'{per_token:,.0f}'} | "
             f"{_load(row.get('load_average_1m'))} |"
