@@ -28,6 +28,7 @@ import torch
 from transformers import HfArgumentParser
 
 from benchmarks import latency, memory_reuse
+from benchmarks._outputs import tokens_label
 from benchmarks._timing import cuda_peak_bytes, machine_info, time_once
 
 PARTS = ("latency", "fqlora", "reuse", "bf16", "summary")
@@ -299,13 +300,13 @@ def summary_markdown(parts: dict) -> str:
                 paper_gb = "–" if paper is None else f"{paper['full_gb']} / {paper['ours_gb']}"
                 nan = float("nan")
                 lines.append(
-                    f"| {latency._k(e['context_tokens'])} | {e['ttft_ms'].get('full', nan):,.0f} | {e['ttft_ms']['each']:,.1f} "
+                    f"| {tokens_label(e['context_tokens'])} | {e['ttft_ms'].get('full', nan):,.0f} | {e['ttft_ms']['each']:,.1f} "
                     f"| {e['ttft_ms']['block']:,.1f} | {speed.get('each', nan):.1f}x | {paper_speed} | "
                     f"{peak.get('full', nan):.1f} / {peak.get('each', nan):.1f} | {paper_gb} |"
                 )
             lines.append("")
         c = lat["compress_at_longest"]
-        lines += [f"Compress at {latency._k(c['context_tokens'])}: {c['encode_ms']:,.0f} ms, {c['encode_tokens_per_s']:,.0f} tokens/s, "
+        lines += [f"Compress at {tokens_label(c['context_tokens'])}: {c['encode_ms']:,.0f} ms, {c['encode_tokens_per_s']:,.0f} tokens/s, "
                   f"peak {c['peak_memory_mb'] or float('nan'):,.0f} MB. " + " ".join(lat.get("notes", [])), ""]
     else:
         lines += [f"Latency: {lat.get('status', 'missing')} ({lat.get('reason', '')})", ""]
