@@ -234,13 +234,17 @@ def _local_resume_point(training) -> str | bool | None:
             logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
                            "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
         return None
-    requirements = checkpoint_requirements(training)
-    problems = {f: checkpoint_problems(f, **requirements) for f in found} if str(value).lower() == "last" else {}
-    if str(value).lower() == "last" and all(problems.values()):
-        if found:  # killed during its first save
+    if str(value).lower() == "last":
+        requirements, torn = checkpoint_requirements(training), {}
+        for folder in found:  # newest first: the first complete one decides
+            problems = checkpoint_problems(folder, **requirements)
+            if not problems:
+                return True
+            torn[folder] = problems
+        if torn:  # killed during its first save
             logger.warning("no complete checkpoint in %s (%s): the run starts afresh.", training.output_dir,
-                           "; ".join(f"{folder.name}: {', '.join(p)}" for folder, p in problems.items()))
+                           "; ".join(f"{folder.name}: {', '.join(p)}" for folder, p in torn.items()))
         else:
             logger.info("no checkpoint in %s yet: the run starts afresh.", training.output_dir)
         return None
-    return True if str(value).lower() in ("last", "true", "yes") else value
+    return True if str(value).lower() in ("true", "yes") else value
