@@ -6,7 +6,9 @@
     memcomp bench --lengths 4096 8192          # benchmarks.latency (see `memcomp bench --help`)
     memcomp push ...                           # hub_cards.push (see `memcomp push --help`)
 
-Not Hub remote code: the model file never imports this module.
+`compress` and `ask` live here; the layers above the model add their commands (`bench`, `push`) as entry points of
+the `memcomp.commands` group (pyproject.toml), so this module never names them. Not Hub remote code: the model file
+never imports this module.
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ import sys
 import warnings
 from pathlib import Path
 
-DELEGATED = {
-    "bench": ("benchmarks.latency", "measure TTFT, encode time and peak memory: full context vs memory"),
-    "push": ("hub_cards.push", "publish a checkpoint (weights, remote code, model card) to the Hub"),
-}
+COMMANDS_GROUP = "memcomp.commands"
+"""Entry-point group of the commands other packages add: name -> `module:main`, called with the remaining arguments."""
+
+
+def delegated_commands() -> dict:
+    """The installed commands of `COMMANDS_GROUP`, by name (read from package metadata: nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group=COMMANDS_GROUP)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memcomp", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{compress,ask,bench,push}")
+    delegated = delegated_commands()
+    names = ",".join(["compress", "ask", *delegated])
+    commands = parser.add_subparsers(dest="command", required=True, metavar=f"{{{names}}}")
 
     compress = commands.add_parser("compress", help="compress a text file into a memory (.safetensors)")
     compress.add_argument("file", type=Path, help="UTF-8 text file to compress")
@@ -52,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.set_defaults(handler=_ask, subparser=ask)
 
-    for name, (module, text) in DELEGATED.items():
-        commands.add_parser(name, help=f"{text} (arguments go to {module}.main)", add_help=False)
+    for name, entry in delegated.items():
+        commands.add_parser(name, help=f"arguments go to {entry.value} (see `memcomp {name} --help`)", add_help=False)
     return parser
 
 
@@ -100,16 +109,13 @@ def _warnings_as_lines(parser: argparse.ArgumentParser):
         yield
 
 
-def _delegate(command: str, argv: list[str]) -> int:
-    """Hand the remaining arguments to the module that owns the command (imported only now)."""
-    import importlib
-
+def _delegate(command: str, entry, argv: list[str]) -> int:
+    """Hand the remaining arguments to the entry point that owns the command (imported only now)."""
     from .extras import MissingExtraError
 
-    module_name = DELEGATED[command][0]
+    module_name = entry.module
     try:
-        module = importlib.import_module(module_name)
-        return int(module.main(argv) or 0)
+        return int(entry.load()(argv) or 0)
     except MissingExtraError as error:  # raised by the command's own check, before it does any work
         print(f"memcomp {command}: error: {error}", file=sys.stderr)
         return 2
@@ -277,8 +283,9 @@ def _ask(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `memcomp` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return _delegate(argv[0], argv[1:])
+    delegated = delegated_commands() if argv else {}
+    if argv and argv[0] in delegated:
+        return _delegate(argv[0], delegated[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args.subparser, args)
 
