@@ -39,6 +39,20 @@ def test_qa_layouts_normalise_to_passages_answers_and_gold():
     assert (squad.passages, squad.answers) == (["ctx"], ["a"])
 
 
+def test_local_files_load_through_datasets_in_every_format(tmp_path):
+    """The official 2WikiMultihopQA `dev.json` (one JSON list, [title, sentences] pairs) and a Parquet copy of a
+    .jsonl fixture load as the same items the documented schema gives."""
+    wiki = [{"_id": "w", "question": "Q?", "answer": "z", "context": [["A", ["s1", "s2"]], ["B", ["s3"]]],
+             "supporting_facts": [["A", 0]]}]
+    (tmp_path / "dev.json").write_text(json.dumps(wiki))
+    name, items = load_qa(f"2wiki={tmp_path / 'dev.json'}")
+    assert name == "2wiki" and [(i.id, i.passages, i.supporting) for i in items] == [("w", ["A\ns1 s2", "B\ns3"], [0])]
+    from datasets import Dataset
+
+    Dataset.from_list(read_rows(FIXTURES / "hotpotqa.jsonl")).to_parquet(tmp_path / "hotpotqa.parquet")
+    assert load_qa(str(tmp_path / "hotpotqa.parquet"))[1] == load_qa(str(FIXTURES / "hotpotqa.jsonl"))[1]
+
+
 def test_qa_loader_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="no 'question'"):
         to_qa_item({"answers": ["a"], "context": "c"}, 3)

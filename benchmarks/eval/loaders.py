@@ -1,13 +1,13 @@
 """Data loading: QA sources by preset, Hub name or local file, normalised to one schema; text documents; LongBench v2.
 
-Normalised QA item: `QAItem(id, question, answers, passages, supporting)`. Local files (.jsonl/.json) in the
-documented schema always work: `{"id", "question", "answers": [str], "context": str | [str], "supporting": [int]}`;
-the common Hub layouts (MRQA, HotpotQA, MuSiQue, 2WikiMultihopQA, MS MARCO, SQuAD) are recognised by their fields.
+Normalised QA item: `QAItem(id, question, answers, passages, supporting)`. Local files (.jsonl/.json/.parquet/.csv)
+in the documented schema always work:
+`{"id", "question", "answers": [str], "context": str | [str], "supporting": [int]}`; the common Hub layouts
+(MRQA, HotpotQA, MuSiQue, 2WikiMultihopQA, MS MARCO, SQuAD) are recognised by their fields.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,21 +55,20 @@ class QAItem:
 def read_rows(
     source: str | Path, split: str = "train", name: str | None = None, data_files: str | None = None, subset: str | None = None
 ) -> list[dict]:
-    """Rows of a local .jsonl/.json file or a Hub dataset (through `datasets`; `subset` keeps MRQA's rows of one set)."""
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") and path.exists():
-        text = path.read_text()
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path} must hold a JSON list of examples (or use .jsonl, one example per line).")
-        return rows
-    if path.suffix in (".jsonl", ".json"):
-        raise ValueError(f"no such file: {path}. Give an existing .jsonl/.json file or a Hub dataset name.")
+    """Rows of a local .jsonl/.json/.parquet/.csv file or a Hub dataset, through `datasets` (`subset` keeps MRQA's
+    rows of one set)."""
     from datasets import load_dataset
 
-    dataset = load_dataset(str(source), name, split=split, data_files=data_files)
+    from trainers.data import LOCAL_FORMATS
+
+    path = Path(source)
+    if path.suffix in LOCAL_FORMATS:
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}. Give an existing {'/'.join(LOCAL_FORMATS)} file or a Hub "
+                             "dataset name.")
+        dataset = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    else:
+        dataset = load_dataset(str(source), name, split=split, data_files=data_files)
     if subset is not None:
         dataset = dataset.filter(lambda value: value == subset, input_columns="subset")
     return list(dataset)
@@ -136,8 +135,8 @@ def load_qa(spec: str, samples: int | None = None, seed: int = 0, presets: dict 
     else:
         if not Path(location).exists() and "/" not in location:
             raise ValueError(
-                f"unknown QA source {location!r}: use a preset ({', '.join(sorted(presets))}), a local .jsonl/.json "
-                "file, a Hub dataset name, or name=path."
+                f"unknown QA source {location!r}: use a preset ({', '.join(sorted(presets))}), a local .jsonl/.json/"
+                ".parquet/.csv file, a Hub dataset name, or name=path."
             )
         rows = read_rows(location, split="validation" if not Path(location).exists() else "train")
         name = name or Path(location).stem
@@ -154,7 +153,8 @@ def load_qa(spec: str, samples: int | None = None, seed: int = 0, presets: dict 
 
 
 def read_texts(source: str | Path, text_field: str = "text", split: str = "train") -> list[str]:
-    """Documents from a .txt file (one document), a folder of .txt files, a .jsonl/.json file or a Hub dataset."""
+    """Documents from a .txt file (one document), a folder of .txt files, a .jsonl/.json/.parquet/.csv file or a Hub
+    dataset."""
     path = Path(source)
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
