@@ -59,9 +59,10 @@ def test_make_demo_answers_from_several_documents(tmp_path):
 @pytest.mark.parametrize(
     "row, report",
     [
-        ("| compressed, RL on 5-16 documents: **shipped** |", PROBES / "rl_5_16_documents_other_kind" / "report.json"),
+        ("| compressed, RL on 2-16 documents: **shipped** |",
+         PROBES / "rl_2_16_over_shipped_sft" / "other_kind_60_set" / "report.json"),
         ("| compressed, RL (SFT encoder + RL decoder): **shipped** |",
-         PROBES / "rl_5_16_documents_other_kind" / "default_world_set" / "report.json"),
+         PROBES / "rl_2_16_over_shipped_sft" / "default_world_set" / "report.json"),
     ],
 )
 def test_the_readme_tables_the_shipped_checkpoint_from_its_committed_reports(row, report):

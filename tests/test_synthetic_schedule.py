@@ -46,7 +46,7 @@ WORLD = ("seed", "train_episodes", "heldout_episodes", "multidoc_texts", "distra
         ("any", COMMITTED, ("lm_", "cpt1_", "cpt2_", "learning_rate", "projection_learning_rate")),
         ("any", PROBES / "sft_15000_steps_held_lr" / "report.json", ("sft_", "baseline_")),
         ("other_kind", PROBES / "other_kind_world_trained" / "report.json", ("sft_", "baseline_")),
-        ("rl_5_16_documents", PROBES / "rl_5_16_documents_other_kind" / "report.json", ("rl_",)),
+        ("rl_2_16_documents", PROBES / "rl_2_16_over_shipped_sft" / "report.json", ("rl_", "eval_questions")),
     ],
 )
 def test_the_shipped_schedule_trains_each_phase_as_the_run_that_made_the_shipped_checkpoint(phase, report, trained):
@@ -66,7 +66,7 @@ def test_the_shipped_schedule_chains_the_phases_as_the_probes_did():
     assert any_.stages == ["data", "lm", "cpt1", "cpt2", "sft", "baseline"] and not any_.reuse and not any_.start_from
     assert dict(other.start_from) == {"sft": str(root / "any/sft"), "baseline": str(root / "any/baseline")}
     assert rl.stages == ["data", "rl"] and rl.reuse["sft"] == str(root / "other_kind/sft")
-    assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 5
+    assert rl.reuse["baseline"] == str(root / "other_kind/baseline") and rl.rl_min_documents == 2
 
 
 def _assert_trains_as_the_probes(schedule_yaml: Path, probe: str, names: dict, unused: dict, data: dict | None = None,
