@@ -119,12 +119,90 @@ def _scratch_dir(needed_bytes: int) -> str | None:
     return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > needed_bytes else None
 
 
+def _fqlora_text_config(config: GpuCheckConfig, tokenizer):
+    """The base LM's config: the Qwen2.5-7B shape, or a tiny one for the smoke run."""
+    from modeling_memcomp.tiny import tiny_qwen2_config
+
+    if config.smoke:
+        text_config = tiny_qwen2_config(len(tokenizer), 64, 4, max_position_embeddings=4096)
+    else:
+        from transformers import Qwen2Config
+
+        text_config = Qwen2Config(max_position_embeddings=32768, **latency.PRESETS["qwen2.5-7b"])
+    text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    return text_config
+
+
+def _save_random_base(folder: str, text_config, tokenizer, dtype: torch.dtype, device: torch.device) -> None:
+    """A randomly initialised base LM, built on `device` in `dtype` and saved with the tokenizer, as a user's base."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            base = Qwen2ForCausalLM(text_config)
+    finally:
+        torch.set_default_dtype(default)
+    base.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _reconstruction_batch(model, config: GpuCheckConfig, device: torch.device) -> dict:
+    """One CPT-style row: a random context of `fqlora_context` tokens as memory, its first `fqlora_target` as the
+    target."""
+    from modeling_memcomp import build_prompt
+    from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
+
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    generator = torch.Generator().manual_seed(1)
+    vocab = unwrapped.tokenizer.vocab_size
+    context = torch.randint(len(TOKENIZER_SPECIAL_TOKENS), vocab, (config.fqlora_context,), generator=generator).tolist()
+    chunk_ids, chunk_mask, _ = unwrapped.chunk_passages([context])
+    prompt = build_prompt(unwrapped.tokenizer, unwrapped.config, len(chunk_ids), "Repeat the context.",
+                          target=context[: config.fqlora_target])
+    return {
+        "input_ids": torch.tensor([prompt.input_ids], device=device),
+        "labels": torch.tensor([prompt.labels], device=device),
+        "chunk_ids": chunk_ids.to(device),
+        "chunk_attention_mask": chunk_mask.to(device),
+    }
+
+
+def _timed_steps(model, batch: dict, device: torch.device, steps: int = 2) -> list[dict]:
+    """Time `steps` AdamW steps (the first also allocates the optimizer states), with the CUDA peak memory of each."""
+    from trainers.param_groups import parameter_groups
+
+    decay = {n for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1}
+    optimizer = torch.optim.AdamW(parameter_groups(model, 1e-5, 0.1, 1e-4, 0.0, 3e-4, decay_names=decay))
+
+    def step() -> float:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    records = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            holder = []
+            peak = cuda_peak_bytes(lambda: holder.append(time_once(step, device)), device)
+            (seconds, loss), = holder
+        else:
+            (seconds, loss), peak = time_once(step, device), None
+        records.append({"seconds": seconds, "loss": loss, "peak_memory_gb": None if peak is None else peak / 2**30})
+    return records
+
+
 def run_fqlora(config: GpuCheckConfig) -> dict:
     """Save a random base LM of the 7B shape, load it through `load_fqlora_model` (4-bit), take 2 steps."""
-    from modeling_memcomp import build_prompt
-    from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS, tiny_qwen2_config, train_tokenizer
+    from modeling_memcomp.tiny import train_tokenizer
     from trainers.fqlora import FQLoRAConfig, _bitsandbytes_available, load_fqlora_model, trainable_layers
-    from trainers.param_groups import parameter_groups
 
     device = config.device
     cuda = device.type == "cuda"
@@ -135,82 +213,30 @@ def run_fqlora(config: GpuCheckConfig) -> dict:
         return skipped("bitsandbytes is not installed (carry its wheel, e.g. bitsandbytes==0.50.2)")
     dtype = torch.bfloat16 if cuda else torch.float32
     tokenizer = train_tokenizer([__doc__, latency.__doc__], vocab_size=512)
-    if config.smoke:
-        text_config = tiny_qwen2_config(len(tokenizer), 64, 4, max_position_embeddings=4096)
-    else:
-        from transformers import Qwen2Config
-
-        text_config = Qwen2Config(max_position_embeddings=32768, **latency.PRESETS["qwen2.5-7b"])
-    text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    from transformers import Qwen2ForCausalLM
-
     with tempfile.TemporaryDirectory(prefix="gpu-check-base-", dir=_scratch_dir(30 * 2**30)) as folder:
-        started = time.perf_counter()
-        torch.manual_seed(0)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                base = Qwen2ForCausalLM(text_config)
-        finally:
-            torch.set_default_dtype(default)
-        base.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        del base
-        if cuda:
-            torch.cuda.empty_cache()
-        built_s = time.perf_counter() - started
+        text_config = _fqlora_text_config(config, tokenizer)
+        built_s, _ = time_once(lambda: _save_random_base(folder, text_config, tokenizer, dtype, device), torch.device("cpu"))
         fq = FQLoRAConfig(quantize=quantize, compute_dtype=str(dtype).removeprefix("torch."), lora_dropout=0.0)
         load_s, model = time_once(
             lambda: load_fqlora_model(folder, fq, dtype=dtype, **({"device_map": {"": device.index or 0}} if cuda else {})),
             device,
         )
     model.train()
-    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
-    generator = torch.Generator().manual_seed(1)
-    context = torch.randint(len(TOKENIZER_SPECIAL_TOKENS), tokenizer.vocab_size, (config.fqlora_context,), generator=generator).tolist()
-    chunk_ids, chunk_mask, _ = unwrapped.chunk_passages([context])
-    prompt = build_prompt(unwrapped.tokenizer, unwrapped.config, len(chunk_ids), "Repeat the context.", target=context[: config.fqlora_target])
-    batch = {
-        "input_ids": torch.tensor([prompt.input_ids], device=device),
-        "labels": torch.tensor([prompt.labels], device=device),
-        "chunk_ids": chunk_ids.to(device),
-        "chunk_attention_mask": chunk_mask.to(device),
-    }
-    decay = {n for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1}
-    groups = parameter_groups(model, 1e-5, 0.1, 1e-4, 0.0, 3e-4, decay_names=decay)
-    optimizer = torch.optim.AdamW(groups)
-
-    def step() -> float:
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    steps = []
-    for _ in range(2):  # the first step also allocates the optimizer states
-        if cuda:
-            holder = []
-            peak = cuda_peak_bytes(lambda: holder.append(time_once(step, device)), device)
-            (seconds, loss), = holder
-        else:
-            (seconds, loss), peak = time_once(step, device), None
-        steps.append({"seconds": seconds, "loss": loss, "peak_memory_gb": None if peak is None else peak / 2**30})
+    batch = _reconstruction_batch(model, config, device)
+    steps = _timed_steps(model, batch, device)
     try:
         import bitsandbytes as bnb
 
         four_bit = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     except ImportError:
         four_bit = 0
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "status": "ok" if quantize else "ran without 4-bit (no CUDA): the CPU smoke of the same code path",
         "shape": "smoke" if config.smoke else "qwen2.5-7b",
         "quantized_4bit_linears": four_bit,
         "layers": trainable_layers(model),
-        "trainable_parameters": trainable,
-        "decoder_tokens": len(prompt.input_ids),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "decoder_tokens": batch["input_ids"].shape[1],
         "context_tokens": config.fqlora_context,
         "gradient_checkpointing": False,
         "build_and_save_s": built_s,
