@@ -6,36 +6,34 @@ memory) share those blocks. This run answers `num_questions` questions about one
 that fills the cache) and the same number of questions each about its own memory of the same length (nothing to
 share), greedy, one token each (TTFT-like), and reads vLLM's prefix-cache counters. Run in the vLLM environment:
 
-    .venv-vllm/bin/python benchmarks/vllm_prefix_cache.py --out benchmarks/results
+    .venv-vllm/bin/python -m benchmarks.vllm_prefix_cache --output_dir benchmarks/results
 """
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+from benchmarks._outputs import benchmark_main, write_outputs
+from benchmarks._timing import machine_info, median, time_calls
+from benchmarks._vllm_cpu import CPU, machine_line, pin_threads, tiny_model
 from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm
-
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus.txt"
 
 
 @dataclass
 class PrefixCacheConfig:
+    """Model size, workload and timing settings of the prefix-cache measurement."""
+
     hidden_size: int = field(default=256, metadata={"help": "Width of the random Qwen2 base."})
     num_layers: int = field(default=4, metadata={"help": "Layers of the random Qwen2 base."})
     context_tokens: int = field(default=4096, metadata={"help": "Context tokens per memory (C=16, wrap each: 768 positions)."})
     num_questions: int = field(default=16, metadata={"help": "Questions per measurement."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per case; the median is kept."})
     threads: int = field(default=1, metadata={"help": "vLLM worker cores (0..threads-1)."})
-    out: str = field(default="benchmarks/results", metadata={"help": "Folder for vllm_prefix_cache.json / .md."})
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Folder for vllm_prefix_cache.json / .md."})
 
 
 def prefix_counters(llm) -> dict[str, float]:
@@ -48,22 +46,9 @@ def prefix_counters(llm) -> dict[str, float]:
     return totals
 
 
-def timed(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def main() -> None:
-    (config,) = HfArgumentParser(PrefixCacheConfig).parse_args_into_dataclasses()
-    torch.set_num_threads(config.threads)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{config.threads - 1}")
-    corpus = CORPUS.read_text().splitlines()
-    model = build_tiny_memcomp(train_tokenizer(corpus, vocab_size=512), hidden_size=config.hidden_size, num_layers=config.num_layers)
+def measure(model, decoder: VLLMDecoder, config: PrefixCacheConfig) -> dict:
+    """Time questions on one memory against questions on a memory each, on an engine with prefix caching and stats on;
+    return the result record."""
     vocab = model.get_input_embeddings().num_embeddings - 8
     generator = torch.Generator().manual_seed(0)
     contexts = [torch.randint(3, vocab, (config.context_tokens,), generator=generator).tolist() for _ in range(config.num_questions + 1)]
@@ -71,48 +56,67 @@ def main() -> None:
     questions = [f"Question {i}: what happened in the story?" for i in range(config.num_questions)]
     shared = build_prompt_embeds(model, memories[0], questions)                       # one memory, many questions
     separate = build_prompt_embeds(model, memories[1:], questions)                    # a memory each: nothing shared
-    decoder = VLLMDecoder(model, max_model_len=2048, seed=0, disable_log_stats=False)  # prefix caching: on by default
     params = decoder.sampling_params(do_sample=False, max_new_tokens=1, repetition_penalty=1.0)
     decoder.generate(shared[:1], params)  # the first question fills the cache with the memory prefix
     before = prefix_counters(decoder.llm)
-    shared_s = timed(lambda: decoder.generate(shared, params), config.repeats)
+    shared_s = median(time_calls(lambda: decoder.generate(shared, params), CPU, warmup=0, repeats=config.repeats))
     after = prefix_counters(decoder.llm)
-    separate_s = timed(lambda: (decoder.llm.reset_prefix_cache(), decoder.generate(separate, params)), config.repeats)
-    hits, queries = after["hits"] - before["hits"], after["queries"] - before["queries"]
-    from benchmarks._timing import machine_info
 
-    result = {
-        "config": asdict(config),
-        "machine": machine_info(torch.device("cpu")),
+    def separate_run():
+        decoder.llm.reset_prefix_cache()
+        return decoder.generate(separate, params)
+
+    separate_s = median(time_calls(separate_run, CPU, warmup=0, repeats=config.repeats))
+    hits, queries = after["hits"] - before["hits"], after["queries"] - before["queries"]
+    return {
+        "config": {**asdict(config), "hidden_size": model.config.text_config.hidden_size,
+                   "num_layers": model.config.text_config.num_hidden_layers},
+        "machine": machine_info(CPU),
         "prompt_positions": len(shared[0]),
         "shared_memory_s": shared_s,
         "separate_memories_s": separate_s,
         "speedup": separate_s / shared_s,
         "prefix_cache_hit_rate": hits / queries if queries else None,
+        "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
         "versions": {"torch": torch.__version__, "vllm": require_vllm().__version__},
     }
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vllm_prefix_cache.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run(config: PrefixCacheConfig) -> dict:
+    pin_threads(config.threads, kv_cache_gib=2)
+    model, _ = tiny_model(config.hidden_size, config.num_layers)
+    decoder = VLLMDecoder(model, max_model_len=2048, seed=0, disable_log_stats=False)  # prefix caching: on by default
+    return measure(model, decoder, config)
+
+
+def markdown_table(result: dict) -> str:
+    c = result["config"]
     rate = "n/a" if result["prefix_cache_hit_rate"] is None else f"{100 * result['prefix_cache_hit_rate']:.0f}%"
-    table = "\n".join([
-        f"# vLLM prefix caching with prompt embeddings ({config.num_layers}-layer {config.hidden_size}-wide random Qwen2)",
+    return "\n".join([
+        f"# vLLM prefix caching with prompt embeddings ({c['num_layers']}-layer {c['hidden_size']}-wide random Qwen2)",
         "",
-        f"{config.num_questions} questions, {result['prompt_positions']} prompt positions each ({config.context_tokens} "
-        f"context tokens, C=16, wrap each), one greedy token each, median of {config.repeats}; versions {result['versions']}; "
-        f"{result['machine'].get('cpu')}, {config.threads} vLLM worker core(s), with a training job on the other core.",
+        machine_line(result),
+        f"{c['num_questions']} questions, {result['prompt_positions']} prompt positions each ({c['context_tokens']} "
+        f"context tokens, C=16, wrap each), one greedy token each, median of {c['repeats']}.",
         "",
         "| case | seconds | prefix-cache hit rate |",
         "|---|---|---|",
-        f"| one memory, {config.num_questions} questions (cache warm) | {shared_s:.2f} | {rate} |",
-        f"| a memory per question (nothing to share) | {separate_s:.2f} | – |",
+        f"| one memory, {c['num_questions']} questions (cache warm) | {result['shared_memory_s']:.2f} | {rate} |",
+        f"| a memory per question (nothing to share) | {result['separate_memories_s']:.2f} | – |",
         "",
         f"Speedup from reusing the memory prefix: {result['speedup']:.2f}x.",
         "",
     ])
-    (out / "vllm_prefix_cache.md").write_text(table)
-    print(table)
+
+
+def write_report(result: dict, config: PrefixCacheConfig) -> dict[str, Path]:
+    return write_outputs(result, config.output_dir, "vllm_prefix_cache", markdown_table(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(PrefixCacheConfig, argv, "python -m benchmarks.vllm_prefix_cache", __doc__, run, markdown_table,
+                          write_report)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,26 +5,22 @@ new tokens (stop tokens suppressed until then), vLLM's prefix cache off (the war
 prompts), so they do identical work and must emit identical tokens.
 Timed: prompt building + generation (compression is done once, before). Run in the vLLM environment:
 
-    .venv-vllm/bin/python benchmarks/vllm_throughput.py --out benchmarks/results
+    .venv-vllm/bin/python -m benchmarks.vllm_throughput --output_dir benchmarks/results
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+from benchmarks._outputs import benchmark_main, write_outputs
+from benchmarks._timing import machine_info, median, time_calls
+from benchmarks._vllm_cpu import CPU, machine_line, pin_threads, tiny_model
 from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm
-
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus.txt"
 
 
 @dataclass
@@ -40,26 +36,7 @@ class ThroughputConfig:
     hf_batch_size: int = field(default=32, metadata={"help": "Prompts per HF generate call (left-padded batch)."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per backend after one warm-up; the median is kept."})
     threads: int = field(default=1, metadata={"help": "CPU threads for HF (torch) and for vLLM's worker (cores 0..threads-1)."})
-    out: str = field(default="benchmarks/results", metadata={"help": "Folder for vllm_throughput.json / .md."})
-
-
-def median_seconds(run, repeats: int) -> tuple[float, object]:
-    """Median wall time of `run()` over `repeats` calls after a warm-up, and the last result."""
-    result, times = run(), []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def machine(threads: int) -> str:
-    """CPU model, threads and OS, for the results table."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
-    return f"{cpu}, {threads} threads ({os.cpu_count()} cores visible, shared), {platform.system()}"
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Folder for vllm_throughput.json / .md."})
 
 
 def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[str]) -> dict:
@@ -84,13 +61,15 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
         return decoder.generate(build_prompt_embeds(model, memories, questions), params)
 
     with torch.no_grad():
-        hf_seconds, hf_tokens = median_seconds(hf_run, config.repeats)
-    vllm_seconds, vllm_tokens = median_seconds(vllm_run, config.repeats)
+        hf_tokens = hf_run()  # the warm-up; greedy, so every timed run emits the same tokens
+        hf_seconds = median(time_calls(hf_run, CPU, warmup=0, repeats=config.repeats))
+    vllm_tokens = vllm_run()
+    vllm_seconds = median(time_calls(vllm_run, CPU, warmup=0, repeats=config.repeats))
     generated = config.num_prompts * config.max_new_tokens
     text = model.config.text_config
     return {
         "config": {**asdict(config), "hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers, "wrap": model.config.wrap},
-        "machine": machine(config.threads),
+        "machine": machine_info(CPU),
         "memory_embeddings_per_prompt": statistics.mean(len(m) for m in memories),
         "prompt_length_mean": statistics.mean(len(e) for e in build_prompt_embeds(model, memories, questions)),
         "generated_tokens": generated,
@@ -106,46 +85,43 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
     }
 
 
-def main() -> None:
-    (config,) = HfArgumentParser(ThroughputConfig).parse_args_into_dataclasses()
-    torch.set_num_threads(config.threads)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{config.threads - 1}")
-    corpus = CORPUS.read_text().splitlines()
-    model = build_tiny_memcomp(
-        train_tokenizer(corpus, vocab_size=512), hidden_size=config.hidden_size, num_layers=config.num_layers, wrap=config.wrap
-    )
+def run(config: ThroughputConfig) -> dict:
+    pin_threads(config.threads, kv_cache_gib=1)
+    model, corpus = tiny_model(config.hidden_size, config.num_layers, wrap=config.wrap)
     # Prefix caching off: the repeated runs send the same prompts, which vLLM would serve from cache while HF prefills.
     decoder = VLLMDecoder(model, max_model_len=1024, seed=0, enable_prefix_caching=False)
-    write(measure(model, decoder, config, corpus), Path(config.out))
+    return measure(model, decoder, config, corpus)
 
 
-def write(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vllm_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+def markdown_table(result: dict) -> str:
     c = result["config"]
-    table = "\n".join(
-        [
-            f"# Decoding throughput from memory: HF vs vLLM ({c['num_layers']}-layer {c['hidden_size']}-wide random Qwen2, wrap={c['wrap']})",
-            "",
-            f"Machine: {result['machine']}. vLLM worker cores: {result['vllm_threads_bind']}. Versions: {result['versions']}.",
-            f"{c['num_prompts']} prompts (mean {result['prompt_length_mean']:.0f} positions, "
-            f"{result['memory_embeddings_per_prompt']:.1f} memory embeddings each), {c['max_new_tokens']} greedy tokens each; "
-            f"median of {c['repeats']} runs after a warm-up; vLLM's prefix cache "
-            f"{'on' if result.get('vllm_prefix_caching', True) else 'off'}.",
-            "",
-            "| backend | seconds | tokens/s |",
-            "|---|---|---|",
-            f"| HF generate (batch {c['hf_batch_size']}) | {result['hf_seconds']:.2f} | {result['hf_tokens_per_s']:.0f} |",
-            f"| vLLM prompt_embeds | {result['vllm_seconds']:.2f} | {result['vllm_tokens_per_s']:.0f} |",
-            "",
-            f"vLLM speedup: {result['speedup']:.2f}x. Identical tokens: {result['tokens_identical']}.",
-            "",
-        ]
-    )
-    (out / "vllm_throughput.md").write_text(table)
-    print(table)
+    return "\n".join([
+        f"# Decoding throughput from memory: HF vs vLLM ({c['num_layers']}-layer {c['hidden_size']}-wide random Qwen2, wrap={c['wrap']})",
+        "",
+        machine_line(result),
+        f"{c['num_prompts']} prompts (mean {result['prompt_length_mean']:.0f} positions, "
+        f"{result['memory_embeddings_per_prompt']:.1f} memory embeddings each), {c['max_new_tokens']} greedy tokens each; "
+        f"median of {c['repeats']} runs after a warm-up; vLLM's prefix cache "
+        f"{'on' if result['vllm_prefix_caching'] else 'off'}.",
+        "",
+        "| backend | seconds | tokens/s |",
+        "|---|---|---|",
+        f"| HF generate (batch {c['hf_batch_size']}) | {result['hf_seconds']:.2f} | {result['hf_tokens_per_s']:.0f} |",
+        f"| vLLM prompt_embeds | {result['vllm_seconds']:.2f} | {result['vllm_tokens_per_s']:.0f} |",
+        "",
+        f"vLLM speedup: {result['speedup']:.2f}x. Identical tokens: {result['tokens_identical']}.",
+        "",
+    ])
+
+
+def write_report(result: dict, config: ThroughputConfig) -> dict[str, Path]:
+    return write_outputs(result, config.output_dir, "vllm_throughput", markdown_table(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(ThroughputConfig, argv, "python -m benchmarks.vllm_throughput", __doc__, run, markdown_table,
+                          write_report)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

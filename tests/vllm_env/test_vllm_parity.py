@@ -38,7 +38,8 @@ def models(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine(models, tmp_path_factory):
-    return VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0)
+    return VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0,
+                       disable_log_stats=False)  # the prefix-cache counters
 
 
 def hf_greedy_tokens(model, memories, questions) -> list[list[int]]:
@@ -87,12 +88,22 @@ def test_sync_weights_follows_a_decoder_update(models, engine, corpus):
 
 
 def test_throughput_benchmark_runs_identical_work(models, engine, corpus):
-    from benchmarks.vllm_throughput import ThroughputConfig, measure
+    from benchmarks.vllm_throughput import ThroughputConfig, markdown_table, measure
 
     config = ThroughputConfig(num_prompts=3, context_lines=2, max_new_tokens=8, hf_batch_size=2, repeats=1)
     result = measure(models["each"], engine, config, corpus)
     assert result["tokens_identical"] and result["generated_tokens"] == 24
     assert result["hf_tokens_per_s"] > 0 and result["vllm_tokens_per_s"] > 0
+    assert f"Machine: {result['machine']['cpu']}" in markdown_table(result)
+
+
+def test_prefix_cache_benchmark_serves_the_shared_memory_from_cache(models, engine):
+    from benchmarks.vllm_prefix_cache import PrefixCacheConfig, markdown_table, measure
+
+    config = PrefixCacheConfig(context_tokens=512, num_questions=3, repeats=1)
+    result = measure(models["each"], engine, config)
+    assert result["prefix_cache_hit_rate"] > 0.5 and result["shared_memory_s"] > 0 and result["separate_memories_s"] > 0
+    assert result["config"]["hidden_size"] == TINY["hidden_size"] and "| one memory, 3 questions" in markdown_table(result)
 
 
 def test_n_samples_per_prompt_come_grouped(models, engine, corpus):
