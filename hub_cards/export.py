@@ -8,14 +8,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeling_memcomp.memory import MEMORY_FORMAT
+from modeling_memcomp.memory import MEMORY_DATASET_RECORD, MEMORY_FORMAT
 
 from .cards import DEFAULT_LICENSE, DatasetContents, check_stage, dataset_card, model_card
 from .evaluation import load_evaluation
-
-PRECOMPUTE_METADATA = "memcomp_memory.json"
-"""Sidecar `trainers.precompute` writes next to its dataset: the compressor's id, fingerprint and sizes."""
-
 
 EXPORT_RECORD = ".memcomp-export.json"
 """Written into every export folder (never uploaded): the files that export wrote, the only ones a later export with
@@ -247,10 +243,10 @@ def _write_parquet_splits(source: Path, out: Path) -> DatasetContents:
     first = next(iter(table.values()))
     features = {name: str(feature) for name, feature in first.features.items()}
     rows = {split: part.num_rows for split, part in table.items()}
-    sidecar = source / PRECOMPUTE_METADATA
+    sidecar = source / MEMORY_DATASET_RECORD
     if not sidecar.is_file():
         return DatasetContents("splits", rows, features)
-    shutil.copy2(sidecar, out / PRECOMPUTE_METADATA)
+    shutil.copy2(sidecar, out / MEMORY_DATASET_RECORD)
     compressor = json.loads(sidecar.read_text())
     return DatasetContents(
         "splits", rows, features, compressor.get("chunk_size"), compressor.get("hidden_size"), compressor

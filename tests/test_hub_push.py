@@ -252,9 +252,8 @@ def test_rl_precompute_output_publishes_with_its_compressor_record(model, corpus
     precompute = pytest.importorskip("trainers.precompute")
     from datasets import Dataset, load_dataset
 
-    from hub_cards.export import PRECOMPUTE_METADATA
+    from modeling_memcomp.memory import MEMORY_DATASET_RECORD
 
-    assert PRECOMPUTE_METADATA == precompute.METADATA_FILE
     rows = Dataset.from_dict({"context": corpus[:3], "question": ["Who?", "What?", "Where?"], "answer": ["a", "b", "c"]})
     memories = precompute.precompute_memory(model, rows)
     source = tmp_path / "memories"
@@ -266,7 +265,7 @@ def test_rl_precompute_output_publishes_with_its_compressor_record(model, corpus
     argv = ["--source", str(source), "--repo-id", "someone/memories", "--repo-type", "dataset", "--dry-run",
             "--output-dir", str(out)]
     assert push.main(argv) == 0
-    assert (out / PRECOMPUTE_METADATA).read_text() == (source / PRECOMPUTE_METADATA).read_text()
+    assert (out / MEMORY_DATASET_RECORD).read_text() == (source / MEMORY_DATASET_RECORD).read_text()
     back = load_dataset("parquet", data_files=str(out / "data" / "train-*.parquet"), split="train",
                         cache_dir=str(tmp_path / "cache"))
     assert back.features == memories.features

@@ -6,8 +6,9 @@ import pytest
 from datasets import load_from_disk
 
 from _launch import precompute_command, run
+from modeling_memcomp.memory import MEMORY_DATASET_RECORD
 from modeling_memcomp.tiny import build_tiny_memcomp
-from trainers.precompute import METADATA_FILE, SHARDS_DIR
+from trainers.precompute import SHARDS_DIR
 
 QA = "tests/fixtures/rl/qa.jsonl"
 
@@ -25,8 +26,8 @@ def test_two_ranks_write_exactly_the_one_process_dataset(tokenizer, tmp_path):
     one, two = load_from_disk(tmp_path / "single"), load_from_disk(tmp_path / "sharded")
     assert len(one) == len(two) == 8 and one.features == two.features
     assert one.to_dict() == two.to_dict()  # same rows, same order, bit-identical memories
-    assert json.loads((tmp_path / "sharded" / METADATA_FILE).read_text()) == {
-        **json.loads((tmp_path / "single" / METADATA_FILE).read_text()), "num_rows": 8,
+    assert json.loads((tmp_path / "sharded" / MEMORY_DATASET_RECORD).read_text()) == {
+        **json.loads((tmp_path / "single" / MEMORY_DATASET_RECORD).read_text()), "num_rows": 8,
     }
     assert not (tmp_path / "sharded" / SHARDS_DIR).exists()
     assert sharded.stdout.count("8 rows with memories written") == 1  # rank 0 reports, once

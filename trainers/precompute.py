@@ -19,14 +19,13 @@ from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, lo
 from datasets.fingerprint import Hasher
 
 from modeling_memcomp import MemCompForCausalLM
+from modeling_memcomp.memory import MEMORY_DATASET_RECORD
 from modeling_memcomp.prompting import build_prompt
 
 from .data import LOCAL_FORMATS
 from .stages import RL
 
 logger = logging.getLogger(__name__)
-METADATA_FILE = "memcomp_memory.json"
-"""Sidecar written next to the dataset: which compressor made the memories (checked before RL)."""
 
 
 @dataclass
@@ -139,11 +138,11 @@ def write_metadata(folder: str | Path, model: MemCompForCausalLM, args: Precompu
         "template": args.template,
         "num_rows": num_rows,
     }
-    (Path(folder) / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+    (Path(folder) / MEMORY_DATASET_RECORD).write_text(json.dumps(meta, indent=2))
 
 
 def read_metadata(folder: str | Path) -> dict | None:
-    path = Path(folder) / METADATA_FILE
+    path = Path(folder) / MEMORY_DATASET_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -157,7 +156,7 @@ def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_nam
     meta = read_metadata(folder)
     if meta is None:
         logger.warning("%s has no %s: nothing records which model compressed it; make sure it was %s "
-                       "(examples/precompute_memory.py writes the record).", folder, METADATA_FILE, model_name)
+                       "(examples/precompute_memory.py writes the record).", folder, MEMORY_DATASET_RECORD, model_name)
         return
     sizes = {"chunk_size": model.config.chunk_size, "hidden_size": model.config.text_config.hidden_size}
     recorded_sizes = {key: meta.get(key) for key in sizes}

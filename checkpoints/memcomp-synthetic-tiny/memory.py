@@ -17,6 +17,9 @@ from safetensors.torch import load_file, save_file
 
 MEMORY_FORMAT = "memcomp.memory"
 """`format` metadata of a `MemoryEmbeddings.save` file: what tells a memory from other safetensors files."""
+MEMORY_DATASET_RECORD = "memcomp_memory.json"
+"""Written next to a precomputed-memory dataset (`trainers.precompute`) and published with it: the compressor's id,
+fingerprint and sizes, checked before RL trains on the memories."""
 FORMAT_VERSION = "2"
 SUPPORTED_FORMAT_VERSIONS = frozenset({"1", "2"})
 """Version 2 hashes the source chunk by chunk and keeps the last partial chunk's tokens, so a memory can grow."""
