@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._outputs import benchmark_main, write_outputs
-from benchmarks._timing import machine_info, median, time_calls
+from benchmarks._timing import machine_info, summarize, time_calls
 from benchmarks._vllm_cpu import CPU, machine_line, pin_threads, tiny_model
 from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm
 
@@ -62,9 +62,10 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
 
     with torch.no_grad():
         hf_tokens = hf_run()  # the warm-up; greedy, so every timed run emits the same tokens
-        hf_seconds = median(time_calls(hf_run, CPU, warmup=0, repeats=config.repeats))
+        hf_calls = summarize(time_calls(hf_run, CPU, warmup=0, repeats=config.repeats))
     vllm_tokens = vllm_run()
-    vllm_seconds = median(time_calls(vllm_run, CPU, warmup=0, repeats=config.repeats))
+    vllm_calls = summarize(time_calls(vllm_run, CPU, warmup=0, repeats=config.repeats))
+    hf_seconds, vllm_seconds = hf_calls["median_ms"] / 1000, vllm_calls["median_ms"] / 1000
     generated = config.num_prompts * config.max_new_tokens
     text = model.config.text_config
     return {
@@ -75,6 +76,8 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
         "generated_tokens": generated,
         "hf_seconds": hf_seconds,
         "vllm_seconds": vllm_seconds,
+        "hf_calls_ms": hf_calls,
+        "vllm_calls_ms": vllm_calls,
         "hf_tokens_per_s": generated / hf_seconds,
         "vllm_tokens_per_s": generated / vllm_seconds,
         "speedup": hf_seconds / vllm_seconds,
@@ -93,6 +96,10 @@ def run(config: ThroughputConfig) -> dict:
     return measure(model, decoder, config, corpus)
 
 
+def _spread(calls_ms: dict) -> str:
+    return f"{calls_ms['min_ms'] / 1000:.2f} - {calls_ms['max_ms'] / 1000:.2f}"
+
+
 def markdown_table(result: dict) -> str:
     c = result["config"]
     return "\n".join([
@@ -104,10 +111,12 @@ def markdown_table(result: dict) -> str:
         f"median of {c['repeats']} runs after a warm-up; vLLM's prefix cache "
         f"{'on' if result['vllm_prefix_caching'] else 'off'}.",
         "",
-        "| backend | seconds | tokens/s |",
-        "|---|---|---|",
-        f"| HF generate (batch {c['hf_batch_size']}) | {result['hf_seconds']:.2f} | {result['hf_tokens_per_s']:.0f} |",
-        f"| vLLM prompt_embeds | {result['vllm_seconds']:.2f} | {result['vllm_tokens_per_s']:.0f} |",
+        "| backend | seconds (median) | min - max | tokens/s |",
+        "|---|---|---|---|",
+        f"| HF generate (batch {c['hf_batch_size']}) | {result['hf_seconds']:.2f} | {_spread(result['hf_calls_ms'])} | "
+        f"{result['hf_tokens_per_s']:.0f} |",
+        f"| vLLM prompt_embeds | {result['vllm_seconds']:.2f} | {_spread(result['vllm_calls_ms'])} | "
+        f"{result['vllm_tokens_per_s']:.0f} |",
         "",
         f"vLLM speedup: {result['speedup']:.2f}x. Identical tokens: {result['tokens_identical']}.",
         "",
