@@ -119,32 +119,10 @@ def _scratch_dir(needed_bytes: int) -> str | None:
     return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > needed_bytes else None
 
 
-def _fqlora_text_config(config: GpuCheckConfig, tokenizer):
-    """The base LM's config: the Qwen2.5-7B shape, or a tiny one for the smoke run."""
-    from modeling_memcomp.tiny import tiny_qwen2_config
-
-    if config.smoke:
-        text_config = tiny_qwen2_config(len(tokenizer), 64, 4, max_position_embeddings=4096)
-    else:
-        from transformers import Qwen2Config
-
-        text_config = Qwen2Config(max_position_embeddings=32768, **latency.PRESETS["qwen2.5-7b"])
-    text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    return text_config
-
-
 def _save_random_base(folder: str, text_config, tokenizer, dtype: torch.dtype, device: torch.device) -> None:
     """A randomly initialised base LM, built on `device` in `dtype` and saved with the tokenizer, as a user's base."""
-    from transformers import Qwen2ForCausalLM
-
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            base = Qwen2ForCausalLM(text_config)
-    finally:
-        torch.set_default_dtype(default)
+    base = latency.random_base(text_config, dtype, device)
     base.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del base
@@ -214,7 +192,8 @@ def run_fqlora(config: GpuCheckConfig) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     tokenizer = train_tokenizer([__doc__, latency.__doc__], vocab_size=512)
     with tempfile.TemporaryDirectory(prefix="gpu-check-base-", dir=_scratch_dir(30 * 2**30)) as folder:
-        text_config = _fqlora_text_config(config, tokenizer)
+        text_config = latency.base_text_config("smoke" if config.smoke else "qwen2.5-7b", tokenizer,
+                                               max_positions=4096 if config.smoke else 32768)
         built_s, _ = time_once(lambda: _save_random_base(folder, text_config, tokenizer, dtype, device), torch.device("cpu"))
         fq = FQLoRAConfig(quantize=quantize, compute_dtype=str(dtype).removeprefix("torch."), lora_dropout=0.0)
         load_s, model = time_once(

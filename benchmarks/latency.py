@@ -141,14 +141,9 @@ class LatencyConfig:
         return getattr(torch, self.dtype)
 
 
-def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype) -> MemCompForCausalLM:
-    """A randomly initialised memcomp model of the preset's shape, with a tokenizer trained offline."""
-    if config.preset == "qwen2.5-7b" and device.type != "cuda":
-        raise ValueError("the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 weights); on CPU use --preset cpu-tiny.")
-    torch.manual_seed(config.seed)
-    tokenizer = train_tokenizer([QUESTION, __doc__], vocab_size=512)
-    shape = dict(PRESETS[config.preset])
-    max_positions = max(config.lengths) + 1024
+def base_text_config(preset: str, tokenizer, max_positions: int) -> Qwen2Config:
+    """The preset's Qwen2 config for `tokenizer`: a full shape (qwen2.5-7b) as given, a small one sized to it."""
+    shape = dict(PRESETS[preset])
     if "num_hidden_layers" in shape:
         text_config = Qwen2Config(max_position_embeddings=max_positions, **shape)
     else:
@@ -156,14 +151,29 @@ def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype)
             len(tokenizer), shape["hidden_size"], shape["num_layers"], max_position_embeddings=max_positions
         )
     text_config.pad_token_id, text_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    text_config._attn_implementation = config.attn_implementation
+    return text_config
+
+
+def random_base(text_config: Qwen2Config, dtype: torch.dtype, device: torch.device) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 LM built on `device` in `dtype` (a 7B one never exists in float32 on the host)."""
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            base = Qwen2ForCausalLM(text_config)
+            return Qwen2ForCausalLM(text_config)
     finally:
         torch.set_default_dtype(default_dtype)
+
+
+def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype) -> MemCompForCausalLM:
+    """A randomly initialised memcomp model of the preset's shape, with a tokenizer trained offline."""
+    if config.preset == "qwen2.5-7b" and device.type != "cuda":
+        raise ValueError("the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 weights); on CPU use --preset cpu-tiny.")
+    torch.manual_seed(config.seed)
+    tokenizer = train_tokenizer([QUESTION, __doc__], vocab_size=512)
+    text_config = base_text_config(config.preset, tokenizer, max_positions=max(config.lengths) + 1024)
+    text_config._attn_implementation = config.attn_implementation
+    base = random_base(text_config, dtype, device)
     model = MemCompForCausalLM.from_base(
         base, chunk_size=config.chunk_size, tokenizer=tokenizer, encoder_batch_size=config.encoder_batch_size
     )
