@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._timing import machine_info
 from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
+from modeling_memcomp.vllm_backend import require_vllm
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus.txt"
 CPU = torch.device("cpu")
@@ -26,6 +28,15 @@ def tiny_model(hidden_size: int, num_layers: int, **config) -> tuple[object, lis
     corpus = CORPUS.read_text().splitlines()
     model = build_tiny_memcomp(train_tokenizer(corpus, vocab_size=512), hidden_size=hidden_size, num_layers=num_layers, **config)
     return model, corpus
+
+
+def measured_on() -> dict:
+    """The fields `machine_line` reads, for a report: the machine, vLLM's worker cores and the library versions."""
+    return {
+        "machine": machine_info(CPU),
+        "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+        "versions": {"torch": torch.__version__, "vllm": require_vllm().__version__},
+    }
 
 
 def machine_line(report: dict) -> str:

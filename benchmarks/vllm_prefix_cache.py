@@ -11,16 +11,15 @@ share), greedy, one token each (TTFT-like), and reads vLLM's prefix-cache counte
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from benchmarks._outputs import benchmark_main, write_outputs
-from benchmarks._timing import machine_info, median, time_calls
-from benchmarks._vllm_cpu import CPU, machine_line, pin_threads, tiny_model
-from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm
+from benchmarks._timing import median, time_calls
+from benchmarks._vllm_cpu import CPU, machine_line, measured_on, pin_threads, tiny_model
+from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds
 
 
 @dataclass
@@ -71,14 +70,12 @@ def measure(model, decoder: VLLMDecoder, config: PrefixCacheConfig) -> dict:
     return {
         "config": {**asdict(config), "hidden_size": model.config.text_config.hidden_size,
                    "num_layers": model.config.text_config.num_hidden_layers},
-        "machine": machine_info(CPU),
+        **measured_on(),
         "prompt_positions": len(shared[0]),
         "shared_memory_s": shared_s,
         "separate_memories_s": separate_s,
         "speedup": separate_s / shared_s,
         "prefix_cache_hit_rate": hits / queries if queries else None,
-        "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
-        "versions": {"torch": torch.__version__, "vllm": require_vllm().__version__},
     }
 
 

@@ -10,7 +10,6 @@ Timed: prompt building + generation (compression is done once, before). Run in t
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import torch
 
 from benchmarks._outputs import benchmark_main, write_outputs
-from benchmarks._timing import machine_info, summarize, time_calls
-from benchmarks._vllm_cpu import CPU, machine_line, pin_threads, tiny_model
-from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm
+from benchmarks._timing import summarize, time_calls
+from benchmarks._vllm_cpu import CPU, machine_line, measured_on, pin_threads, tiny_model
+from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds
 
 
 @dataclass
@@ -70,7 +69,7 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
     text = model.config.text_config
     return {
         "config": {**asdict(config), "hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers, "wrap": model.config.wrap},
-        "machine": machine_info(CPU),
+        **measured_on(),
         "memory_embeddings_per_prompt": statistics.mean(len(m) for m in memories),
         "prompt_length_mean": statistics.mean(len(e) for e in build_prompt_embeds(model, memories, questions)),
         "generated_tokens": generated,
@@ -83,8 +82,6 @@ def measure(model, decoder: VLLMDecoder, config: ThroughputConfig, corpus: list[
         "speedup": hf_seconds / vllm_seconds,
         "vllm_prefix_caching": decoder.llm_settings["enable_prefix_caching"],
         "tokens_identical": hf_tokens == vllm_tokens,
-        "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
-        "versions": {"torch": torch.__version__, "vllm": require_vllm().__version__},
     }
 
 
