@@ -396,6 +396,21 @@ def test_length_grouped_order_is_redrawn_after_a_resume_in_a_later_epoch(tmp_pat
     assert resumed(2) == orders[0]  # a record of an earlier epoch is not used (Trainer restores the RNG state there)
 
 
+def test_length_grouped_sampler_reads_a_dataset_column_once_and_draws_the_same_order():
+    from datasets import Dataset
+
+    lengths = [(7 * i) % 23 for i in range(400)]
+    column = Dataset.from_dict({"length": lengths})["length"]  # what Trainer passes: a lazy Column, not a list
+    assert not isinstance(column, list)
+    orders = []
+    for given in (lengths, column):
+        torch.manual_seed(0)
+        sampler = ResumableLengthGroupedSampler(8, lengths=given)
+        assert type(sampler.lengths) is list and sampler.lengths == lengths  # no Arrow lookup per item while sorting
+        orders.append(list(sampler))
+    assert orders[0] == orders[1] and sorted(orders[0]) == list(range(400))
+
+
 def test_length_grouped_run_resumed_in_its_second_epoch_equals_the_uninterrupted_run(tmp_path, caplog):
     def run(out, resume=None, stop=None):
         return resume_run(out, resume, stop, max_steps=12, train_sampling_strategy="group_by_length")

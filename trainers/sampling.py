@@ -16,12 +16,17 @@ class ResumableLengthGroupedSampler(LengthGroupedSampler):
     trained batches of another order and retrains some examples while never seeing others. This sampler records the
     state each order was drawn from, saved with every checkpoint (`save`), and a resumed run redraws that epoch's order
     from it (`load`); uninterrupted runs draw exactly as the parent does.
+
+    Lengths given as a `datasets` column (what Trainer passes for `length_column_name`) are read into a list once: the
+    parent reads them one item at a time, each a table lookup (~0.2 ms; minutes per epoch for a 300,000-row dataset).
     """
 
     STATE_FILE = "length_grouped_sampler_{rank}.pt"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, batch_size: int, dataset=None, lengths=None, *args, **kwargs):
+        if lengths is not None and not isinstance(lengths, (list, torch.Tensor)):
+            lengths = list(lengths[:])  # a datasets Column's slice is one Arrow read
+        super().__init__(batch_size, dataset, lengths, *args, **kwargs)
         self.epoch = 0
         self.drawn: dict | None = None  # {"epoch", "rng_state"} the current order was drawn from
         self.resumed: dict | None = None  # a checkpoint's record, used once by the epoch it belongs to
