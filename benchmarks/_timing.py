@@ -97,8 +97,14 @@ def rss_peak_bytes(fn: Callable[[], object]) -> int:
     return max(_status_kib("VmHWM") - before, 0) * 1024
 
 
+def machine_name(machine: dict) -> str:
+    """The CPU of a `machine_info` record as report lines name it: model and vector extension ('AMD EPYC, AVX2')."""
+    capability = machine.get("cpu_capability")
+    return f"{machine.get('cpu')}, {capability}" if capability else str(machine.get("cpu"))
+
+
 def machine_info(device: torch.device) -> dict:
-    """What the figures were measured on: CPU model, threads, load, accelerator and library versions."""
+    """What the figures were measured on: CPU model and vector extension, threads, load, accelerator and library versions."""
     import transformers
 
     cpu = platform.processor() or platform.machine()
@@ -109,6 +115,7 @@ def machine_info(device: torch.device) -> dict:
         pass
     info = {
         "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512: other kernels, speed and rounding
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._timing import machine_info
+from benchmarks._timing import machine_info, machine_name
 from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer
 from modeling_memcomp.vllm_backend import require_vllm
 
@@ -42,6 +42,6 @@ def measured_on() -> dict:
 def machine_line(report: dict) -> str:
     """Where a report was measured, for its table: CPU, vLLM worker cores, load, versions."""
     machine = report["machine"]
-    return (f"Machine: {machine['cpu']} ({machine['logical_cpus']} logical CPUs, load average {machine['load_average_1m']} "
+    return (f"Machine: {machine_name(machine)} ({machine['logical_cpus']} logical CPUs, load average {machine['load_average_1m']} "
             f"at the end), torch threads {machine['torch_threads']}, vLLM worker cores {report['vllm_threads_bind']}; "
             f"versions {report['versions']}.")

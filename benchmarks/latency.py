@@ -36,6 +36,7 @@ from benchmarks._timing import (
     PAPER_WARMUP,
     cuda_peak_bytes,
     machine_info,
+    machine_name,
     rss_peak_bytes,
     summarize,
     time_calls,
@@ -319,7 +320,7 @@ def markdown_table(report: dict) -> str:
         f"# Latency: full context vs precomputed memory ({config['preset']}, C={config['chunk_size']}, "
         f"{config.get('attn_implementation', 'sdpa')} attention)",
         "",
-        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} torch threads "
+        f"Machine: {machine.get('gpu') or machine_name(machine)}, {machine['torch_threads']} torch threads "
         f"({machine['logical_cpus']} logical CPUs, 1-min load {machine['load_average_1m']} when the run ended), "
         f"torch {machine['torch']}, transformers {machine['transformers']}. {_protocol(report)} "
         "Random weights: timing does not depend on them.",

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks import latency
 from benchmarks._outputs import benchmark_main, tokens_label, write_outputs
-from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, summarize, time_calls
+from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, machine_name, summarize, time_calls
 from benchmarks.peers import QUESTIONS
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
 
@@ -149,7 +149,7 @@ def markdown_table(report: dict) -> str:
     lines = [
         f"# {n} questions on one memory, with and without prefix reuse ({config['preset']}, C={config['chunk_size']})",
         "",
-        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} torch thread(s) "
+        f"Machine: {machine.get('gpu') or machine_name(machine)}, {machine['torch_threads']} torch thread(s) "
         f"({machine['logical_cpus']} logical CPUs, 1-min load {machine['load_average_1m']} at the end), torch "
         f"{machine['torch']}, transformers {machine['transformers']}. `generate()` wall time, greedy, "
         f"{config['max_new_tokens']} answer tokens per question; means of {config['repeats']} timed calls after "

@@ -46,7 +46,7 @@ from benchmarks._sessions import (
     run_job,
 )
 from benchmarks._outputs import benchmark_main, tokens_label, write_outputs
-from benchmarks._timing import PAPER_WARMUP, machine_info, summarize, time_once
+from benchmarks._timing import PAPER_WARMUP, machine_info, machine_name, summarize, time_once
 from modeling_memcomp import build_prompt
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS
 
@@ -390,7 +390,7 @@ def markdown_table(report: dict) -> str:
         f"# Peers: one context, {n} questions ({config['preset']}: {model['num_hidden_layers']} layers, hidden "
         f"{model['hidden_size']}, {model['dtype'].removeprefix('torch.')}, random weights)",
         "",
-        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} torch thread(s) "
+        f"Machine: {machine.get('gpu') or machine_name(machine)}, {machine['torch_threads']} torch thread(s) "
         f"({machine['logical_cpus']} logical CPUs, 1-min load {machine['load_average_1m']} at the end), torch "
         f"{machine['torch']}, transformers {machine['transformers']}"
         + (f"; kvpress {kv_env['kvpress']} with transformers {kv_env['transformers']} in its own env" if kv_env else "")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks._outputs import benchmark_main, write_outputs
-from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, summarize, time_calls
+from benchmarks._timing import PAPER_REPEATS, PAPER_WARMUP, machine_info, machine_name, summarize, time_calls
 
 MODES = ("fp32", "bf16_autocast", "compile")
 LABELS = {"fp32": "fp32 eager (the run's)", "bf16_autocast": "bf16 autocast", "compile": "torch.compile, fp32"}
@@ -115,7 +115,7 @@ def run(config: ToyStepConfig) -> dict:
 def markdown_table(report: dict) -> str:
     machine, c = report["machine"], report["config"]
     lines = [
-        f"# Toy training step on CPU\n\nMachine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch "
+        f"# Toy training step on CPU\n\nMachine: {machine_name(machine)}, {machine['logical_cpus']} logical CPUs, torch "
         f"{machine['torch']}. Model: Qwen2 hidden {c['hidden_size']}, {c['num_layers']} layers, vocabulary "
         f"{c['vocab_size']}, C = {c['chunk_size']}; batch {c['batch_size']} x {c['context_tokens']} context tokens "
         f"(reconstruction). Mean of {c['repeats']} steps after {c['warmup']} untimed.\n",

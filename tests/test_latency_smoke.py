@@ -24,7 +24,10 @@ def test_smoke_run_writes_json_table_and_plot(tmp_path):
             assert row["ttft_ms"][mode] == pytest.approx(row["timing_ms"][mode]["mean_ms"])
             assert row["timing_ms"][mode]["n"] == 1  # --smoke: one timed call
     assert report["machine"]["cpu"] and report["machine"]["torch_threads"] >= 1
+    # the vector extension picks the kernels: AVX2 and AVX512 machines differ in speed and in rounding
+    assert report["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     table = (tmp_path / "smoke.md").read_text()
+    assert f"Machine: {report['machine']['cpu']}, {report['machine']['cpu_capability']}, " in table
     assert "| Context | TTFT Full (ms) | Ours each (ms) | Speedup |" in table and "| 512 |" in table
     assert "Means of 1 timed calls after 0 warm-up(s) (fewer than the paper's 20 after 3)" in table
     assert "| Context | Call | Mean (ms) | Median (ms) | Std dev (ms) |" in table

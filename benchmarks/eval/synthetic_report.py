@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks._timing import machine_name  # noqa: E402
 from trainers.synthetic import read_jsonl  # noqa: E402
 
 from .report import ALL, comparison_table, plot_heatmap  # noqa: E402
@@ -309,7 +310,7 @@ def render_markdown(report: dict) -> str:
         "# Synthetic run: distractor documents, length generalization, RL",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('logical_cpus')} logical CPUs, no GPU); "
+        f"Machine: {machine_name(report['machine'])} ({report['machine'].get('logical_cpus')} logical CPUs, no GPU); "
         f"wall time {hours:.2f} h from start to report{alongside}.  ",
         f"Model: Qwen2 architecture, {config['num_layers']} layers, hidden {config['hidden_size']}; chunk size "
         f"{config['chunk_size']} ({config['wrap']} wrapping, so the effective rate is about {config['chunk_size']}x).{contexts}",
