@@ -469,6 +469,22 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         flat = self._flatten_memory(memory_embeds, is_slot.sum(dim=1))
         return embeds.masked_scatter(is_slot.unsqueeze(-1), flat.to(embeds.dtype))
 
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+        """GenerationMixin's expansion for beams / `num_return_sequences`, giving every copy of a row that row's memory.
+
+        The parent repeats each tensor along dim 0: right for `(batch, slots, d)`, but it would repeat single embeddings
+        of a `(total_slots, d)` memory and leaves a list alone.
+        """
+        memory_embeds = model_kwargs.pop("memory_embeds", None)
+        if memory_embeds is not None and expand_size > 1 and input_ids is not None:
+            slots = (input_ids == self.config.mem_token_id).sum(dim=1)
+            rows = self._flatten_memory(memory_embeds, slots).split(slots.tolist())
+            memory_embeds = torch.cat([row for row in rows for _ in range(expand_size)])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        if memory_embeds is not None:
+            model_kwargs["memory_embeds"] = memory_embeds
+        return input_ids, model_kwargs
+
     def _flatten_memory(self, memory_embeds, slots_per_row: torch.Tensor) -> torch.Tensor:
         if not isinstance(memory_embeds, (torch.Tensor, list, tuple)):
             memory_embeds = [memory_embeds]
@@ -710,7 +726,9 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 raise RuntimeError("a prompt does not start with the shared prefix; the template renders it differently.")
             tails.append(ids[len(prefix) :])
         longest = max(len(t) for t in tails)
-        pad = self.tokenizer.pad_token_id
+        # The padding sits mid-row, where transformers' repetition penalty counts it (it skips left padding only):
+        # <MEM_START> is already in every prefix and never generated, so the penalised token set is the unpadded row's.
+        pad = self.config.memory_token_ids[0]
         input_ids = torch.tensor([prefix.input_ids + [pad] * (longest - len(t)) + t for t in tails])
         attention_mask = torch.tensor([[1] * len(prefix) + [0] * (longest - len(t)) + [1] * len(t) for t in tails])
         expand = max(kwargs.get("num_beams") or config.num_beams or 1, kwargs.get("num_return_sequences") or config.num_return_sequences or 1)

@@ -62,6 +62,17 @@ def test_tensor_path_matches_text_path_and_accepts_memory_lists(model, corpus):
     assert torch.equal(as_3d, model.generate(**one, **GREEDY))
 
 
+@pytest.mark.parametrize("expand", [dict(num_beams=2), dict(num_return_sequences=2, do_sample=True, top_k=1)])
+def test_tensor_path_gives_every_expanded_row_its_memory(model, corpus, expand):
+    memories = [model.compress(corpus[0]), model.compress(" ".join(corpus[1:3]))]
+    batch = model.prepare_prompts(memories, [QUESTION, "Who?"])
+    settings = dict(GREEDY, max_new_tokens=6, **expand)
+    padded = model.generate(**batch, **settings)  # (batch, slots, d): expanded along dim 0 by transformers
+    flat = torch.cat([m.embeds for m in memories])  # (total_slots, d) in row order
+    for memory_embeds in (flat, memories):
+        assert torch.equal(model.generate(**{**batch, "memory_embeds": memory_embeds}, **settings), padded)
+
+
 def test_generation_config_and_streamer(model, corpus):
     class Collect(BaseStreamer):
         def __init__(self):
@@ -145,6 +156,20 @@ def test_prefilled_memory_prefix_gives_the_answers_of_the_full_prompt(make_model
     assert model.generate(memory=memory, question=QUESTIONS, **beams) == model.generate(
         memory=memory, question=QUESTIONS, reuse_prefix=False, **beams
     )
+
+
+def test_prefilled_prefix_keeps_the_repetition_penalty_of_the_full_prompt(make_model, corpus):
+    model = make_model()
+    with torch.no_grad():  # a real pad/EOS embedding (the tiny model's is zero, so its logit would hide the penalty)
+        model.get_input_embeddings().weight[model.tokenizer.pad_token_id].normal_(0, 0.5)
+    memory = model.compress(" ".join(corpus[:3]))
+    settings = dict(do_sample=False, max_new_tokens=3, repetition_penalty=1.3, return_dict_in_generate=True, output_scores=True)
+    reused = model.generate(memory=memory, question=QUESTIONS, **settings)  # the shorter questions padded mid-row
+    full = model.generate(memory=memory, question=QUESTIONS, reuse_prefix=False, **settings)  # left-padded
+    assert reused.texts == full.texts
+    assert full.scores[0][:, model.tokenizer.pad_token_id].abs().min() > 0.1  # the penalty would move this logit
+    for step_reused, step_full in zip(reused.scores, full.scores):
+        torch.testing.assert_close(step_reused, step_full, atol=1e-4, rtol=1e-4)
 
 
 def test_prefix_is_prefilled_once_for_many_questions(model, corpus, monkeypatch):
