@@ -95,6 +95,8 @@ def test_config_from_yaml_with_cli_override(tmp_path):
         # values the Table 10 batch settings would otherwise replace without a word
         (dict(gradient_accumulation_steps=4), r"gradient_accumulation_steps=4 conflicts with mini_batch_prompts=64 \(64 at"),
         (dict(warmup_steps=50), r"warmup_steps=50 conflicts with lr_warmup_rollouts=10 \(20 optimizer steps\)"),
+        # a checkpoint must not cut a rollout batch: its buffered rollouts are not saved
+        (dict(save_steps=25), r"save_steps=25 would save checkpoints inside a rollout batch \(2 optimizer steps each\)"),
     ],
 )
 def test_config_rejects_token_id_vllm_and_unknown_backends(tmp_path, kwargs, message):

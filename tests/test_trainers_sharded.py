@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from _launch import logged_losses, run, stage_command
+from trainers.checkpoints import checkpoint_problems
 from trainers.distributed import check_launch
 
 STAGES = {
@@ -73,6 +74,7 @@ def test_zero3_on_two_cpu_ranks_trains_as_one_process(stage, tmp_path, single_pr
     assert {p.name for p in step.glob("*optim_states.pt")} == {  # ZeRO-3: each rank holds its own shard
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
     }
+    assert checkpoint_problems(step.parent, optimizer=False, deepspeed=True) == []  # `last` would resume from it
 
 
 @pytest.mark.slow

@@ -203,13 +203,19 @@ def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpo
     assert resume_point(args(str(tmp_path / "checkpoint-50"))) == str(tmp_path / "checkpoint-50")
 
 
-@pytest.mark.parametrize("flags, global_step, missing", [
-    ({}, False, "no optimizer state (optimizer.pt)"),  # an ordinary run saves optimizer and scheduler state
-    ({"save_only_model": True}, False, None),
-    ({"deepspeed_plugin": object()}, True, None),  # ZeRO keeps them under global_step*/, which the trainer loads
-    ({"deepspeed_plugin": object()}, False, "no DeepSpeed state (global_step*/)"),
+DEEPSPEED = {"deepspeed_plugin": object()}
+NO_DEEPSPEED_STATE = "no DeepSpeed state (global_step*/ with its *model_states.pt)"
+
+
+@pytest.mark.parametrize("flags, global_step, weights, missing", [
+    ({}, None, True, "no optimizer state (optimizer.pt)"),  # an ordinary run saves optimizer and scheduler state
+    ({"save_only_model": True}, None, True, None),
+    (DEEPSPEED, "states", True, None),  # ZeRO keeps them under global_step*/, which the trainer loads
+    (DEEPSPEED, "states", False, None),  # ZeRO-3 without 16-bit gathering (DeepSpeed's default): weights there too
+    (DEEPSPEED, "empty", True, NO_DEEPSPEED_STATE),  # killed before DeepSpeed wrote its states
+    (DEEPSPEED, None, True, NO_DEEPSPEED_STATE),
 ])
-def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path, caplog, flags, global_step, missing):
+def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path, caplog, flags, global_step, weights, missing):
     """`last` must not start afresh (and overwrite) a run whose checkpoints the trainer would resume from, nor take
     one it could not resume from."""
     from types import SimpleNamespace
@@ -221,9 +227,12 @@ def test_resume_last_takes_the_trainers_rule_for_a_complete_checkpoint(tmp_path,
     folder = tmp_path / "checkpoint-50"
     folder.mkdir()
     (folder / "trainer_state.json").write_text("{}")
-    save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+    if weights:
+        save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
     if global_step:
         (folder / "global_step50").mkdir()
+    if global_step == "states":
+        (folder / "global_step50" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"")
     args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path), **flags)
     assert resume_point(args) is (None if missing else True)
     assert missing is None or missing in caplog.text
@@ -394,6 +403,33 @@ def test_length_grouped_order_is_redrawn_after_a_resume_in_a_later_epoch(tmp_pat
     assert resumed(1) == orders[1]
     assert resumed(1, record=False) == orders[0] != orders[1]  # the parent's draw: the order it skips into is another
     assert resumed(2) == orders[0]  # a record of an earlier epoch is not used (Trainer restores the RNG state there)
+
+
+def test_length_grouped_order_survives_a_resume_behind_data_parallel_wrappers(tmp_path):
+    """accelerate's batch-skipping wrapper around a `BatchSamplerShard` does not pass `set_epoch` on: `load` sets it."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+    from torch.utils.data import DataLoader
+
+    lengths = [(7 * i) % 23 for i in range(40)]
+
+    def rank0_loader(sampler):  # what Trainer iterates on rank 0 of 2
+        return prepare_data_loader(DataLoader(range(40), batch_size=4, sampler=sampler), num_processes=2,
+                                   process_index=0, put_on_device=False)
+
+    torch.manual_seed(0)
+    sampler = ResumableLengthGroupedSampler(4, lengths=lengths)
+    loader, epochs = rank0_loader(sampler), []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        epochs.append([batch.tolist() for batch in loader])
+        torch.rand(100)
+    sampler.save(tmp_path)  # epoch 1's record, as a checkpoint inside it holds
+    torch.manual_seed(0)
+    resumed = ResumableLengthGroupedSampler(4, lengths=lengths)
+    assert resumed.load(tmp_path, epoch=1)
+    skipped = skip_first_batches(rank0_loader(resumed), 2)
+    skipped.set_epoch(1)  # Trainer's call: it does not reach the sampler through these wrappers
+    assert [batch.tolist() for batch in skipped] == epochs[1][2:] != epochs[0][2:]
 
 
 def test_length_grouped_sampler_reads_a_dataset_column_once_and_draws_the_same_order():

@@ -72,7 +72,7 @@ def checkpoint_problems(
     """What keeps `folder` from being a complete checkpoint (empty list: it is complete).
 
     `optimizer`: the run saves optimizer and scheduler state (not `save_only_model`, not DeepSpeed, which
-    keeps its own). `deepspeed`: the run resumes through DeepSpeed, which needs its `global_step*` folder.
+    keeps its own). `deepspeed`: the run resumes through DeepSpeed, from its `global_step*` folder (weights too).
     `full_ft`: the model has fully fine-tuned parameters outside peft's adapters (FQLoRA).
     """
     folder = Path(folder)
@@ -85,16 +85,18 @@ def checkpoint_problems(
         problems.append(f"no {TRAINER_STATE}")
     except (OSError, ValueError) as error:
         problems.append(f"{TRAINER_STATE} is unreadable ({error})")
-    weights = weights_problem(folder)
-    if weights:
+    if deepspeed:
+        # The trainer resumes a DeepSpeed run from global_step*/ alone, weights included: without
+        # stage3_gather_16bit_weights_on_model_save (DeepSpeed's default) ZeRO-3 writes no model file beside it.
+        if not any(p.is_dir() and p.name.startswith("global_step") and any(p.glob("*model_states.pt")) for p in folder.iterdir()):
+            problems.append("no DeepSpeed state (global_step*/ with its *model_states.pt)")
+    elif weights := weights_problem(folder):
         problems.append(weights)
     if optimizer:
         if not any(p.name.startswith("optimizer") for p in folder.iterdir()):
             problems.append("no optimizer state (optimizer.pt)")
         if not (folder / "scheduler.pt").is_file():
             problems.append("no scheduler state (scheduler.pt)")
-    if deepspeed and not any(p.is_dir() and p.name.startswith("global_step") for p in folder.iterdir()):
-        problems.append("no DeepSpeed state (global_step*/)")
     if full_ft:
         if not (folder / FULL_FT_WEIGHTS).is_file():
             problems.append(f"no {FULL_FT_WEIGHTS} (the fully fine-tuned FQLoRA layers)")

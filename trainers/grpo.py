@@ -145,6 +145,13 @@ class MemCompGRPOConfig(GRPOConfig):
                                  f"{self.lr_warmup_rollouts} ({warmup} optimizer steps): set lr_warmup_rollouts=None to "
                                  "give warmup_steps yourself.")
             self.warmup_steps = warmup
+        per_rollout = self.optimizer_steps_per_rollout
+        if self.save_strategy == "steps" and self.save_steps >= 1 and self.save_steps % per_rollout:
+            raise ValueError(
+                f"save_steps={self.save_steps} would save checkpoints inside a rollout batch ({per_rollout} optimizer "
+                "steps each), whose rollouts a checkpoint does not hold: a run resumed there regenerates them and trains "
+                f"on other rollouts than the uninterrupted run. Use a multiple of {per_rollout}."
+            )
 
     def _derive_batches(self, world_size: int) -> None:
         if self.rollout_batch_prompts is not None and (self.generation_batch_size is not None or self.steps_per_generation is not None):

@@ -53,8 +53,14 @@ class ResumableLengthGroupedSampler(LengthGroupedSampler):
         if self.drawn is not None:
             torch.save(self.drawn, Path(checkpoint) / self.STATE_FILE.format(rank=rank))
 
-    def load(self, checkpoint: str | Path, rank: int = 0) -> bool:
-        """Read the record `save` wrote into `checkpoint`; False where it holds none (a checkpoint from before)."""
+    def load(self, checkpoint: str | Path, rank: int = 0, epoch: int | None = None) -> bool:
+        """Read the record `save` wrote into `checkpoint`; False where it holds none (a checkpoint from before).
+
+        `epoch`: the epoch the resumed run starts in. Under data parallelism accelerate's batch-skipping wrapper does
+        not forward `set_epoch` to this sampler in that epoch, so it must know it from here.
+        """
+        if epoch is not None:
+            self.epoch = epoch
         path = Path(checkpoint) / self.STATE_FILE.format(rank=rank)
         if not path.is_file():
             return False

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from modeling_memcomp.prompting import IGNORE_INDEX
 
 from .callbacks import RankTraceCallback, ResumedTokenCount
-from .checkpoints import FULL_FT_WEIGHTS, CompleteCheckpointResume
+from .checkpoints import FULL_FT_WEIGHTS, TRAINER_STATE, CompleteCheckpointResume
 from .collator import MemCompCollator
 from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
@@ -197,7 +197,8 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
             return sampler
         sampler = ResumableLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, generator=sampler.generator)
         if self._resume_checkpoint and not self.args.ignore_data_skip:
-            if not sampler.load(self._resume_checkpoint, self.args.process_index):
+            state = TrainerState.load_from_json(os.path.join(self._resume_checkpoint, TRAINER_STATE))
+            if not sampler.load(self._resume_checkpoint, self.args.process_index, epoch=int(state.epoch or 0)):
                 logger.warning(
                     "%s holds no length-grouped order record (saved by an older version): if it lies past the first "
                     "epoch, the resumed epoch trains on another order than the uninterrupted run.",
