@@ -17,6 +17,7 @@ from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic.clock import StageClock, record_stage, update_timings
 from benchmarks.synthetic.config import SyntheticRunConfig
 from benchmarks.synthetic.data import make_data
+from benchmarks.synthetic.folders import STAGE_TOKENIZER_FILES
 from benchmarks.synthetic.pipeline import StopSideProcess, ThreadsWhenAlone
 from benchmarks.synthetic.run import main
 from benchmarks.synthetic.stages import rl_arguments, rl_rows, stage_config
@@ -662,6 +663,8 @@ def test_a_model_trained_on_another_seed_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(trained / "sft" / "model.safetensors"))
+    for name in STAGE_TOKENIZER_FILES:
+        (trained / "sft" / name).write_text("{}")
     (trained / "run_config.json").write_text(json.dumps({"seed": 0}))
     (trained / "sft" / "checkpoint-500").mkdir()  # a checkpoint of the stage: its run is two folders up
     for field, folder in (("reuse", "sft"), ("start_from", "sft"), ("start_from", "sft/checkpoint-500")):

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from benchmarks.synthetic.config import SyntheticRunConfig
-from benchmarks.synthetic.folders import check_reused_stages, check_start_folders, link_reused_stages
+from benchmarks.synthetic.folders import STAGE_TOKENIZER_FILES, check_reused_stages, check_start_folders, link_reused_stages
 from benchmarks.synthetic.run import ReportArguments
 from benchmarks.synthetic.schedule import load_schedule, main
 from test_synthetic_pipeline import TOY
@@ -206,6 +206,10 @@ def test_a_reused_stage_is_linked_in_and_a_folder_in_its_place_is_refused_untouc
     with pytest.raises(FileNotFoundError, match="holds no finished sft"):
         check_reused_stages(config)
     save_file({"w": torch.zeros(1)}, str(source / "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match="holds no finished sft"):  # killed before the tokenizer, saved last
+        check_reused_stages(config)
+    for name in STAGE_TOKENIZER_FILES:
+        (source / name).write_text("{}")
     check_reused_stages(config)
     link_reused_stages(config)
     check_reused_stages(config)  # again (a resumed run): the same link is kept

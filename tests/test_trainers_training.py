@@ -199,7 +199,8 @@ def test_resume_last_starts_a_new_run_and_a_fresh_start_warns_of_earlier_checkpo
         save_file({"w": torch.zeros(1)}, str(tmp_path / "checkpoint-50" / "model.safetensors"))
         assert resume_point(args("last")) is True  # ...and resumes
         assert resume_point(args(None)) is None
-        assert "holds checkpoint-50 from an earlier run: this run starts afresh and overwrites" in caplog.text
+        assert "holds checkpoint-50 from an earlier run: this run starts afresh, replacing only" in caplog.text
+        assert "--resume_from_checkpoint last would resume the earlier run. Use another output_dir" in caplog.text
     assert resume_point(args(str(tmp_path / "checkpoint-50"))) == str(tmp_path / "checkpoint-50")
 
 

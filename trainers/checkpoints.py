@@ -233,8 +233,10 @@ def _local_resume_point(training) -> str | bool | None:
     found = checkpoints_newest_first(training.output_dir)
     if value is None or str(value).lower() in ("", "false", "none", "no"):
         if found:
-            logger.warning("%s holds %s from an earlier run: this run starts afresh and overwrites its checkpoints "
-                           "(--resume_from_checkpoint last continues it).", training.output_dir, found[0].name)
+            logger.warning("%s holds %s from an earlier run: this run starts afresh, replacing only the checkpoints "
+                           "whose steps it reaches, and until it passes that step --resume_from_checkpoint last would "
+                           "resume the earlier run. Use another output_dir to keep the two apart (or pass "
+                           "--resume_from_checkpoint last to continue the earlier run).", training.output_dir, found[0].name)
         return None
     if str(value).lower() == "last":
         requirements, torn = checkpoint_requirements(training), {}

@@ -14,12 +14,18 @@ from .config import SyntheticRunConfig
 logger = logging.getLogger(__name__)
 
 
+STAGE_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def stage_done(folder: Path) -> bool:
-    """A stage folder holds its finished model: its config and readable weights (a kill during the final save may
-    leave the config, written first, without them)."""
+    """A stage folder holds its finished model: its config, readable weights and the tokenizer, saved last (a kill
+    during the final save may leave the config, written first, without the rest)."""
     from trainers.checkpoints import weights_problem
 
-    return (folder / "config.json").is_file() and weights_problem(folder) is None
+    return (
+        (folder / "config.json").is_file() and weights_problem(folder) is None
+        and all((folder / name).is_file() for name in STAGE_TOKENIZER_FILES)
+    )
 
 
 def check_reused_stages(config: SyntheticRunConfig) -> None:
