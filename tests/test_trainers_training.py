@@ -363,6 +363,17 @@ def test_missing_full_ft_weights_raise_instead_of_reinitialising(one_checkpoint,
         trainer._load_full_ft(str(folder))  # e.g. loading the best model at the end
 
 
+@pytest.mark.parametrize("engine", ["is_fsdp_enabled", "is_deepspeed_enabled"])
+def test_sharded_engines_checkpoint_fqlora_layers_in_their_own_state(one_checkpoint, tmp_path, monkeypatch, engine):
+    """FSDP's sharded save never calls `_save`: requiring the full-FT file would refuse every checkpoint of the run."""
+    _, trainer = one_checkpoint
+    assert trainer._checkpoint_requirements()["full_ft"]
+    monkeypatch.setattr(trainer, engine, True)
+    assert not trainer._checkpoint_requirements()["full_ft"]
+    trainer._save(str(tmp_path))  # nor is a file of the engine's partitioned parameters written
+    assert not (tmp_path / FULL_FT_WEIGHTS).exists()
+
+
 def test_checkpoint_completeness_rules(one_checkpoint, tmp_path):
     out, _ = one_checkpoint
     assert last_complete_checkpoint(tmp_path) is None  # no checkpoint folder at all

@@ -140,9 +140,13 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _full_ft_model(self):
-        """The peft model when it has trainable non-LoRA parameters (FQLoRA), else None."""
+        """The peft model when it has trainable non-LoRA parameters (FQLoRA) that this trainer checkpoints itself, else
+        None: DeepSpeed and FSDP save and restore the whole model from their own state, these layers included (peft's
+        adapter save leaves them out of the plain path only)."""
         from peft import PeftModel
 
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel) and any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
             return model
