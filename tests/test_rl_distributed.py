@@ -73,3 +73,49 @@ def test_two_rank_rl_keeps_the_same_groups_on_every_rank(model, tmp_path):
         assert a == b and a["world_size"] == 2 and a["groups"] == 4  # two ranks x two groups: one shared decision
     assert any(0 < len(r["kept"]) < r["groups"] for r in ranks[0]), "no round kept some groups and dropped others"
     assert (tmp_path / "rl" / "config.json").is_file()
+
+
+def _embed_after_an_fsdp2_step(rank: int, port: int, folder: str, results) -> None:
+    """One rank of `test_vllm_prompt_embeddings_are_built_from_the_whole_table_under_fsdp2`."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from modeling_memcomp import MemCompForCausalLM
+    from trainers.distributed import fsdp2_unsharded
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = MemCompForCausalLM.from_pretrained(folder)
+        batch = model.prepare_prompts([model.compress("The observatory was founded in 1901 by a harbour master.")], ["Who?"])
+        with torch.no_grad():
+            expected = model.embed_inputs(batch["input_ids"], batch["memory_embeds"])
+        mesh = init_device_mesh("cpu", (2,))
+        for layer in model.language_model.model.layers:  # as examples/accelerate/rl_fsdp.yaml: the decoder layers
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # the root unit: embed_tokens among its parameters
+        model(**batch).logits.sum().backward()  # a training step leaves the root's parameters sharded
+        embedding = model.get_input_embeddings()
+        try:
+            with torch.no_grad():
+                model.embed_inputs(batch["input_ids"], batch["memory_embeds"])
+            direct = "worked"
+        except RuntimeError as error:
+            direct = "mixed DTensor" if "DTensor" in str(error) else str(error)
+        with torch.no_grad(), fsdp2_unsharded(model, embedding):
+            whole = model.embed_inputs(batch["input_ids"], batch["memory_embeds"])
+        results[rank] = (direct, torch.equal(whole, expected), type(embedding.weight).__name__)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_vllm_prompt_embeddings_are_built_from_the_whole_table_under_fsdp2(model, tmp_path):
+    """The vLLM rollout path embeds prompts outside any forward, where FSDP2 leaves the root unit's weights sharded."""
+    import torch.multiprocessing as mp
+
+    model.save_pretrained(tmp_path / "sft")
+    results = mp.Manager().dict()
+    mp.spawn(_embed_after_an_fsdp2_step, args=(free_port(), str(tmp_path / "sft"), results), nprocs=2)
+    assert dict(results) == {rank: ("mixed DTensor", True, "DTensor") for rank in (0, 1)}  # resharded after the block

@@ -63,3 +63,27 @@ def process_group_teardown() -> Iterator[None]:
     finally:
         gc.collect()
         PartialState().destroy_process_group()
+
+
+@contextlib.contextmanager
+def fsdp2_unsharded(root, module) -> Iterator[None]:
+    """`module`'s parameters whole while the block runs, where FSDP2 (`fully_shard`) shards them; a no-op otherwise.
+
+    FSDP2 gathers a unit's parameters only inside that unit's forward, so calling a submodule directly (the input
+    embeddings, which sit in the root unit when only the decoder layers are wrapped) would mix its sharded DTensor
+    weight with plain tensors. The innermost unit holding `module` is unsharded, then resharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    owner = None
+    for unit in root.modules():  # pre-order: a later match lies inside an earlier one
+        if isinstance(unit, FSDPModule) and any(sub is module for sub in unit.modules()):
+            owner = unit
+    if owner is None:
+        yield
+        return
+    owner.unshard()
+    try:
+        yield
+    finally:
+        owner.reshard()

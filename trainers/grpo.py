@@ -31,7 +31,7 @@ from modeling_memcomp.prompting import build_prompt, stop_token_ids
 
 from .checkpoints import CompleteCheckpointResume
 from .dapo import as_fillers, concat_rollouts, dynamic_sampling_enabled, filter_groups, take_rows
-from .distributed import check_launch
+from .distributed import check_launch, fsdp2_unsharded
 from .judges import MatchJudge
 from .precision import SaveInLoadedDtype, upcast_trainable_weights
 from .rewards import JudgeReward, OverlongPenalty
@@ -427,7 +427,13 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
         self._sync_vllm_weights()
         unwrapped = self.accelerator.unwrap_model(self.model)
         device = self._memory.device
-        with torch.no_grad():
+        embedding = unwrapped.get_input_embeddings()
+        with (  # the prompt embeddings are built outside any forward, where the engines gather parameters
+            torch.no_grad(),
+            self._dist.gather_params([embedding.weight]),  # ZeRO-3
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),  # FSDP1
+            fsdp2_unsharded(self.model_wrapped, embedding),
+        ):
             embeds = [
                 unwrapped.embed_inputs(torch.tensor([ids], device=device), self._memory[i : i + 1, :slots])[0].cpu()
                 for i, (ids, slots) in enumerate(zip(prompt_ids, self._memory_lengths))
