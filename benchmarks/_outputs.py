@@ -17,6 +17,8 @@ def parse_config(config_class, argv: list[str] | None, prog: str, doc: str, chec
     parser = HfArgumentParser(config_class, prog=prog, description=doc.split("\n\n")[0])
     try:
         (config,) = parser.parse_args_into_dataclasses(args=argv)
+        if isinstance(getattr(config, "name", None), str):
+            check_output_name(config.name)
         if check is not None:
             check(config)
     except ValueError as error:
@@ -30,8 +32,16 @@ def tokens_label(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+def check_output_name(name: str) -> None:
+    """`name` is a plain file stem: the outputs it names stay inside `output_dir` (no folder, no `..`)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"name={name!r} must be a plain file name without folders (outputs go to <output_dir>/<name>.json); "
+                         "choose the folder with --output_dir.")
+
+
 def write_outputs(report: dict, output_dir: str | Path, name: str, markdown: str, plot: Callable[[Path], object] | None = None) -> dict[str, Path]:
     """Write `<name>.json` (the report), `<name>.md` (its table) and, with `plot`, `<name>.png` under `output_dir`."""
+    check_output_name(name)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}

@@ -8,7 +8,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeling_memcomp.memory import MEMORY_DATASET_RECORD, MEMORY_FORMAT
+from modeling_memcomp.memory import MEMORY_DATASET_RECORD, MemoryEmbeddings
+from modeling_memcomp.store import QUARANTINE
 
 from .cards import DEFAULT_LICENSE, DatasetContents, check_stage, dataset_card, model_card
 from .evaluation import load_evaluation
@@ -42,6 +43,13 @@ def check_output_dir(
     if out.exists() and not out.is_dir():
         raise ValueError(f"{what} {str(out)!r} is a file; give a folder (new, empty or an earlier export).")
     if out.is_dir() and any(out.iterdir()):
+        links = sorted(
+            (Path(top) / name).relative_to(out).as_posix()
+            for top, folders, files in os.walk(out) for name in (*folders, *files) if (Path(top) / name).is_symlink()
+        )
+        if links:  # a later write would follow the link out of the folder
+            raise ValueError(f"{what} {str(out)!r} holds links ({', '.join(links[:3])}); an export writes plain files "
+                             "only, never through a link: remove them or pick another folder.")
         if not overwrite:
             raise ValueError(f"{what} {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
         if exported_files(out) is None:
@@ -179,10 +187,14 @@ def export_dataset(
     (indexes, logs) are not published.
     """
     source = _source_folder(folder, "dataset folder")
-    memory_files = sorted(source.rglob("*.safetensors"))
+    memory_files = sorted(p for p in source.rglob("*.safetensors") if p.relative_to(source).parts[0] != QUARANTINE)
+    contents = _check_memory_files(source, memory_files) if memory_files else None  # before anything is written
     out, kept = _prepare_output(source, output_dir, overwrite)
     if memory_files:
-        contents = _copy_memory_files(source, memory_files, out)
+        for path in memory_files:
+            name = path.relative_to(source).as_posix()
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out / name)
     else:
         contents = _write_parquet_splits(source, out)
     card = dataset_card(
@@ -192,24 +204,21 @@ def export_dataset(
     return _record_export(out, kept)
 
 
-def _copy_memory_files(source: Path, files: list[Path], out: Path) -> DatasetContents:
-    """Copy `MemoryEmbeddings` files, checking they are memcomp memories of one chunk and hidden size."""
-    from safetensors import safe_open
-
+def _check_memory_files(source: Path, files: list[Path]) -> DatasetContents:
+    """Read every `MemoryEmbeddings` file as `MemoryEmbeddings.load` does (metadata and checksum: a corrupt file is
+    never published) and check they share one chunk and hidden size."""
     rows, shapes = {}, set()
     for path in files:
         name = path.relative_to(source).as_posix()
-        with safe_open(os.fspath(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != MEMORY_FORMAT:
-                raise ValueError(
-                    f"{name!r} is not a memcomp memory (no {MEMORY_FORMAT!r} metadata); a memory dataset folder holds "
-                    "only MemoryEmbeddings.save files, or a table (save_to_disk / parquet) without safetensors."
-                )
-            rows[name] = handle.get_slice("embeds").get_shape()[0]
-        shapes.add((int(metadata["chunk_size"]), int(metadata["hidden_size"])))
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, out / name)
+        try:
+            memory = MemoryEmbeddings.load(path)
+        except ValueError as error:
+            raise ValueError(
+                f"{name!r} in the dataset folder is not a sound memcomp memory ({error}); a memory dataset folder holds "
+                "only MemoryEmbeddings.save files, or a table (save_to_disk / parquet) without safetensors."
+            ) from None
+        rows[name] = len(memory)
+        shapes.add((memory.chunk_size, memory.embeds.shape[-1]))
     if len(shapes) > 1:
         raise ValueError(f"memory files mix (chunk_size, hidden_size) values {sorted(shapes)}: one model per dataset.")
     chunk_size, hidden_size = shapes.pop()

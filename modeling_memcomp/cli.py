@@ -146,6 +146,8 @@ def _device(parser: argparse.ArgumentParser, device: str):
 
 
 def _load_model(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    from safetensors import SafetensorError
+
     from .loading import RemoteCodeRequired, load_memcomp
 
     device = None if args.device_map else _device(parser, args.device)
@@ -155,7 +157,7 @@ def _load_model(parser: argparse.ArgumentParser, args: argparse.Namespace):
         model = load_memcomp(name, trust_remote_code=args.trust_remote_code, **kwargs)
     except RemoteCodeRequired as error:
         _fail(parser, f"--model: {error}")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: a truncated or corrupt weights file
         _fail(parser, f"--model {name!r} could not be loaded ({error}). Give a memcomp checkpoint folder or Hub id.")
     if not hasattr(model, "compress"):
         _fail(parser, f"--model {name!r} is a {type(model).__name__}, not a memcomp checkpoint (no compress()).")

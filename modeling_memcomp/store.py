@@ -160,8 +160,11 @@ class MemoryStore:
         warnings.warn(f"stored memory {path} {problem}; {where}; recomputing it.", StaleMemoryWarning, stacklevel=4)
 
     def _write(self, memory: MemoryEmbeddings) -> Path:
-        """Write atomically (temporary file, then rename); `MemoryEmbeddings.save` adds the checksum."""
+        """Write atomically (temporary file, then rename); `MemoryEmbeddings.save` adds the checksum. A bad entry that
+        could not be moved to the quarantine folder is kept: the write is refused (OSError) rather than replace it."""
         path = self.path_for(memory.content_hash)
+        if path.is_symlink() or (path.exists() and self._check(path, memory.content_hash)[1] is not None):
+            raise OSError(f"{path} holds a bad entry that could not be moved to quarantine; it is kept, not replaced")
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -104,6 +104,15 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, checkpoint, text_
     assert message in err
 
 
+def test_a_truncated_checkpoint_exits_2_with_a_clear_message(checkpoint, text_file, tmp_path, capsys):
+    torn = tmp_path / "torn"
+    shutil.copytree(checkpoint, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy or download cut short
+    code, _, err = run(capsys, "compress", text_file, "-o", tmp_path / "m.safetensors", "--model", torn)
+    assert code == 2 and f"--model {str(torn)!r} could not be loaded" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("command", ["compress", "ask"])
 def test_help(command, capsys):
     code, out, _ = run(capsys, command, "--help")

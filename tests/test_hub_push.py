@@ -243,9 +243,31 @@ def test_memory_files_are_copied_with_their_sizes(model, corpus, tmp_path, capsy
 
     from safetensors.torch import save_file
 
-    save_file({"embeds": torch.zeros(2, 64)}, str(folder / "stray.safetensors"))
-    assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 2
-    assert "'stray.safetensors' is not a memcomp memory" in capsys.readouterr().err
+    quarantined = folder / "quarantine" / "docs" / "a.safetensors"  # a store's bad entry, set aside: never published
+    quarantined.parent.mkdir(parents=True)
+    quarantined.write_bytes(b"garbage")
+    assert push.main([*argv, "--output-dir", str(tmp_path / "repo1")]) == 0
+    assert not (tmp_path / "repo1" / "quarantine").exists()
+
+    b = (folder / "b.safetensors").read_bytes()
+    for bad, why in ((b[:-8] + bytes(8), "fails its checksum"), (b[:5], "not a readable safetensors file"),
+                     (None, "not a memcomp memory")):
+        if bad is None:
+            save_file({"embeds": torch.zeros(2, 64)}, str(folder / "stray.safetensors"))
+        else:
+            (folder / "stray.safetensors").write_bytes(bad)
+        assert push.main([*argv, "--output-dir", str(tmp_path / "repo2")]) == 2
+        err = capsys.readouterr().err
+        assert "'stray.safetensors' in the dataset folder is not a sound memcomp memory" in err and why in err, err
+        assert not (tmp_path / "repo2").exists()  # refused before anything was written
+    (folder / "stray.safetensors").unlink()
+
+    victim = tmp_path / "notes.md"
+    victim.write_text("mine")
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(victim)  # a re-export must not write through it
+    assert push.main([*argv, "--output-dir", str(out), "--overwrite"]) == 2
+    assert "holds links (README.md)" in capsys.readouterr().err and victim.read_text() == "mine"
 
 
 def test_rl_precompute_output_publishes_with_its_compressor_record(model, corpus, tmp_path, capsys):

@@ -151,6 +151,16 @@ def test_bench_rejects_negative_lengths_in_one_line_with_status_2(extra, capsys,
     assert not list(tmp_path.iterdir())  # nothing was measured or written
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", ".."])
+def test_bench_refuses_an_output_name_that_leaves_output_dir(name, capsys, tmp_path):
+    from modeling_memcomp import cli
+
+    out = tmp_path / "a" / "b"
+    assert cli.main(["bench", "--smoke", "--output_dir", str(out), "--name", name]) == 2
+    assert "must be a plain file name without folders" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == []  # nothing written, inside output_dir or out of it
+
+
 def test_smoke_keeps_explicit_lengths():
     assert latency.LatencyConfig(smoke=True).lengths == [256, 512]
     assert latency.LatencyConfig(smoke=True, lengths=[64]).lengths == [64]

@@ -1,12 +1,15 @@
 """MemoryStore: hits never call the encoder; misses, corrupt and foreign entries are (re)computed, never used."""
 
+import re
 import shutil
 import warnings
 
 import pytest
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError
 
+import modeling_memcomp.memory as memory_module
 from modeling_memcomp import MemoryEmbeddings
 from modeling_memcomp.store import MemoryStore, StaleMemoryWarning, StoreWriteWarning
 
@@ -218,13 +221,28 @@ def test_bad_entries_are_quarantined_never_deleted(model, tmp_path):
     assert list(store.directory.glob(".*.tmp")) == []
 
 
-def test_a_read_only_store_still_returns_the_memory(model, tmp_path, monkeypatch):
-    def refuse(self, path, extra_metadata=None):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
+def test_a_bad_entry_that_cannot_be_moved_aside_is_kept_not_overwritten(model, tmp_path):
+    store = MemoryStore(tmp_path, model)
+    path = store.path_for(store.compress(DOCUMENT).content_hash)
+    path.write_bytes(b"garbage")
+    (tmp_path / "quarantine").write_text("a file where the quarantine folder would go")
+    with pytest.warns(StaleMemoryWarning, match="left in place"), pytest.warns(StoreWriteWarning, match="it is kept"):
+        memory = store.compress(DOCUMENT)
+    torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
+    assert path.read_bytes() == b"garbage"
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.EROFS, "Read-only file system"),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),  # what a full disk gives
+])
+def test_a_store_that_cannot_be_written_still_returns_the_memory(model, tmp_path, monkeypatch, failure):
+    def refuse(tensors, filename, metadata=None):
+        raise failure
 
     store = MemoryStore(tmp_path, model)
-    monkeypatch.setattr(MemoryEmbeddings, "save", refuse)
-    with pytest.warns(StoreWriteWarning, match="Read-only file system.*returned but not cached"):
+    monkeypatch.setattr(memory_module, "save_file", refuse)
+    with pytest.warns(StoreWriteWarning, match=f"{re.escape(failure.args[-1])}.*returned but not cached"):
         memory = store.compress(DOCUMENT)
     torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
     assert not store.path_for(memory.content_hash).exists()

@@ -235,9 +235,14 @@ class MemoryEmbeddings:
         }
 
     def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write the tensor and its metadata (plus `extra_metadata`) to one `.safetensors` file (no pickle)."""
+        """Write the tensor and its metadata (plus `extra_metadata`) to one `.safetensors` file (no pickle).
+
+        A failed write (a full disk, a missing folder) is an OSError, whatever safetensors raised."""
         metadata = {**(extra_metadata or {}), **self.metadata()}
-        save_file({"embeds": self.embeds.detach().contiguous().cpu()}, os.fspath(path), metadata=metadata)
+        try:
+            save_file({"embeds": self.embeds.detach().contiguous().cpu()}, os.fspath(path), metadata=metadata)
+        except SafetensorError as error:  # safetensors reports I/O failures as its own type, not an OSError
+            raise OSError(f"could not write the memory to {os.fspath(path)!r} ({error})") from error
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "MemoryEmbeddings":
