@@ -11,7 +11,7 @@ from benchmarks.eval.harness import Example
 from benchmarks.eval.report import paired_bootstrap
 from benchmarks.eval.synthetic import (
     WORD_ROLES, CopySystem, ReconstructionProbe, ZeroMemorySystem, aggregate, content_accuracy, error_sources,
-    length_bucket, needed_documents, score_reconstruction,
+    evaluate_systems, length_bucket, needed_documents, qa_examples, score_reconstruction,
 )
 from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic.clock import StageClock, record_stage, update_timings
@@ -715,3 +715,22 @@ def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path
     assert (previous / "model.safetensors").read_text() == "weights"
     (shipped / "model.safetensors").write_text("a later export")
     assert (keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "weights"  # made once
+
+
+def test_the_evaluation_decodes_every_system_with_plain_greedy(model, tmp_path):
+    """do_sample=False alone would leave the memcomp checkpoint's repetition penalty on and the baseline's LM off."""
+    assert model.generation_config.repetition_penalty == 1.05
+    assert model.language_model.generation_config.repetition_penalty in (None, 1.0)
+    seen = {}
+
+    class Recording:
+        def __init__(self, name):
+            self.name = name
+
+        def generate(self, contexts, instructions, **kwargs):
+            seen[self.name] = kwargs
+            return [Generation("Tide", 1, 10)] * len(contexts)
+
+    row = {"context": ["Ena lives in Tide."], "question": "Where does Ena live?", "answer": "Tide", "type": "person_city", "k": 1}
+    evaluate_systems("qa_passages", qa_examples([row], "qa_k"), [Recording("sft"), Recording("full")], tmp_path, 8)
+    assert seen == {name: {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": 8} for name in ("sft", "full")}

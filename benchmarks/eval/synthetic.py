@@ -38,7 +38,9 @@ QA_MAX_NEW_TOKENS = 8
 """Synthetic answers are one to three tokens; the cap leaves room to see a rambling answer fail."""
 QUERY_AWARE_ATTRIBUTE = "full_context_query_aware"
 """Config attribute a full-context baseline checkpoint records its prompt layout in (`full_context_instruction`)."""
-GREEDY = {"do_sample": False}
+GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
+"""Plain greedy decoding for every system: a memcomp checkpoint's generation config carries the paper's
+repetition_penalty of 1.05 (it applies under do_sample=False too), the full-context baseline's LM has none."""
 NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
 """Question types answered by an invented name (an open set: a held-out name must be copied from the context); the
 others are answered from small closed sets (cities, colours, professions, years) seen throughout training."""
@@ -171,7 +173,9 @@ def evaluate_systems(
     scorer = score_reconstruction if benchmark == "reconstruction" else score_qa
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    store = RecordStore(folder / f"{benchmark}_records.jsonl", config_hash({"benchmark": benchmark, **(settings or {})}))
+    store = RecordStore(
+        folder / f"{benchmark}_records.jsonl", config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY})
+    )
     return run(
         examples, systems, scorer, store, {**GREEDY, "max_new_tokens": max_new_tokens}, batch_size=batch_size, desc=benchmark
     )
