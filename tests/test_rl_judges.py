@@ -29,7 +29,7 @@ from trainers.judges import (
     [
         (r"So it is \boxed{Paris}.", "Paris"),
         (r"\boxed{1} then \boxed{ \frac{1}{2} }", r"\frac{1}{2}"),
-        (r"first \boxed{a{b}c} and an unclosed \boxed{x", "a{b}c"),
+        (r"first \boxed{a{b}c} and an unclosed \boxed{x", r"first \boxed{a{b}c} and an unclosed \boxed{x"),  # no answer
         ("Reasoning...\nAnswer: Dolores Park\nThanks", "Dolores Park"),
         ("answer: one. Later, Answer: two", "two"),
         (" ".join(f"w{i}" for i in range(30)), " ".join(f"w{i}" for i in range(10, 30))),
@@ -154,6 +154,7 @@ def test_llm_judge_bad_arguments():
         ("exact", r"\boxed{(A)}", "A", True),  # a multiple-choice letter, punctuation aside
         ("exact", "Answer: A.", "A", True),
         ("exact", r"\boxed{}", ["A", "Paris"], False),
+        ("exact", r"first \boxed{Paris}. Hmm, no, it is \boxed{Lon", "Paris", False),  # cut off after changing its mind
     ],
 )
 def test_match_judge(mode, response, reference, correct):

@@ -78,16 +78,18 @@ ANSWER_STYLES = ("any", "boxed", "answer")
 def extract_answer(text: str, fallback_words: int = 20, style: str = "any") -> str:
     """The final answer in `text`, as the paper extracts it (Appendix H.2), else its last `fallback_words` words.
 
-    `style="boxed"` (the RL model) reads the last `\\boxed{...}` (nested braces), `"answer"` (SFT models and
-    baselines) the text after the last "Answer:", `"any"` tries both in that order.
+    `style="boxed"` (the RL model) reads the last `\\boxed{...}` (nested braces; an unclosed last one, e.g. cut by the
+    length limit, gives no boxed answer, as VERL's `last_boxed_only_string`: never an earlier, abandoned one),
+    `"answer"` (SFT models and baselines) the text after the last "Answer:", `"any"` tries both in that order.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}.")
     if style not in ANSWER_STYLES:
         raise ValueError(f"style must be one of {ANSWER_STYLES}, got {style!r}.")
     if style in ("any", "boxed"):
-        for match in reversed(list(_BOXED.finditer(text))):
-            depth, start = 1, match.end()
+        boxes = list(_BOXED.finditer(text))
+        if boxes:
+            depth, start = 1, boxes[-1].end()
             for pos in range(start, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[pos], 0)
                 if depth == 0:
