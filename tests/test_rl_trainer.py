@@ -172,7 +172,9 @@ def test_rl_refuses_memories_another_encoder_made(rl_model, tokenizer, tmp_path,
     from trainers.precompute import check_memory_source, write_metadata
 
     write_metadata(tmp_path, rl_model, SimpleNamespace(model="sft-a", template="rl"), 3)
-    check_memory_source(tmp_path, rl_model, "sft-a")  # its own memories
+    check_memory_source(tmp_path, rl_model, "sft-a", num_rows=3)  # its own memories
+    with pytest.raises(ValueError, match=r"holds 2 rows but its memcomp_memory.json records 3: a precompute run into it was cut short"):
+        check_memory_source(tmp_path, rl_model, "sft-a", num_rows=2)
     with pytest.raises(ValueError, match=r"compressed by sft-a \(fingerprint \w+\), not by sft-b .* Re-run examples/precompute_memory.py --model sft-b"):
         check_memory_source(tmp_path, build_tiny_memcomp(tokenizer, chunk_size=16, seed=1), "sft-b")
     with pytest.raises(ValueError, match=r"memories of \{'chunk_size': 16, 'hidden_size': 64\} from sft-a, sft-c makes \{'chunk_size': 8"):
@@ -209,6 +211,25 @@ def test_precompute_refuses_to_save_an_empty_rl_dataset(rl_model, tmp_path):
     with pytest.raises(ValueError, match="no row of .* is left to save: every prompt exceeds --max_prompt_length 1"):
         run(args)
     assert not (tmp_path / "memory").exists()
+
+
+def test_a_precompute_run_cut_short_leaves_no_record_of_the_run_before(rl_model, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from trainers.precompute import PrecomputeArguments, read_metadata, run
+
+    rl_model.save_pretrained(tmp_path / "sft")
+    args = PrecomputeArguments(model=str(tmp_path / "sft"), dataset=str(QA), output_dir=str(tmp_path / "memory"), device="cpu")
+    run(args)
+    assert read_metadata(tmp_path / "memory")["num_rows"] > 0
+
+    def killed(self, *unused, **also_unused):
+        raise KeyboardInterrupt  # the process dies while the rows are being rewritten
+
+    monkeypatch.setattr(Dataset, "save_to_disk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(args)
+    assert read_metadata(tmp_path / "memory") is None  # RL then warns that nothing records the compressor
 
 
 def test_rollout_backend_auto_falls_back_to_hf_and_vllm_explains(tokenizer, rl_data, tmp_path, monkeypatch):

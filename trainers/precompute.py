@@ -150,14 +150,18 @@ def _dtype_name(model: MemCompForCausalLM) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
-def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_name: str) -> None:
+def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_name: str, num_rows: int | None = None) -> None:
     """Refuse RL on memories another compressor made: the RL checkpoint keeps `model`'s encoder, so its decoder must
-    learn on that encoder's memories (the paper's system, SFT encoder + RL decoder)."""
+    learn on that encoder's memories (the paper's system, SFT encoder + RL decoder). `num_rows` (the dataset's) must
+    be the recorded count: another is a precompute run into the folder that was cut short."""
     meta = read_metadata(folder)
     if meta is None:
         logger.warning("%s has no %s: nothing records which model compressed it; make sure it was %s "
                        "(examples/precompute_memory.py writes the record).", folder, MEMORY_DATASET_RECORD, model_name)
         return
+    if num_rows is not None and meta.get("num_rows") not in (None, num_rows):
+        raise ValueError(f"{folder} holds {num_rows} rows but its {MEMORY_DATASET_RECORD} records {meta['num_rows']}: "
+                         f"a precompute run into it was cut short. Re-run examples/precompute_memory.py --model {model_name}.")
     sizes = {"chunk_size": model.config.chunk_size, "hidden_size": model.config.text_config.hidden_size}
     recorded_sizes = {key: meta.get(key) for key in sizes}
     if recorded_sizes != sizes:
@@ -196,6 +200,12 @@ def _check_rows(num_rows: int, args: PrecomputeArguments) -> None:
                          f"{args.max_prompt_length} (or the split is empty); an empty RL dataset trains nothing.")
 
 
+def _drop_record(folder: str | Path) -> None:
+    """Remove an earlier run's record before the dataset is rewritten: `save_to_disk` replaces files one by one, so a
+    run cut short must not leave new or mixed rows under the old record (the new one is written last)."""
+    (Path(folder) / MEMORY_DATASET_RECORD).unlink(missing_ok=True)
+
+
 def run(args: PrecomputeArguments) -> Dataset:
     """Load the SFT model and the rows, compress, save to `args.output_dir`.
 
@@ -223,6 +233,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     )
     if state.num_processes == 1:
         _check_rows(len(out), args)
+        _drop_record(args.output_dir)
         out.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(out))
         return out
@@ -232,6 +243,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
     _check_rows(len(merged), args)  # on every rank: none is left waiting at the barrier below
     if state.is_main_process:
+        _drop_record(args.output_dir)
         merged.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(merged))
     state.wait_for_everyone()  # every rank has read the shards before they go

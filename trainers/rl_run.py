@@ -37,11 +37,10 @@ def run_rl(script: RLScriptArguments, judge_args: JudgeArguments, args: MemCompG
     from modeling_memcomp import MemCompForCausalLM
 
     model = MemCompForCausalLM.from_pretrained(script.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-    check_memory_source(script.memory_dataset, model, script.model)
+    memory = load_from_disk(script.memory_dataset)
+    check_memory_source(script.memory_dataset, model, script.model, num_rows=len(memory))
     with process_group_teardown():
-        trainer = MemCompGRPOTrainer(
-            model, args=args, train_dataset=load_from_disk(script.memory_dataset), judge=build_judge(judge_args)
-        )
+        trainer = MemCompGRPOTrainer(model, args=args, train_dataset=memory, judge=build_judge(judge_args))
         trainer.train(resume_from_checkpoint=resume_point(args))
         trainer.save_model(args.output_dir)
         del trainer  # its reference cycles hold DDP's gloo work: free it before the process group goes
