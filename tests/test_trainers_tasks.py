@@ -185,6 +185,14 @@ def test_schedule_keeps_both_kinds_in_every_batch():
         assert 0 < sum(schedule[start : start + 8]) < 8
 
 
+@pytest.mark.parametrize("ratio", [0.7, 0.6])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4])
+def test_schedule_keeps_the_recipe_ratio_at_small_per_device_batches(ratio, batch_size):
+    """Both kinds in every batch only where the batch can hold them at the ratio: 2 at 0.7 is not forced to 1:1."""
+    schedule = compression_schedule(6000, ratio, batch_size, random.Random(0))
+    assert abs(sum(schedule) / 6000 - ratio) < 0.005
+
+
 @pytest.mark.parametrize("stage_name", ["cpt1", "cpt2"])
 def test_mixture_proportions_over_2000_samples(model, stage_name):
     stage = STAGES[stage_name]

@@ -23,7 +23,7 @@ from .tasks import TaskBuilder
 
 logger = logging.getLogger(__name__)
 
-CODE_FILES = ("mixture.py", "tasks.py", "instructions.py", "stages.py", "../modeling_memcomp/prompting.py")
+CODE_FILES = ("mixture.py", "data.py", "tasks.py", "instructions.py", "stages.py", "../modeling_memcomp/prompting.py")
 """The code an example's ids come from: part of the cache key, so an upgraded package never reads stale examples."""
 
 EXAMPLE_FEATURES = datasets.Features(
@@ -47,8 +47,9 @@ SOURCE_KIND_OF_TASK = {
 def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: random.Random) -> list[bool]:
     """True where a sample is a compression example: `ratio` overall, and every batch holds both kinds.
 
-    Each batch takes the count that keeps the running share closest to `ratio` (clamped so that a batch of
-    two or more has at least one of each kind when 0 < ratio < 1), then shuffles its positions.
+    Each batch takes the count that keeps the running share closest to `ratio`, clamped to at least one of each kind
+    where the batch is large enough for that to keep the ratio (`batch_size * min(ratio, 1 - ratio) >= 1`: a batch of
+    2 at 0.7 would be forced to 1:1), then shuffles its positions.
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"compression ratio must be in [0, 1], got {ratio}.")
@@ -59,7 +60,7 @@ def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: r
     while len(schedule) < num_samples:
         size = min(batch_size, num_samples - len(schedule))
         count = round(ratio * (len(schedule) + size)) - done
-        if 0.0 < ratio < 1.0 and size >= 2:
+        if 0.0 < ratio < 1.0 and size * min(ratio, 1.0 - ratio) >= 1.0:
             count = min(max(count, 1), size - 1)
         count = min(max(count, 0), size)
         batch = [True] * count + [False] * (size - count)
