@@ -115,6 +115,27 @@ def test_from_base_keeps_the_base_dtype(tokenizer):
     assert model.compress("a short text to compress").embeds.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_from_base_starts_new_tokens_at_the_mean_embedding_inside_padded_rows(tied):
+    """Qwen2.5 pads its embedding matrix past the vocabulary: the memory tokens get ids there, with no resize."""
+    from transformers import Qwen2ForCausalLM
+
+    from modeling_memcomp.tiny import tiny_qwen2_config, train_tokenizer
+
+    tokenizer = train_tokenizer(["The observatory was founded in 1901 by a harbour master."] * 4, vocab_size=300)
+    known = len(tokenizer)
+    base = Qwen2ForCausalLM(tiny_qwen2_config(known + 16, tie_word_embeddings=tied))
+    padding = base.get_input_embeddings().weight[known:].clone()
+    model = MemCompForCausalLM.from_base(base, tokenizer=tokenizer)
+    new = list(range(known, len(tokenizer)))
+    assert len(new) >= 3 and model.get_input_embeddings().weight.shape[0] == known + 16  # no resize
+    weights = [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight])
+    for weight in weights:
+        for row in new:
+            torch.testing.assert_close(weight[row], weight[:known].mean(0))
+    assert torch.equal(model.get_input_embeddings().weight[len(tokenizer):], padding[len(new):])  # the rest untouched
+
+
 @pytest.mark.parametrize("split", [16, 21, 37, 5])  # on a chunk boundary, inside a chunk, several chunks in
 def test_appending_token_ids_equals_compressing_them_at_once(model, corpus, split):
     """Bit for bit with one chunk per encoder pass (batching itself moves float results by ~1e-6, see above)."""

@@ -78,6 +78,25 @@ class MemCompPreTrainedModel(PreTrainedModel):
                 nn.init.normal_(module.weight, std=getattr(self.config.text_config, "initializer_range", 0.02))
 
 
+def _start_at_mean(base: PreTrainedModel, ids: list[int], known: int) -> None:
+    """Set rows `ids` of the input embeddings (and of an untied head) to the mean of the first `known` rows, as
+    `resize_token_embeddings(mean_resizing=True)` starts the rows it adds; the padding rows hold untrained values."""
+    import contextlib
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    head = base.get_output_embeddings()
+    weights = {id(w): w for w in (base.get_input_embeddings().weight, getattr(head, "weight", None)) if w is not None}
+    gathered = contextlib.nullcontext()
+    if is_deepspeed_zero3_enabled():  # weights partitioned at load (zero3_init_flag)
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(weights.values()), modifier_rank=0)
+    with torch.no_grad(), gathered:
+        for weight in weights.values():
+            weight[ids] = weight[:known].float().mean(0).to(weight.dtype)
+
+
 class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
     """A causal LM that reads compressed memory. See `from_base`, `compress` and `generate`."""
 
@@ -117,8 +136,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         """Wrap a base causal LM (Hub id, local folder or loaded model) as an untrained memcomp model.
 
         Loads weights and tokenizer, adds `<MEM_START>`, `<MEM_END>` and `<MEM>` to the tokenizer (plus ChatML's turn
-        markers when it has no chat template), resizes the embeddings (new rows start at the mean embedding) and
-        initialises the projection.
+        markers when it has no chat template), resizes the embeddings (new rows start at the mean embedding, also where
+        the new ids fall in the rows a checkpoint pads its vocabulary with) and initialises the projection.
         """
         if isinstance(name_or_path_or_model, PreTrainedModel):
             base = name_or_path_or_model
@@ -128,9 +147,12 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             base = AutoModelForCausalLM.from_pretrained(name_or_path_or_model, **from_pretrained_kwargs)
             if tokenizer is None:
                 tokenizer = load_tokenizer(name_or_path_or_model)
+        known = len(tokenizer)
         ids = add_memory_tokens(tokenizer)
         if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
             base.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        elif len(tokenizer) > known:  # the new ids fall in rows the checkpoint pads its vocabulary with (Qwen2.5)
+            _start_at_mean(base, list(range(known, len(tokenizer))), known)
         config = MemCompConfig(
             text_config=base.config,
             chunk_size=chunk_size,
