@@ -266,3 +266,18 @@ def test_next_stage_loads_a_memcomp_checkpoint_4bit_with_the_same_selection(base
     for name, d in delta.items():
         key = f"language_model.{name}.weight"
         assert relative_error(saved[key] - d, start[key]) < NF4_ERROR, name
+
+
+def test_fqlora_follows_layers_prefix_on_an_architecture_named_otherwise(tokenizer):
+    """GPT-2 keeps its blocks in `transformer.h`: adapters, full-FT layers and the report follow `layers_prefix`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modeling_memcomp import MemCompForCausalLM
+
+    base = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=256, vocab_size=len(tokenizer)))
+    model = MemCompForCausalLM.from_base(base, chunk_size=8, tokenizer=tokenizer)
+    config = FQLoRAConfig(layers_prefix="transformer.h", full_ft_layers=[0, 3], quantize=False,
+                          target_modules=["c_attn", "c_proj", "c_fc"])
+    model = apply_fqlora(model, config)
+    assert trainable_layers(model, config) == {"full": [0, 3], "lora": [1, 2]}
+    assert not any("lora_" in name for name, _ in model.named_parameters() if ".h.0." in name or ".h.3." in name)

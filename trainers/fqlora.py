@@ -25,7 +25,6 @@ from .stages import FULL_FT_FRACTION, LORA_DEFAULTS
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_DIR = "adapter"
-_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
 @dataclass
@@ -49,6 +48,16 @@ class FQLoRAConfig:
         default="model.layers", metadata={"help": "FQLoRA: module path of the decoder layers inside the base causal LM."}
     )
     compute_dtype: str = field(default="bfloat16", metadata={"help": "FQLoRA: dtype of the 4-bit matmuls."})
+
+    @property
+    def layers_name(self) -> str:
+        """The decoder layers' module name (`layers` in `model.layers`, `h` in `transformer.h`): peft's `layers_pattern`."""
+        return self.layers_prefix.rsplit(".", 1)[-1]
+
+    def layer_index(self, parameter_name: str) -> int | None:
+        """The decoder layer a parameter belongs to, or None (embeddings, head, memory projection)."""
+        match = re.search(rf"\.{re.escape(self.layers_name)}\.(\d+)\.", parameter_name)
+        return int(match.group(1)) if match else None
 
     def layers(self, num_layers: int) -> list[int]:
         """The fully fine-tuned layer indices for a model with `num_layers` layers."""
@@ -153,26 +162,27 @@ def apply_fqlora(model, config: FQLoRAConfig | None = None):
                 lora_dropout=config.lora_dropout,
                 target_modules=list(config.target_modules),
                 layers_to_transform=lora_layers,
-                layers_pattern="layers",
+                layers_pattern=config.layers_name,
                 bias="none",
             ),
         )
     for name, parameter in model.named_parameters():
         if "lora_" in name:
             continue
-        match = _LAYER_INDEX.search(name)
-        trainable = int(match.group(1)) in full if match else parameter.is_floating_point()
+        layer = config.layer_index(name)
+        trainable = layer in full if layer is not None else parameter.is_floating_point()
         parameter.requires_grad_(trainable and parameter.is_floating_point())
     return model
 
 
-def trainable_layers(model) -> dict[str, list[int]]:
-    """Layer indices with trainable full weights (`full`) and with LoRA adapters (`lora`)."""
+def trainable_layers(model, config: FQLoRAConfig | None = None) -> dict[str, list[int]]:
+    """Layer indices with trainable full weights (`full`) and with LoRA adapters (`lora`); `config` names the layers."""
+    config = config or FQLoRAConfig()
     full, lora = set(), set()
     for name, parameter in model.named_parameters():
-        match = _LAYER_INDEX.search(name)
-        if match and parameter.requires_grad:
-            (lora if "lora_" in name else full).add(int(match.group(1)))
+        layer = config.layer_index(name)
+        if layer is not None and parameter.requires_grad:
+            (lora if "lora_" in name else full).add(layer)
     return {"full": sorted(full), "lora": sorted(lora)}
 
 
