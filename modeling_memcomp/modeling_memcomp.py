@@ -147,12 +147,13 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             base = AutoModelForCausalLM.from_pretrained(name_or_path_or_model, **from_pretrained_kwargs)
             if tokenizer is None:
                 tokenizer = load_tokenizer(name_or_path_or_model)
-        known = len(tokenizer)
+        known, rows = len(tokenizer), base.get_input_embeddings().weight.shape[0]
         ids = add_memory_tokens(tokenizer)
-        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        if len(tokenizer) > rows:
             base.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        elif len(tokenizer) > known:  # the new ids fall in rows the checkpoint pads its vocabulary with (Qwen2.5)
-            _start_at_mean(base, list(range(known, len(tokenizer))), known)
+        padded = list(range(known, min(rows, len(tokenizer))))  # new ids in the rows a checkpoint pads its vocabulary with
+        if padded:
+            _start_at_mean(base, padded, known)
         config = MemCompConfig(
             text_config=base.config,
             chunk_size=chunk_size,

@@ -115,8 +115,8 @@ def test_from_base_keeps_the_base_dtype(tokenizer):
     assert model.compress("a short text to compress").embeds.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_from_base_starts_new_tokens_at_the_mean_embedding_inside_padded_rows(tied):
+@pytest.mark.parametrize("tied, spare", [(True, 16), (False, 16), (True, 1)])  # 1: fewer spare rows than new tokens
+def test_from_base_starts_new_tokens_at_the_mean_embedding_inside_padded_rows(tied, spare):
     """Qwen2.5 pads its embedding matrix past the vocabulary: the memory tokens get ids there, with no resize."""
     from transformers import Qwen2ForCausalLM
 
@@ -124,15 +124,18 @@ def test_from_base_starts_new_tokens_at_the_mean_embedding_inside_padded_rows(ti
 
     tokenizer = train_tokenizer(["The observatory was founded in 1901 by a harbour master."] * 4, vocab_size=300)
     known = len(tokenizer)
-    base = Qwen2ForCausalLM(tiny_qwen2_config(known + 16, tie_word_embeddings=tied))
+    base = Qwen2ForCausalLM(tiny_qwen2_config(known + spare, tie_word_embeddings=tied))
     padding = base.get_input_embeddings().weight[known:].clone()
     model = MemCompForCausalLM.from_base(base, tokenizer=tokenizer)
     new = list(range(known, len(tokenizer)))
-    assert len(new) >= 3 and model.get_input_embeddings().weight.shape[0] == known + 16  # no resize
+    assert len(new) >= 3 and model.get_input_embeddings().weight.shape[0] == max(known + spare, len(tokenizer))
     weights = [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight])
     for weight in weights:
-        for row in new:
-            torch.testing.assert_close(weight[row], weight[:known].mean(0))
+        mean = weight[:known].mean(0)
+        for row in new[:spare]:  # in the padding rows: exactly the mean
+            torch.testing.assert_close(weight[row], mean)
+        for row in new[spare:]:  # added by the resize: transformers' mean resizing, drawn close to it
+            torch.testing.assert_close(weight[row], mean, atol=0.05, rtol=0)
     assert torch.equal(model.get_input_embeddings().weight[len(tokenizer):], padding[len(new):])  # the rest untouched
 
 

@@ -63,13 +63,13 @@ def test_rl_folder_compresses_with_the_sft_encoder_and_answers_with_the_rl_decod
 @pytest.mark.slow
 def test_a_killed_rl_run_resumes_from_its_last_checkpoint(chain, tmp_path):
     argv = ["--config", "examples/configs/rl_tiny.yaml", "--model", str(chain / "sft"), "--memory_dataset",
-            str(chain / "rl_memory"), "--output_dir", str(tmp_path / "rl"), "--save_strategy", "steps", "--save_steps", "1",
-            "--disable_tqdm", "true"]
-    run_script("train_rl.py", *argv, "--max_steps", "2")  # as if killed after its second step's checkpoint
-    log = run_script("train_rl.py", *argv, "--max_steps", "3", "--resume_from_checkpoint", "last")
+            str(chain / "rl_memory"), "--output_dir", str(tmp_path / "rl"), "--save_strategy", "steps", "--save_steps", "2",
+            "--disable_tqdm", "true"]  # a checkpoint per rollout batch (two optimizer steps each)
+    run_script("train_rl.py", *argv, "--max_steps", "2")  # as if killed after its first rollout batch's checkpoint
+    log = run_script("train_rl.py", *argv, "--max_steps", "4", "--resume_from_checkpoint", "last")
     assert f"resuming from {tmp_path / 'rl' / 'checkpoint-2'}" in log
-    state = json.loads((tmp_path / "rl" / "checkpoint-3" / "trainer_state.json").read_text())
-    assert state["global_step"] == 3
+    state = json.loads((tmp_path / "rl" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
 
 
 @pytest.mark.slow

@@ -216,7 +216,7 @@ def test_precompute_refuses_to_save_an_empty_rl_dataset(rl_model, tmp_path):
 def test_a_precompute_run_cut_short_leaves_no_record_of_the_run_before(rl_model, tmp_path, monkeypatch):
     from datasets import Dataset
 
-    from trainers.precompute import PrecomputeArguments, read_metadata, run
+    from trainers.precompute import PrecomputeArguments, check_memory_source, read_metadata, run
 
     rl_model.save_pretrained(tmp_path / "sft")
     args = PrecomputeArguments(model=str(tmp_path / "sft"), dataset=str(QA), output_dir=str(tmp_path / "memory"), device="cpu")
@@ -229,7 +229,9 @@ def test_a_precompute_run_cut_short_leaves_no_record_of_the_run_before(rl_model,
     monkeypatch.setattr(Dataset, "save_to_disk", killed)
     with pytest.raises(KeyboardInterrupt):
         run(args)
-    assert read_metadata(tmp_path / "memory") is None  # RL then warns that nothing records the compressor
+    assert read_metadata(tmp_path / "memory") == {"in_progress": True}
+    with pytest.raises(ValueError, match="was being written by examples/precompute_memory.py, which did not finish"):
+        check_memory_source(tmp_path / "memory", rl_model, str(tmp_path / "sft"))
 
 
 def test_rollout_backend_auto_falls_back_to_hf_and_vllm_explains(tokenizer, rl_data, tmp_path, monkeypatch):

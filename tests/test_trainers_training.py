@@ -363,14 +363,17 @@ def test_missing_full_ft_weights_raise_instead_of_reinitialising(one_checkpoint,
         trainer._load_full_ft(str(folder))  # e.g. loading the best model at the end
 
 
-@pytest.mark.parametrize("engine", ["is_fsdp_enabled", "is_deepspeed_enabled"])
-def test_sharded_engines_checkpoint_fqlora_layers_in_their_own_state(one_checkpoint, tmp_path, monkeypatch, engine):
-    """FSDP's sharded save never calls `_save`: requiring the full-FT file would refuse every checkpoint of the run."""
+def test_deepspeed_checkpoints_fqlora_layers_in_its_own_state(one_checkpoint, tmp_path, monkeypatch):
+    """DeepSpeed saves every trainable parameter and restores them itself: the full-FT file is neither written (it would
+    hold ZeRO-3's empty partitions) nor required. FSDP's sharded save keeps only a peft model's adapters: required there."""
     _, trainer = one_checkpoint
     assert trainer._checkpoint_requirements()["full_ft"]
-    monkeypatch.setattr(trainer, engine, True)
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    assert trainer._checkpoint_requirements()["full_ft"]
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", False)
+    monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
     assert not trainer._checkpoint_requirements()["full_ft"]
-    trainer._save(str(tmp_path))  # nor is a file of the engine's partitioned parameters written
+    trainer._save(str(tmp_path))
     assert not (tmp_path / FULL_FT_WEIGHTS).exists()
 
 
@@ -471,6 +474,12 @@ def test_length_grouped_run_resumed_in_its_second_epoch_equals_the_uninterrupted
     assert [resumed[step] for step in (10, 11, 12)] == [full[step] for step in (10, 11, 12)]
     for (name, a), b in zip(full_trainer.model.state_dict().items(), trainer.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+    # Under DDP, accelerate's batch-skipping wrapper never passes set_epoch on: the epoch comes from the trainer state
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ResumableLengthGroupedSampler, "set_epoch", lambda self, epoch: None)
+        trainer, resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-9"))
+    assert trainer.example_ids_seen == full_trainer.example_ids_seen[-len(trainer.example_ids_seen):]
 
     shutil.rmtree(tmp_path / "cut")  # a checkpoint without the order's record: resumed, with a warning
     run(tmp_path / "cut", stop=9)

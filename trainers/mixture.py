@@ -45,7 +45,7 @@ SOURCE_KIND_OF_TASK = {
 
 
 def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: random.Random) -> list[bool]:
-    """True where a sample is a compression example: `ratio` overall, and every batch holds both kinds.
+    """True where a sample is a compression example: `ratio` overall, and both kinds in every batch that can hold them.
 
     Each batch takes the count that keeps the running share closest to `ratio`, clamped to at least one of each kind
     where the batch is large enough for that to keep the ratio (`batch_size * min(ratio, 1 - ratio) >= 1`: a batch of
@@ -60,7 +60,7 @@ def compression_schedule(num_samples: int, ratio: float, batch_size: int, rng: r
     while len(schedule) < num_samples:
         size = min(batch_size, num_samples - len(schedule))
         count = round(ratio * (len(schedule) + size)) - done
-        if 0.0 < ratio < 1.0 and size * min(ratio, 1.0 - ratio) >= 1.0:
+        if 0.0 < ratio < 1.0 and size * min(ratio, 1.0 - ratio) >= 1.0 - 1e-9:  # 10 * (1 - 0.9) is 0.999...
             count = min(max(count, 1), size - 1)
         count = min(max(count, 0), size)
         batch = [True] * count + [False] * (size - count)

@@ -159,6 +159,9 @@ def check_memory_source(folder: str | Path, model: MemCompForCausalLM, model_nam
         logger.warning("%s has no %s: nothing records which model compressed it; make sure it was %s "
                        "(examples/precompute_memory.py writes the record).", folder, MEMORY_DATASET_RECORD, model_name)
         return
+    if meta.get("in_progress"):
+        raise ValueError(f"{folder} was being written by examples/precompute_memory.py, which did not finish: re-run it "
+                         f"(--model {model_name}).")
     if num_rows is not None and meta.get("num_rows") not in (None, num_rows):
         raise ValueError(f"{folder} holds {num_rows} rows but its {MEMORY_DATASET_RECORD} records {meta['num_rows']}: "
                          f"a precompute run into it was cut short. Re-run examples/precompute_memory.py --model {model_name}.")
@@ -200,10 +203,11 @@ def _check_rows(num_rows: int, args: PrecomputeArguments) -> None:
                          f"{args.max_prompt_length} (or the split is empty); an empty RL dataset trains nothing.")
 
 
-def _drop_record(folder: str | Path) -> None:
-    """Remove an earlier run's record before the dataset is rewritten: `save_to_disk` replaces files one by one, so a
-    run cut short must not leave new or mixed rows under the old record (the new one is written last)."""
-    (Path(folder) / MEMORY_DATASET_RECORD).unlink(missing_ok=True)
+def _mark_in_progress(folder: str | Path) -> None:
+    """Replace an earlier run's record by an in-progress mark before the dataset is written: `save_to_disk` replaces
+    files one by one, so a run cut short leaves new or mixed rows, which RL must refuse (the record is written last)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / MEMORY_DATASET_RECORD).write_text(json.dumps({"in_progress": True}))
 
 
 def run(args: PrecomputeArguments) -> Dataset:
@@ -233,7 +237,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     )
     if state.num_processes == 1:
         _check_rows(len(out), args)
-        _drop_record(args.output_dir)
+        _mark_in_progress(args.output_dir)
         out.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(out))
         return out
@@ -243,7 +247,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
     _check_rows(len(merged), args)  # on every rank: none is left waiting at the barrier below
     if state.is_main_process:
-        _drop_record(args.output_dir)
+        _mark_in_progress(args.output_dir)
         merged.save_to_disk(args.output_dir)
         write_metadata(args.output_dir, model, args, len(merged))
     state.wait_for_everyone()  # every rank has read the shards before they go

@@ -141,11 +141,11 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
     # ------------------------------------------------------------------ checkpoints
     def _full_ft_model(self):
         """The peft model when it has trainable non-LoRA parameters (FQLoRA) that this trainer checkpoints itself, else
-        None: DeepSpeed and FSDP save and restore the whole model from their own state, these layers included (peft's
-        adapter save leaves them out of the plain path only)."""
+        None. DeepSpeed's checkpoint holds them (it saves every trainable parameter) and restores them itself; FSDP's
+        sharded save keeps only the adapters of a peft model, so there the file is still required."""
         from peft import PeftModel
 
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_deepspeed_enabled:
             return None
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel) and any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
