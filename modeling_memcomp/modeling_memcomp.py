@@ -9,6 +9,7 @@ generates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -81,8 +82,6 @@ class MemCompPreTrainedModel(PreTrainedModel):
 def _start_at_mean(base: PreTrainedModel, ids: list[int], known: int) -> None:
     """Set rows `ids` of the input embeddings (and of an untied head) to the mean of the first `known` rows, as
     `resize_token_embeddings(mean_resizing=True)` starts the rows it adds; the padding rows hold untrained values."""
-    import contextlib
-
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     head = base.get_output_embeddings()

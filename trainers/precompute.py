@@ -203,11 +203,15 @@ def _check_rows(num_rows: int, args: PrecomputeArguments) -> None:
                          f"{args.max_prompt_length} (or the split is empty); an empty RL dataset trains nothing.")
 
 
-def _mark_in_progress(folder: str | Path) -> None:
-    """Replace an earlier run's record by an in-progress mark before the dataset is written: `save_to_disk` replaces
-    files one by one, so a run cut short leaves new or mixed rows, which RL must refuse (the record is written last)."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / MEMORY_DATASET_RECORD).write_text(json.dumps({"in_progress": True}))
+def _save_with_record(dataset: Dataset, model: MemCompForCausalLM, args: PrecomputeArguments) -> None:
+    """Save `dataset` to `args.output_dir`, its record written last. An in-progress mark replaces an earlier run's
+    record first: `save_to_disk` replaces files one by one, so a run cut short leaves new or mixed rows, which RL
+    must refuse."""
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MEMORY_DATASET_RECORD).write_text(json.dumps({"in_progress": True}))
+    dataset.save_to_disk(args.output_dir)
+    write_metadata(args.output_dir, model, args, len(dataset))
 
 
 def run(args: PrecomputeArguments) -> Dataset:
@@ -237,9 +241,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     )
     if state.num_processes == 1:
         _check_rows(len(out), args)
-        _mark_in_progress(args.output_dir)
-        out.save_to_disk(args.output_dir)
-        write_metadata(args.output_dir, model, args, len(out))
+        _save_with_record(out, model, args)
         return out
     shards = Path(args.output_dir) / SHARDS_DIR
     out.save_to_disk(shards / f"rank{state.process_index:05d}")
@@ -247,9 +249,7 @@ def run(args: PrecomputeArguments) -> Dataset:
     merged = concatenate_datasets([load_from_disk(shards / f"rank{rank:05d}") for rank in range(state.num_processes)])
     _check_rows(len(merged), args)  # on every rank: none is left waiting at the barrier below
     if state.is_main_process:
-        _mark_in_progress(args.output_dir)
-        merged.save_to_disk(args.output_dir)
-        write_metadata(args.output_dir, model, args, len(merged))
+        _save_with_record(merged, model, args)
     state.wait_for_everyone()  # every rank has read the shards before they go
     if state.is_main_process:
         shutil.rmtree(shards)
