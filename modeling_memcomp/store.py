@@ -38,6 +38,10 @@ class StoreWriteWarning(UserWarning):
     """A computed memory could not be written to the store (e.g. a read-only folder); it is still returned."""
 
 
+class KeptEntryError(OSError):
+    """A bad entry could not be moved to the quarantine folder, so it is kept and nothing is written in its place."""
+
+
 class MemoryStore:
     """On-disk cache of `MemoryEmbeddings` for one model, keyed by model, chunk size and content hash."""
 
@@ -164,7 +168,10 @@ class MemoryStore:
         could not be moved to the quarantine folder is kept: the write is refused (OSError) rather than replace it."""
         path = self.path_for(memory.content_hash)
         if path.is_symlink() or (path.exists() and self._check(path, memory.content_hash)[1] is not None):
-            raise OSError(f"{path} holds a bad entry that could not be moved to quarantine; it is kept, not replaced")
+            raise KeptEntryError(
+                f"{path} holds a bad entry that could not be moved to {self.root / QUARANTINE}; it is kept, not "
+                "replaced: move it out of the store yourself (or free the quarantine path) and run again."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -207,6 +214,8 @@ class MemoryStore:
         for i, memory in zip(missing, self._encode_many([passages[i] for i in missing])):
             try:
                 self._write(memory)
+            except KeptEntryError:
+                raise
             except OSError as error:
                 raise OSError(
                     f"could not write memories to the store {self.directory} ({error}); give a writable store folder."

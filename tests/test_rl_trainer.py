@@ -97,11 +97,18 @@ def test_config_from_yaml_with_cli_override(tmp_path):
         (dict(warmup_steps=50), r"warmup_steps=50 conflicts with lr_warmup_rollouts=10 \(20 optimizer steps\)"),
         # a checkpoint must not cut a rollout batch: its buffered rollouts are not saved
         (dict(save_steps=25), r"save_steps=25 would save checkpoints inside a rollout batch \(2 optimizer steps each\)"),
+        (dict(max_steps=25), r"max_steps=25 would end training, and write its last checkpoint, inside a rollout batch"),
     ],
 )
 def test_config_rejects_token_id_vllm_and_unknown_backends(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False, **kwargs)
+
+
+def test_config_allows_a_mid_rollout_end_when_nothing_is_saved(tmp_path):
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False,
+                             max_steps=25, save_strategy="no")
+    assert args.optimizer_steps_per_rollout == 2 and args.max_steps == 25
 
 
 # ------------------------------------------------------------------ precompute

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 
 import modeling_memcomp.memory as memory_module
 from modeling_memcomp import MemoryEmbeddings
-from modeling_memcomp.store import MemoryStore, StaleMemoryWarning, StoreWriteWarning
+from modeling_memcomp.store import KeptEntryError, MemoryStore, StaleMemoryWarning, StoreWriteWarning
 
 DOCUMENT = "The observatory was founded in 1887 by Maria Keller, who mapped the northern sky for forty years. " * 3
 
@@ -229,6 +229,10 @@ def test_a_bad_entry_that_cannot_be_moved_aside_is_kept_not_overwritten(model, t
     with pytest.warns(StaleMemoryWarning, match="left in place"), pytest.warns(StoreWriteWarning, match="it is kept"):
         memory = store.compress(DOCUMENT)
     torch.testing.assert_close(memory.embeds, model.compress(DOCUMENT).embeds)
+    assert path.read_bytes() == b"garbage"
+    with pytest.warns(StaleMemoryWarning), pytest.raises(KeptEntryError, match="move it out of the store yourself") as error:
+        store.compress_corpus(Dataset.from_dict({"text": [DOCUMENT]}))
+    assert "writable store folder" not in str(error.value)  # the store is writable: the entry is what blocks it
     assert path.read_bytes() == b"garbage"
 
 

@@ -152,6 +152,13 @@ class MemCompGRPOConfig(GRPOConfig):
                 "steps each), whose rollouts a checkpoint does not hold: a run resumed there regenerates them and trains "
                 f"on other rollouts than the uninterrupted run. Use a multiple of {per_rollout}."
             )
+        if self.save_strategy == "steps" and self.max_steps > 0 and self.max_steps % per_rollout:
+            raise ValueError(
+                f"max_steps={self.max_steps} would end training, and write its last checkpoint, inside a rollout batch "
+                f"({per_rollout} optimizer steps each): the rest of that batch's rollouts would be generated and never "
+                f"trained on, and a run resumed from that checkpoint with more steps would not train on them either. Use "
+                f"a multiple of {per_rollout}."
+            )
 
     def _derive_batches(self, world_size: int) -> None:
         if self.rollout_batch_prompts is not None and (self.generation_batch_size is not None or self.steps_per_generation is not None):
