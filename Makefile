@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# One pytest-xdist worker per core (at most 4): each test runs single-threaded (tests/conftest.py).
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not vllm and not gpu"
+	$(BIN)/python -m pytest $(XDIST) -m "not vllm and not gpu"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not vllm and not gpu"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not vllm and not gpu"
 
 # Refresh $(CONSTRAINTS): resolve ".[dev]" afresh (newest releases the ranges allow, torch held at $(TORCH))
 # in a throwaway venv and freeze it. Then run `make test` (it reinstalls) and commit the file if it passes.

@@ -18,9 +18,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Remote code a test loads is copied here, not into the user's ~/.cache/huggingface/modules.
-if "HF_MODULES_CACHE" not in os.environ:
-    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="memcomp-test-modules-")
+# Remote code a test loads is copied here, not into the user's ~/.cache/huggingface/modules; one folder per
+# pytest-xdist worker (they inherit the controller's environment), so no worker imports another's half-copied module.
+if "HF_MODULES_CACHE" not in os.environ or os.environ.get("MEMCOMP_TEST_MODULES") == os.environ["HF_MODULES_CACHE"]:
+    os.environ["HF_MODULES_CACHE"] = os.environ["MEMCOMP_TEST_MODULES"] = tempfile.mkdtemp(prefix="memcomp-test-modules-")
     atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 from modeling_memcomp.tiny import build_tiny_memcomp, train_tokenizer  # noqa: E402
