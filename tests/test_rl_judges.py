@@ -71,10 +71,26 @@ def test_normalize_answer_is_squad_style():
         ("It is correct in part but incorrect overall", None),
         ("<think>long reasoning cut off", None),
         ("Correct not", True),
+        # "correct" describing the reference is not a verdict: unclear, so retried rather than read as CORRECT
+        ("Correct answer would be Berlin; the response is wrong.", None),
+        ("The correct answer is Paris; the response says Paris, which is correct.", True),
+        ("The response gives an incorrect answer.", False),
+        ("CORRECT\nThe response names the same city.", True),
     ],
 )
 def test_parse_verdict(reply, verdict):
     assert parse_verdict(reply) is verdict
+
+
+def test_judge_reward_leaves_failed_judgements_unscored():
+    from trainers.rewards import JudgeReward
+
+    logged = {}
+    reward = JudgeReward(LLMJudge(ScriptedBackend("Verdict: CORRECT", TimeoutError("slow"), "Verdict: INCORRECT"), retries=0))
+    values = reward(prompts=["q"] * 3, completions=["a", "b", "c"], answer=["a"] * 3,
+                    log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert values == [1.0, None, 0.0]  # TRL turns None into NaN
+    assert logged["judge/failed_ratio"] == pytest.approx(1 / 3)
 
 
 # ------------------------------------------------------------------ LLM judge
@@ -100,12 +116,12 @@ def test_llm_judge_retries_malformed_then_succeeds():
     assert judge.stats == {"calls": 1, "retried": 2, "malformed": 1, "errors": 1}
 
 
-def test_llm_judge_failure_scores_zero_and_is_counted_never_raised():
+def test_llm_judge_failure_gives_no_reward_and_is_counted_never_raised():
     backend = ScriptedBackend(socket.timeout("timed out"), "???", RuntimeError("HTTP 500"))
     judge = LLMJudge(backend, retries=2, retry_delay=0)
     result = judge.judge("q?", "a", "a")
     assert result.correct is False and result.failed is True and "HTTP 500" in result.raw
-    assert result.reward == 0.0
+    assert result.reward is None  # not 0: a right answer whose judgement failed is not scored as wrong
     assert judge.stats["failed"] == 1 and judge.stats["errors"] == 2 and judge.stats["malformed"] == 1
     assert judge.failure_rate == 1.0
     assert backend.replies == []  # exactly retries + 1 attempts

@@ -98,11 +98,39 @@ def test_config_from_yaml_with_cli_override(tmp_path):
         # a checkpoint must not cut a rollout batch: its buffered rollouts are not saved
         (dict(save_steps=25), r"save_steps=25 would save checkpoints inside a rollout batch \(2 optimizer steps each\)"),
         (dict(max_steps=25), r"max_steps=25 would end training, and write its last checkpoint, inside a rollout batch"),
+        (dict(save_steps=0.5), r"save_steps=0.5 \(a fraction of max_steps\) is not supported here"),
+        (dict(generation_batch_size=1024), r"generation_batch_size=1024 conflicts with rollout_batch_prompts=128 \(2048 at"),
+        # settings that would otherwise crash later or silently do something else
+        (dict(beta=0.04), r"beta=0.04: a KL term is not supported here .* Set beta=0"),
+        (dict(overlong_penalty_factor=-0.5), r"overlong_penalty_factor must be >= 0 \(0 disables the penalty\), got -0.5"),
+        (dict(epsilon=0.3), r"epsilon_high=0.28 is below epsilon=0.3: DAPO's clip-higher needs epsilon_high >= epsilon"),
     ],
 )
 def test_config_rejects_token_id_vllm_and_unknown_backends(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False, **kwargs)
+
+
+def test_config_survives_dataclasses_replace(tmp_path):
+    import dataclasses
+
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False)
+    changed = dataclasses.replace(args, learning_rate=2e-6)
+    assert changed.learning_rate == 2e-6
+    for name in ("generation_batch_size", "steps_per_generation", "gradient_accumulation_steps", "warmup_steps"):
+        assert getattr(changed, name) == getattr(args, name), name
+    raw = MemCompGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, bf16=False,
+                            rollout_batch_prompts=None, generation_batch_size=4096)
+    assert dataclasses.replace(raw, learning_rate=2e-6).generation_batch_size == 4096
+
+
+def test_config_needs_whole_prompt_groups_per_process_for_dynamic_sampling(tmp_path, monkeypatch):
+    monkeypatch.setattr(MemCompGRPOConfig, "world_size", property(lambda self: 2))  # two ranks, as TRL sees them
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=4, generation_batch_size=12,
+                    rollout_batch_prompts=None, mini_batch_prompts=None, use_cpu=True, bf16=False)  # 6 rows per rank
+    with pytest.raises(ValueError, match=r"per-process generation batch .* = 6\) must be a multiple of num_generations \(4\)"):
+        MemCompGRPOConfig(**settings)
+    assert MemCompGRPOConfig(**settings, dynamic_sampling=False).generation_batch_size == 12
 
 
 def test_config_allows_a_mid_rollout_end_when_nothing_is_saved(tmp_path):
@@ -207,6 +235,89 @@ def test_trainer_rejects_bad_inputs(rl_model, rl_data, tmp_path):
                            args=MemCompGRPOConfig(output_dir=str(tmp_path), **TINY), train_dataset=rl_data)
     with pytest.raises(ValueError, match="the RL dataset has no rows: .* drops rows whose prompt exceeds"):
         _trainer(rl_model, rl_data.select([]), tmp_path)
+
+
+def test_a_misspelt_dynamic_sampling_metric_fails_at_construction(rl_model, rl_data, tmp_path):
+    with pytest.raises(ValueError, match=r"dynamic_sampling_metric='acuracy' is not a reward function; choose one of \['judge'"):
+        _trainer(rl_model, rl_data, tmp_path, dynamic_sampling_metric="acuracy")
+
+
+def test_rollouts_run_in_bf16_when_training_in_bf16(tokenizer, rl_data, tmp_path, monkeypatch):
+    import modeling_memcomp.vllm_backend as backend
+    from safetensors import safe_open
+
+    from modeling_memcomp.tiny import build_tiny_memcomp
+
+    started = []
+    monkeypatch.setattr(backend, "require_vllm", lambda: None)
+    monkeypatch.setattr(backend, "VLLMDecoder", lambda folder, **settings: started.append((folder, settings)) or "engine")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # _start_vllm sets them; restored after
+
+    def exported_dtypes(folder):
+        with safe_open(str(Path(folder) / "model.safetensors"), framework="pt") as saved:
+            return {saved.get_slice(k).get_dtype() for k in saved.keys()}, json.loads((Path(folder) / "config.json").read_text())["dtype"]
+
+    model = build_tiny_memcomp(tokenizer, chunk_size=16).to(torch.bfloat16)  # as train_rl.py loads it with --bf16
+    trainer = _trainer(model, rl_data, tmp_path, bf16=True, rollout_backend="vllm")
+    folder, settings = started[-1]
+    assert exported_dtypes(folder) == ({"BF16"}, "bfloat16") and "dtype" not in settings  # not the float32 masters
+    assert all(p.dtype == torch.float32 for p in model.language_model.parameters())  # the masters are untouched
+    # HF rollouts: generate under the trainer's bf16 autocast
+    seen = []
+    model.language_model.register_forward_pre_hook(lambda *unused: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    trainer._vllm = None
+    memory, lengths = trainer._batch_memory([rl_data[0]])
+    with trainer._using_memory(memory, lengths):
+        prompt_ids, _, _ = trainer._tokenize_prompts([rl_data[0]["prompt"]])
+        trainer._generate_single_turn(prompt_ids, None, {}, 1)
+    assert seen and set(seen) == {torch.bfloat16}
+    # a dtype given for the vLLM engine wins
+    _trainer(build_tiny_memcomp(tokenizer, chunk_size=16), rl_data, tmp_path, bf16=True, rollout_backend="vllm",
+             vllm_decoder_kwargs={"dtype": "float32"})
+    folder, settings = started[-1]
+    assert exported_dtypes(folder) == ({"F32"}, "float32") and settings["dtype"] == "float32"
+
+
+def test_a_failed_judgement_keeps_its_prompt_group_out_of_training(rl_model, rl_data, tmp_path):
+    from trainers.judges import LLMJudge
+
+    class Backend:  # the first judgement of question 0 times out; question 1's answers are half right
+        def __init__(self):
+            self.calls = {0: 0, 1: 0}
+
+        def complete(self, prompt):
+            q = 0 if rl_data[0]["question"] in prompt else 1
+            self.calls[q] += 1
+            if q == 0 and self.calls[q] == 1:
+                raise TimeoutError("judge timed out")
+            return "Verdict: CORRECT" if q == 0 or self.calls[q] % 2 else "Verdict: INCORRECT"
+
+    args = MemCompGRPOConfig(output_dir=str(tmp_path), **TINY)
+    trainer = MemCompGRPOTrainer(rl_model, args=args, train_dataset=rl_data, judge=LLMJudge(Backend(), retries=0))
+    trainer.model.train()
+    output = trainer._score([rl_data[0]] * 4 + [rl_data[1]] * 4)
+    rewards = trainer._last_rewards_per_func
+    assert torch.isnan(rewards[:4]).all() and not torch.isnan(rewards[4:]).any()  # judge and overlong penalty alike
+    assert rewards[4:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert output["advantages"][:4].tolist() == [0.0] * 4  # its three right answers get no negative advantage
+    assert output["advantages"][4:].abs().min() > 0
+    assert trainer._metrics["train"]["judge/failed_groups"][-1] == 1
+
+
+def test_deepspeed_runs_warn_that_empty_steps_still_step(greedy_trainer, monkeypatch, caplog):
+    import logging
+
+    from trainers.grpo import SkipEmptySteps
+
+    trainer = greedy_trainer
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, SkipEmptySteps))
+    with caplog.at_level(logging.WARNING, logger="trainers.grpo"):
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+        assert "DeepSpeed" not in caplog.text
+        monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+    assert "still runs AdamW" in caplog.text
 
 
 def test_precompute_refuses_to_save_an_empty_rl_dataset(rl_model, tmp_path):
@@ -357,6 +468,15 @@ def test_when_the_round_limit_is_hit_only_varied_groups_train(greedy_trainer, rl
     metrics = trainer._metrics["train"]
     assert (metrics["dynamic_sampling/filler_groups"][-1], metrics["dynamic_sampling/limit_hit"][-1]) == (1, 1)
     assert metrics["dynamic_sampling/nothing_to_train"][-1] == 0
+
+
+def test_dynamic_sampling_drops_groups_whose_judgement_failed(greedy_trainer, rl_data, monkeypatch):
+    trainer, nan = greedy_trainer, float("nan")  # a group with a failed judgement has NaN rewards throughout
+    fake, calls = _fake_rounds(trainer, [[nan] * 4 + [1, 0, 1, 0], [0, 1, 0, 0] + [nan] * 4])
+    monkeypatch.setattr(trainer, "_score", fake)
+    merged = trainer._dynamic_sampling([rl_data[0]] * 8)
+    assert merged["advantages"].tolist() == [5, 6, 7, 8, 101, 102, 103, 104]
+    assert trainer._metrics["train"]["dynamic_sampling/dropped_groups"][-1] == 2
 
 
 def test_warmups_count_rollout_batches(greedy_trainer, rl_data, monkeypatch):

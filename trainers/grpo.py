@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -134,6 +135,17 @@ class MemCompGRPOConfig(GRPOConfig):
             )
         if self.dynamic_sampling_max_tries < 0:
             raise ValueError(f"dynamic_sampling_max_tries must be >= 0, got {self.dynamic_sampling_max_tries}.")
+        if self.beta != 0:
+            raise ValueError(
+                f"beta={self.beta}: a KL term is not supported here (the paper's DAPO has none, Table 10), and TRL's "
+                "reference model, reloaded whole from the checkpoint path, cannot score memory prompts. Set beta=0."
+            )
+        if self.overlong_penalty_factor < 0:
+            raise ValueError(f"overlong_penalty_factor must be >= 0 (0 disables the penalty), got "
+                             f"{self.overlong_penalty_factor}.")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: DAPO's clip-higher "
+                             "needs epsilon_high >= epsilon (Table 10: 0.28 and 0.2).")
         if isinstance(self.vllm_decoder_kwargs, str):
             self.vllm_decoder_kwargs = json.loads(self.vllm_decoder_kwargs)
         self._derive_batches(int(os.environ.get("WORLD_SIZE", "1")))
@@ -146,7 +158,12 @@ class MemCompGRPOConfig(GRPOConfig):
                                  "give warmup_steps yourself.")
             self.warmup_steps = warmup
         per_rollout = self.optimizer_steps_per_rollout
-        if self.save_strategy == "steps" and self.save_steps >= 1 and self.save_steps % per_rollout:
+        if self.save_strategy == "steps" and 0 < self.save_steps < 1:
+            raise ValueError(
+                f"save_steps={self.save_steps} (a fraction of max_steps) is not supported here: checkpoints must fall "
+                f"between rollout batches. Give save_steps in optimizer steps, a multiple of {per_rollout}."
+            )
+        if self.save_strategy == "steps" and self.save_steps % per_rollout:
             raise ValueError(
                 f"save_steps={self.save_steps} would save checkpoints inside a rollout batch ({per_rollout} optimizer "
                 "steps each), whose rollouts a checkpoint does not hold: a run resumed there regenerates them and trains "
@@ -159,14 +176,31 @@ class MemCompGRPOConfig(GRPOConfig):
                 f"trained on, and a run resumed from that checkpoint with more steps would not train on them either. Use "
                 f"a multiple of {per_rollout}."
             )
+        per_process = self.per_device_train_batch_size * self.steps_per_generation
+        if self.dynamic_sampling and per_process % self.num_generations:
+            raise ValueError(
+                f"dynamic sampling keeps or drops whole prompt groups on each process, so the per-process generation "
+                f"batch (per_device_train_batch_size x steps_per_generation = {per_process}) must be a multiple of "
+                f"num_generations ({self.num_generations}); adjust per_device_train_batch_size."
+            )
 
     def _derive_batches(self, world_size: int) -> None:
-        if self.rollout_batch_prompts is not None and (self.generation_batch_size is not None or self.steps_per_generation is not None):
-            raise ValueError("set rollout_batch_prompts=None to give generation_batch_size or steps_per_generation yourself.")
         accumulation, generation = derive_batches(
             self.per_device_train_batch_size, self.num_generations, self.rollout_batch_prompts, self.mini_batch_prompts,
             world_size,
         )
+        per_step = self.per_device_train_batch_size * world_size
+        # Values equal to the derived ones are accepted: dataclasses.replace() passes them back in.
+        if generation is not None:
+            derived = {"generation_batch_size": generation, "steps_per_generation": generation // per_step}
+            for name, value in derived.items():
+                if getattr(self, name) not in (None, value):
+                    raise ValueError(f"{name}={getattr(self, name)} conflicts with rollout_batch_prompts="
+                                     f"{self.rollout_batch_prompts} ({value} at this world size): set "
+                                     f"rollout_batch_prompts=None to give {name} yourself.")
+            self.steps_per_generation = None  # TRL derives it from generation_batch_size
+        elif self.steps_per_generation is not None and self.generation_batch_size == self.steps_per_generation * per_step:
+            self.generation_batch_size = None  # TRL refuses both, even when they agree
         if accumulation is not None and self.gradient_accumulation_steps not in (1, accumulation):
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} conflicts with "
                              f"mini_batch_prompts={self.mini_batch_prompts} ({accumulation} at this world size): set "
@@ -294,6 +328,8 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
         self._vllm = None
         self._vllm_step = -1
         self._step_items = 0.0  # completion tokens of the current optimizer step on this process
+        if self.args.dynamic_sampling:
+            self._filter_column()  # a misspelt dynamic_sampling_metric fails now, not after the warm-up rollouts
         if self.args.rollout_backend != "hf":
             self._vllm = self._start_vllm(required=self.args.rollout_backend == "vllm")
 
@@ -364,6 +400,7 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
             ) as unwrapped,
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.accelerator.autocast(),  # weights held in float32 generate in the training precision
         ):
             output = unwrapped.generate(
                 input_ids=input_ids,
@@ -408,7 +445,10 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
             max_num_batched_tokens=4096,
         )
         settings.update(self.args.vllm_decoder_kwargs or {})
-        return VLLMDecoder(self.accelerator.unwrap_model(self.model), **settings)
+        self._vllm_export = tempfile.TemporaryDirectory(prefix="memcomp-vllm-")  # lives as long as the trainer
+        dtype = None if "dtype" in settings else rollout_dtype(self.args)  # an explicit vLLM dtype wins
+        folder = export_rollout_decoder(self.accelerator.unwrap_model(self.model), self._vllm_export.name, dtype)
+        return VLLMDecoder(folder, **settings)
 
     def _decoder_state(self):
         """(name, tensor) of the decoder's full state dict (tied heads included), gathered under ZeRO-3/FSDP."""
@@ -490,6 +530,11 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        judged = [i for i, func in enumerate(self.reward_funcs) if isinstance(func, JudgeReward)]
+        rewards, failed = unscore_failed_groups(rewards, judged, group)
+        self._metrics[mode]["judge/failed_groups"].append(failed)
         self._last_rewards_per_func = rewards
         return rewards
 
@@ -536,7 +581,8 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
             output = self._score(batch)
             shape_source = shape_source or output
             rewards = self._last_rewards_per_func[:, column].cpu()
-            keep_groups = set(filter_groups(rewards, group))
+            unscored = torch.isnan(rewards.view(-1, group)).any(dim=1).nonzero().flatten().tolist()
+            keep_groups = set(filter_groups(rewards, group)) - set(unscored)  # NaN != NaN would count as varied
             self._trace_decision(attempt, sorted(keep_groups), len(rewards) // group)
             first = self.accelerator.process_index * len(batch)  # this process's rows in the gathered reward table
             kept.append(take_rows(output, [i for i in range(len(batch)) if (first + i) // group in keep_groups]))
@@ -646,12 +692,20 @@ class SkipEmptySteps(TrainerCallback):
 
     Its gradient is zero already, but AdamW would still move the weights by its momentum and weight decay and advance its
     moments and step count: the gradients are dropped (`None`: AdamW passes over the parameter, its state untouched), and
-    a learning rate of 0 for that one step covers engines that step from their own gradient copy (DeepSpeed). The LR
-    schedule still advances. Logged as `dynamic_sampling/skipped_steps`.
+    the learning rate is 0 for that step. The LR schedule still advances. Logged as `dynamic_sampling/skipped_steps`.
+    Not under DeepSpeed: its engine steps inside the last micro-batch's backward, before this callback runs.
     """
 
     def __init__(self, trainer: "MemCompGRPOTrainer"):
         self.trainer, self._saved = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.is_deepspeed_enabled and args.dynamic_sampling:
+            logger.warning(
+                "DeepSpeed steps its optimizer inside the last micro-batch's backward, so an optimizer step that dynamic "
+                "sampling leaves without tokens (dynamic_sampling/skipped_steps = 1) still runs AdamW: zero gradient, "
+                "but momentum and weight decay move the weights. Use FSDP or DDP to skip such steps."
+            )
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         trainer = self.trainer
@@ -670,6 +724,39 @@ class SkipEmptySteps(TrainerCallback):
             for group, lr in zip(optimizer.param_groups, self._saved):
                 group["lr"] = lr
         self._saved = None
+
+
+def unscore_failed_groups(rewards: torch.Tensor, judged: list[int], group: int) -> tuple[torch.Tensor, float]:
+    """`rewards` (rows x reward functions) with every reward of each prompt group holding a failed judgement (NaN in a
+    `judged` column) set to NaN, so TRL gives the group zero advantage; and how many groups that was."""
+    if not judged:
+        return rewards, 0.0
+    failed = torch.isnan(rewards[:, judged]).any(dim=1).view(-1, group).any(dim=1)
+    rewards = rewards.clone()
+    rewards[failed.repeat_interleave(group)] = torch.nan
+    return rewards, float(failed.sum())
+
+
+def rollout_dtype(args) -> torch.dtype | None:
+    """The dtype rollouts run in: the training precision (None: the weights' own)."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+
+
+def export_rollout_decoder(model: MemCompForCausalLM, folder: str, dtype: torch.dtype | None = None):
+    """`export_decoder` with the decoder's weights written in `dtype` (its config says so, and vLLM runs in it); the
+    model's own weights, float32 masters included, are unchanged after."""
+    from modeling_memcomp.vllm_backend import export_decoder
+
+    decoder = model.language_model
+    cast = [p for p in decoder.parameters() if dtype is not None and p.is_floating_point() and p.dtype != dtype]
+    held = [p.data for p in cast]
+    try:
+        for parameter in cast:
+            parameter.data = parameter.data.to("cpu", dtype)  # no GPU memory taken before vLLM sizes its cache
+        return export_decoder(model, folder)
+    finally:
+        for parameter, data in zip(cast, held):
+            parameter.data = data
 
 
 def _check_columns(dataset) -> None:

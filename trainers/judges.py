@@ -2,7 +2,7 @@
 
 Every judge has `judge(question, response, reference) -> JudgeResult` and `judge_batch(...)`, and counts its
 calls in `stats`. An LLM judge never raises on a bad backend: errors, timeouts and unparsable replies are
-retried, then scored incorrect with `failed=True`, so one flaky judge call cannot kill an RL run.
+retried, then give `failed=True` (reward None, not 0), so one flaky judge call cannot kill an RL run.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ Reply with exactly one line: "Verdict: CORRECT" or "Verdict: INCORRECT"."""
 
 @dataclass(frozen=True)
 class JudgeResult:
-    """One verdict. `failed` means the judge gave no usable verdict (then `correct` is False)."""
+    """One verdict. `failed` means the judge gave no usable verdict (then `correct` is False and `reward` None)."""
 
     correct: bool
     failed: bool = False
     raw: str = ""
 
     @property
-    def reward(self) -> float:
-        return 1.0 if self.correct else 0.0
+    def reward(self) -> float | None:
+        return None if self.failed else 1.0 if self.correct else 0.0
 
 
 @runtime_checkable
@@ -212,7 +212,11 @@ class MatchJudge(_JudgeBase):
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _VERDICT = re.compile(r"verdict\W*(not\s+correct|incorrect|correct)\b", re.IGNORECASE)
-_WORDS = re.compile(r"\b(not\s+correct|incorrect|correct)\b", re.IGNORECASE)
+# "correct" before a noun ("the correct answer is ...") describes the reference, not the response: no verdict.
+_WORDS = re.compile(
+    r"\b(not\s+correct|incorrect|correct\b(?!\s+(?:answer|response|reply|solution|one|value|result|final|ground)))\b",
+    re.IGNORECASE,
+)
 _FIRST_WORD = {"correct": True, "yes": True, "true": True, "incorrect": False, "no": False, "false": False}
 
 
@@ -220,7 +224,8 @@ def parse_verdict(reply: str) -> bool | None:
     """CORRECT -> True, INCORRECT -> False, anything unclear -> None.
 
     Reasoning in `<think>` blocks is ignored; an explicit "Verdict: X" wins (the last one); otherwise a
-    leading yes/no/correct/incorrect, or the words correct/incorrect when they all agree.
+    leading yes/no/correct/incorrect standing alone ("Correct.", "No, ..."), or the words correct/incorrect
+    (not as in "the correct answer") when they all agree.
     """
     text = _THINK.sub(" ", reply)
     if "</think>" in text.lower():
@@ -230,10 +235,11 @@ def parse_verdict(reply: str) -> bool | None:
     verdicts = _VERDICT.findall(text)
     if verdicts:
         return verdicts[-1].lower() == "correct"
-    words = text.strip().split()
-    if words:
-        first = words[0].strip(string.punctuation + "*").lower()
-        if first in _FIRST_WORD and not (first == "correct" and len(words) > 1 and words[1].lower() == "not"):
+    first_line = text.strip().split("\n", 1)[0].split()
+    if first_line:
+        first = first_line[0].strip(string.punctuation + "*").lower()
+        alone = len(first_line) == 1 or first_line[0].rstrip("*")[-1:] in string.punctuation
+        if first in _FIRST_WORD and alone:
             return _FIRST_WORD[first]
     found = {w.lower() == "correct" for w in _WORDS.findall(text)}
     return found.pop() if len(found) == 1 else None
@@ -243,7 +249,7 @@ class LLMJudge(_JudgeBase):
     """Generative judge, `R = 1[Judge(y, a*) = correct]` (paper, Eq. 3), over any `JudgeBackend`.
 
     A call that raises (timeout, HTTP error) or whose reply has no clear verdict is retried `retries`
-    times with exponential back-off from `retry_delay` seconds, then scored incorrect and `failed`;
+    times with exponential back-off from `retry_delay` seconds, then `failed` (not correct, no reward);
     `stats` counts calls, correct, retried, errors, malformed and failed.
     """
 
@@ -481,7 +487,7 @@ class JudgeArguments:
     judge_model: str | None = field(default=None, metadata={"help": "Served model name ('openai') or HF path/id ('hf'), e.g. Qwen/Qwen3-32B."})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible API root, e.g. http://localhost:8000/v1."})
     judge_timeout: float = field(default=120.0, metadata={"help": "Seconds before a judge request is abandoned (then retried)."})
-    judge_retries: int = field(default=2, metadata={"help": "Retries of a failed or unparsable judge call before it scores 0."})
+    judge_retries: int = field(default=2, metadata={"help": "Retries of a failed or unparsable judge call before it counts as failed (no reward)."})
     judge_max_tokens: int = field(default=1024, metadata={"help": "Reply budget of the judge (reasoning judges need more)."})
     judge_max_workers: int = field(default=32, metadata={"help": "Concurrent requests to a judge server."})
     judge_extra_body: str | None = field(

@@ -19,10 +19,11 @@ def _text(completion) -> str:
 
 
 class JudgeReward:
-    """1.0 when the judge accepts a completion against the row's reference answer(s), else 0.0.
+    """1.0 when the judge accepts a completion against the row's reference answer(s), 0.0 when it rejects it, None
+    when the judge failed (TRL: NaN; `MemCompGRPOTrainer` then leaves that prompt group out of training).
 
     Reads the question from `question_column` (falling back to the prompt) and the reference from
-    `answer_column`; logs accuracy, judge failures and the share of completions with a `\\boxed{}` answer.
+    `answer_column`; logs judge failures and the share of completions with a `\\boxed{}` answer.
     """
 
     __name__ = "judge"
@@ -32,7 +33,7 @@ class JudgeReward:
             raise TypeError(f"judge must be an LLMJudge or MatchJudge (with judge_batch), got {type(judge).__name__}.")
         self.judge, self.answer_column, self.question_column = judge, answer_column, question_column
 
-    def __call__(self, prompts, completions, log_metric=None, **columns) -> list[float]:
+    def __call__(self, prompts, completions, log_metric=None, **columns) -> list[float | None]:
         if self.answer_column not in columns:
             raise ValueError(
                 f"the training dataset has no {self.answer_column!r} column with reference answers; add it or set "
