@@ -60,6 +60,11 @@ def test_filter_groups_tiny_differences_count():
     assert filter_groups([1.0, 1.0, 1.0, 1.0 - 1e-6], 4) == [0]
 
 
+def test_filter_groups_drops_groups_with_a_missing_reward():
+    nan = float("nan")
+    assert filter_groups([0.0, 1.0, 0.0, nan, 0.0, 1.0, 1.0, 0.0, nan, nan, nan, nan], 4) == [1]
+
+
 def test_filter_groups_rejects_ragged_tables():
     with pytest.raises(ValueError, match="not a multiple of group_size=8"):
         filter_groups([0.0] * 12, 8)

@@ -53,10 +53,11 @@ def filter_groups(rewards, group_size: int) -> list[int]:
 
     `rewards` holds `num_groups * group_size` values, the `group_size` rollouts of each prompt contiguous. Pass the
     accuracy (judge) reward: a group whose accuracy is constant carries no learning signal, whatever other rewards
-    such as the overlong penalty do to its total, so it is dropped.
+    such as the overlong penalty do to its total, so it is dropped. A group with a missing reward (NaN: a failed
+    judgement) is dropped too.
     """
     grouped = _grouped(rewards, group_size)
-    varied = (grouped != grouped[:, :1]).any(dim=1)
+    varied = (grouped != grouped[:, :1]).any(dim=1) & ~torch.isnan(grouped).any(dim=1)
     return varied.nonzero().flatten().tolist()
 
 

@@ -581,8 +581,7 @@ class MemCompGRPOTrainer(CompleteCheckpointResume, SaveInLoadedDtype, GRPOTraine
             output = self._score(batch)
             shape_source = shape_source or output
             rewards = self._last_rewards_per_func[:, column].cpu()
-            unscored = torch.isnan(rewards.view(-1, group)).any(dim=1).nonzero().flatten().tolist()
-            keep_groups = set(filter_groups(rewards, group)) - set(unscored)  # NaN != NaN would count as varied
+            keep_groups = set(filter_groups(rewards, group))
             self._trace_decision(attempt, sorted(keep_groups), len(rewards) // group)
             first = self.accelerator.process_index * len(batch)  # this process's rows in the gathered reward table
             kept.append(take_rows(output, [i for i in range(len(batch)) if (first + i) // group in keep_groups]))
