@@ -43,6 +43,43 @@ def test_reconstruction_end_to_end(model, tmp_path):
     assert all(0 <= r["rouge1"] <= 1 and r["reference"] for r in results["records"])
 
 
+def test_reconstruction_caps_each_length_at_its_own_budget_and_hashes_the_rule(model, tmp_path, monkeypatch):
+    """1.25 x each context's length (+16), not the longest one's; the rule is in the settings hash."""
+    from benchmarks.eval.systems import Generation
+
+    seen = []
+    monkeypatch.setattr(MemCompSystem, "generate", lambda self, c, i, **k: seen.append(k["max_new_tokens"]) or [Generation("x", 1, 8)] * len(c))
+    docs = read_texts(FIXTURES / "documents.jsonl")
+    args = EvalArguments(output_dir=str(tmp_path), systems=["memcomp"])
+    results = reconstruction.evaluate(model, args, ReconstructionArguments(lengths=[32, 64], samples_per_length=1), docs)
+    assert seen == [56, 96] and results["settings"]["max_new_tokens_rule"] == reconstruction.CAP_RULE
+    reconstruction.evaluate(model, args, ReconstructionArguments(lengths=[32], samples_per_length=1), docs)
+    assert seen == [56, 96]  # fewer lengths, same cap per example: the record is reused
+
+
+def test_synthetic_reconstruction_caps_each_document_and_does_not_reuse_another_caps_records(tmp_path):
+    from benchmarks.eval.harness import Example
+    from benchmarks.eval.synthetic import document_max_new_tokens, evaluate_systems
+    from benchmarks.eval.systems import Generation
+
+    seen = []
+
+    class Recording:
+        name = "C4"
+
+        def generate(self, contexts, instructions, **kwargs):
+            seen.append((len(contexts), kwargs["max_new_tokens"]))
+            return [Generation("Ena", 1, 8)] * len(contexts)
+
+    examples = [Example(f"document{i}", "Ena lives in Tide.", "Rebuild.", "Ena lives in Tide.", meta={"tokens": n})
+                for i, n in enumerate((16, 40, 16, 19))]
+    evaluate_systems("reconstruction", examples, [Recording()], tmp_path, document_max_new_tokens)
+    # int(1.25 x tokens) + 8 per document (28, 58, 28, 31), rounded up to 32s: documents of one cap batched together
+    assert seen == [(3, 32), (1, 64)]
+    evaluate_systems("reconstruction", examples, [Recording()], tmp_path, 64)
+    assert seen[2:] == [(4, 64)]  # one cap for all is another setting: nothing is reused
+
+
 def test_qa_end_to_end_with_judge_and_retention(model, tmp_path):
     class AlwaysCorrect:
         def complete(self, prompt):
@@ -66,6 +103,16 @@ def test_niah_end_to_end_writes_one_heatmap_per_system(model, tmp_path):
     results = niah.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), NIAHArguments(lengths=[64], depths=[0, 100]), haystack)
     check_outputs(tmp_path, "niah", ["niah_score_vs_length.png", "niah_heatmap_memcomp.png", "niah_heatmap_full.png"], 2)
     assert results["settings"]["temperature"] is None and all(1 <= r["score"] <= 10 for r in results["records"])
+
+
+def test_niah_report_is_written_when_a_system_has_no_scored_example(model, tmp_path, monkeypatch):
+    """Every full-context example too long: its heatmap is a blank grid and table.md / results.json are still written."""
+    monkeypatch.setattr("benchmarks.eval.systems.max_positions", lambda config: 16)
+    haystack = (FIXTURES / "haystack.txt").read_text()
+    results = niah.evaluate(model, EvalArguments(output_dir=str(tmp_path), **TINY), NIAHArguments(lengths=[64], depths=[0, 100]), haystack)
+    assert results["num_errors"] == 2 and all("positions" in r["error"] for r in results["records"] if r["system"] == "full")
+    assert "2 example(s) not evaluated" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "niah_heatmap_full.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_multihop_end_to_end(model, tmp_path):
@@ -93,6 +140,23 @@ def test_response_length_from_finished_runs(model, tmp_path):
     assert (tmp_path / "lengths" / "response_length.png").exists() and "squad" in report["table"]
     with pytest.raises(ValueError, match="no results"):
         response_length.evaluate([tmp_path / "nowhere"], tmp_path / "lengths")
+
+
+def test_response_length_keeps_benchmarks_apart_and_refuses_to_pool_two_runs_of_a_system(tmp_path):
+    def results(folder, benchmark, tokens, fingerprint="m1", dataset="hotpotqa"):
+        (tmp_path / folder).mkdir()
+        records = [{"id": "q1", "system": "memcomp", "dataset": dataset, "response_tokens": tokens}]
+        (tmp_path / folder / "results.json").write_text(json.dumps(
+            {"benchmark": benchmark, "settings": {"model_fingerprint": fingerprint}, "records": records}))
+        return tmp_path / folder
+
+    qa_run, multihop_run = results("qa", "qa", 10), results("multihop", "multihop", 30)
+    summary = response_length.evaluate([qa_run, multihop_run], tmp_path / "lengths")["summary"]
+    assert (summary["qa/hotpotqa"]["memcomp"]["mean"], summary["multihop/hotpotqa"]["memcomp"]["mean"]) == (10, 30)
+    with pytest.raises(ValueError, match="qa/hotpotqa has 'memcomp' responses in both"):
+        response_length.evaluate([qa_run, results("qa_again", "qa", 20)], tmp_path / "lengths")
+    with pytest.raises(ValueError, match="'memcomp' comes from two models"):
+        response_length.evaluate([qa_run, results("other", "qa", 20, fingerprint="m2", dataset="squad")], tmp_path / "lengths")
 
 
 def test_model_index_feeds_the_model_card(model, tmp_path):
@@ -131,6 +195,15 @@ def test_a_context_too_long_for_the_baseline_is_recorded_not_fatal(model, tmp_pa
     assert "positions" in by_system["full"]["error"] and "accuracy" not in by_system["full"]
     assert by_system["memcomp"]["context_tokens"] > 4096 and "error" not in by_system["memcomp"]
     assert results["num_errors"] == 1 and "not evaluated" in (tmp_path / "table.md").read_text()
+
+
+def test_the_baseline_window_must_hold_the_prompt_and_the_answer(model):
+    context, question = "The old library painted an ancient map.", "What did it paint?"
+    system = FullContextSystem(model, template="chat")
+    system.max_positions = len(system.prompt_ids(context, question)[0]) + 2
+    with pytest.raises(ValueError, match=r"need \d+ \+ 3 positions"):
+        system.generate([context], [question], max_new_tokens=3, do_sample=False)
+    assert len(system.generate([context], [question], max_new_tokens=2, do_sample=False)) == 1
 
 
 def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_run(model, tmp_path, monkeypatch):

@@ -195,6 +195,21 @@ def test_eval_arguments_reject_bad_values():
     assert output_dir(EvalArguments(output_dir="x"), "niah") == Path("x")
 
 
+def test_default_datasets_all_load_and_unknown_sources_fail_before_any_download(tmp_path):
+    from benchmarks.eval.config import MultiHopArguments, QAArguments
+    from benchmarks.eval.loaders import MULTIHOP_PRESETS, QA_PRESETS
+
+    assert QAArguments().datasets and set(QAArguments().datasets) <= set(QA_PRESETS)
+    assert MultiHopArguments().datasets and set(MultiHopArguments().datasets) <= set(MULTIHOP_PRESETS)
+    for arguments in (QAArguments, MultiHopArguments):
+        with pytest.raises(ValueError, match=r"--datasets 2wiki: no preset of that name .* 2wiki=/data/2wiki/dev.json"):
+            arguments(datasets=["hotpotqa", "2wiki"])
+        with pytest.raises(ValueError, match="no such file"):
+            arguments(datasets=[f"2wiki={tmp_path / 'dev.json'}"])
+    (tmp_path / "dev.json").write_text("[]")
+    assert QAArguments(datasets=[f"2wiki={tmp_path / 'dev.json'}", "org/set", "squad"]).datasets[-1] == "squad"
+
+
 def test_generation_settings_follow_the_paper_per_benchmark():
     from benchmarks.eval.runtime import generate_kwargs
 

@@ -196,3 +196,22 @@ def test_qa_scorer_judges_a_batch_in_one_judge_batch_call():
     examples = [Example(str(i), "ctx", "Q?", ["a"], "Q?") for i in range(2)]
     scores = make_scorer(judge).score_batch(examples, [Generation("a", 1, 3), Generation("b", 1, 3)])
     assert Counting.batches == [2] and [s["accuracy"] for s in scores] == [1.0, 0.0]
+
+
+def test_synthetic_depth_and_type_tables_pool_only_the_k_that_have_every_depth_and_type():
+    """k = 2 has no middle depth and k = 1 no two-hop question: easy cells there must not lift some rows only."""
+    from benchmarks.eval.synthetic import aggregate
+    from benchmarks.eval.synthetic_report import _qa_sections
+
+    def record(k, depth, kind, em):
+        return {"id": f"qa_k{k}/{depth}/{kind}", "system": "sft", "k": k, "depth": depth, "type": kind, "em": em}
+
+    passages = [record(1, "first", "person_city", 1.0), record(2, "first", "person_city", 1.0), record(2, "last", "two_hop_base", 1.0)]
+    passages += [record(3, d, kind, 0.0) for d in ("first", "middle", "last") for kind in ("person_city", "two_hop_base")]
+    agg = aggregate({"qa_passages": passages})
+    assert {d: agg["qa_em_by_depth"][d]["sft"]["mean"] for d in ("first", "middle", "last")} == {"first": 0.0, "middle": 0.0, "last": 0.0}
+    assert agg["qa_em_by_type"]["person_city"]["sft"] == {"mean": 0.25, "n": 4}  # k = 1 left out
+    report = {"aggregates": agg, "config": {"max_passages": 4}, "retention_percent": {}, "rl_minus_sft": {}, "heatmaps": [],
+              "wrong_answer_sources": {}}
+    text = "\n".join(_qa_sections(report))
+    assert "By depth of the answer's document (k >= 3," in text and "By question type (k >= 2," in text

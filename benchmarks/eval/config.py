@@ -6,10 +6,31 @@ Defaults are the paper's protocol (`protocol.py`); `None` means "the benchmark's
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from . import protocol
+from .loaders import MULTIHOP_PRESETS, QA_PRESETS
 
 SYSTEMS = ("memcomp", "full")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def with_preset(names, presets: dict) -> list[str]:
+    """The paper's sets that load by name alone (2WikiMultihopQA has no preset: give it as `2wiki=PATH`)."""
+    return [name for name in names if name in presets]
+
+
+def check_sources(datasets: list[str], presets: dict) -> None:
+    """Refuse, before any download, a source that is no preset, existing file, `name=path` or Hub dataset name."""
+    for spec in datasets:
+        location = spec.partition("=")[2] if "=" in spec else spec
+        if location in presets or Path(location).exists():
+            continue
+        if Path(location).suffix in DATA_SUFFIXES:
+            raise ValueError(f"--datasets {spec}: no such file {location}.")
+        if "/" not in location:
+            raise ValueError(f"--datasets {spec}: no preset of that name ({', '.join(sorted(presets))}); give a local "
+                             f"file as name=PATH (e.g. 2wiki=/data/2wiki/dev.json) or a Hub dataset name.")
 
 
 @dataclass
@@ -73,10 +94,13 @@ class QAArguments:
     """QA (Tables 3 and 6): judge accuracy (or EM/F1) per dataset, in- and out-of-distribution."""
 
     datasets: list[str] = field(
-        default_factory=lambda: list(protocol.QA_IN_DISTRIBUTION + protocol.QA_OUT_OF_DISTRIBUTION),
-        metadata={"help": "preset names (hotpotqa, nq, ...), local .jsonl/.json files, or name=path pairs"},
+        default_factory=lambda: with_preset(protocol.QA_IN_DISTRIBUTION + protocol.QA_OUT_OF_DISTRIBUTION, QA_PRESETS),
+        metadata={"help": "preset names (hotpotqa, nq, ...), local .jsonl/.json files, or name=path pairs (2wiki has no preset: 2wiki=PATH)"},
     )
     samples_per_set: int = field(default=protocol.QA_SAMPLES_PER_SET, metadata={"help": "examples sampled per dataset (seeded)"})
+
+    def __post_init__(self):
+        check_sources(self.datasets, QA_PRESETS)
 
 
 @dataclass
@@ -92,9 +116,12 @@ class NIAHArguments:
 class MultiHopArguments:
     """Long-context multi-hop QA, RULER-style (Figure 4): sub-span EM per context length."""
 
-    datasets: list[str] = field(default_factory=lambda: list(protocol.MULTIHOP_SETS), metadata={"help": "QA sources whose context is a list of paragraphs (presets or files)"})
+    datasets: list[str] = field(default_factory=lambda: with_preset(protocol.MULTIHOP_SETS, MULTIHOP_PRESETS), metadata={"help": "QA sources whose context is a list of paragraphs (presets or files; 2wiki has no preset: 2wiki=PATH)"})
     samples_per_set: int = field(default=protocol.MULTIHOP_SAMPLES_PER_SET, metadata={"help": "questions sampled per dataset (seeded)"})
     lengths: list[int] = field(default_factory=lambda: list(protocol.MULTIHOP_LENGTHS), metadata={"help": "context lengths in tokens, filled with distractor paragraphs"})
+
+    def __post_init__(self):
+        check_sources(self.datasets, MULTIHOP_PRESETS)
 
 
 @dataclass

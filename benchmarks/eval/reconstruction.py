@@ -31,6 +31,17 @@ def build_examples(tokenizer, documents: list[str], lengths: list[int], samples_
     return examples
 
 
+CAP_MARGIN = 16
+"""Tokens a reconstruction may run past 1.25 x its context's length (ours: room for a stop token and tokenizer drift)."""
+CAP_RULE = f"per example: int({protocol.RECONSTRUCTION_LENGTH_FACTOR} x length) + {CAP_MARGIN}"
+"""The answer cap, in the records' settings hash: records made under another cap are not reused."""
+
+
+def max_new_tokens_for(length: int) -> int:
+    """The answer cap of a `length`-token context: 1.25 x its length (the protocol) plus `CAP_MARGIN`."""
+    return int(length * protocol.RECONSTRUCTION_LENGTH_FACTOR) + CAP_MARGIN
+
+
 def score(example: Example, generation) -> dict:
     return rouge_f1(generation.text, example.reference)
 
@@ -41,12 +52,15 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
     if not examples:
         raise ValueError(f"no document reaches any of the lengths {data.lengths}: give longer documents or shorter lengths.")
     args = dataclasses.replace(args, template="plain")  # the paper's Stage-1 format
-    store, settings = open_store(args, "reconstruction", model)
-    longest = max(e.meta["length"] for e in examples)
-    records = run(
-        examples, build_systems(model, args), score, store, generate_kwargs(args, "reconstruction", int(longest * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 16),
-        batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
-    )
+    store, settings = open_store(args, "reconstruction", model, {"max_new_tokens_rule": CAP_RULE})
+    systems = build_systems(model, args)
+    records = []
+    for length in sorted({e.meta["length"] for e in examples}):  # one cap per length: 1.25 x each context's length
+        records += run(
+            [e for e in examples if e.meta["length"] == length], systems, score, store,
+            generate_kwargs(args, "reconstruction", max_new_tokens_for(length)),
+            batch_size=args.batch_size, seed=args.seed, desc=f"reconstruction@{length}",
+        )
     out = output_dir(args, "reconstruction")
     summaries = {m: summarize(records, m, by="length", error_score=0.0) for m in ("rouge1", "rougeL")}
     tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}

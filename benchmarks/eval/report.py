@@ -103,14 +103,18 @@ def plot_heatmap(
     colorbar: str = "score",
 ) -> Path:
     """Heatmap in the style of the paper's Figure 3: mean `metric` per `rows` value (needle depth) x `columns` value
-    (context length). `row_order` fixes the row order (default: sorted)."""
+    (context length), over every cell the system has a record for; a cell with no score (only errors) is blank.
+    `row_order` fixes the row order (default: sorted)."""
+    mine = [r for r in records if r["system"] == system]
+    if not mine:
+        raise ValueError(f"no records of system {system!r} to plot.")
     cells: dict = defaultdict(list)
-    for r in records:
-        if r["system"] == system and r.get(metric) is not None:
+    for r in mine:
+        if r.get(metric) is not None:
             cells[(r[rows], r[columns])].append(r[metric])
-    present = {d for d, _ in cells}
+    present = {r[rows] for r in mine}
     depths = [d for d in row_order if d in present] if row_order else sorted(present)
-    lengths = sorted({n for _, n in cells})
+    lengths = sorted({r[columns] for r in mine})
     grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if cells.get((d, n)) else float("nan") for n in lengths] for d in depths]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.4 * len(depths)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")

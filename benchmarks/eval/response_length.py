@@ -11,8 +11,10 @@ TITLE = "Average response length (tokens)"
 
 
 def load_records(paths: list[str | Path]) -> list[dict]:
-    """Records from `results.json` files, each tagged with its group: the QA dataset, else the benchmark."""
-    records = []
+    """Records from `results.json` files, each tagged with its group: "benchmark/dataset", else the benchmark.
+
+    Refuses a system that comes from two models, or a group's system from two files: they would pool silently."""
+    records, models, sources = [], {}, {}
     for path in paths:
         path = Path(path)
         if path.is_dir():
@@ -20,9 +22,21 @@ def load_records(paths: list[str | Path]) -> list[dict]:
         if not path.exists():
             raise ValueError(f"no results at {path}: give results.json files (or their folders) of finished evaluations.")
         results = json.loads(path.read_text())
+        settings = results.get("settings", {})
+        model = settings.get("model_fingerprint", settings.get("model"))
         for record in results["records"]:
-            if record.get("response_tokens") is not None:
-                records.append({**record, "group": record.get("dataset", results["benchmark"])})
+            if record.get("response_tokens") is None:
+                continue
+            system = record["system"]
+            group = f"{results['benchmark']}/{record['dataset']}" if "dataset" in record else results["benchmark"]
+            first_model, first_path = models.setdefault(system, (model, path))
+            if first_model != model:
+                raise ValueError(f"system {system!r} comes from two models ({first_path} and {path}): give one model's "
+                                 "results per response-length report.")
+            if sources.setdefault((group, system), path) != path:
+                raise ValueError(f"{group} has {system!r} responses in both {sources[(group, system)]} and {path}: give "
+                                 "one results folder per benchmark and model.")
+            records.append({**record, "group": group})
     if not records:
         raise ValueError("the results hold no generated responses.")
     return records

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ QUERY_AWARE_ATTRIBUTE = "full_context_query_aware"
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
 """Plain greedy decoding for every system: a memcomp checkpoint's generation config carries the paper's
 repetition_penalty of 1.05 (it applies under do_sample=False too), the full-context baseline's LM has none."""
+TABLE_MIN_K = {"depth": 3, "type": 2}
+"""The smallest k of the depth and type tables: the held-out grid (`trainers.synthetic.evaluation_rows`) has every
+answer depth from k = 3 on (k = 2: first and last only) and every question type from k = 2 on (k = 1: no two-hop)."""
 NAME_ANSWER_TYPES = frozenset({"person_employer", "org_founder", "two_hop_founder"})
 """Question types answered by an invented name (an open set: a held-out name must be copied from the context); the
 others are answered from small closed sets (cities, colours, professions, years) seen throughout training."""
@@ -132,8 +136,15 @@ def reconstruction_examples(tokenizer, documents: list[str], kind: str = "docume
 
 
 def reconstruction_max_new_tokens(examples: list[Example]) -> int:
-    """Generation budget for reconstructing `examples`: the longest one's tokens with the protocol's margin."""
+    """Generation budget for reconstructing `examples` in one batch (the training-time probe): the longest one's
+    tokens x the protocol's factor, plus 8."""
     return int(max(e.meta["tokens"] for e in examples) * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8
+
+
+def document_max_new_tokens(example: Example) -> int:
+    """Generation budget for reconstructing one document: its tokens x the protocol's factor, plus 8, rounded up to a
+    multiple of 32 so that documents of similar length share a cap and are generated in one batch."""
+    return -(-(int(example.meta["tokens"] * protocol.RECONSTRUCTION_LENGTH_FACTOR) + 8) // 32) * 32
 
 
 def qa_examples(rows: list[dict], prefix: str = "qa") -> list[Example]:
@@ -165,24 +176,33 @@ def evaluate_systems(
     examples: list[Example],
     systems: list,
     output_dir: str | Path,
-    max_new_tokens: int,
+    max_new_tokens: int | Callable[[Example], int],
     batch_size: int = 32,
     settings: dict | None = None,
 ) -> list[dict]:
-    """Greedy answers of every system on `examples`, scored as reconstruction or QA, resumable (records per benchmark)."""
+    """Greedy answers of every system on `examples`, scored as reconstruction or QA, resumable (records per benchmark).
+
+    `max_new_tokens` is one cap, or a function giving each example its own (`document_max_new_tokens`); either is in
+    the records' settings hash, so records made under another cap are not reused."""
     scorer = score_reconstruction if benchmark == "reconstruction" else score_qa
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    cap = max_new_tokens if callable(max_new_tokens) else lambda _: max_new_tokens
+    rule = max_new_tokens.__name__ if callable(max_new_tokens) else max_new_tokens
     store = RecordStore(
-        folder / f"{benchmark}_records.jsonl", config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY})
+        folder / f"{benchmark}_records.jsonl",
+        config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY, "max_new_tokens": rule}),
     )
-    return run(
-        examples, systems, scorer, store, {**GREEDY, "max_new_tokens": max_new_tokens}, batch_size=batch_size, desc=benchmark
-    )
+    records = []
+    for tokens in sorted({cap(e) for e in examples}):  # examples sharing a cap are batched together
+        group = [e for e in examples if cap(e) == tokens]
+        records += run(group, systems, scorer, store, {**GREEDY, "max_new_tokens": tokens}, batch_size=batch_size, desc=benchmark)
+    return records
 
 
 def aggregate(results: dict, controls: list[dict] = ()) -> dict:
-    """Means per group and system: reconstruction by chunk size and length, QA exact match by k, depth and type.
+    """Means per group and system: reconstruction by chunk size and length, QA exact match by k, depth and type (the
+    last two over the k where the grid has every depth / type, `TABLE_MIN_K`, so no easy k weighs on some rows only).
 
     `controls`: records of analytic controls (`type_guess_records`), tabled with the closed-set answers only."""
     recon, passages, single = (results.get(key, []) for key in ("reconstruction", "qa_passages", "qa_single"))
@@ -194,9 +214,10 @@ def aggregate(results: dict, controls: list[dict] = ()) -> dict:
             role: summary[ALL] for role in WORD_ROLES if (summary := summarize(recon, f"content_accuracy/{role}"))
         },
         "qa_em_by_k": summarize(passages, "em", by="k"),
-        "qa_em_by_depth": summarize([r for r in passages if r["k"] > 1], "em", by="depth"),
+        "qa_em_by_depth": summarize([r for r in passages if r["k"] >= TABLE_MIN_K["depth"]], "em", by="depth"),
         "qa_em_by_cell": summarize(cells, "em", by="cell"),
-        "qa_em_by_type": summarize(passages, "em", by="type"),
+        "qa_em_by_type": summarize([r for r in passages if r["k"] >= TABLE_MIN_K["type"]], "em", by="type"),
+        "qa_table_min_k": dict(TABLE_MIN_K),
         "single_em_by_type": summarize(single, "em", by="type"),
         "qa_em_by_answer_kind": {
             kind: summarize([r for r in [*passages, *controls] if answer_kind(r["type"]) == kind], "em", by="k")
@@ -400,7 +421,7 @@ def evaluate_run(
         systems.append(CopySystem(tokenizer))
         examples = reconstruction_examples(tokenizer, documents)
         results["reconstruction"] = evaluate_systems(
-            "reconstruction", examples, systems, output_dir, reconstruction_max_new_tokens(examples), batch_size, settings
+            "reconstruction", examples, systems, output_dir, document_max_new_tokens, batch_size, settings
         )
 
     def qa_systems() -> list:

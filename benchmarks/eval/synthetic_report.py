@@ -246,7 +246,7 @@ def write_report(
         if any(r["system"] == system for r in passages):
             name = f"heatmap_{system}.png"
             plot_heatmap(
-                [{**r, "em": 100 * r["em"]} for r in passages if "em" in r], system, "em", output_dir / name,
+                [{**r, "em": 100 * r["em"]} if "em" in r else r for r in passages], system, "em", output_dir / name,
                 f"{system}: EM (%) by answer depth and documents", vmin=0, vmax=100, rows="depth", columns="k",
                 row_order=DEPTH_ORDER, xlabel="documents in the context (k)", ylabel="answer's document", colorbar="EM (%)",
             )
@@ -376,6 +376,9 @@ def _qa_sections(report: dict) -> list[str]:
     """QA exact match by k, retention, RL minus SFT, by depth / type / kind of answer, error sources."""
     agg, config = report["aggregates"], report["config"]
     by_k = agg["qa_em_by_k"]
+    min_k = agg.get("qa_table_min_k")  # absent from reports made before: their tables pool k >= 2 and every k
+    depth_ks = (f"k >= {min_k['depth']}, where every depth is in the held-out grid" if min_k else "k >= 2")
+    type_ks = (f"k >= {min_k['type']}, where every type is (k = 1 has no two-hop question)" if min_k else "all k")
     lines = [
         f"## QA exact match (%) by number of documents in the context (held-out names; trained on k <= {config['max_passages']})",
         "",
@@ -396,13 +399,13 @@ def _qa_sections(report: dict) -> list[str]:
         "",
         "![EM by documents](em_by_documents.png)",
         "",
-        "### By depth of the answer's document (k >= 2)",
+        f"### By depth of the answer's document ({depth_ks})",
         "",
         comparison_table(agg["qa_em_by_depth"], "depth", scale=100, digits=1, systems=_present(agg["qa_em_by_depth"], QA_SYSTEMS)),
         "",
         *[f"![{name}]({name})" for name in report["heatmaps"]],
         "",
-        "### By question type (all k)",
+        f"### By question type ({type_ks})",
         "",
         comparison_table(agg["qa_em_by_type"], "type", scale=100, digits=1, systems=_present(agg["qa_em_by_type"], QA_SYSTEMS)),
         "",

@@ -123,23 +123,25 @@ class FullContextSystem:
         self.template, self.system_prompt, self.query_aware = template, system_prompt, query_aware
         self.max_positions = max_positions(self.language_model.config)
 
-    def prompt_ids(self, context, instruction: str) -> tuple[list[int], int]:
-        """Prompt ids with the context as text where the memory block would be, and the context's token count."""
+    def prompt_ids(self, context, instruction: str, max_new_tokens: int = 0) -> tuple[list[int], int]:
+        """Prompt ids with the context as text where the memory block would be, and the context's token count; raises
+        when the prompt and `max_new_tokens` answer tokens do not fit the model's positions."""
         prompt = build_prompt(
             self.tokenizer, self.config, 0, full_context_instruction(context, instruction, self.query_aware),
             template=self.template, system_prompt=self.system_prompt,
         ).input_ids
         context_tokens = len(self.tokenizer("\n\n".join(_passages(context)), add_special_tokens=False)["input_ids"])
-        if self.max_positions is not None and len(prompt) > self.max_positions:
+        if self.max_positions is not None and len(prompt) + max_new_tokens > self.max_positions:
             raise ValueError(
-                f"the full-context prompt needs {len(prompt)} positions but the baseline model has {self.max_positions}: "
-                "shorten the context or use a long-context baseline model."
+                f"the full-context prompt and its answer need {len(prompt)} + {max_new_tokens} positions but the "
+                f"baseline model has {self.max_positions}: shorten the context or use a long-context baseline model."
             )
         return prompt, context_tokens
 
     @torch.no_grad()
     def generate(self, contexts: list, instructions: list[str], **generate_kwargs) -> list[Generation]:
-        prompts, context_tokens = zip(*(self.prompt_ids(c, q) for c, q in zip(contexts, instructions)))
+        answer = generate_kwargs.get("max_new_tokens", self.language_model.generation_config.max_new_tokens) or 0
+        prompts, context_tokens = zip(*(self.prompt_ids(c, q, answer) for c, q in zip(contexts, instructions)))
         device = next(self.language_model.parameters()).device
         batch = {name: t.to(device) for name, t in left_pad(list(prompts), self.tokenizer.pad_token_id).items()}
         stops = stop_token_ids(self.tokenizer)
