@@ -10,7 +10,8 @@
     summary   merges the parts into gpu_check.json and gpu_check.md
 
 `--smoke` runs each part at tiny size on CPU; what needs CUDA says it was skipped (the 4-bit step runs
-without quantization there). Each part writes `gpu_check_<part>.json` under `--output_dir`.
+without quantization there). Each part writes `gpu_check_<part>.json` under `--output_dir`; the latency part
+rewrites it after every measured length (status `partial: ...`), so a run cut short keeps its finished rows.
 """
 
 from __future__ import annotations
@@ -65,12 +66,23 @@ def skipped(reason: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- latency
-def run_latency(config: GpuCheckConfig) -> dict:
-    """The Table 7 shape with each available attention implementation; compress at the longest length."""
+def run_latency(config: GpuCheckConfig, on_progress=None) -> dict:
+    """The Table 7 shape with each available attention implementation; compress at the longest length.
+    `on_progress(result)` sees the part's result so far (status `partial: ...`) after every measured length."""
     device = config.device
     if device.type != "cuda" and not config.smoke:
         return skipped("needs a CUDA GPU (the Qwen2.5-7B shape in bf16)")
     runs, notes = {}, []
+
+    def progress(attn: str, report: dict) -> None:
+        if on_progress is None:
+            return
+        done = {**runs, attn: {"report": report, "table7": against_table7(report["results"])}}
+        status = (f"partial: {len(report['results'])} of {len(config.lengths)} lengths with {attn} measured when this was "
+                  "written (a part cut short by its time limit stops here)")
+        on_progress({"status": status, "runs": done, "compress_at_longest": _compress_at_longest(done, config),
+                     "notes": list(notes)})
+
     for attn in ("sdpa", "flash_attention_2"):
         if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             notes.append("flash_attention_2 skipped: the flash-attn package is not installed")
@@ -83,17 +95,24 @@ def run_latency(config: GpuCheckConfig) -> dict:
             repeats=config.repeats, memory=not config.smoke, attn_implementation=attn, device=str(device),
             encoder_batch_size=8 if config.smoke else 256,
         )
-        report = latency.run(bench)
+        report = latency.run(bench, on_progress=lambda partial, attn=attn: progress(attn, partial))
         runs[attn] = {"report": report, "table7": against_table7(report["results"])}
+    return {"status": "ok", "runs": runs, "compress_at_longest": _compress_at_longest(runs, config), "notes": notes}
+
+
+def _compress_at_longest(runs: dict, config: GpuCheckConfig) -> dict | None:
+    """Encode time, throughput and peak at the longest length (the sdpa run), None until that row is measured."""
     longest = max(config.lengths)
-    row = next(r for r in runs["sdpa"]["report"]["results"] if r["context_tokens"] == longest)
-    compress = {
+    rows = runs.get("sdpa", {}).get("report", {}).get("results", [])
+    row = next((r for r in rows if r["context_tokens"] == longest), None)
+    if row is None:
+        return None
+    return {
         "context_tokens": longest,
         "encode_ms": row["encode_ms"],
         "encode_tokens_per_s": row["encode_tokens_per_s"],
         "peak_memory_mb": row.get("peak_memory_mb", {}).get("encode"),
     }
-    return {"status": "ok", "runs": runs, "compress_at_longest": compress, "notes": notes}
 
 
 def against_table7(rows: list[dict]) -> list[dict]:
@@ -293,7 +312,9 @@ def summary_markdown(parts: dict) -> str:
     lines = [f"# GPU check on {machine.get('gpu') or machine.get('cpu', '?')} (torch {machine.get('torch')}, "
              f"transformers {machine.get('transformers')})", ""]
     lat = parts.get("latency", {})
-    if lat.get("status") == "ok":
+    if "runs" in lat:  # finished, or cut short after some lengths (status `partial: ...`)
+        if lat.get("status") != "ok":
+            lines += [f"Latency: {lat['status']}", ""]
         for attn, run in lat["runs"].items():
             config = run["report"]["config"]
             lines += [f"## Latency, {config['preset']}, {attn}: means of {config['repeats']} after {config['warmup']} warm-up(s)", "",
@@ -311,8 +332,12 @@ def summary_markdown(parts: dict) -> str:
                 )
             lines.append("")
         c = lat["compress_at_longest"]
-        lines += [f"Compress at {tokens_label(c['context_tokens'])}: {c['encode_ms']:,.0f} ms, {c['encode_tokens_per_s']:,.0f} tokens/s, "
-                  f"peak {c['peak_memory_mb'] or float('nan'):,.0f} MB. " + " ".join(lat.get("notes", [])), ""]
+        if c is None:
+            lines += ["Compress at the longest length: not measured. " + " ".join(lat.get("notes", [])), ""]
+        else:
+            lines += [f"Compress at {tokens_label(c['context_tokens'])}: {c['encode_ms']:,.0f} ms, "
+                      f"{c['encode_tokens_per_s']:,.0f} tokens/s, peak {c['peak_memory_mb'] or float('nan'):,.0f} MB. "
+                      + " ".join(lat.get("notes", [])), ""]
     else:
         lines += [f"Latency: {lat.get('status', 'missing')} ({lat.get('reason', '')})", ""]
     fq = parts.get("fqlora", {})
@@ -368,9 +393,20 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_markdown(run_summary(config)))
         return 0
     started = time.perf_counter()
-    result = {**RUNNERS[config.part](config), "wall_s": None, "config": asdict(config)}
-    result["wall_s"] = time.perf_counter() - started
-    (out / f"gpu_check_{config.part}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = out / f"gpu_check_{config.part}.json"
+
+    def write(result: dict) -> dict:
+        """Write the part's JSON now: a partial one survives the script's time limit (SIGTERM), a later one replaces it."""
+        result = {**result, "wall_s": time.perf_counter() - started, "config": asdict(config)}
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        partial.replace(path)  # atomic: a kill mid-write leaves the previous JSON whole
+        return result
+
+    if config.part == "latency":
+        result = write(run_latency(config, on_progress=write))
+    else:
+        result = write(RUNNERS[config.part](config))
     print(f"gpu_check {config.part}: {result['status']} in {result['wall_s']:.0f} s")
     return 0
 

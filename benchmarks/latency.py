@@ -5,7 +5,7 @@ depend on the weights): full-context TTFT (the base LM prefilling the raw tokens
 memory with `wrap="each"` and `wrap="block"`, encode time and throughput, end-to-end (encode + TTFT) and the
 peak memory of each. Writes `<name>.json`, `<name>.md` (Table 7 shape) and `<name>.png` (speedup vs length).
 
-    python -m benchmarks.latency                                  # CPU table: 4-layer 256-wide Qwen2
+    python -m benchmarks.latency --threads 1 --full_max_length 32768 --warmup 1 --repeats 3   # the committed CPU table
     python -m benchmarks.latency --preset qwen2.5-7b --name latency_h100   # CUDA: Qwen2.5-7B config, bf16
     python -m benchmarks.latency --smoke                          # seconds; used by the test suite
 
@@ -42,7 +42,7 @@ from benchmarks._timing import (
     time_calls,
 )
 from modeling_memcomp import MemCompForCausalLM, build_prompt
-from modeling_memcomp.extras import require_extra
+from modeling_memcomp.extras import MissingExtraError, require_extra
 from modeling_memcomp.tiny import TOKENIZER_SPECIAL_TOKENS, tiny_qwen2_config, train_tokenizer
 
 PRESETS = {
@@ -61,6 +61,10 @@ PRESETS = {
     ),
 }
 """Model shapes: the CPU reference config of the issue, a smoke-test config and the paper's 7B decoder."""
+CUDA_PRESETS = {
+    "qwen2.5-7b": "the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 weights); on CPU use --preset cpu-tiny.",
+}
+"""Presets too large for the CPU, with the one-line error a run on CPU stops with."""
 
 PAPER_LENGTHS = (4096, 8192, 16384, 32768, 65536, 122880)
 CPU_LENGTHS = (4096, 8192, 16384, 32768, 65536, 122880)
@@ -79,7 +83,7 @@ MODES = ("full", "each", "block", "encode")
 
 @dataclass
 class LatencyConfig:
-    """What to measure; defaults give the committed CPU table."""
+    """What to measure; the defaults are the paper's protocol on the CPU shape (the committed table: see the docstring)."""
 
     preset: str = field(default="cpu-tiny", metadata={"help": f"model shape: one of {sorted(PRESETS)}"})
     lengths: list[int] = field(default_factory=lambda: list(CPU_LENGTHS), metadata={"help": "context lengths in tokens"})
@@ -142,6 +146,19 @@ class LatencyConfig:
         return getattr(torch, self.dtype)
 
 
+def check_runnable(config: LatencyConfig, plot: bool, plot_name: str = "the speedup plot") -> None:
+    """Refuse, before any work, what would fail later: a CUDA-only preset or device without CUDA, or `plot` without
+    matplotlib (the eval extra). A ValueError, so the command stops with its one-line `error:` message."""
+    device = config.resolve_device()
+    if config.preset in CUDA_PRESETS and device.type != "cuda":
+        raise ValueError(CUDA_PRESETS[config.preset])
+    if plot:
+        try:
+            require_extra("eval", f"{plot_name} (--plot false skips it)", modules=["matplotlib"])
+        except MissingExtraError as error:
+            raise ValueError(str(error)) from None
+
+
 def base_text_config(preset: str, tokenizer, max_positions: int) -> Qwen2Config:
     """The preset's Qwen2 config for `tokenizer`: a full shape (qwen2.5-7b) as given, a small one sized to it."""
     shape = dict(PRESETS[preset])
@@ -168,8 +185,8 @@ def random_base(text_config: Qwen2Config, dtype: torch.dtype, device: torch.devi
 
 def build_model(config: LatencyConfig, device: torch.device, dtype: torch.dtype) -> MemCompForCausalLM:
     """A randomly initialised memcomp model of the preset's shape, with a tokenizer trained offline."""
-    if config.preset == "qwen2.5-7b" and device.type != "cuda":
-        raise ValueError("the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 weights); on CPU use --preset cpu-tiny.")
+    if config.preset in CUDA_PRESETS and device.type != "cuda":
+        raise ValueError(CUDA_PRESETS[config.preset])
     torch.manual_seed(config.seed)
     tokenizer = train_tokenizer([QUESTION, __doc__], vocab_size=512)
     text_config = base_text_config(config.preset, tokenizer, max_positions=max(config.lengths) + 1024)
@@ -425,9 +442,7 @@ def write_report(report: dict, config: LatencyConfig) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency` / `memcomp bench`: parse a `LatencyConfig`, run, write the outputs."""
     def check(config: LatencyConfig) -> None:
-        config.resolve_device()
-        if config.plot:
-            require_extra("eval", "the speedup plot (--plot false skips it)", modules=["matplotlib"])
+        check_runnable(config, config.plot)
 
     def run_writing_partials(config: LatencyConfig) -> dict:
         return run(config, on_progress=lambda partial: write_report(partial, config))  # partial tables survive a stop

@@ -213,7 +213,12 @@ def write_report(report: dict, config: MemoryReuseConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.memory_reuse`: parse a `MemoryReuseConfig`, run, write the outputs."""
-    return benchmark_main(MemoryReuseConfig, argv, "python -m benchmarks.memory_reuse", __doc__, run, markdown_table, write_report)
+    def check(config: MemoryReuseConfig) -> None:
+        latency.check_runnable(config.latency_config(), config.plot, "the memory-reuse plot")
+
+    return benchmark_main(
+        MemoryReuseConfig, argv, "python -m benchmarks.memory_reuse", __doc__, run, markdown_table, write_report, check
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ greedy first token) and keeps what it needs between questions:
     full_per_question   (a) full context, the whole prompt prefilled again for every question
     full_reuse          (b) full context, its KV prefix prefilled once and reused (transformers' DynamicCache)
     kvpress_<press>     (c) NVIDIA kvpress: prefill + press once to 1/16 of the KV pairs, each question over it
-                            (run in .venv-kvpress, see scripts/make_kvpress_env.sh; press `none` = (b) there)
+                            (run in .venv-kvpress, see scripts/make_kvpress_env.sh; press `none` = (b) there).
+                            1/16 is memcomp's nominal rate; its wrap="each" prefix keeps 3 positions per 16
+                            tokens, 3x kvpress's budget (`--compression 5.33` gives kvpress the same budget)
     memcomp_no_reuse        memcomp from a precomputed memory, the memory prefix prefilled per question
     memcomp_reuse       (d) memcomp from a precomputed memory, the memory prefix prefilled once (prefill_memory)
     memcomp_e2e         (d) the same, end to end: encode the context first
@@ -90,7 +92,9 @@ class PeersConfig:
         metadata={"help": "methods to run (see the module docstring)"},
     )
     chunk_size: int = field(default=16, metadata={"help": "memcomp tokens per memory embedding (16x)"})
-    compression: float = field(default=16.0, metadata={"help": "kvpress keeps 1/compression of the KV pairs (memcomp's ratio)"})
+    compression: float = field(default=16.0, metadata={
+        "help": "kvpress keeps 1/compression of the KV pairs (16: memcomp's nominal rate; memcomp's wrap=each prefix "
+                "keeps 3/chunk_size of the positions, so chunk_size/3 gives kvpress the same KV budget)"})
     encoder_batch_size: int = field(default=256, metadata={"help": "memcomp chunks per encoder pass"})
     warmup: int = field(default=PAPER_WARMUP, metadata={"help": f"untimed warm-up sessions ({WARMUP_TOKENS}-token context, 2 questions)"})
     repeats: int = field(default=1, metadata={"help": "measured sessions per method and length (CPU: 1, stated in the table)"})
@@ -373,6 +377,15 @@ LLMLINGUA2_NOT_RUN = (
 )
 
 
+def kvpress_budget_note(config: dict) -> str:
+    """What the kvpress rows keep next to what memcomp keeps (wrap=each: 3 prefix positions per chunk)."""
+    compression, chunk = config["compression"], config["chunk_size"]
+    ratio = 3 * compression / chunk
+    relation = "the same budget as kvpress" if abs(ratio - 1) < 0.01 else f"{ratio:.3g}x kvpress's budget"
+    return (f"kvpress presses keep 1/{compression:g} of the KV pairs (memcomp's nominal rate is {chunk}x; its wrap=each "
+            f"memory prefix keeps 3 positions per {chunk} context tokens, 3/{chunk} of the KV: {relation}).")
+
+
 def _load(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -399,8 +412,7 @@ def markdown_table(report: dict) -> str:
         "CUDA max allocated; CPU the resident-set high-water above the process before the session, each row in "
         "a fresh process. Load 1m: the CPU's load average when the row ended (2 logical CPUs shared). TTFT = "
         "prefill work + question + greedy first token; memcomp rows go through `generate()` (prompt building "
-        "and tokenization of the question included), the others are raw forwards. kvpress presses keep "
-        f"1/{config['compression']:g} of the KV pairs (memcomp's ratio).",
+        "and tokenization of the question included), the others are raw forwards. " + kvpress_budget_note(config),
         "",
         f"| Context | Method | TTFT 1st question (ms) | TTFT later question (ms) | 1 question (ms) | {n} questions (ms) "
         "| Peak memory (MB) | Kept between questions (B / context token) | Load 1m |",
@@ -476,7 +488,10 @@ def write_report(report: dict, config: PeersConfig) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.peers`: parse a `PeersConfig`, run, write the outputs."""
-    return benchmark_main(PeersConfig, argv, "python -m benchmarks.peers", __doc__, run, markdown_table, write_report)
+    def check(config: PeersConfig) -> None:
+        latency.check_runnable(config.latency_config(), config.plot, "the peers plot")
+
+    return benchmark_main(PeersConfig, argv, "python -m benchmarks.peers", __doc__, run, markdown_table, write_report, check)
 
 
 if __name__ == "__main__":

@@ -195,15 +195,23 @@ def size_category(num_rows: int) -> str:
     return SIZE_CATEGORIES[min(int(math.log10(num_rows)) - 2, len(SIZE_CATEGORIES) - 1)]
 
 
-def _dataset_usage(repo_id: str, contents: DatasetContents) -> str:
+MEMORY_MODEL_PLACEHOLDER = "<the model that computed these memories>"
+"""Stands in the dataset card's usage snippet for the model id when the publisher named none (`--memory-model`)."""
+
+
+def _dataset_usage(repo_id: str, contents: DatasetContents, memory_model: str | None = None) -> str:
+    """The card's snippet; memory files load through the model's own remote code (`load_memory`), no memcomp needed."""
     if contents.layout == "splits":
         split = next(iter(contents.rows))
         return f'from datasets import load_dataset\n\nmemories = load_dataset("{repo_id}", split="{split}")'
     name = next(iter(contents.rows))
     return (
-        "from huggingface_hub import hf_hub_download\nfrom modeling_memcomp import MemoryEmbeddings\n\n"
+        "from huggingface_hub import hf_hub_download\nfrom transformers import AutoModel\n\n"
+        f'model = AutoModel.from_pretrained("{memory_model or MEMORY_MODEL_PLACEHOLDER}", trust_remote_code=True, '
+        'dtype="auto")\n'
         f'path = hf_hub_download("{repo_id}", "{name}", repo_type="dataset")\n'
-        "memory = MemoryEmbeddings.load(path)  # then model.generate(memory=memory, question=...)"
+        "memory = model.load_memory(path)  # refused unless the model's hidden and chunk size match\n"
+        'answer = model.generate(memory=memory, question="What is the main finding of the document?")'
     )
 
 
@@ -240,7 +248,7 @@ def dataset_card(
         template_path=str(TEMPLATES / "dataset_card.md"),
         title=repo_id.split("/")[-1],
         memory_model=memory_model,
-        usage=_dataset_usage(repo_id, contents),
+        usage=_dataset_usage(repo_id, contents, memory_model),
         parts=list(contents.rows.items()),
         features=list(contents.features.items()),
         chunk_size=contents.chunk_size,

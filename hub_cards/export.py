@@ -143,6 +143,12 @@ def export_model(
     if config.get("separate_encoder") and stage != "rl":
         raise ValueError(f"{str(source)!r} is an RL checkpoint (SFT encoder + RL decoder, separate_encoder): its card "
                          f"must say stage 'rl', not {stage!r}.")
+    if stage == "rl" and not config.get("separate_encoder"):
+        raise ValueError(
+            f"{str(source)!r} is not an RL checkpoint: its config has no separate_encoder (the SFT encoder stored with "
+            "the RL decoder, which the RL trainer saves). Push the RL run's output_dir with --stage rl, or this "
+            "checkpoint with the stage it comes from (e.g. --stage sft)."
+        )
     if evaluation is not None:
         load_evaluation(evaluation)
     try:
@@ -188,7 +194,12 @@ def export_dataset(
     """
     source = _source_folder(folder, "dataset folder")
     memory_files = sorted(p for p in source.rglob("*.safetensors") if p.relative_to(source).parts[0] != QUARANTINE)
-    contents = _check_memory_files(source, memory_files) if memory_files else None  # before anything is written
+    # Everything is checked before anything is written.
+    if memory_files:
+        contents = _check_memory_files(source, memory_files)
+    else:
+        table = _load_table(source)
+        compressor = _check_precompute_record(source, sum(part.num_rows for part in table.values()))
     out, kept = _prepare_output(source, output_dir, overwrite)
     if memory_files:
         for path in memory_files:
@@ -196,7 +207,7 @@ def export_dataset(
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, out / name)
     else:
-        contents = _write_parquet_splits(source, out)
+        contents = _write_parquet_splits(table, out, source, compressor)
     card = dataset_card(
         repo_id, contents, memory_model=memory_model, source_datasets=source_datasets, license=license, tags=tags
     )
@@ -227,8 +238,8 @@ def _check_memory_files(source: Path, files: list[Path]) -> DatasetContents:
     )
 
 
-def _write_parquet_splits(source: Path, out: Path) -> DatasetContents:
-    """Read the folder with `datasets` and write `data/<split>-00000-of-00001.parquet` per split."""
+def _load_table(source: Path):
+    """The folder as a `DatasetDict` (a lone `Dataset` becomes its `train` split), read with `datasets`."""
     try:
         from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
     except ImportError as error:
@@ -244,19 +255,47 @@ def _write_parquet_splits(source: Path, out: Path) -> DatasetContents:
                 f"{str(source)!r} holds no data file `datasets` can read ({error}); give a save_to_disk folder, "
                 "parquet/arrow/json files, or MemoryEmbeddings .safetensors files."
             ) from error
-    if isinstance(table, Dataset):
-        table = DatasetDict({"train": table})
+    return DatasetDict({"train": table}) if isinstance(table, Dataset) else table
+
+
+def _check_precompute_record(source: Path, num_rows: int) -> dict | None:
+    """The precompute sidecar (`MEMORY_DATASET_RECORD`) of `source`, or None without one; refuses, as RL does
+    (`trainers.precompute.check_memory_source`), an unfinished run, a row count other than the table's, and a record
+    that does not name the compressor (`model`, `fingerprint`)."""
+    sidecar = source / MEMORY_DATASET_RECORD
+    if not sidecar.is_file():
+        return None
+    rerun = "re-run examples/precompute_memory.py into it (or publish a folder it finished)"
+    try:
+        record = json.loads(sidecar.read_text())
+    except ValueError as error:
+        raise ValueError(f"{str(sidecar)!r} is not valid JSON ({error}): {rerun}.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{str(sidecar)!r} must hold a JSON object, got {type(record).__name__}: {rerun}.")
+    if record.get("in_progress"):
+        raise ValueError(f"{str(source)!r} was being written by examples/precompute_memory.py, which did not finish "
+                         f"(its {MEMORY_DATASET_RECORD} says in_progress): {rerun}.")
+    if record.get("num_rows") not in (None, num_rows):
+        raise ValueError(f"{str(source)!r} holds {num_rows} rows but its {MEMORY_DATASET_RECORD} records "
+                         f"{record['num_rows']}: a precompute run into it was cut short; {rerun}.")
+    missing = [key for key in ("model", "fingerprint") if not record.get(key)]
+    if missing:
+        raise ValueError(f"{str(sidecar)!r} lacks {', '.join(missing)}: nothing says which model made the memories, "
+                         f"so they cannot be checked against it; {rerun}.")
+    return record
+
+
+def _write_parquet_splits(table, out: Path, source: Path, compressor: dict | None) -> DatasetContents:
+    """Write `data/<split>-00000-of-00001.parquet` per split and copy the checked precompute sidecar, if any."""
     (out / "data").mkdir()
     for split, part in table.items():
         part.to_parquet(os.fspath(out / "data" / f"{split}-00000-of-00001.parquet"))
     first = next(iter(table.values()))
     features = {name: str(feature) for name, feature in first.features.items()}
     rows = {split: part.num_rows for split, part in table.items()}
-    sidecar = source / MEMORY_DATASET_RECORD
-    if not sidecar.is_file():
+    if compressor is None:
         return DatasetContents("splits", rows, features)
-    shutil.copy2(sidecar, out / MEMORY_DATASET_RECORD)
-    compressor = json.loads(sidecar.read_text())
+    shutil.copy2(source / MEMORY_DATASET_RECORD, out / MEMORY_DATASET_RECORD)
     return DatasetContents(
         "splits", rows, features, compressor.get("chunk_size"), compressor.get("hidden_size"), compressor
     )

@@ -23,6 +23,9 @@ from .cards import DEFAULT_LICENSE, STAGES, check_stage
 from .export import EXPORT_RECORD, export_dataset, export_model
 
 DEFAULT_EXPORT_ROOT = "hub_export"
+REPLACED_REMOTE_FILES = ["*"]
+"""`upload_folder`'s `delete_patterns`: every remote file the pushed folder does not hold again is deleted (`*` spans
+sub-folders; huggingface_hub always keeps `.gitattributes`), so a stale `model.safetensors` never sits beside new shards."""
 
 
 def _arg(text: str, **kwargs):
@@ -94,12 +97,13 @@ def require_token() -> str:
 def upload(
     folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True, commit_message: str = ""
 ) -> str:
-    """Create the repo (private unless `private=False`; an existing repo keeps its visibility) and upload `folder`."""
+    """Create the repo (private unless `private=False`; an existing repo keeps its visibility) and make it hold exactly
+    `folder`, in one commit: remote files the folder lacks (an earlier push's weights, say) are deleted."""
     api = HfApi(token=require_token())
     repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     commit = api.upload_folder(
         folder_path=os.fspath(folder), repo_id=repo.repo_id, repo_type=repo_type, ignore_patterns=[EXPORT_RECORD],
-        commit_message=commit_message or "Upload with memcomp push",
+        delete_patterns=list(REPLACED_REMOTE_FILES), commit_message=commit_message or "Upload with memcomp push",
     )
     return commit.commit_url
 

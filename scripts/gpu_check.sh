@@ -6,7 +6,8 @@
 # fqlora (one 4-bit FQLoRA step of the 7B shape), reuse (16 questions on one memory), bf16 (an RL step of a tiny
 # bf16 policy at LR 1e-6: float32 master weights move every tensor, the save is bf16), then summary:
 # $OUT/gpu_check.json and gpu_check.md. Each part runs in its own process under a time limit, so one slow
-# part cannot take the others down. On a machine without package access, wheels in $MEMCOMP_WHEELS
+# part cannot take the others down; the latency part saves its JSON after every length, so a part cut short by
+# its limit still reports the lengths it finished (status "partial: ..."). On a machine without package access, wheels in $MEMCOMP_WHEELS
 # (default .whl/, e.g. bitsandbytes) are installed into a temporary folder first.
 set -uo pipefail
 

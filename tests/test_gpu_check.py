@@ -58,3 +58,36 @@ def test_a_missing_part_is_reported_not_hidden(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["fqlora"] == {"status": "missing", "reason": "part did not finish (see the log)"}
     assert "Latency: skipped (needs a CUDA GPU)" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_latency_part_cut_short_keeps_the_lengths_it_finished(tmp_path, monkeypatch):
+    """scripts/gpu_check.sh kills a part at its time limit: every finished length must already be on disk."""
+    from benchmarks import latency
+
+    class CutShort(Exception):
+        pass
+
+    real_run = latency.run
+
+    def killed_after_the_first_length(bench, on_progress=None):
+        def hook(report):
+            on_progress(report)
+            raise CutShort  # stands in for the SIGTERM of `timeout`
+        return real_run(bench, on_progress=hook)
+
+    monkeypatch.setattr(latency, "run", killed_after_the_first_length)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(CutShort):
+            gpu_check.main(["--part", "latency", "--smoke", "--output_dir", str(tmp_path)])
+        saved = json.loads((tmp_path / "gpu_check_latency.json").read_text())
+        assert saved["status"].startswith("partial: 1 of 2 lengths with sdpa measured")
+        assert [r["context_tokens"] for r in saved["runs"]["sdpa"]["report"]["results"]] == [256]
+        assert saved["compress_at_longest"] is None and saved["config"]["part"] == "latency"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check_latency.json"]  # no temporary file left
+        assert gpu_check.main(["--part", "summary", "--smoke", "--output_dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = (tmp_path / "gpu_check.md").read_text()
+    assert "Latency: partial: 1 of 2 lengths" in summary and "| 256 |" in summary
+    assert "Compress at the longest length: not measured." in summary

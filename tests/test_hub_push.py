@@ -1,19 +1,26 @@
 """Publishing: the dry-run repo folder loads as remote code without memcomp; pushes go through HfApi, never the network."""
 
+import copy
 import json
-from fnmatch import fnmatch
+import re
 import socket
+import subprocess
+import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
+from huggingface_hub.utils import filter_repo_objects
 
 from hub_cards import push
-from test_remote_code import assert_same_model, load_without_memcomp
+from test_remote_code import LOAD_WITHOUT_MEMCOMP, assert_same_model, load_without_memcomp
 
 EVALUATION = Path(__file__).parent / "fixtures" / "hub" / "evaluation.json"
+SHIPPED_RL = Path(__file__).parent.parent / "checkpoints" / "memcomp-synthetic-tiny"
+BLOCK_IMPORTS = LOAD_WITHOUT_MEMCOMP.split("import torch")[0]  # the import blocker that plays a user without memcomp
 REPO_FILES = {
     "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
     "tokenizer_config.json", "configuration_memcomp.py", "modeling_memcomp.py", "memory.py", "pooling.py",
@@ -39,18 +46,35 @@ def checkpoint(model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dry_run(checkpoint, tmp_path_factory):
+def rl_model(model):
+    """The paper's RL system in one model: the SFT encoder stored beside the decoder (`separate_encoder`)."""
+    rl = copy.deepcopy(model)
+    rl.split_encoder()
+    return rl
+
+
+@pytest.fixture(scope="module")
+def rl_checkpoint(rl_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rl_checkpoint")
+    rl_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dry_run(rl_checkpoint, tmp_path_factory):
     """`push --dry-run` output folder and what it printed."""
     out = tmp_path_factory.mktemp("export") / "repo"
-    argv = ["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "rl", "--dry-run",
+    argv = ["--source", str(rl_checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "rl", "--dry-run",
             "--output-dir", str(out), "--base-model", "Qwen/Qwen2.5-7B", "--evaluation", str(EVALUATION)]
     return out, argv
 
 
 class FakeHfApi:
-    """Records the calls `upload` makes, with the files present at upload time."""
+    """Records the calls `upload` makes, with the files present at upload time; `remote` plays the repo's files, which
+    `upload_folder` updates as the Hub does (`delete_patterns` matched as huggingface_hub matches them)."""
 
     calls: list = []
+    remote: set = set()
 
     def __init__(self, token=None):
         self.calls.append(("init", token))
@@ -64,12 +88,14 @@ class FakeHfApi:
         files = sorted(name for p in Path(folder_path).rglob("*") if p.is_file()
                        and not any(fnmatch(name := p.relative_to(folder_path).as_posix(), pattern) for pattern in ignored))
         self.calls.append(("upload_folder", files, kwargs))
+        deleted = set(filter_repo_objects(self.remote, allow_patterns=kwargs.get("delete_patterns"))) - {".gitattributes"}
+        FakeHfApi.remote = (self.remote - deleted) | set(files)
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/0"})()
 
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    FakeHfApi.calls = []
+    FakeHfApi.calls, FakeHfApi.remote = [], {".gitattributes"}
     monkeypatch.setattr(push, "HfApi", FakeHfApi)
     monkeypatch.setattr(push, "get_token", lambda: "hf_test_token")
     return FakeHfApi.calls
@@ -93,12 +119,12 @@ def test_dry_run_writes_the_repo_folder_and_lists_it(dry_run, capsys):
 
 
 @pytest.mark.slow
-def test_dry_run_folder_loads_without_memcomp_and_generates_identically(model, corpus, dry_run, tmp_path):
+def test_dry_run_folder_loads_without_memcomp_and_generates_identically(rl_model, corpus, dry_run, tmp_path):
     out, argv = dry_run
     if not (out / "README.md").exists():
         assert push.main(argv) == 0
     context = " ".join(corpus[:2])
-    assert_same_model(model, context, *load_without_memcomp(out, context, tmp_path))
+    assert_same_model(rl_model, context, *load_without_memcomp(out, context, tmp_path))
 
 
 def test_push_creates_a_private_repo_and_uploads_the_folder(checkpoint, fake_hub, capsys):
@@ -114,6 +140,17 @@ def test_push_creates_a_private_repo_and_uploads_the_folder(checkpoint, fake_hub
     fake_hub.clear()
     assert push.main(argv + ["--public"]) == 0
     assert fake_hub[1][2]["private"] is False
+
+
+def test_a_second_push_leaves_no_file_of_the_first_behind(checkpoint, fake_hub):
+    """An earlier push's files the new folder lacks are deleted in the same commit (a stale single-file
+    model.safetensors beside new shards would be loaded first); `.gitattributes` stays, README.md is replaced."""
+    stale = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+             "pytorch_model.bin", "docs/old.md"}
+    FakeHfApi.remote |= stale | {"README.md"}
+    assert push.main(["--source", str(checkpoint), "--repo-id", "someone/memcomp-tiny", "--stage", "sft"]) == 0
+    assert fake_hub[2][2]["delete_patterns"] == ["*"]
+    assert FakeHfApi.remote == REPO_FILES | {".gitattributes"}
 
 
 def test_missing_token_is_a_clear_error_before_any_work(checkpoint, monkeypatch, capsys):
@@ -152,7 +189,7 @@ def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, ch
     argv = ["--repo-id", "someone/m", "--dry-run", "--output-dir", str(tmp_path / "out")]
     assert push.main(["--source", str(tmp_path), "--stage", "rl", *argv]) == 2
     assert "is not a memcomp checkpoint (config.json model_type is 'qwen2')" in capsys.readouterr().err
-    assert push.main(["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run",
+    assert push.main(["--source", str(checkpoint), "--stage", "sft", "--repo-id", "someone/m", "--dry-run",
                       "--output-dir", str(checkpoint / "inside")]) == 2
     assert "overlaps the source" in capsys.readouterr().err
     (tmp_path / "adapter").mkdir()
@@ -166,8 +203,20 @@ def test_non_memcomp_checkpoint_and_overlapping_output_are_reported(tmp_path, ch
     assert "is an RL checkpoint (SFT encoder + RL decoder, separate_encoder): its card must say stage 'rl', not 'sft'" in capsys.readouterr().err
 
 
+def test_an_sft_checkpoint_cannot_be_published_as_rl(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--repo-id", "someone/m", "--stage", "rl", "--dry-run", "--output-dir", str(out)]
+    assert push.main(["--source", str(checkpoint), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "is not an RL checkpoint: its config has no separate_encoder" in err
+    assert "Push the RL run's output_dir with --stage rl, or this checkpoint with the stage it comes from" in err
+    assert not out.exists()
+    assert push.main(["--source", str(SHIPPED_RL), *argv]) == 0  # the shipped demo (SFT encoder + RL decoder) still goes
+    assert "runs the SFT encoder" in (out / "README.md").read_text()
+
+
 def test_overwrite_replaces_only_what_an_earlier_export_wrote(tmp_path, checkpoint, capsys):
-    argv = ["--source", str(checkpoint), "--stage", "rl", "--repo-id", "someone/m", "--dry-run", "--overwrite"]
+    argv = ["--source", str(checkpoint), "--stage", "sft", "--repo-id", "someone/m", "--dry-run", "--overwrite"]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -294,3 +343,52 @@ def test_rl_precompute_output_publishes_with_its_compressor_record(model, corpus
     assert all(torch.equal(torch.tensor(b["memory"]), torch.tensor(m["memory"])) for b, m in zip(back, memories))
     text = (out / "README.md").read_text()
     assert f"fingerprint\n`{model.fingerprint}`" in text and "hidden size 64 and chunk size 16" in text
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"in_progress": True}, "was being written by examples/precompute_memory.py, which did not finish"),
+        ({"model": "someone/sft", "fingerprint": "abc", "num_rows": 5},
+         "holds 3 rows but its memcomp_memory.json records 5: a precompute run into it was cut short"),
+        ({"model": "someone/sft", "num_rows": 3}, "lacks fingerprint: nothing says which model made the memories"),
+        ({"fingerprint": "abc"}, "lacks model: nothing says which model made the memories"),
+        ([1, 2], "must hold a JSON object, got list"),
+    ],
+)
+def test_an_unfinished_or_mismatched_precompute_is_not_published(tmp_path, record, message, capsys):
+    from datasets import Dataset
+
+    source = tmp_path / "memories"
+    Dataset.from_dict({"question": ["a", "b", "c"], "memory": [[[0.5] * 4]] * 3}).save_to_disk(source)
+    (source / "memcomp_memory.json").write_text(json.dumps(record))
+    out = tmp_path / "repo"
+    argv = ["--source", str(source), "--repo-id", "someone/memories", "--repo-type", "dataset", "--dry-run",
+            "--output-dir", str(out)]
+    assert push.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "re-run examples/precompute_memory.py" in err, err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_memory_file_dataset_card_snippet_runs_without_memcomp(model, corpus, checkpoint, tmp_path):
+    """The dataset card's usage runs as written with the model's remote code only (the download stubbed: offline)."""
+    folder = tmp_path / "memories"
+    folder.mkdir()
+    model.compress(" ".join(corpus[:2])).save(folder / "doc.safetensors")
+    out = tmp_path / "repo"
+    assert push.main(["--source", str(folder), "--repo-id", "someone/memories", "--repo-type", "dataset", "--dry-run",
+                      "--memory-model", "someone/memcomp-tiny", "--output-dir", str(out)]) == 0
+    usage = (out / "README.md").read_text().split("## Usage", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", usage, re.DOTALL).group(1)
+    assert "modeling_memcomp" not in snippet and 'AutoModel.from_pretrained("someone/memcomp-tiny"' in snippet
+    download = "from huggingface_hub import hf_hub_download\n"
+    assert download in snippet
+    stub = f"def hf_hub_download(repo_id, filename, repo_type):\n    return {str(out)!r} + '/' + filename\n"
+    script = (BLOCK_IMPORTS + snippet.replace(download, stub).replace('"someone/memcomp-tiny"', repr(str(checkpoint)))
+              + "\nprint('ANSWER', type(model).__module__, answer)\n")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ANSWER transformers_modules." in result.stdout

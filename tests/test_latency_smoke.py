@@ -187,3 +187,15 @@ def test_compress_memory_benchmark_smoke_run(tmp_path, capsys):
     assert compress_memory.main(["--micro_batches", "0", "--output_dir", str(tmp_path / "bad")]) == 2
     assert "error: lengths, micro_batches, chunk_size and threads must be positive." in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("argv", [["--plot", "false"], []])
+def test_a_gpu_preset_on_cpu_is_a_one_line_error_before_any_work(argv, capsys, tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(latency, "build_model", lambda *args, **kwargs: built.append(args))
+    status = latency.main(["--preset", "qwen2.5-7b", "--device", "cpu", "--output_dir", str(tmp_path), *argv])
+    assert status == 2 and built == [] and not list(tmp_path.iterdir())
+    assert capsys.readouterr().err == (
+        "memcomp bench: error: the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 weights); on CPU use --preset "
+        "cpu-tiny.\n"
+    )

@@ -151,3 +151,32 @@ def test_memory_reuse_modes_call_the_contracted_api(reuse):
         return
     modes["sequential_reuse"]()
     assert [(c["question"], c["memory_cache"]) for c in model.seen[-2:]] == [("q1", "cache"), ("q2", "cache")]
+
+
+@pytest.mark.parametrize("bench", [peers, memory_reuse])
+def test_a_plot_without_matplotlib_or_a_gpu_preset_on_cpu_stops_before_the_run(bench, monkeypatch, tmp_path, capsys):
+    from modeling_memcomp import extras
+
+    runs = []
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: runs.append(args))
+    prog = bench.__name__
+    assert bench.main(["--preset", "qwen2.5-7b", "--device", "cpu", "--plot", "false", "--output_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{prog}: error: the qwen2.5-7b preset needs a CUDA device (15 GB of bf16 " \
+                                      "weights); on CPU use --preset cpu-tiny.\n"
+    real = extras.find_spec
+    monkeypatch.setattr(extras, "find_spec", lambda name: None if name == "matplotlib" else real(name))
+    assert bench.main(["--smoke", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: the ") and "plot (--plot false skips it) needs matplotlib, which is not " \
+        'installed: pip install "memcomp[eval]"' in err and err.count("\n") == 1
+    assert runs == [] and not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_the_kvpress_budget_is_labelled_against_memcomps_real_one(smoke_report):
+    out, report = smoke_report
+    table = (out / "smoke.md").read_text()
+    assert "(memcomp's ratio)" not in table
+    assert ("kvpress presses keep 1/16 of the KV pairs (memcomp's nominal rate is 16x; its wrap=each memory prefix "
+            "keeps 3 positions per 16 context tokens, 3/16 of the KV: 3x kvpress's budget)") in table
+    same = peers.kvpress_budget_note({"compression": 16 / 3, "chunk_size": 16})
+    assert "1/5.33333 of the KV pairs" in same and "the same budget as kvpress" in same
