@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 
-HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
-"""`from_pretrained` arguments that also apply to the tokenizer."""
+from .tokenizer_io import HUB_KWARGS
 
 
 class RemoteCodeRequired(ValueError):

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import inspect
 import os
 from collections.abc import Sequence
 
@@ -23,11 +24,12 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, Gene
 
 from .configuration_memcomp import MemCompConfig
 from .memory import MemoryEmbeddings, source_digest, tensor_checksum
+from .pipeline_memcomp import MemCompQAPipeline
 from .pooling import build_pooling
 from .prefix_cache import CACHE_KEY, MemoryPrefix
 from .prompting import build_prompt, left_pad, shared_prefix_length, stop_token_ids
 from .special_tokens import add_memory_tokens, check_tokenizer_matches
-from .tokenizer_io import load_tokenizer
+from .tokenizer_io import HUB_KWARGS, load_tokenizer
 
 PAPER_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
 """Qwen2.5 defaults the paper uses for QA (Appendix H.1)."""
@@ -37,7 +39,11 @@ FINGERPRINT_SAMPLES = 1024
 
 PIPELINE_TASK = "memcomp-qa"
 PIPELINE_FILE = "pipeline_memcomp.py"
-"""The custom pipeline shipped with every checkpoint: `pipeline("memcomp-qa", model=..., trust_remote_code=True)`."""
+"""The custom pipeline shipped with every checkpoint: `pipeline("memcomp-qa", model=..., trust_remote_code=True)`.
+This module imports it, so transformers copies it with the remote code (into its modules cache and on every save)."""
+
+TEXT_PATH_REFUSES = ("input_ids", "attention_mask", "inputs_embeds", "memory_embeds", CACHE_KEY)
+"""`generate` arguments the text path builds itself from `context=` / `memory=` and `question=`."""
 
 
 def as_memory(memory) -> MemoryEmbeddings:
@@ -117,7 +123,16 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         # An RL checkpoint keeps the SFT encoder's weights apart from the RL-trained decoder's.
         self.memory_encoder = AutoModel.from_config(config.text_config) if config.separate_encoder else None
         self._tokenizer = None
+        self._hub_kwargs = {}  # from_pretrained's subfolder / revision / token / cache_dir, for the lazy tokenizer
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, remembering `subfolder`, `revision`, `token`, ... for the tokenizer."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
+        model._hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+        return loaded
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -210,7 +225,8 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 )
             # Only a model that itself runs as the folder's code may run the folder's tokenizer code too.
             remote = type(self).__module__.startswith("transformers_modules.")
-            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=remote)
+            hub = getattr(self, "_hub_kwargs", None) or {}
+            self.tokenizer = load_tokenizer(self.name_or_path, trust_remote_code=remote, **hub)
         return self._tokenizer
 
     @tokenizer.setter
@@ -220,8 +236,13 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer = tokenizer
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights, config, remote code and `auto_map` (as transformers does) plus the tokenizer and the pipeline."""
+    def save_pretrained(
+        self, save_directory, is_main_process: bool = True, state_dict=None, push_to_hub: bool = False, *args, **kwargs
+    ):
+        """Save weights, config, remote code with `auto_map` and the pipeline (as transformers does) plus the tokenizer.
+
+        `push_to_hub=True` (with `repo_id=`, `commit_message=`, ... as in transformers) uploads once all of it is written.
+        """
         module = type(self).__module__.rsplit(".", 1)[-1]
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.{type(self).__name__}"}
         self.config.custom_pipelines = {
@@ -229,22 +250,50 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 "impl": f"{PIPELINE_FILE[:-3]}.MemCompQAPipeline", "pt": ["AutoModelForCausalLM"], "tf": [], "type": "text"
             }
         }
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
+        upload = self._start_upload(save_directory, kwargs) if push_to_hub and is_main_process else None
+        super().save_pretrained(save_directory, is_main_process, state_dict, False, *args, **kwargs)
+        if not is_main_process:
             return
-        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE)
-        if os.path.isfile(source):
-            with open(source, encoding="utf-8") as f:
-                code = f.read()
-            with open(os.path.join(save_directory, PIPELINE_FILE), "w", encoding="utf-8") as f:
-                f.write(code)
         if self._tokenizer is None and self.name_or_path:
             try:  # a model loaded from a folder and saved elsewhere takes its (not yet loaded) tokenizer along
                 self.tokenizer
             except (OSError, ValueError):
-                return
+                pass
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
+        if upload is not None:
+            self._finish_upload(save_directory, **upload)
+
+    def _start_upload(self, save_directory, kwargs: dict) -> dict:
+        """As `PreTrainedModel.save_pretrained(push_to_hub=True)` starts: pop the Hub arguments, create the repo and note
+        the files already in the folder (only files this save writes or changes are uploaded)."""
+        from transformers import modeling_utils  # the names PreTrainedModel.save_pretrained itself calls
+
+        named = inspect.signature(PreTrainedModel.save_pretrained).parameters
+        hub = {key: kwargs.pop(key) for key in list(kwargs) if key not in named}
+        token = kwargs.get("token")
+        commit_message, create_pr = hub.pop("commit_message", None), hub.pop("create_pr", False)
+        repo_id = hub.pop("repo_id", os.fspath(save_directory).rstrip(os.path.sep).split(os.path.sep)[-1])
+        if hasattr(modeling_utils, "hf_api"):
+            api = modeling_utils.hf_api()
+        else:  # an older transformers 5.x
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+        repo_id = api.create_repo(repo_id, exist_ok=True, token=token, **hub).repo_id
+        os.makedirs(save_directory, exist_ok=True)
+        return dict(repo_id=repo_id, files_timestamps=self._get_files_timestamps(save_directory),
+                    commit_message=commit_message, token=token, create_pr=create_pr)
+
+    def _finish_upload(self, save_directory, repo_id, files_timestamps, commit_message, token, create_pr) -> None:
+        """As `PreTrainedModel.save_pretrained(push_to_hub=True)` ends: write the model card, upload what changed."""
+        from transformers import modeling_utils
+
+        card = modeling_utils.create_and_tag_model_card(repo_id, self.model_tags, token=token)
+        card.save(os.path.join(save_directory, "README.md"))
+        self._upload_modified_files(
+            save_directory, repo_id, files_timestamps, commit_message=commit_message, token=token, create_pr=create_pr
+        )
 
     # ------------------------------------------------------------------ plumbing
     def get_input_embeddings(self) -> nn.Module:
@@ -685,26 +734,41 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         Text path: `generate(context=..., question=...)` or `generate(memory=..., question=...)` returns a string
         (a list for list inputs; a list per question with `num_return_sequences > 1`; the `GenerateOutput` with a
         `texts` field with `return_dict_in_generate=True`). One context or memory may serve a list of questions: its
-        prompt prefix is then prefilled once and reused (`reuse_prefix=False` turns that off; `memory_cache=` takes a
-        `prefill_memory` result). Questions run `batch_size` at a time. `template` / `system_prompt` default to the
-        checkpoint's (`config.prompt_template` / `config.system_prompt`).
+        prompt prefix is then prefilled once and reused (`reuse_prefix=False`, `use_cache=False` or a
+        `cache_implementation` turn that off; `memory_cache=` takes a `prefill_memory` result). Questions run
+        `batch_size` at a time. `template` / `system_prompt` default to the checkpoint's (`config.prompt_template` /
+        `config.system_prompt`). The context is encoded without gradients, as by `compress`.
         Tensor path: `generate(input_ids=..., attention_mask=..., memory_embeds=...)` is `GenerationMixin.generate`
-        (KV cache, sampling, streamers, `GenerationConfig`) and returns ids.
+        (KV cache, sampling, streamers, `GenerationConfig`) and returns ids. On both paths a caller's `max_length`
+        without `max_new_tokens` replaces the checkpoint's default `max_new_tokens`.
         """
-        if kwargs.get("stop_strings") is not None:
-            kwargs.setdefault("tokenizer", self.tokenizer)  # transformers needs it to match stop strings
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs)):
+            raise TypeError(
+                "generate() got text as its first positional argument, which the tensor path reads as token ids: ask "
+                "with keywords, generate(context=..., question=...) or generate(memory=..., question=...)."
+            )
+        if "tokenizer" not in kwargs and self._generation_setting(kwargs, "stop_strings") is not None:
+            kwargs["tokenizer"] = self.tokenizer  # transformers needs it to match stop strings
         if context is None and memory is None and question is None:
             if memory_cache is not None:
                 raise ValueError("memory_cache= needs memory= and question=.")
             return super().generate(inputs, *args, **kwargs)
         if inputs is not None or args:
             raise TypeError("the text path takes keyword arguments only: generate(context=... or memory=..., question=...).")
+        clash = [name for name in TEXT_PATH_REFUSES if name in kwargs]
+        if clash:
+            raise TypeError(
+                f"generate(context=/memory=, question=) builds the prompt itself and takes no {', '.join(clash)}: pass "
+                "either text (context= or memory=, with question=) or tensors (input_ids=, attention_mask=, "
+                "memory_embeds=), not both; a prefilled memory prefix goes in memory_cache=."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of questions per generate call, got {batch_size!r}.")
         template, system_prompt = self.prompt_settings(template, system_prompt)
-        memories, questions, single = self.pair_memories(
-            question, context=context, memory=memory, template=template, system_prompt=system_prompt
-        )
+        with torch.no_grad():  # as compress(): no autograd graph kept over the encoder's micro-batches
+            memories, questions, single = self.pair_memories(
+                question, context=context, memory=memory, template=template, system_prompt=system_prompt
+            )
         config = kwargs.get("generation_config") or self.generation_config
         per_question = kwargs.get("num_return_sequences") or config.num_return_sequences or 1
         return_dict = kwargs.get("return_dict_in_generate", config.return_dict_in_generate)
@@ -714,12 +778,19 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
                 "(the number of questions) so they run in one call."
             )
         shared = len({id(m) for m in memories}) == 1
+        cache_implementation = self._generation_setting(kwargs, "cache_implementation")
+        cannot_share_cache = self._generation_setting(kwargs, "use_cache") is False or cache_implementation is not None
         prefix = memory_cache
         if prefix is not None:
             if not shared:
                 raise ValueError("memory_cache= serves one memory: pass memory= (one MemoryEmbeddings) with it.")
+            if cannot_share_cache:
+                raise ValueError(
+                    "memory_cache= is a prefilled KV cache and needs the default one: drop use_cache=False / "
+                    f"cache_implementation={cache_implementation!r}, or drop memory_cache=."
+                )
             prefix.check_matches(memories[0], template, system_prompt, self.decoder_fingerprint)
-        elif reuse_prefix and shared and len(questions) > 1:
+        elif reuse_prefix and shared and len(questions) > 1 and not cannot_share_cache:  # those caches are built by generate
             prefix = self.prefill_memory(memories[0], template, system_prompt)
         texts, output = [], None
         for start in range(0, len(questions), batch_size):
@@ -738,6 +809,27 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
             output["texts"] = texts[0] if single else texts
             return output
         return texts[0] if single else texts
+
+    def _generation_setting(self, kwargs: dict, name: str):
+        """`name` as generation will see it: the keyword argument, else the caller's `generation_config`, else the model's."""
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        for config in (kwargs.get("generation_config"), self.generation_config):
+            if config is not None and getattr(config, name, None) is not None:
+                return getattr(config, name)
+        return None
+
+    def _prepare_generation_config(self, generation_config, *args, **kwargs):
+        """transformers' merge of the caller's settings over the model's, where a caller's `max_length` (without
+        `max_new_tokens`) also beats the model's default `max_new_tokens`, which transformers would give precedence."""
+        config, model_kwargs = super()._prepare_generation_config(generation_config, *args, **kwargs)
+        given = {
+            name for name in ("max_length", "max_new_tokens")
+            if kwargs.get(name) is not None or getattr(generation_config, name, None) is not None
+        }
+        if given == {"max_length"}:
+            config.max_new_tokens = None
+        return config, model_kwargs
 
     def _prefixed_batch(self, prefix: MemoryPrefix, questions: list[str], template, system_prompt, kwargs, config) -> dict:
         """Prompt ids laid out as [shared prefix][padding][question] with the prefix's cache copied for every row."""
@@ -805,3 +897,16 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
 
 MemCompConfig.register_for_auto_class()
 MemCompForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def _register_pipeline() -> None:
+    """Make `pipeline("memcomp-qa", model=<a loaded model>)` work: transformers only reads `custom_pipelines` from a path."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():  # the package or a checkpoint's code: either serves
+        PIPELINE_REGISTRY.register_pipeline(
+            PIPELINE_TASK, pipeline_class=MemCompQAPipeline, pt_model=AutoModelForCausalLM, type="text"
+        )
+
+
+_register_pipeline()

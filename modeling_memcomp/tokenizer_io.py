@@ -13,6 +13,9 @@ import json
 from transformers import AutoTokenizer, TokenizersBackend
 from transformers.utils import cached_file
 
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+"""`from_pretrained` arguments that also apply to the tokenizer (and the other files of a checkpoint)."""
+
 
 def _pre_tokenizer(tokenizer) -> dict | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -23,7 +26,8 @@ def load_tokenizer(name_or_path: str, **kwargs):
     """`AutoTokenizer.from_pretrained`, falling back to the saved `tokenizer.json` pipeline when the two disagree."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     try:
-        path = cached_file(name_or_path, "tokenizer.json", _raise_exceptions_for_missing_entries=False)
+        hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        path = cached_file(name_or_path, "tokenizer.json", _raise_exceptions_for_missing_entries=False, **hub)
     except OSError:
         path = None
     if path is None or type(tokenizer) is TokenizersBackend:  # already the file's own pipeline

@@ -273,3 +273,61 @@ def test_generate_defaults_to_the_checkpoints_recorded_template(make_model, corp
     assert model.generate(memory=memory, question="Who?", **GREEDY) == model.generate(
         memory=memory, question="Who?", template="rl", system_prompt="Answer tersely.", **GREEDY
     )
+
+
+# ---------------------------------------------------------------------------------------------- API review fixes
+def test_text_path_encodes_the_context_without_an_autograd_graph(model, corpus, monkeypatch):
+    assert any(p.requires_grad for p in model.parameters())  # a model as loaded or trained: gradients enabled
+    seen = []
+    original = model._prompt_batch
+    monkeypatch.setattr(model, "_prompt_batch", lambda memories, *a: seen.extend(memories) or original(memories, *a))
+    model.generate(context=corpus[0], question="Who?", reuse_prefix=False, **GREEDY)
+    assert seen and not any(m.embeds.requires_grad or m.embeds.grad_fn is not None for m in seen)
+
+
+@pytest.mark.parametrize("setting", [dict(use_cache=False), dict(cache_implementation="static"),
+                                     dict(generation_config=GenerationConfig(use_cache=False, **GREEDY))])
+def test_many_questions_without_the_default_cache_answer_as_without_prefix_reuse(model, corpus, setting):
+    questions = [QUESTION, "Who?"]
+    expected = model.generate(context=corpus[0], question=questions, reuse_prefix=False, **GREEDY)
+    greedy = {} if "generation_config" in setting else GREEDY
+    assert model.generate(context=corpus[0], question=questions, **setting, **greedy) == expected
+    prefix = model.prefill_memory(model.compress(corpus[0]))
+    with pytest.raises(ValueError, match="memory_cache= is a prefilled KV cache and needs the default one"):
+        model.generate(memory=model.compress(corpus[0]), question="Who?", memory_cache=prefix, **setting, **greedy)
+
+
+def test_stop_strings_in_a_generation_config_work_on_the_text_path(model, corpus):
+    answer = model.generate(context=corpus[0], question="Who?", **GREEDY)
+    stop = answer.split()[1] if len(answer.split()) > 1 else answer[:2]
+    config = GenerationConfig(stop_strings=[stop], **GREEDY)
+    stopped = model.generate(context=corpus[0], question="Who?", generation_config=config)
+    assert stopped == model.generate(context=corpus[0], question="Who?", stop_strings=[stop], **GREEDY)
+    assert stopped.endswith(stop) and len(stopped) < len(answer)
+
+
+def test_a_callers_max_length_beats_the_default_max_new_tokens(model, corpus):
+    memory = model.compress(corpus[0])
+    batch = model.prepare_prompts([memory], ["Who?"])
+    length = batch["input_ids"].shape[1]
+    greedy = dict(do_sample=False, repetition_penalty=1.0)
+    assert model.generate(**batch, max_length=length + 3, **greedy).shape[1] == length + 3  # tensor path
+    for given in (dict(max_length=length + 3, **greedy), dict(generation_config=GenerationConfig(max_length=length + 3, **greedy))):
+        output = model.generate(memory=memory, question="Who?", return_dict_in_generate=True, **given)
+        assert output.sequences.shape[1] == length + 3
+    both = model.generate(memory=memory, question="Who?", return_dict_in_generate=True, max_length=length + 3,
+                          max_new_tokens=5, **greedy)
+    assert both.sequences.shape[1] == length + 5  # both given: transformers' rule, max_new_tokens wins
+
+
+def test_text_given_as_tensor_arguments_is_refused_with_the_right_call(model, corpus):
+    with pytest.raises(TypeError, match=r"got text as its first positional argument.*generate\(context=\.\.\., question=\.\.\.\)"):
+        model.generate("Who founded it?")
+    with pytest.raises(TypeError, match="got text as its first positional argument"):
+        model.generate(["Who?", "When?"])
+    batch = model.prepare_prompts([model.compress(corpus[0])], ["Who?"])
+    for name in ("input_ids", "attention_mask", "memory_embeds"):
+        with pytest.raises(TypeError, match=f"builds the prompt itself and takes no {name}: pass either text"):
+            model.generate(context=corpus[0], question="Who?", **{name: batch[name]}, **GREEDY)
+    with pytest.raises(TypeError, match="takes no inputs_embeds"):
+        model.generate(memory=model.compress(corpus[0]), question="Who?", inputs_embeds=torch.zeros(1, 2, 8), **GREEDY)

@@ -208,3 +208,73 @@ def test_load_memcomp_names_what_a_folder_is_when_it_holds_no_model(model, tmp_p
         load_memcomp(tmp_path)
     with pytest.raises(ValueError, match="does not exist: give a checkpoint folder or a Hub id"):
         load_memcomp(str(tmp_path / "nope"))
+
+
+# ---------------------------------------------------------------------------------------------- API review fixes
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SHIPPED = Path(__file__).parent.parent / "checkpoints" / "memcomp-synthetic-tiny"
+
+
+class FakeHub:
+    """Plays the Hub for `save_pretrained(push_to_hub=True)`: records the repo it creates and the files it commits."""
+
+    def __init__(self):
+        self.created, self.commits = [], []
+
+    def create_repo(self, repo_id, exist_ok=False, **kwargs):
+        self.created.append((repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        self.commits.append((repo_id, commit_message, sorted(op.path_in_repo for op in operations)))
+
+
+def test_push_to_hub_from_save_pretrained_uploads_the_tokenizer_and_pipeline(model, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+    import transformers.utils.hub
+
+    hub = FakeHub()
+    card = type("Card", (), {"save": lambda self, path: Path(path).write_text("card")})()
+    for module in (transformers.modeling_utils, transformers.utils.hub):
+        monkeypatch.setattr(module, "hf_api", lambda: hub)
+    monkeypatch.setattr(transformers.modeling_utils, "create_and_tag_model_card", lambda *a, **k: card)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("the user's, not written by this save")
+    model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/tiny", commit_message="v1", private=True)
+    assert hub.created == [("me/tiny", {"token": None, "private": True})]
+    [(repo_id, message, uploaded)] = hub.commits
+    assert (repo_id, message) == ("me/tiny", "v1")
+    assert {"tokenizer.json", "tokenizer_config.json", "pipeline_memcomp.py", "model.safetensors", "config.json",
+            "modeling_memcomp.py", "README.md"} <= set(uploaded)
+    assert "notes.txt" not in uploaded  # as transformers: only what this save wrote
+
+
+def test_a_remote_code_model_saved_again_keeps_a_working_pipeline(corpus, tmp_path):
+    from transformers import pipeline
+
+    source = shutil.copytree(SHIPPED, tmp_path / "resave_source")
+    remote = get_class_from_dynamic_module("modeling_memcomp.MemCompForCausalLM", str(source)).from_pretrained(source)
+    assert type(remote).__module__.startswith("transformers_modules.")
+    remote.eval().save_pretrained(tmp_path / "resaved")
+    assert (tmp_path / "resaved" / "pipeline_memcomp.py").read_text() == (SHIPPED / "pipeline_memcomp.py").read_text()
+    pipe = pipeline("memcomp-qa", model=str(tmp_path / "resaved"), trust_remote_code=True, device="cpu")
+    context = "Voza works for Bula. Voza lives in Tokyo."
+    expected = remote.generate(context=context, question="Where does Voza live?", **GREEDY)
+    assert pipe(context=context, question="Where does Voza live?", **GREEDY) == {"answer": expected}
+
+
+def test_the_lazy_tokenizer_follows_from_pretrained_subfolder(tmp_path):
+    from transformers import AutoTokenizer
+
+    from modeling_memcomp import MemCompForCausalLM
+
+    shutil.copytree(SHIPPED, tmp_path / "repo" / "rl")
+    for auto in (MemCompForCausalLM, AutoModelForCausalLM):
+        loaded = auto.from_pretrained(tmp_path / "repo", subfolder="rl")
+        assert loaded._tokenizer is None  # loaded on first use, from the subfolder
+        assert loaded.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(SHIPPED).get_vocab()
+        assert loaded.generate(context="Voza works for Bula.", question="Who does Voza work for?", **GREEDY)
+    loaded.save_pretrained(tmp_path / "copy")  # takes its tokenizer along
+    assert (tmp_path / "copy" / "tokenizer.json").is_file()

@@ -6,7 +6,8 @@
     pipe(context=document, question=["Who?", "When?"], do_sample=False)     # [{"answer": ...}, {"answer": ...}]
     pipe([{"context": doc1, "question": "Who?"}, {"context": doc2, "question": "When?"}], batch_size=8)
 
-Generation keyword arguments (`max_new_tokens`, `do_sample`, `template`, ...) go to `model.generate`.
+Generation keyword arguments (`max_new_tokens`, `do_sample`, `template`, ...) go to `model.generate`, given to
+`pipeline(...)` (defaults for every call) or to the call (which wins); so does `batch_size`.
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ class MemCompQAPipeline(Pipeline):
     def postprocess(self, outputs: dict) -> dict:
         return outputs
 
-    def __call__(self, inputs=None, *, context=None, question=None, memory=None, batch_size: int = 32, **generate_kwargs):
+    def __call__(self, inputs=None, *, context=None, question=None, memory=None, batch_size: int | None = None, **generate_kwargs):
         """`pipe(context=..., question=...)` -> `{"answer": str}`; lists of questions or of input dicts -> a list.
 
         One context (or memory) with a list of questions compresses once and prefills its memory once. A list of
-        input dicts runs in batches of `batch_size` through one `model.generate` call each.
+        input dicts runs in batches of `batch_size` (the call's, else `pipeline(..., batch_size=)`, else 32) through one
+        `model.generate` call each; settings given to `pipeline(...)` apply unless the call overrides them.
         """
+        generate_kwargs = {**self._forward_params, **generate_kwargs}
+        if batch_size is None:
+            batch_size = self._batch_size or 32
         if inputs is None:
             if question is None:
                 raise ValueError("pass question= with context= or memory=, or a list of {'context', 'question'} dicts.")
