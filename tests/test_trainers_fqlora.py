@@ -281,3 +281,15 @@ def test_fqlora_follows_layers_prefix_on_an_architecture_named_otherwise(tokeniz
     model = apply_fqlora(model, config)
     assert trainable_layers(model, config) == {"full": [0, 3], "lora": [1, 2]}
     assert not any("lora_" in name for name, _ in model.named_parameters() if ".h.0." in name or ".h.3." in name)
+
+
+def test_under_zero3_the_4bit_weights_are_stored_in_the_load_dtype(base_dir, monkeypatch):
+    """ZeRO-3 (and FSDP) shard only tensors of one dtype: the packed 4-bit weights take the other weights' dtype."""
+    config = FQLoRAConfig(full_ft_layers=[1, 11], lora_r=4, compute_dtype="float32")
+    assert fqlora.quantization_config(12, config).bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default
+    monkeypatch.setattr(fqlora, "is_deepspeed_zero3_enabled", lambda: True)
+    model = load_fqlora_model(str(base_dir), config, dtype=torch.float32)
+    inner = model.get_base_model()
+    assert inner.language_model.config.quantization_config.bnb_4bit_quant_storage == torch.float32
+    q_proj = inner.language_model.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.dtype == torch.float32

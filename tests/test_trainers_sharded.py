@@ -16,9 +16,12 @@ from trainers.distributed import check_launch
 STAGES = {
     # save_steps = max_steps: the checkpoint's trainer_state.json holds the logged losses
     "sft": ("examples/configs/sft_tiny.yaml", {"training.save_strategy": "steps", "training.save_steps": 4}),
-    # LoRA dropout masks depend on how the batch is split over ranks: off, so the runs can agree exactly
-    "cpt": ("examples/configs/cpt1_tiny.yaml", {"model.fqlora.lora_dropout": 0.0}),
+    # LoRA dropout masks depend on how the batch is split over ranks: off, so the runs can agree exactly. Hidden size
+    # 224: the embeddings and MLP weights exceed DeepSpeed's stage3_param_persistence_threshold (1e5 elements), so
+    # ZeRO-3 partitions them and rank 0's final FQLoRA save must gather them.
+    "cpt": ("examples/configs/cpt1_tiny.yaml", {"model.fqlora.lora_dropout": 0.0, "model.tiny_hidden_size": 224}),
 }
+ZERO3_PERSISTENCE_THRESHOLD = 100_000  # DeepSpeed's default: smaller tensors stay whole on every rank
 ZERO3_ON_CPU = {"training.use_cpu": False, "training.ddp_backend": "gloo"}  # see cpu_2proc_zero3.yaml
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -70,6 +73,8 @@ def test_zero3_on_two_cpu_ranks_trains_as_one_process(stage, tmp_path, single_pr
     result = run(command, DS_ACCELERATOR="cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_training(out, single_process(stage), "DEEPSPEED")
+    if stage == "cpt":  # the saved weights include tensors ZeRO-3 had partitioned over the two ranks
+        assert max(t.numel() for t in load_file(out / "model.safetensors").values()) > ZERO3_PERSISTENCE_THRESHOLD
     step = sorted(out.glob("checkpoint-*/global_step*"))[-1]
     assert {p.name for p in step.glob("*optim_states.pt")} == {  # ZeRO-3: each rank holds its own shard
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
@@ -89,7 +94,7 @@ def test_fsdp_on_cpu_ranks_is_refused_with_the_reason(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stage", ["sft", "cpt"])
+@pytest.mark.parametrize("stage", ["sft"])  # FQLoRA (cpt) is refused under FSDP: test_fqlora_under_fsdp_is_refused...
 def test_fsdp_on_two_gpus_trains_as_one_process(stage, tmp_path, single_process):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs: accelerate applies FSDP only on GPU-type devices (on CPU it would be DDP)")
@@ -99,6 +104,52 @@ def test_fsdp_on_two_gpus_trains_as_one_process(stage, tmp_path, single_process)
     result = run(command)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_training(out, single_process(stage), "FSDP")
+    assert sorted(out.glob("checkpoint-*/pytorch_model_fsdp_0"))  # checkpoints stay sharded (fsdp.yaml) for resuming
+    from modeling_memcomp import MemCompForCausalLM
+
+    MemCompForCausalLM.from_pretrained(out)  # the final folder is a whole model the next stage loads
+
+
+def test_a_final_save_under_sharded_fsdp_writes_the_full_model(tmp_path, make_model, monkeypatch):
+    """Trainer writes no weights for SHARDED_STATE_DICT; MemCompTrainer saves the final model with FULL_STATE_DICT."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from types import SimpleNamespace
+
+    from modeling_memcomp import MemCompForCausalLM
+    from trainers import MemCompTrainer, MemCompTrainingArguments
+
+    args = MemCompTrainingArguments.for_stage("sft", output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                              per_device_train_batch_size=1, global_batch_size=1)
+    trainer = MemCompTrainer(model=make_model(), args=args)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+    types = []
+
+    def state_dict(model):
+        types.append(str(plugin.state_dict_type))
+        return model.state_dict()
+
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)  # FSDP as accelerate sets it up on GPUs
+    monkeypatch.setattr(trainer.accelerator, "state", SimpleNamespace(fsdp_plugin=plugin))
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", state_dict)
+    trainer.save_model(str(tmp_path / "checkpoint"), _internal_call=True)  # a checkpoint: sharded, no model file here
+    assert not (tmp_path / "checkpoint" / "model.safetensors").exists() and not types
+    trainer.save_model()
+    assert types == ["StateDictType.FULL_STATE_DICT"] and "SHARDED" in str(plugin.state_dict_type)  # restored after
+    MemCompForCausalLM.from_pretrained(tmp_path)
+
+
+def test_fqlora_under_fsdp_is_refused_before_loading(monkeypatch):
+    from trainers.config import stage_config
+    from trainers.run import check_engine
+
+    config = stage_config("cpt1", model={"tiny": True, "tiny_corpus": "tests/fixtures/corpus.txt", "fqlora": True},
+                          output_dir="unused", use_cpu=True)
+    check_engine(config)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FQLoRA does not run under FSDP.*deepspeed_zero3.yaml"):
+        check_engine(config)
+    config.model.fqlora = False
+    check_engine(config)  # full fine-tuning is what fsdp.yaml is for
 
 
 @pytest.mark.parametrize(

@@ -241,7 +241,7 @@ def test_local_sources_are_normalised_and_cycled():
 @pytest.mark.parametrize(
     "preset, passages, answer",
     [
-        ("hotpotqa", ["Amber vault: The amber vault holds code 417.  It is old.", "Stone tower: The stone tower is tall."], "the amber vault"),
+        ("hotpotqa", ["Amber vault\nThe amber vault holds code 417. It is old.", "Stone tower\nThe stone tower is tall."], "the amber vault"),
         ("trivia_qa", ["The cedar vault code is 233.", "Search: cedar 233."], "233"),
         ("ragbench", ["The northern city built the bridge.", "A cat slept."], "The northern city."),
     ],
@@ -299,3 +299,40 @@ def test_collator_turns_emphasis_positions_into_a_mask(builder, corpus, model):
     assert batch["emphasis_mask"].shape == batch["input_ids"].shape
     assert batch["emphasis_mask"][0].nonzero().flatten().tolist() == [3, 5] and not batch["emphasis_mask"][1].any()
     assert "emphasis_mask" not in MemCompCollator.for_model(model)([examples[1]])
+
+
+def test_hotpotqa_passages_are_formatted_alike_in_training_and_evaluation():
+    import json
+
+    from benchmarks.eval.loaders import to_qa_item
+
+    row = json.loads((FIXTURES / "hotpotqa_sample.jsonl").read_text().splitlines()[0])
+    trained = next(record_stream([SourceConfig(str(FIXTURES / "hotpotqa_sample.jsonl"), kind="qa", preset="hotpotqa")]))
+    assert trained["context"] == to_qa_item(row, 0).passages
+    assert not any("  " in passage for passage in trained["context"])  # the Hub's sentences start with a space
+
+
+def test_disjoint_lm_documents_give_plain_lm_and_compression_different_records():
+    import json
+
+    from trainers.data import in_holdout, in_lm_half
+
+    sources = [
+        {"path": str(FIXTURES / "openhermes_sample.jsonl"), "kind": "standard", "preset": "openhermes"},
+        {"path": str(FIXTURES / "documents.jsonl"), "kind": "document"},
+    ]
+    texts = [json.loads(line)["text"] for line in (FIXTURES / "documents.jsonl").read_text().splitlines()]
+    lm_half = {t for t in texts if in_lm_half({"text": t})}
+    assert 0 < len(lm_half) < len(texts)
+    for split in (None, "train"):
+        streams = stage_streams(sources, seed=0, split=split, disjoint_lm=True)
+        compressed = {next(streams["document"])["text"] for _ in range(3 * len(texts))}
+        plain = {next(streams["standard"])["text"] for _ in range(6 * len(texts))}
+        plain_documents = plain & set(texts)
+        assert not compressed & plain_documents  # no document is read whole, then compressed
+        kept = {t for t in texts if split is None or not in_holdout({"text": t})}
+        assert compressed == kept - lm_half and plain_documents == kept & lm_half
+        assert "system: Be brief.\nhuman: Name a colour.\ngpt: Amber." in plain  # LM-only sources stay whole
+    # Off (the default, and the synthetic pipeline's path): both streams read every document, as before.
+    streams = stage_streams(sources, seed=0)
+    assert {next(streams["document"])["text"] for _ in range(3 * len(texts))} == set(texts)

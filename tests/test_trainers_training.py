@@ -487,3 +487,76 @@ def test_length_grouped_run_resumed_in_its_second_epoch_equals_the_uninterrupted
     with caplog.at_level(logging.WARNING, logger="trainers.trainer"):
         run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-9"))
     assert "holds no length-grouped order record" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- review findings
+def test_an_explicit_gradient_accumulation_that_disagrees_with_global_batch_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2 and global_batch_size=256 disagree: .* takes 64"):
+        parse_stage_args(["--config", str(CONFIGS / "cpt1.yaml"), "--bf16", "false", "--gradient_accumulation_steps", "2"])
+    agreeing = parse_stage_args(["--config", str(CONFIGS / "cpt1.yaml"), "--bf16", "false", "--gradient_accumulation_steps", "64"])
+    assert agreeing.training.gradient_accumulation_steps == 64
+    # Without a global batch in the config, the accumulation given wins over the stage's default (CLI, YAML, Python).
+    fields = yaml.safe_load((CONFIGS / "cpt1_tiny.yaml").read_text())
+    del fields["global_batch_size"]
+    (tmp_path / "no_global.yaml").write_text(yaml.safe_dump(fields))
+    (tmp_path / "accumulation.yaml").write_text(yaml.safe_dump({**fields, "gradient_accumulation_steps": 5}))
+    config = parse_stage_args(["--config", str(tmp_path / "no_global.yaml")])
+    assert config.training.gradient_accumulation_steps == 256 // 4  # Table 9's global batch
+    given = parse_stage_args(["--config", str(tmp_path / "no_global.yaml"), "--gradient_accumulation_steps", "3"])
+    assert given.training.gradient_accumulation_steps == 3 and given.training.global_batch_size is None
+    assert parse_stage_args(["--config", str(tmp_path / "accumulation.yaml")]).training.gradient_accumulation_steps == 5
+    from trainers import MemCompTrainingArguments
+
+    args = MemCompTrainingArguments.for_stage("cpt1", output_dir=str(tmp_path), use_cpu=True, gradient_accumulation_steps=2)
+    assert args.gradient_accumulation_steps == 2 and args.global_batch_size is None
+    with pytest.raises(ValueError, match="disagree"):
+        MemCompTrainingArguments.for_stage("cpt1", output_dir=str(tmp_path), use_cpu=True, gradient_accumulation_steps=2,
+                                           global_batch_size=256)
+
+
+def test_shipped_configs_validate_on_records_training_never_sees():
+    for stage in ("cpt1", "cpt2", "sft"):
+        data = parse_stage_args(["--config", str(CONFIGS / f"{stage}.yaml"), "--bf16", "false"]).data
+        trained = {(s["path"], s.get("name"), s.get("split", "train")) for s in data.sources}
+        held = {(s["path"], s.get("name"), s.get("split", "train")) for s in data.eval_sources or []}
+        assert not trained & held, stage  # without eval_sources: the held-out tenth of the training sources
+        assert data.disjoint_lm_documents == (stage != "sft")
+        cci2 = [s for s in data.sources if s["path"] == "BAAI/CCI2-Data"]
+        assert all(s["split"] == "cci2" and s["columns"] == {"text": "content"} for s in cci2)  # the Hub's layout
+
+
+def test_the_trainer_records_the_stage_prompt_template_and_run_stage_the_configs_own(tmp_path, make_model):
+    from modeling_memcomp import MemCompConfig
+    from trainers import MemCompTrainingArguments
+    from trainers.fqlora import FQLoRAConfig, apply_fqlora
+    from trainers.run import run_stage
+
+    model = apply_fqlora(make_model(), FQLoRAConfig(quantize=False, lora_r=4, compute_dtype="float32"))
+    assert model.get_base_model().config.prompt_template == "chat"  # a new model's default
+    args = MemCompTrainingArguments.for_stage("cpt1", output_dir=str(tmp_path / "py"), use_cpu=True, report_to=[],
+                                              per_device_train_batch_size=1, global_batch_size=1)
+    MemCompTrainer(model=model, args=args)  # as the docs' "In Python" recipe: no trainers.run
+    assert model.get_base_model().config.prompt_template == "plain"
+
+    config = tiny_stage("cpt1", tmp_path / "run", template="chat", num_samples=8, eval_samples=0, max_steps=1,
+                        global_batch_size=4, save_strategy="no", eval_strategy="no", early_stopping_patience=None)
+    run_stage(config)
+    assert MemCompConfig.from_pretrained(tmp_path / "run").prompt_template == "chat"  # the config's template wins
+
+
+def test_a_4bit_base_gets_no_device_map_under_zero3(tmp_path, monkeypatch):
+    """ZeRO-3 refuses a device_map (transformers raises); bitsandbytes then loads onto the rank's current GPU."""
+    from transformers import Qwen2Config
+
+    from trainers import run
+    from trainers.config import stage_config
+
+    Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4).save_pretrained(tmp_path)
+    config = stage_config("cpt1", model={"base": str(tmp_path), "fqlora": True}, output_dir=str(tmp_path), use_cpu=True)
+    loaded = []
+    monkeypatch.setattr(run, "load_fqlora_model", lambda base, fq, **kwargs: loaded.append(kwargs))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for zero3, device_map in ((False, True), (True, False)):
+        monkeypatch.setattr(run, "is_deepspeed_zero3_enabled", lambda: zero3)
+        run.build_model(config)
+        assert ("device_map" in loaded[-1]) == device_map

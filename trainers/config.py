@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .fqlora import FQLoRAConfig
 from .stages import COMPRESSION_TASKS, STAGES, StageSpec, get_stage
-from .trainer import MemCompTrainingArguments
+from .trainer import MemCompTrainingArguments, stage_training_defaults
 
 
 class JSONObject(dict):
@@ -110,6 +110,12 @@ class DataArguments:
         metadata={"help": "Regular expression: reconstruction target tokens overlapping a match weigh `emphasis_weight` "
                           "in the loss (e.g. the names a memory must carry); None: every target token weighs 1."},
     )
+    disjoint_lm_documents: bool = field(
+        default=False,
+        metadata={"help": "Plain LM reads one half of the document records (by a hash of their content) and the "
+                          "compression tasks the other, so no document is seen whole before it is compressed; False: "
+                          "both read every document (what the synthetic toy pipeline was built with)."},
+    )
 
     def __post_init__(self):
         self.sources = [SourceSpec(s) for s in self.sources]
@@ -157,20 +163,31 @@ def _parser():
     return TrlParser(ARGUMENT_CLASSES)
 
 
-def _stage_of(argv: list[str]) -> str:
-    """The stage named on the command line (`--stage`) or in the `--config` YAML, before the full parse."""
+def _config_file(argv: list[str]) -> dict:
+    """The `--config` YAML's mapping ({} without one)."""
     import yaml
 
+    if "--config" not in argv:
+        return {}
+    return yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
+
+
+def _given(argv: list[str], name: str) -> bool:
+    """Whether field `name` is given on the command line or in the `--config` YAML."""
+    flag = f"--{name}"
+    return any(item == flag or item.startswith(flag + "=") for item in argv) or name in _config_file(argv)
+
+
+def _stage_of(argv: list[str]) -> str:
+    """The stage named on the command line (`--stage`) or in the `--config` YAML, before the full parse."""
     for i, item in enumerate(argv):
         if item == "--stage" and i + 1 < len(argv):
             return argv[i + 1]
         if item.startswith("--stage="):
             return item.split("=", 1)[1]
-    if "--config" in argv:
-        path = argv[argv.index("--config") + 1]
-        stage = (yaml.safe_load(Path(path).read_text()) or {}).get("stage")
-        if stage is not None:
-            return stage
+    stage = _config_file(argv).get("stage")
+    if stage is not None:
+        return stage
     raise ValueError(f"stage is required (one of {sorted(STAGES)}): set `stage:` in the config file or pass --stage.")
 
 
@@ -185,7 +202,8 @@ def parse_stage_args(argv: list[str] | None = None, expected_stages: tuple[str, 
     stage = get_stage(_stage_of(argv)).name
     if expected_stages is not None and stage not in expected_stages:
         raise ValueError(f"this script trains {expected_stages}, but the config's stage is {stage!r}.")
-    parser.set_defaults(**get_stage(stage).training_defaults())
+    given = [name for name in ("gradient_accumulation_steps", "global_batch_size") if _given(argv, name)]
+    parser.set_defaults(**stage_training_defaults(stage, explicit=given))
     model, fqlora, data, training = parser.parse_args_and_config(argv)
     return StageConfig(model=model, fqlora=fqlora, data=data, training=training)
 

@@ -34,10 +34,18 @@ SCHEMAS: dict[str, datasets.Features] = {
         }
     ),
 }
+
+
+def hotpotqa_passage(title: str, sentences: list[str]) -> str:
+    """One HotpotQA paragraph as a passage: the title on its own line, then the sentences one space apart (the Hub's
+    sentences carry their leading space). Training and `benchmarks.eval.loaders` both format passages with it."""
+    return f"{title}\n{' '.join(s.strip() for s in sentences if s.strip())}"
+
+
 def _hotpotqa(record: dict) -> dict:
     """hotpotqa/hotpot_qa: one passage per titled paragraph of `context`."""
     context = record["context"]
-    passages = [f"{title}: {' '.join(sentences)}" for title, sentences in zip(context["title"], context["sentences"])]
+    passages = [hotpotqa_passage(title, sentences) for title, sentences in zip(context["title"], context["sentences"])]
     return {"context": passages, "question": record["question"], "answer": record["answer"]}
 
 
@@ -149,11 +157,22 @@ def in_holdout(record: dict) -> bool:
     return int.from_bytes(digest[:8], "big") % HOLDOUT_EVERY == 0
 
 
-def record_stream(sources: list[SourceConfig], seed: int = 0, split: str | None = None) -> Iterator[dict]:
+def in_lm_half(record: dict) -> bool:
+    """Whether a document record goes to plain LM rather than to compression (`stage_streams(disjoint_lm=True)`): a
+    stable hash of its content, salted so the halves are independent of `in_holdout`."""
+    digest = hashlib.sha256(b"lm\0" + json.dumps(record, sort_keys=True, default=str).encode()).digest()
+    return digest[-1] % 2 == 1
+
+
+def record_stream(
+    sources: list[SourceConfig], seed: int = 0, split: str | None = None, lm_half: bool | None = None
+) -> Iterator[dict]:
     """Endless records from `sources` (all one kind), interleaved by weight and cycled epoch after epoch.
 
     `split="train"` leaves out the held-out records (`in_holdout`) and `split="eval"` yields only them, so a
-    validation set drawn from the training sources never holds a training record; None yields every record."""
+    validation set drawn from the training sources never holds a training record; None yields every record.
+    `lm_half` True / False keeps only the document sources' records that `in_lm_half` assigns / does not assign to
+    plain LM (other kinds are kept whole); None keeps every record."""
     if split not in (None, "train", "eval"):
         raise ValueError(f"split must be None, 'train' or 'eval', got {split!r}.")
     if not sources:
@@ -162,6 +181,8 @@ def record_stream(sources: list[SourceConfig], seed: int = 0, split: str | None 
     if len(schemas) > 1:
         raise ValueError(f"sources mixed in one stream must share a schema, got kinds {sorted({s.kind for s in sources})}.")
     loaded = [load_source(s) for s in sources]
+    if lm_half is not None:
+        loaded = [d.filter(lambda r: in_lm_half(r) == lm_half) if s.kind == "document" else d for s, d in zip(sources, loaded)]
     total = sum(s.weight for s in sources)
     mixed = (
         loaded[0]
@@ -180,6 +201,8 @@ def record_stream(sources: list[SourceConfig], seed: int = 0, split: str | None 
             yield record
         if empty:
             part = "" if split is None else f" in their {split} part (one record in {HOLDOUT_EVERY} is held out)"
+            if lm_half is not None:
+                part += f" in the {'plain-LM' if lm_half else 'compression'} half of the documents (disjoint_lm_documents)"
             raise ValueError(f"sources {[s.path for s in sources]} yielded no records{part}.")
 
 
@@ -192,11 +215,20 @@ def sources_by_kind(sources: list[SourceConfig | dict]) -> dict[str, list[Source
     return groups
 
 
-def stage_streams(sources: list[SourceConfig | dict], seed: int = 0, split: str | None = None) -> dict[str, Iterator[dict]]:
+def stage_streams(
+    sources: list[SourceConfig | dict], seed: int = 0, split: str | None = None, disjoint_lm: bool = False
+) -> dict[str, Iterator[dict]]:
     """One record stream per kind; `standard` (plain LM) draws from the document and standard sources (`split`: see
-    `record_stream`)."""
+    `record_stream`). `disjoint_lm`: where a `standard` stream reads the documents, it takes only their `in_lm_half`
+    records and the document stream the others, so plain LM never shows a document the compression tasks use."""
     groups = sources_by_kind(sources)
-    streams = {kind: record_stream(group, seed, split) for kind, group in groups.items() if kind != "standard"}
+    split_documents = disjoint_lm and "standard" in groups and "document" in groups
+    compression_half = False if split_documents else None
+    streams = {
+        kind: record_stream(group, seed, split, lm_half=compression_half if kind == "document" else None)
+        for kind, group in groups.items() if kind != "standard"
+    }
     if "standard" in groups:
-        streams["standard"] = record_stream(groups.get("document", []) + groups["standard"], seed, split)
+        lm_half = True if split_documents else None
+        streams["standard"] = record_stream(groups.get("document", []) + groups["standard"], seed, split, lm_half=lm_half)
     return streams

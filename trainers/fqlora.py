@@ -89,12 +89,13 @@ def _bitsandbytes_available() -> bool:
     return True
 
 
-def quantization_config(num_layers: int, config: FQLoRAConfig, module_prefix: str = ""):
+def quantization_config(num_layers: int, config: FQLoRAConfig, module_prefix: str = "", quant_storage: torch.dtype | None = None):
     """A 4-bit `BitsAndBytesConfig` that skips the full-FT layers, embeddings, LM head and projection.
 
     `module_prefix` is the base LM's path in the model being loaded ("" for a base LM,
-    "language_model." for a memcomp checkpoint). Returns None when not quantizing; without bitsandbytes
-    it warns and returns None, so the LoRA layers stay in full precision.
+    "language_model." for a memcomp checkpoint). `quant_storage`: the dtype the packed 4-bit weights are stored in
+    (None: bitsandbytes' uint8); ZeRO-3 and FSDP need the other weights' dtype to shard them. Returns None when not
+    quantizing; without bitsandbytes it warns and returns None, so the LoRA layers stay in full precision.
     """
     if not config.quantize:
         return None
@@ -106,20 +107,30 @@ def quantization_config(num_layers: int, config: FQLoRAConfig, module_prefix: st
     full = config.layers(num_layers)
     names = ["lm_head", "model.embed_tokens"] + [f"{config.layers_prefix}.{i}" for i in full]
     skip = ["memory_projection"] + [re.escape(module_prefix + name) for name in names]
+    storage = {} if quant_storage is None else {"bnb_4bit_quant_storage": quant_storage}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=getattr(torch, config.compute_dtype),
         llm_int8_skip_modules=skip,
+        **storage,
     )
+
+
+def is_deepspeed_zero3_enabled() -> bool:
+    """Whether this process trains under DeepSpeed ZeRO-3 (registered by the training arguments)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled as zero3
+
+    return zero3()
 
 
 def load_fqlora_model(base: str, config: FQLoRAConfig | None = None, chunk_size: int = 16, wrap: str = "each", **kwargs):
     """Load `base` 4-bit outside the full-FT layers and apply FQLoRA.
 
     `base` is a base LM (Hub id or folder; wrapped with `from_base`, CPT-1) or a memcomp checkpoint from
-    the previous stage (loaded with `from_pretrained`, CPT-2 and SFT). `kwargs` go to the loader.
+    the previous stage (loaded with `from_pretrained`, CPT-2 and SFT). `kwargs` go to the loader. Under ZeRO-3 the
+    4-bit weights are stored in the load dtype (`bnb_4bit_quant_storage`), so ZeRO can partition them like the rest.
     """
     from transformers import AutoConfig
 
@@ -129,7 +140,11 @@ def load_fqlora_model(base: str, config: FQLoRAConfig | None = None, chunk_size:
     loaded = AutoConfig.from_pretrained(base)
     is_memcomp = isinstance(loaded, MemCompConfig)
     num_layers = (loaded.text_config if is_memcomp else loaded).num_hidden_layers
-    quant = quantization_config(num_layers, config, module_prefix="language_model." if is_memcomp else "")
+    storage = None
+    if is_deepspeed_zero3_enabled():
+        dtype = kwargs.get("dtype")
+        storage = dtype if isinstance(dtype, torch.dtype) else getattr(torch, config.compute_dtype)
+    quant = quantization_config(num_layers, config, module_prefix="language_model." if is_memcomp else "", quant_storage=storage)
     if quant is not None:
         kwargs["quantization_config"] = quant
     if is_memcomp:

@@ -6,6 +6,7 @@ Used by `examples/train_cpt.py` and `examples/train_sft.py` under `accelerate la
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -19,14 +20,30 @@ from .checkpoints import resume_point  # noqa: E402
 from .config import StageConfig, parse_stage_args  # noqa: E402
 from .data import stage_streams  # noqa: E402
 from .distributed import process_group_teardown  # noqa: E402
-from .fqlora import apply_fqlora, load_fqlora_model, save_fqlora  # noqa: E402
+from .fqlora import apply_fqlora, is_deepspeed_zero3_enabled, load_fqlora_model, save_fqlora  # noqa: E402
 from .mixture import StageMixture, build_stage_dataset  # noqa: E402
 from .precision import final_save_context  # noqa: E402
 from .stages import get_stage  # noqa: E402
 from .tasks import TaskBuilder  # noqa: E402
-from .trainer import MemCompTrainer  # noqa: E402
+from .trainer import MemCompTrainer, record_prompt_template  # noqa: E402
 
 EVAL_SEED_OFFSET = 10_000
+
+
+def uses_fsdp(training) -> bool:
+    """Whether the run is launched under FSDP (`accelerate launch` with an FSDP config, or `--fsdp`)."""
+    return bool(getattr(training, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def check_engine(config: StageConfig) -> None:
+    """Refuse FQLoRA under FSDP before anything loads: neither its checkpoints nor its final merged save can hold the
+    fully fine-tuned layers there."""
+    if config.model.fqlora and uses_fsdp(config.training):
+        raise ValueError(
+            "FQLoRA does not run under FSDP: FSDP's checkpoints keep only the LoRA adapters of a peft model and the final "
+            "merged save needs the whole model on one rank. Use examples/accelerate/deepspeed_zero3.yaml or "
+            "multi_gpu.yaml for FQLoRA, or --fqlora false (full fine-tuning) with fsdp.yaml."
+        )
 
 
 def build_model(config: StageConfig):
@@ -56,8 +73,9 @@ def build_model(config: StageConfig):
     if args.attn_implementation:
         load_kwargs["attn_implementation"] = args.attn_implementation
     if args.fqlora:
-        if config.fqlora.quantize and torch.cuda.is_available():
-            # bitsandbytes quantizes while loading: each rank loads its copy straight onto its own GPU.
+        if config.fqlora.quantize and torch.cuda.is_available() and not is_deepspeed_zero3_enabled():
+            # bitsandbytes quantizes while loading: each rank loads its copy straight onto its own GPU. ZeRO-3 refuses
+            # a device_map; there the quantizer loads onto the rank's current GPU by itself.
             load_kwargs["device_map"] = {"": config.training.local_process_index}
         return load_fqlora_model(args.base, config.fqlora, chunk_size=args.chunk_size, wrap=args.wrap, **load_kwargs)
     if isinstance(base_config, MemCompConfig):
@@ -91,9 +109,6 @@ def build_datasets(config: StageConfig, model):
     unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     template = data.template or stage.template
-    # The checkpoint records how it is trained to be prompted: the default of generate, the CLI, evaluation and the card.
-    unwrapped.config.prompt_template, unwrapped.config.system_prompt = template, data.system_prompt
-
     # Validation from the training sources holds out one record in ten (by content) that training never sees.
     shared = bool(data.eval_samples) and not data.eval_sources
 
@@ -103,10 +118,12 @@ def build_datasets(config: StageConfig, model):
             max_length=data.max_length or stage.max_length, system_prompt=data.system_prompt,
             rng=random.Random(seed), emphasis=data.emphasis_pattern,
         )
-        streams = stage_streams(sources, seed, split)
+        streams = stage_streams(sources, seed, split, disjoint_lm=data.disjoint_lm_documents)
         mix = StageMixture(stage, builder, streams, num_samples, config.training.per_device_train_batch_size, seed)
         files = [(s["path"], *_stat(s["path"])) for s in sources if Path(s["path"]).is_file()]
         extra = {"sources": sources, "files": files, "split": split}
+        if data.disjoint_lm_documents:
+            extra["disjoint_lm_documents"] = True
         return build_stage_dataset(mix, extra_fingerprint=extra, cache_dir=data.cache_dir)
 
     with config.training.main_process_first(desc="build stage mixture"):
@@ -134,17 +151,23 @@ def run_stage(
     config: StageConfig, resume_from_checkpoint: str | bool | None = None, callbacks: list | None = None
 ) -> MemCompTrainer:
     """Train one stage and save the result to `training.output_dir` (adapters merged unless configured)."""
+    check_engine(config)
     model = build_model(config)
     train, evaluation = build_datasets(config, model)
     trainer = MemCompTrainer(
         model=model, args=config.training, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks
     )
+    # The checkpoint records how it is trained to be prompted: the default of generate, the CLI, evaluation and the card.
+    template = config.data.template or get_stage(config.training.stage).template
+    record_prompt_template(model, template, config.data.system_prompt)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if not config.model.fqlora:
-        trainer.save_model()
-    elif trainer.is_world_process_zero():  # the best model is already loaded when load_best_model_at_end
-        with final_save_context(trainer, internal_call=False):  # the weights in their loaded dtype
-            save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
+        trainer.save_model()  # under FSDP: the full weights, whatever the checkpoints' state dict type
+    else:  # the best model is already loaded when load_best_model_at_end
+        with trainer.full_parameters():  # every rank: ZeRO-3 gathers the partitions rank 0 merges and saves
+            if trainer.is_world_process_zero():
+                with final_save_context(trainer, internal_call=False):  # the weights in their loaded dtype
+                    save_fqlora(trainer.model, config.training.output_dir, merge=config.model.save_merged)
     return trainer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .distributed import check_launch
 from .param_groups import parameter_groups, parameter_report
 from .precision import SaveInLoadedDtype, upcast_trainable_weights
 from .sampling import ResumableLengthGroupedSampler
-from .stages import TASKS, get_stage
+from .stages import STAGES, TASKS, get_stage
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class MemCompTrainingArguments(TrainingArguments):
     )
     global_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Examples per optimizer step over all ranks; sets gradient_accumulation_steps."},
+        metadata={"help": "Examples per optimizer step over all ranks; sets gradient_accumulation_steps (an explicit "
+                          "gradient_accumulation_steps other than 1 must agree with it)."},
     )
     rank_trace_dir: str | None = field(
         default=None, metadata={"help": "Write per-rank example ids and gradient checksums here (DDP checks)."}
@@ -69,7 +71,15 @@ class MemCompTrainingArguments(TrainingArguments):
                     f"global_batch_size={self.global_batch_size} is not a multiple of per_device_train_batch_size "
                     f"({self.per_device_train_batch_size}) x {world} processes; change either."
                 )
-            self.gradient_accumulation_steps = self.global_batch_size // per_step
+            derived = self.global_batch_size // per_step
+            if self.gradient_accumulation_steps not in (1, derived):  # 1 is the default: it cannot be told from a given 1
+                raise ValueError(
+                    f"gradient_accumulation_steps={self.gradient_accumulation_steps} and global_batch_size="
+                    f"{self.global_batch_size} disagree: {self.global_batch_size} examples per step with "
+                    f"per_device_train_batch_size={self.per_device_train_batch_size} on {world} processes takes "
+                    f"{derived} accumulation steps. Give only one of the two (the other follows), or make them agree."
+                )
+            self.gradient_accumulation_steps = derived
         if self.early_stopping_patience is not None:
             self.load_best_model_at_end = True
             self.metric_for_best_model = self.metric_for_best_model or "loss"
@@ -78,10 +88,45 @@ class MemCompTrainingArguments(TrainingArguments):
 
     @classmethod
     def for_stage(cls, stage: str, **overrides) -> "MemCompTrainingArguments":
-        """Arguments with the stage's Table 9 defaults (see `trainers.stages`), updated by `overrides`."""
-        kwargs = get_stage(stage).training_defaults()
+        """Arguments with the stage's Table 9 defaults (see `trainers.stages`), updated by `overrides`; an explicit
+        `gradient_accumulation_steps` without `global_batch_size` replaces the stage's global batch."""
+        kwargs = stage_training_defaults(stage, explicit=overrides)
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+def stage_training_defaults(stage: str, explicit) -> dict:
+    """The stage's Table 9 training defaults, less its global batch size where `explicit` (the names given) holds
+    `gradient_accumulation_steps` but not `global_batch_size`: the accumulation given then sets the global batch."""
+    defaults = get_stage(stage).training_defaults()
+    if "gradient_accumulation_steps" in explicit and "global_batch_size" not in explicit:
+        defaults.pop("global_batch_size")
+    return defaults
+
+
+def record_prompt_template(model, template: str, system_prompt: str | None = None) -> None:
+    """Write how `model` is trained to be prompted into its config (read by `generate`, the CLI, evaluation, the card)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    if config is not None and hasattr(config, "prompt_template"):
+        config.prompt_template, config.system_prompt = template, system_prompt
+
+
+@contextlib.contextmanager
+def full_state_dict_save(trainer, internal_call: bool):
+    """Within: a FSDP run set to SHARDED_STATE_DICT saves with FULL_STATE_DICT, so a final `save_model` writes whole
+    weights; checkpoints (`internal_call`) keep the sharded type that resuming reads."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if internal_call or plugin is None or "SHARDED_STATE_DICT" not in str(plugin.state_dict_type):
+        yield
+        return
+    kept = plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config
+    plugin.state_dict_config = plugin.optim_state_dict_config = None  # set_state_dict_type fills the full ones in
+    plugin.set_state_dict_type("FULL_STATE_DICT")  # accelerate's way: train sharded, save the final model full
+    try:
+        yield
+    finally:
+        plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config = kept
 
 
 class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
@@ -102,6 +147,8 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
                     parameter.requires_grad_(False)
         if model is not None:
             upcast_trainable_weights(model, args)
+            if args.stage in STAGES:  # the stage's prompt format; trainers.run records a config's own template after this
+                record_prompt_template(model, get_stage(args.stage).template)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
         check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}
@@ -139,6 +186,23 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------ checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; under FSDP a final save writes the full weights even when checkpoints are sharded."""
+        with full_state_dict_save(self, _internal_call):
+            super().save_model(output_dir, _internal_call)
+
+    @contextlib.contextmanager
+    def full_parameters(self):
+        """Within: every parameter whole on every rank (ZeRO-3 gathers its partitions); a no-op on other engines.
+        Every rank must enter it, e.g. around a save that only the main process writes."""
+        if not (self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            yield
+
     def _full_ft_model(self):
         """The peft model when it has trainable non-LoRA parameters (FQLoRA) that this trainer checkpoints itself, else
         None. DeepSpeed's checkpoint holds them (it saves every trainable parameter) and restores them itself; FSDP's

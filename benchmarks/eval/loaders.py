@@ -92,7 +92,9 @@ def _passages(row: dict) -> tuple[list[str], list[int]]:
     if isinstance(context, str):
         return [context], list(row.get("supporting", []))
     if isinstance(context, dict) and "sentences" in context:  # HotpotQA: {title: [...], sentences: [[...]]}
-        passages = [f"{t}\n{''.join(s)}" for t, s in zip(context["title"], context["sentences"])]
+        from trainers.data import hotpotqa_passage  # the passages training formats
+
+        passages = [hotpotqa_passage(t, s) for t, s in zip(context["title"], context["sentences"])]
         gold_titles = set((row.get("supporting_facts") or {}).get("title", []))
         return passages, [i for i, t in enumerate(context["title"]) if t in gold_titles]
     if isinstance(context, dict) and "passage_text" in context:  # MS MARCO
