@@ -46,6 +46,37 @@ def _is_local(host) -> bool:
         return False
 
 
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.launcher_env = {key: os.environ.get(key) for key in LAUNCHER_ENV}  # before any fixture
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Fail a test that leaves a torch.distributed process group or launcher variables behind, once its fixtures are
+    torn down (both are cleared first): later tests in the process, and the processes they start, would join a group
+    that holds a port."""
+    result = yield
+    before = getattr(item, "launcher_env", {})
+    changed = sorted(key for key in before if os.environ.get(key) != before[key])
+    for key in changed:
+        if before[key] is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before[key]
+    left = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if left:
+        torch.distributed.destroy_process_group()
+    if left or changed:
+        what = [*(["a torch.distributed process group"] if left else []), *([f"launcher variables {', '.join(changed)}"] if changed else [])]
+        pytest.fail(f"the test left {' and '.join(what)} behind; clean up (monkeypatch) or run it in a subprocess")
+    return result
+
+
 @pytest.fixture(autouse=True)
 def network_attempts(monkeypatch):
     """Refuse (OSError) and record every connection or lookup that leaves the machine; fail the test if any."""

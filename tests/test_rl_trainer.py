@@ -251,8 +251,12 @@ def test_rollouts_run_in_bf16_when_training_in_bf16(tokenizer, rl_data, tmp_path
     started = []
     monkeypatch.setattr(backend, "require_vllm", lambda: None)
     monkeypatch.setattr(backend, "VLLMDecoder", lambda folder, **settings: started.append((folder, settings)) or "engine")
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)  # _start_vllm sets them; restored after
+    def without_launcher_env():  # _start_vllm sets them, and a config built with them set starts a process group
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.setenv(key, "")  # records the value before the test (delenv of an unset one records nothing)
+            monkeypatch.delenv(key)
+
+    without_launcher_env()
 
     def exported_dtypes(folder):
         with safe_open(str(Path(folder) / "model.safetensors"), framework="pt") as saved:
@@ -273,6 +277,7 @@ def test_rollouts_run_in_bf16_when_training_in_bf16(tokenizer, rl_data, tmp_path
         trainer._generate_single_turn(prompt_ids, None, {}, 1)
     assert seen and set(seen) == {torch.bfloat16}
     # a dtype given for the vLLM engine wins
+    without_launcher_env()
     _trainer(build_tiny_memcomp(tokenizer, chunk_size=16), rl_data, tmp_path, bf16=True, rollout_backend="vllm",
              vllm_decoder_kwargs={"dtype": "float32"})
     folder, settings = started[-1]
