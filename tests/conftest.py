@@ -6,6 +6,7 @@ swallows the error.
 """
 
 import atexit
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -47,22 +48,27 @@ def _is_local(host) -> bool:
 
 
 LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_launcher_env_before: dict[str, str | None] = {}
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    item.launcher_env = {key: os.environ.get(key) for key in LAUNCHER_ENV}  # before any fixture
+    if item.nodeid.split("::")[0] != _launcher_env_before.get("module"):  # a test file's first test, before any fixture
+        _launcher_env_before.clear()
+        _launcher_env_before.update({key: os.environ.get(key) for key in LAUNCHER_ENV}, module=item.nodeid.split("::")[0])
     return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """Fail a test that leaves a torch.distributed process group or launcher variables behind, once its fixtures are
-    torn down (both are cleared first): later tests in the process, and the processes they start, would join a group
-    that holds a port."""
+    """Fail a test file that leaves a torch.distributed process group or launcher variables behind, once its last
+    test's fixtures (module-scoped ones included) are torn down; both are cleared first. Later tests in the process,
+    and the processes they start, would otherwise join a group that holds a port."""
     result = yield
-    before = getattr(item, "launcher_env", {})
-    changed = sorted(key for key in before if os.environ.get(key) != before[key])
+    if nextitem is not None and nextitem.nodeid.split("::")[0] == item.nodeid.split("::")[0]:
+        return result
+    before = {key: _launcher_env_before.get(key) for key in LAUNCHER_ENV}
+    changed = sorted(key for key in LAUNCHER_ENV if os.environ.get(key) != before[key])
     for key in changed:
         if before[key] is None:
             del os.environ[key]
@@ -73,8 +79,28 @@ def pytest_runtest_teardown(item, nextitem):
         torch.distributed.destroy_process_group()
     if left or changed:
         what = [*(["a torch.distributed process group"] if left else []), *([f"launcher variables {', '.join(changed)}"] if changed else [])]
-        pytest.fail(f"the test left {' and '.join(what)} behind; clean up (monkeypatch) or run it in a subprocess")
+        pytest.fail(f"a test of this file left {' and '.join(what)} behind; clean up (monkeypatch, in_process_vllm) or "
+                    "run it in a subprocess")
     return result
+
+
+@contextlib.contextmanager
+def in_process_vllm():
+    """Scope for a vLLM engine started in this process (external launcher): after it, its process groups are shut down
+    and the launcher variables it set are restored."""
+    saved = {key: os.environ.get(key) for key in LAUNCHER_ENV}
+    try:
+        yield
+    finally:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

@@ -251,6 +251,22 @@ def test_push_to_hub_from_save_pretrained_uploads_the_tokenizer_and_pipeline(mod
     assert "notes.txt" not in uploaded  # as transformers: only what this save wrote
 
 
+def test_a_model_whose_tokenizer_cannot_load_warns_on_save_and_is_not_pushed(model, tmp_path, monkeypatch):
+    import copy
+
+    import transformers.modeling_utils
+
+    hub = FakeHub()
+    monkeypatch.setattr(transformers.modeling_utils, "hf_api", lambda: hub)
+    orphan = copy.deepcopy(model)
+    orphan._tokenizer, orphan.name_or_path = None, str(tmp_path / "gone")  # its source folder was deleted
+    with pytest.warns(UserWarning, match="saved without a tokenizer"):
+        orphan.save_pretrained(tmp_path / "local")
+    with pytest.raises(OSError, match="not pushed: the tokenizer"):
+        orphan.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="me/tiny")
+    assert hub.commits == []
+
+
 def test_a_remote_code_model_saved_again_keeps_a_working_pipeline(corpus, tmp_path):
     from transformers import pipeline
 

@@ -76,6 +76,8 @@ def test_normalize_answer_is_squad_style():
         ("The correct answer is Paris; the response says Paris, which is correct.", True),
         ("The response gives an incorrect answer.", False),
         ("CORRECT\nThe response names the same city.", True),
+        ("Yes - it matches.", True),
+        ("No \u2014 wrong city", False),
     ],
 )
 def test_parse_verdict(reply, verdict):

@@ -537,6 +537,12 @@ def test_the_trainer_records_the_stage_prompt_template_and_run_stage_the_configs
                                               per_device_train_batch_size=1, global_batch_size=1)
     MemCompTrainer(model=model, args=args)  # as the docs' "In Python" recipe: no trainers.run
     assert model.get_base_model().config.prompt_template == "plain"
+    chat = make_model()
+    chat.config.system_prompt = "Answer briefly."  # a chat checkpoint trained further with SFT keeps its system prompt
+    sft = MemCompTrainingArguments.for_stage("sft", output_dir=str(tmp_path / "sft"), use_cpu=True, report_to=[],
+                                             per_device_train_batch_size=1, global_batch_size=1)
+    MemCompTrainer(model=chat, args=sft)
+    assert (chat.config.prompt_template, chat.config.system_prompt) == ("chat", "Answer briefly.")
 
     config = tiny_stage("cpt1", tmp_path / "run", template="chat", num_samples=8, eval_samples=0, max_steps=1,
                         global_batch_size=4, save_strategy="no", eval_strategy="no", early_stopping_patience=None)

@@ -238,7 +238,8 @@ def parse_verdict(reply: str) -> bool | None:
     first_line = text.strip().split("\n", 1)[0].split()
     if first_line:
         first = first_line[0].strip(string.punctuation + "*").lower()
-        alone = len(first_line) == 1 or first_line[0].rstrip("*")[-1:] in string.punctuation
+        alone = (len(first_line) == 1 or first_line[0].rstrip("*")[-1:] in string.punctuation
+                 or not first_line[1].strip(string.punctuation + "\u2013\u2014"))  # "Yes - it matches."
         if first in _FIRST_WORD and alone:
             return _FIRST_WORD[first]
     found = {w.lower() == "correct" for w in _WORDS.findall(text)}

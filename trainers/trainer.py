@@ -104,11 +104,17 @@ def stage_training_defaults(stage: str, explicit) -> dict:
     return defaults
 
 
-def record_prompt_template(model, template: str, system_prompt: str | None = None) -> None:
-    """Write how `model` is trained to be prompted into its config (read by `generate`, the CLI, evaluation, the card)."""
+def record_prompt_template(
+    model, template: str, system_prompt: str | None = None, keep_system_prompt: bool = False
+) -> None:
+    """Write how `model` is trained to be prompted into its config (read by `generate`, the CLI, evaluation, the card).
+
+    `keep_system_prompt`: a checkpoint already prompted with `template` keeps its recorded system prompt."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(inner, "config", None)
     if config is not None and hasattr(config, "prompt_template"):
+        if keep_system_prompt and config.prompt_template == template:
+            system_prompt = config.system_prompt
         config.prompt_template, config.system_prompt = template, system_prompt
 
 
@@ -148,7 +154,7 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
         if model is not None:
             upcast_trainable_weights(model, args)
             if args.stage in STAGES:  # the stage's prompt format; trainers.run records a config's own template after this
-                record_prompt_template(model, get_stage(args.stage).template)
+                record_prompt_template(model, get_stage(args.stage).template, keep_system_prompt=True)
         super().__init__(model=model, args=args, data_collator=data_collator, callbacks=callbacks, **kwargs)
         check_launch(self.accelerator.distributed_type.value)
         self._task_totals = {split: torch.zeros(len(TASKS), 2, dtype=torch.float64) for split in ("train", "eval")}

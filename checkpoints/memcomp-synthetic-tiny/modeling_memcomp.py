@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -257,8 +258,12 @@ class MemCompForCausalLM(MemCompPreTrainedModel, GenerationMixin):
         if self._tokenizer is None and self.name_or_path:
             try:  # a model loaded from a folder and saved elsewhere takes its (not yet loaded) tokenizer along
                 self.tokenizer
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as error:
+                if upload is not None:
+                    raise OSError(f"not pushed: the tokenizer of {self.name_or_path} could not be loaded ({error}), and "
+                                  "a repo without it cannot answer text; set model.tokenizer = ... first.") from error
+                warnings.warn(f"{save_directory} was saved without a tokenizer: the one of {self.name_or_path} could not "
+                              f"be loaded ({error}); set model.tokenizer = ... and save again.", stacklevel=2)
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(save_directory)
         if upload is not None:

@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from conftest import in_process_vllm  # noqa: E402
 from trainers import MemCompGRPOConfig, MemCompGRPOTrainer  # noqa: E402
 from trainers.precompute import load_rows, precompute_memory  # noqa: E402
 
@@ -24,7 +25,13 @@ TINY = dict(per_device_train_batch_size=8, num_generations=4, max_completion_len
             use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no")
 
 
-def test_vllm_rollouts_equal_hf_greedy_and_follow_weight_updates(tokenizer, tmp_path):
+@pytest.fixture
+def in_process_engine():
+    with in_process_vllm():  # the trainer starts its engine in this process
+        yield
+
+
+def test_vllm_rollouts_equal_hf_greedy_and_follow_weight_updates(tokenizer, tmp_path, in_process_engine):
     from modeling_memcomp.tiny import build_tiny_memcomp
 
     # head_dim 32: vLLM's CPU attention kernels do not take tiny head sizes

@@ -14,6 +14,7 @@ import torch
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default 4 is far more than a tiny model needs
 
+from conftest import in_process_vllm  # noqa: E402
 from modeling_memcomp.tiny import build_tiny_memcomp  # noqa: E402
 from modeling_memcomp.vllm_backend import VLLMDecoder, build_prompt_embeds, require_vllm  # noqa: E402
 
@@ -38,8 +39,9 @@ def models(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine(models, tmp_path_factory):
-    return VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0,
-                       disable_log_stats=False)  # the prefix-cache counters
+    with in_process_vllm():
+        yield VLLMDecoder(models["each"], export_dir=tmp_path_factory.mktemp("decoder"), max_model_len=1024, seed=0,
+                          disable_log_stats=False)  # the prefix-cache counters
 
 
 def hf_greedy_tokens(model, memories, questions) -> list[list[int]]:
