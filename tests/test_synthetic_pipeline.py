@@ -384,25 +384,32 @@ def test_targets_without_a_full_context_baseline_are_not_measured_rather_than_me
     assert not both["rl EM minus full-context EM at k = 16"]["met"]
 
 
-def test_the_main_process_takes_every_thread_once_the_second_process_has_finished():
-    class Side:
-        alive = True
+def test_a_process_takes_every_thread_once_the_other_one_has_finished():
+    import threading
 
-        def is_alive(self):
-            return self.alive
-
-    side, before = Side(), torch.get_num_threads()
-    callback = ThreadsWhenAlone(side, threads=2)
+    other_done, before = threading.Event(), torch.get_num_threads()
+    callback = ThreadsWhenAlone(other_done.is_set, threads=2)  # as the second process gets it: the main one's event
     state = type("State", (), {"global_step": 7})()
     try:
         torch.set_num_threads(1)
         callback.on_step_end(None, state, None)
-        assert torch.get_num_threads() == 1  # the baseline still trains beside it
-        side.alive = False
+        assert torch.get_num_threads() == 1  # the other process still trains beside it
+        other_done.set()
         callback.on_step_end(None, state, None)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_second_process_starts_only_when_both_processes_have_stages_left(tmp_path):
+    """A phase with only the baseline left (the proof's `other_kind_baseline`) trains it in the main process, on
+    `threads_alone`, instead of a one-thread second process beside an idle main one."""
+    from benchmarks.synthetic.pipeline import pending_stages
+
+    config = SyntheticRunConfig(output_dir=str(tmp_path), stages=["data", "baseline"])
+    assert pending_stages(config) == ([], ["baseline"])
+    config = SyntheticRunConfig(output_dir=str(tmp_path), stages=["data", "cpt1", "baseline"])
+    assert pending_stages(config) == (["cpt1"], ["baseline"])
 
 
 def test_the_second_process_stops_when_the_main_one_fails_or_is_gone():

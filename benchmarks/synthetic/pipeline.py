@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,16 +43,16 @@ class StopSideProcess(TrainerCallback):
 
 
 class ThreadsWhenAlone(TrainerCallback):
-    """Raise this process's torch threads to `threads` as soon as the second process has finished: a stage that
-    started beside it would otherwise keep one thread, and a core would idle for the rest of its steps."""
+    """Raise this process's torch threads to `threads` as soon as the other process has finished (`other_done()`): a
+    stage that started beside it would otherwise keep one thread, and a core would idle for the rest of its steps."""
 
-    def __init__(self, side, threads: int):
-        self.side, self.threads = side, threads
+    def __init__(self, other_done: Callable[[], bool], threads: int):
+        self.other_done, self.threads = other_done, threads
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not self.side.is_alive() and torch.get_num_threads() != self.threads:
+        if self.other_done() and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-            logger.info("the second process has finished: %d torch threads from step %d", self.threads, state.global_step)
+            logger.info("the other process has finished: %d torch threads from step %d", self.threads, state.global_step)
 
 
 def run_side_stages(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
@@ -76,12 +77,22 @@ def watch_parent(parent_pid: int, grace_s: float = 120.0, poll_s: float = 10.0) 
             return
 
 
-def _side_process(config_dict: dict, parent_pid: int, stop) -> None:
+def _side_process(config_dict: dict, parent_pid: int, stop, main_done) -> None:
     logging.basicConfig(level=logging.INFO)
     threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     config = SyntheticRunConfig(**config_dict)
     torch.set_num_threads(config.threads)
-    run_side_stages(config, (StopSideProcess(parent_pid, stop),))
+    run_side_stages(config, (StopSideProcess(parent_pid, stop), ThreadsWhenAlone(main_done.is_set, config.threads_alone)))
+
+
+def pending_stages(config: SyntheticRunConfig) -> tuple[list[str], list[str]]:
+    """Unfinished selected stages: (the main process's: memcomp stages and RL; the second process's: the baseline and
+    the reconstruction-curve runs). Only when both have some is a second process started; else one process trains
+    them all with `threads_alone`."""
+    def unfinished(stages):
+        return [s for s in stages if s in config.stages and not stage_done(config.stage_dir(s))]
+
+    return unfinished((*MEMCOMP_STAGES, "rl")), unfinished(("baseline", *config.recon_stages))
 
 
 SIDE_STOP_TIMEOUT_S = 300
@@ -109,20 +120,22 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     if "lm" in wanted and not stage_done(config.stage_dir("lm")):
         pretrain_lm(config)
     side = None
-    pending = [s for s in ("baseline", *config.recon_stages) if s in wanted and not stage_done(config.stage_dir(s))]
-    if pending and config.parallel:
+    main_pending, side_pending = pending_stages(config)
+    if side_pending and main_pending and config.parallel:
         context = multiprocessing.get_context("spawn")
-        stop = context.Event()
-        side = context.Process(target=_side_process, args=(asdict(config), os.getpid(), stop))
+        stop, main_done = context.Event(), context.Event()
+        side = context.Process(target=_side_process, args=(asdict(config), os.getpid(), stop, main_done))
         side.start()
-    elif pending:
+    elif side_pending:  # alone (nothing for the main process to train beside it): this process, `threads_alone`
         run_side_stages(config)
-    threads = (ThreadsWhenAlone(side, config.threads_alone),) if side is not None else ()
+    threads = (ThreadsWhenAlone(lambda: not side.is_alive(), config.threads_alone),) if side is not None else ()
     try:
         for stage in (*MEMCOMP_STAGES, "rl"):
             torch.set_num_threads(config.threads if side is not None and side.is_alive() else config.threads_alone)
             if stage in wanted and not stage_done(config.stage_dir(stage)):
                 train_rl(config, threads) if stage == "rl" else train_memcomp_stage(config, stage, threads)
+        if side is not None:
+            main_done.set()  # the second process takes every thread from its next step
     except BaseException:
         if side is not None and side.is_alive():  # the error surfaces now, not when the second process ends hours later
             logger.error("the main process failed: stopping the second process (a rerun resumes it from its last checkpoint)")
