@@ -741,3 +741,11 @@ def test_the_evaluation_decodes_every_system_with_plain_greedy(model, tmp_path):
     row = {"context": ["Ena lives in Tide."], "question": "Where does Ena live?", "answer": "Tide", "type": "person_city", "k": 1}
     evaluate_systems("qa_passages", qa_examples([row], "qa_k"), [Recording("sft"), Recording("full")], tmp_path, 8)
     assert seen == {name: {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": 8} for name in ("sft", "full")}
+
+
+def test_rl_checkpoints_every_save_steps_as_the_other_stages(tmp_path):
+    """A killed RL stage resumes from at most `save_steps` back (it saved every rl_steps / 4 before: 375 of 1,500)."""
+    from benchmarks.synthetic.stages import rl_arguments
+
+    args = rl_arguments(SyntheticRunConfig(output_dir=str(tmp_path), rl_steps=1500, save_steps=250))
+    assert (args.save_strategy, args.save_steps, args.max_steps) == ("steps", 250, 1500)

@@ -260,7 +260,7 @@ def rl_arguments(config: SyntheticRunConfig):
         gradient_checkpointing=False,
         logging_steps=5,
         save_strategy="steps",
-        save_steps=max(config.rl_steps // 4, 1),
+        save_steps=config.save_steps,  # one optimizer step per rollout batch: any step is a whole-batch boundary
         save_total_limit=1,
         report_to=[],
         disable_tqdm=True,
