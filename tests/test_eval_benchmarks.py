@@ -55,6 +55,9 @@ def test_reconstruction_caps_each_length_at_its_own_budget_and_hashes_the_rule(m
     assert seen == [56, 96] and results["settings"]["max_new_tokens_rule"] == reconstruction.CAP_RULE
     reconstruction.evaluate(model, args, ReconstructionArguments(lengths=[32], samples_per_length=1), docs)
     assert seen == [56, 96]  # fewer lengths, same cap per example: the record is reused
+    capped = EvalArguments(output_dir=str(tmp_path / "capped"), systems=["memcomp"], max_new_tokens=5, batch_size=2)
+    reconstruction.evaluate(model, capped, ReconstructionArguments(lengths=[32, 64], samples_per_length=1), docs)
+    assert seen[2:] == [5]  # the user's --max_new_tokens wins over the per-length caps: one batch
 
 
 def test_synthetic_reconstruction_caps_each_document_and_does_not_reuse_another_caps_records(tmp_path):

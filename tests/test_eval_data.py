@@ -121,6 +121,25 @@ def test_an_example_whose_data_changed_under_the_same_id_is_run_again(tmp_path):
     assert sorted(r["id"] for r in run(fixed, [Echo()], score, store(), {})) == ["0", "1"]  # not asked for: left out
 
 
+def test_per_example_generation_kwargs_batch_each_set_together_and_record_every_example(tmp_path):
+    from benchmarks.eval.harness import Example, run
+    from benchmarks.eval.systems import Generation
+
+    class Recording:
+        name, calls = "rec", []
+
+        def generate(self, contexts, instructions, **kwargs):
+            self.calls.append((contexts, kwargs["max_new_tokens"]))
+            return [Generation(text=c, num_tokens=1, context_tokens=1) for c in contexts]
+
+    examples = [Example(str(i), f"c{i}", "Rebuild.", f"c{i}", meta={"cap": cap}) for i, cap in enumerate((8, 16, 8, 8))]
+    store = RecordStore(tmp_path / "records.jsonl", config_hash({}))
+    records = run(examples, [Recording()], lambda e, g: {"em": float(g.text == e.reference)}, store,
+                  lambda e: {"max_new_tokens": e.meta["cap"]}, batch_size=2)
+    assert Recording.calls == [(["c0", "c2"], 8), (["c3"], 8), (["c1"], 16)]  # one cap per batch, never mixed
+    assert sorted(r["id"] for r in records) == ["0", "1", "2", "3"] and all(r["em"] == 1.0 for r in records)
+
+
 def test_niah_needle_sits_at_its_depth_on_a_sentence_boundary(tokenizer):
     haystack = (FIXTURES / "haystack.txt").read_text()
     examples = niah_examples(tokenizer, haystack, [200], [0, 50, 100])

@@ -42,6 +42,15 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def _by_kwargs(examples: list[Example], kwargs_for: Callable[[Example], dict]) -> list[tuple[dict, list[Example]]]:
+    """The examples grouped by their generation kwargs, groups and examples in first-appearance order."""
+    groups: dict[str, tuple[dict, list[Example]]] = {}
+    for example in examples:
+        kwargs = kwargs_for(example)
+        groups.setdefault(json.dumps(kwargs, sort_keys=True, default=str), (kwargs, []))[1].append(example)
+    return list(groups.values())
+
+
 def _seed_for(seed: int, example_id: str) -> int:
     """A per-example generation seed, so a resumed run samples finished and unfinished examples alike."""
     return seed + int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16)
@@ -73,12 +82,29 @@ def _score(scorer: Scorer, answered: list[tuple[Example, Generation]]) -> list[d
     return [scorer(e, g) for e, g in answered]
 
 
+def _records(system, batch: list[Example], outputs: list[Generation | str], scorer: Scorer, digests: dict) -> list[dict]:
+    """One record per example of a generated batch: its answer and scores, or the `error` the system rejected it with."""
+    answered = [(e, o) for e, o in zip(batch, outputs) if not isinstance(o, str)]
+    scores = iter(_score(scorer, answered))
+    records = []
+    for example, output in zip(batch, outputs):
+        record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference,
+                  **example.meta, "example_hash": digests[example.id]}
+        if isinstance(output, str):
+            record["error"] = output
+        else:
+            record.update(response=output.text, response_tokens=output.num_tokens, context_tokens=output.context_tokens)
+            record.update(next(scores))
+        records.append(record)
+    return records
+
+
 def run(
     examples: list[Example],
     systems: list,
     scorer: Scorer,
     store: RecordStore,
-    generate_kwargs: dict,
+    generate_kwargs: dict | Callable[[Example], dict],
     batch_size: int = 1,
     seed: int = 0,
     desc: str = "eval",
@@ -87,7 +113,10 @@ def run(
 
     Examples already in `store` (same config hash) are skipped, so a crashed run resumes where it stopped.
     A rejected example (context too long for the model, ...) gets a record with `error` and no scores.
+    `generate_kwargs` is one set for every example, or a function giving each example its own (e.g. an answer cap by
+    context length); examples sharing a set are batched together.
     """
+    kwargs_for = generate_kwargs if callable(generate_kwargs) else lambda _: generate_kwargs
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError("example ids must be unique: they key the resumable records.")
@@ -98,19 +127,10 @@ def run(
         bar = tqdm(total=len(todo), desc=f"{desc} [{system.name}]", unit="ex", disable=not todo)
         if skipped:
             logger.info("%s [%s]: %d finished examples reused from %s", desc, system.name, skipped, store.path)
-        for batch in _batches(todo, batch_size):
-            outputs = _generate(system, batch, seed, generate_kwargs)
-            answered = [(e, o) for e, o in zip(batch, outputs) if not isinstance(o, str)]
-            scores = iter(_score(scorer, answered))
-            for example, output in zip(batch, outputs):
-                record = {"id": example.id, "system": system.name, "question": example.question, "reference": example.reference,
-                          **example.meta, "example_hash": digests[example.id]}
-                if isinstance(output, str):
-                    record["error"] = output
-                else:
-                    record.update(response=output.text, response_tokens=output.num_tokens, context_tokens=output.context_tokens)
-                    record.update(next(scores))
-                store.append(record)
-            bar.update(len(batch))
+        for kwargs, group in _by_kwargs(todo, kwargs_for):
+            for batch in _batches(group, batch_size):
+                for record in _records(system, batch, _generate(system, batch, seed, kwargs), scorer, digests):
+                    store.append(record)
+                bar.update(len(batch))
         bar.close()
     return [r for r in store.records() if r["id"] in digests and r.get("example_hash") == digests[r["id"]]]

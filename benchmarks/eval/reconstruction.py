@@ -54,13 +54,10 @@ def evaluate(model, args: EvalArguments, data: ReconstructionArguments, document
     args = dataclasses.replace(args, template="plain")  # the paper's Stage-1 format
     store, settings = open_store(args, "reconstruction", model, {"max_new_tokens_rule": CAP_RULE})
     systems = build_systems(model, args)
-    records = []
-    for length in sorted({e.meta["length"] for e in examples}):  # one cap per length: 1.25 x each context's length
-        records += run(
-            [e for e in examples if e.meta["length"] == length], systems, score, store,
-            generate_kwargs(args, "reconstruction", max_new_tokens_for(length)),
-            batch_size=args.batch_size, seed=args.seed, desc=f"reconstruction@{length}",
-        )
+    records = run(  # one cap per length: 1.25 x each context's length
+        examples, systems, score, store, lambda e: generate_kwargs(args, "reconstruction", max_new_tokens_for(e.meta["length"])),
+        batch_size=args.batch_size, seed=args.seed, desc="reconstruction",
+    )
     out = output_dir(args, "reconstruction")
     summaries = {m: summarize(records, m, by="length", error_score=0.0) for m in ("rouge1", "rougeL")}
     tables = {f"{m} F1 by context length (tokens)": comparison_table(s, "length") for m, s in summaries.items()}

@@ -194,11 +194,7 @@ def evaluate_systems(
         folder / f"{benchmark}_records.jsonl",
         config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY, **rule}),
     )
-    records = []
-    for tokens in sorted({cap(e) for e in examples}):  # examples sharing a cap are batched together
-        group = [e for e in examples if cap(e) == tokens]
-        records += run(group, systems, scorer, store, {**GREEDY, "max_new_tokens": tokens}, batch_size=batch_size, desc=benchmark)
-    return records
+    return run(examples, systems, scorer, store, lambda e: {**GREEDY, "max_new_tokens": cap(e)}, batch_size=batch_size, desc=benchmark)
 
 
 def aggregate(results: dict, controls: list[dict] = ()) -> dict:
