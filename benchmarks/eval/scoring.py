@@ -18,14 +18,21 @@ _STOPWORDS = frozenset(
 )
 
 
+CLOSED_ANSWERS = frozenset({"yes", "no", "noanswer"})
+"""Answers that HotpotQA's official F1 scores all or nothing: "yes, both are" against "yes" is wrong, not 0.5."""
+
+
 def token_f1(prediction: str, references: str | Sequence[str]) -> float:
-    """Best SQuAD token-level F1 of the prediction against the references (normalised as the EM judge does)."""
+    """Best SQuAD token-level F1 of the prediction against the references (normalised as the EM judge does), with
+    HotpotQA's rule for yes/no answers (`CLOSED_ANSWERS`: 0 unless both sides are the same one)."""
     pred = comparable_answer(prediction).split()
     best = 0.0
     for reference in [references] if isinstance(references, str) else references:
         ref = comparable_answer(reference).split()
         if not pred or not ref:  # SQuAD's rule: F1 is their agreement when either side is empty
             best = max(best, float(pred == ref and bool(prediction.strip())))
+            continue
+        if pred != ref and CLOSED_ANSWERS & {" ".join(pred), " ".join(ref)}:
             continue
         common = sum((Counter(pred) & Counter(ref)).values())
         if common:
