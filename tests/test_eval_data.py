@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.eval import protocol
 from benchmarks.eval.config import EvalArguments, LongBenchArguments
@@ -138,6 +139,23 @@ def test_per_example_generation_kwargs_batch_each_set_together_and_record_every_
                   lambda e: {"max_new_tokens": e.meta["cap"]}, batch_size=2)
     assert Recording.calls == [(["c0", "c2"], 8), (["c3"], 8), (["c1"], 16)]  # one cap per batch, never mixed
     assert sorted(r["id"] for r in records) == ["0", "1", "2", "3"] and all(r["em"] == 1.0 for r in records)
+    Recording.calls.clear()
+    run(examples, [Recording()], lambda e, g: {"em": 1.0}, store, lambda e: {"max_new_tokens": e.meta["cap"]}, batch_size=2)
+    assert Recording.calls == []  # the same kwargs: every record reused
+    run(examples, [Recording()], lambda e, g: {"em": 1.0}, store, {"max_new_tokens": 8}, batch_size=4)
+    assert Recording.calls == [(["c1"], 8)]  # example 1 had another cap: its record is not reused
+
+
+def test_generation_kwargs_json_cannot_name_still_group_and_key_records():
+    from benchmarks.eval.harness import Example, example_hash, kwargs_key
+
+    bias = {"max_new_tokens": 4, "sequence_bias": {(5,): -10.0}}  # tuple keys: not JSON
+    assert kwargs_key(bias) == kwargs_key({"sequence_bias": {(5,): -10.0}, "max_new_tokens": 4})
+    a, b = torch.zeros(2000), torch.zeros(2000)
+    b[1000] = 1.0  # equal in a shortened printout
+    assert kwargs_key({"bad_words": a}) != kwargs_key({"bad_words": b})
+    example = Example("0", "c", "q", "r")
+    assert example_hash(example, {"max_new_tokens": 4}) != example_hash(example, {"max_new_tokens": 5})
 
 
 def test_niah_needle_sits_at_its_depth_on_a_sentence_boundary(tokenizer):

@@ -44,9 +44,13 @@ def test_token_f1_and_rouge_known_values():
     assert token_f1("nothing shared", ["silver engine"]) == 0.0
     assert token_f1("The", "The") == 1.0 and answer_scores("Answer: The", "The")["em"] == 1.0  # F1 agrees with EM
     assert token_f1("", "") == 0.0  # an empty answer is never right
-    # HotpotQA's official rule: a yes/no answer scores all or nothing, on either side
-    assert token_f1("Yes.", "yes") == 1.0 and token_f1("yes, both are", "yes") == 0.0 and token_f1("no", "yes") == 0.0
-    assert token_f1("yes", "yes they were") == 0.0 and token_f1("yes", ["no", "yes"]) == 1.0
+    # HotpotQA's official rule (its sets only): a yes/no answer scores all or nothing, on either side
+    hotpot = dict(yes_no_rule=True)
+    assert token_f1("Yes.", "yes", **hotpot) == 1.0 and token_f1("no", "yes", **hotpot) == 0.0
+    assert token_f1("yes, both are", "yes", **hotpot) == 0.0 and token_f1("yes, both are", "yes") == 0.5  # SQuAD's: none
+    assert token_f1("yes", "yes they were", **hotpot) == 0.0 and token_f1("yes", ["no", "yes"], **hotpot) == 1.0
+    assert answer_scores("yes, both are", "yes", dataset="hotpotqa")["f1"] == 0.0
+    assert answer_scores("yes, both are", "yes", dataset="squad")["f1"] == 0.5
 
 
 def test_an_example_a_system_could_not_take_counts_as_a_failure_for_it():

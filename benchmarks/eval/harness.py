@@ -42,12 +42,28 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def kwargs_key(kwargs: dict) -> str:
+    """A text naming generation kwargs, equal for equal plain values (numbers, strings, lists, dicts, whatever their
+    keys). An object (a tensor, a `StoppingCriteriaList`) is named by its identity: never taken for another, never
+    matched across runs."""
+    def plain(value):
+        if isinstance(value, dict):
+            return sorted([repr(key), plain(item)] for key, item in value.items())
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        return f"{type(value).__name__}@{id(value)}"
+
+    return json.dumps(plain(kwargs))
+
+
 def _by_kwargs(examples: list[Example], kwargs_for: Callable[[Example], dict]) -> list[tuple[dict, list[Example]]]:
     """The examples grouped by their generation kwargs, groups and examples in first-appearance order."""
     groups: dict[str, tuple[dict, list[Example]]] = {}
     for example in examples:
         kwargs = kwargs_for(example)
-        groups.setdefault(json.dumps(kwargs, sort_keys=True, default=str), (kwargs, []))[1].append(example)
+        groups.setdefault(kwargs_key(kwargs), (kwargs, []))[1].append(example)
     return list(groups.values())
 
 
@@ -67,10 +83,13 @@ def _generate(system, batch: list[Example], seed: int, generate_kwargs: dict) ->
         return [out for example in batch for out in _generate(system, [example], seed, generate_kwargs)]
 
 
-def example_hash(example: Example) -> str:
-    """Digest of everything an example's record depends on: a data file edited under the same ids reruns the example."""
+def example_hash(example: Example, generate_kwargs: dict | None = None) -> str:
+    """Digest of everything an example's record depends on, its generation kwargs included: a data file edited under
+    the same ids, or another answer cap, reruns the example."""
     content = [example.context, example.instruction, example.reference, example.question, example.meta,
                example.system_instructions]
+    if generate_kwargs is not None:
+        content.append(kwargs_key(generate_kwargs))
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -111,7 +130,8 @@ def run(
 ) -> list[dict]:
     """Evaluate every example with every system, writing one record per (example, system) as soon as it is scored.
 
-    Examples already in `store` (same config hash) are skipped, so a crashed run resumes where it stopped.
+    Examples already in `store` (same config hash, content and generation kwargs) are skipped, so a crashed run
+    resumes where it stopped.
     A rejected example (context too long for the model, ...) gets a record with `error` and no scores.
     `generate_kwargs` is one set for every example, or a function giving each example its own (e.g. an answer cap by
     context length); examples sharing a set are batched together.
@@ -120,7 +140,7 @@ def run(
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError("example ids must be unique: they key the resumable records.")
-    digests = {e.id: example_hash(e) for e in examples}
+    digests = {e.id: example_hash(e, kwargs_for(e)) for e in examples}
     for system in systems:
         todo = [e for e in examples if not store.done(e.id, system.name, digests[e.id])]
         skipped = len(examples) - len(todo)

@@ -11,7 +11,7 @@ from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_lines, summarize, write_report
 from .runtime import build_systems, generate_kwargs, open_store, output_dir, resolve_template
-from .scoring import answer_scores
+from .scoring import F1_RULE, answer_scores
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_examples(
 
 
 def score(example: Example, generation) -> dict:
-    scores = answer_scores(generation.text, example.reference, generation.answer_style)
+    scores = answer_scores(generation.text, example.reference, generation.answer_style, example.meta.get("dataset"))
     return {**scores, "accuracy": scores["subspan_em"]}
 
 
@@ -82,7 +82,7 @@ def evaluate(model, args: EvalArguments, data: MultiHopArguments, datasets: dict
     )[: args.limit]
     if not examples:
         raise ValueError("no multi-hop examples: check the datasets and lengths arguments.")
-    store, settings = open_store(args, "multihop", model)
+    store, settings = open_store(args, "multihop", model, {"f1": F1_RULE})
     records = run(
         examples, build_systems(model, args), score, store, generate_kwargs(args, "multihop"),
         batch_size=args.batch_size, seed=args.seed, desc="multihop",

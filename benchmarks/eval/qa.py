@@ -8,7 +8,7 @@ from .harness import Example, run
 from .loaders import QAItem
 from .report import comparison_table, plot_bars, summarize, write_report
 from .runtime import build_systems, generate_kwargs, open_store, output_dir
-from .scoring import answer_scores
+from .scoring import F1_RULE, answer_scores
 
 
 def split_of(dataset: str) -> str:
@@ -43,7 +43,7 @@ class QAScorer:
         return self.score_batch([example], [generation])[0]
 
     def score_batch(self, examples: list[Example], generations: list) -> list[dict]:
-        scores = [answer_scores(g.text, e.reference, g.answer_style) for e, g in zip(examples, generations)]
+        scores = [answer_scores(g.text, e.reference, g.answer_style, e.meta.get("dataset")) for e, g in zip(examples, generations)]
         if self.judge is None:
             return [{**s, "accuracy": s["subspan_em"]} for s in scores]
         verdicts = self.judge.judge_batch(
@@ -62,7 +62,7 @@ def evaluate(model, args: EvalArguments, datasets: dict[str, list[QAItem]], judg
     examples = build_examples(datasets)[: args.limit]
     if not examples:
         raise ValueError("no QA examples to evaluate: check the datasets argument.")
-    store, settings = open_store(args, "qa", model, {"judge": type(judge).__name__ if judge else "subspan_em"})
+    store, settings = open_store(args, "qa", model, {"judge": type(judge).__name__ if judge else "subspan_em", "f1": F1_RULE})
     records = run(
         examples, build_systems(model, args), make_scorer(judge), store,
         generate_kwargs(args, "qa"), batch_size=args.batch_size, seed=args.seed, desc="qa",

@@ -20,11 +20,17 @@ _STOPWORDS = frozenset(
 
 CLOSED_ANSWERS = frozenset({"yes", "no", "noanswer"})
 """Answers that HotpotQA's official F1 scores all or nothing: "yes, both are" against "yes" is wrong, not 0.5."""
+YES_NO_RULE_DATASETS = frozenset({"hotpotqa", "2wiki"})
+"""The sets whose official F1 has that rule (HotpotQA's script, which 2WikiMultihopQA's follows); the others' (SQuAD,
+NQ, TriviaQA, ...) has none."""
+F1_RULE = "SQuAD token F1; yes/no all or nothing for " + ", ".join(sorted(YES_NO_RULE_DATASETS))
+"""How F1 is scored, in the records' settings hash of the benchmarks that report it: records scored under another
+rule are not reused."""
 
 
-def token_f1(prediction: str, references: str | Sequence[str]) -> float:
-    """Best SQuAD token-level F1 of the prediction against the references (normalised as the EM judge does), with
-    HotpotQA's rule for yes/no answers (`CLOSED_ANSWERS`: 0 unless both sides are the same one)."""
+def token_f1(prediction: str, references: str | Sequence[str], yes_no_rule: bool = False) -> float:
+    """Best SQuAD token-level F1 of the prediction against the references (normalised as the EM judge does); with
+    `yes_no_rule`, HotpotQA's: a yes/no answer (`CLOSED_ANSWERS`) on either side scores 0 unless both are the same."""
     pred = comparable_answer(prediction).split()
     best = 0.0
     for reference in [references] if isinstance(references, str) else references:
@@ -32,7 +38,7 @@ def token_f1(prediction: str, references: str | Sequence[str]) -> float:
         if not pred or not ref:  # SQuAD's rule: F1 is their agreement when either side is empty
             best = max(best, float(pred == ref and bool(prediction.strip())))
             continue
-        if pred != ref and CLOSED_ANSWERS & {" ".join(pred), " ".join(ref)}:
+        if yes_no_rule and pred != ref and CLOSED_ANSWERS & {" ".join(pred), " ".join(ref)}:
             continue
         common = sum((Counter(pred) & Counter(ref)).values())
         if common:
@@ -41,13 +47,16 @@ def token_f1(prediction: str, references: str | Sequence[str]) -> float:
     return best
 
 
-def answer_scores(response: str, references: str | Sequence[str], style: str = "any") -> dict[str, float]:
+def answer_scores(
+    response: str, references: str | Sequence[str], style: str = "any", dataset: str | None = None
+) -> dict[str, float]:
     """EM, F1 and RULER sub-span EM of the answer extracted from a response (`trainers.judges.extract_answer`:
-    `\\boxed{}` for `style="boxed"`, "Answer:" for `"answer"`, both for `"any"`, else the last 20 words)."""
+    `\\boxed{}` for `style="boxed"`, "Answer:" for `"answer"`, both for `"any"`, else the last 20 words); F1 with
+    the yes/no rule when `dataset` is one of `YES_NO_RULE_DATASETS`."""
     answer = extract_answer(response, style=style)
     return {
         "em": float(MatchJudge(mode="exact", style=style).judge("", response, references).correct),
-        "f1": token_f1(answer, references),
+        "f1": token_f1(answer, references, yes_no_rule=dataset in YES_NO_RULE_DATASETS),
         "subspan_em": float(MatchJudge(mode="subspan", style=style).judge("", response, references).correct),
     }
 

@@ -182,17 +182,14 @@ def evaluate_systems(
 ) -> list[dict]:
     """Greedy answers of every system on `examples`, scored as reconstruction or QA, resumable (records per benchmark).
 
-    `max_new_tokens` is one cap, or a function giving each example its own (`document_max_new_tokens`, whose name joins
-    the records' settings hash, so records made under one fixed cap are not reused for it)."""
+    `max_new_tokens` is one cap, or a function giving each example its own (`document_max_new_tokens`); a record
+    made under another cap is not reused (the harness keys records by their generation kwargs)."""
     scorer = score_reconstruction if benchmark == "reconstruction" else score_qa
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     cap = max_new_tokens if callable(max_new_tokens) else lambda _: max_new_tokens
-    # A per-example rule joins the hash; a fixed cap hashes as before this rule existed, so earlier records stay usable.
-    rule = {"max_new_tokens": max_new_tokens.__name__} if callable(max_new_tokens) else {}
     store = RecordStore(
-        folder / f"{benchmark}_records.jsonl",
-        config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY, **rule}),
+        folder / f"{benchmark}_records.jsonl", config_hash({"benchmark": benchmark, **(settings or {}), "decoding": GREEDY})
     )
     return run(examples, systems, scorer, store, lambda e: {**GREEDY, "max_new_tokens": cap(e)}, batch_size=batch_size, desc=benchmark)
 
