@@ -17,7 +17,7 @@ from benchmarks.eval.systems import FullContextSystem, Generation
 from benchmarks.synthetic.clock import StageClock, record_stage, update_timings
 from benchmarks.synthetic.config import SyntheticRunConfig
 from benchmarks.synthetic.data import make_data
-from benchmarks.synthetic.folders import STAGE_TOKENIZER_FILES
+from benchmarks.synthetic.folders import STAGE_TOKENIZER_FILES, model_digest
 from benchmarks.synthetic.pipeline import StopSideProcess, ThreadsWhenAlone
 from benchmarks.synthetic.run import main
 from benchmarks.synthetic.stages import rl_arguments, rl_rows, stage_config
@@ -176,10 +176,30 @@ def test_a_stage_whose_only_checkpoints_are_torn_starts_afresh(tmp_path, caplog)
     assert resume_point(rl_arguments(config)) is None  # RL resumes the same way
 
 
-def test_a_run_of_data_and_lm_alone_ends_without_a_report(tmp_path, caplog):
+def test_a_run_of_data_and_lm_alone_ends_without_a_report_and_times_the_lm_from_its_examples_on(
+    tmp_path, caplog, monkeypatch
+):
+    import time
+    import types
+
+    from benchmarks.synthetic import clock, stages
+
+    offset = [0.0]  # seconds the examples "took": the stage's clock must count them (they are rebuilt on a resume)
+    monkeypatch.setattr(clock, "time", types.SimpleNamespace(time=lambda: time.time() + offset[0]))
+    build = stages.examples_dataset
+    monkeypatch.setattr(stages, "examples_dataset", lambda *a: offset.__setitem__(0, 1000.0) or build(*a))
     report_dir = tmp_path / "report"
     args = ["--output_dir", str(tmp_path / "run"), "--report_dir", str(report_dir), "--checkpoint_dir", ""]
     assert main(TOY + args + ["--stages", "data", "lm", "--lm_lexicon_texts", "8"]) == {}
+    assert json.loads((tmp_path / "run" / "timings.json").read_text())["lm"] >= 1000
+    caplog.clear()
+    assert main(TOY + args + ["--stages", "data", "lm", "--lm_lexicon_texts", "8", "--lm_steps", "5"]) == {}
+    assert "lm_steps=3 -> 5" in caplog.text and "finished stages (lm) keep the settings they trained with" in caplog.text
+    (replaced,) = [json.loads(line) for line in (tmp_path / "run" / "run_config_history.jsonl").read_text().splitlines()]
+    assert replaced["lm_steps"] == 3 and json.loads((tmp_path / "run" / "run_config.json").read_text())["lm_steps"] == 5
+    caplog.clear()
+    assert main(TOY + args + ["--stages", "data", "lm", "--lm_lexicon_texts", "8", "--lm_steps", "5", "--threads", "2"]) == {}
+    assert "settings changed" not in caplog.text  # how the run goes, not what a stage learns
     assert (tmp_path / "run" / "lm" / "config.json").is_file() and not report_dir.exists()
     assert (tmp_path / "run" / "data" / "tokenizer").is_dir() and not (tmp_path / "run" / "data" / "tokenizer.partial").exists()
     assert "no stage the evaluation reads yet" in caplog.text
@@ -707,7 +727,7 @@ def test_checkpoint_dir_empty_or_none_exports_nothing(value):
     assert not report_args.checkpoint_dir and report_args.report_dir is None
 
 
-def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path):
+def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all_and_kept_past_this_runs_export(tmp_path):
     from benchmarks.synthetic.run import keep_previous_checkpoint
 
     shipped = tmp_path / "shipped"
@@ -720,8 +740,80 @@ def test_the_copy_of_the_shipped_checkpoint_is_made_whole_or_not_at_all(tmp_path
     previous = keep_previous_checkpoint(config, str(shipped))
     assert previous == tmp_path / "run" / "previous" and not (tmp_path / "run" / "previous.partial").exists()
     assert (previous / "model.safetensors").read_text() == "weights"
-    (shipped / "model.safetensors").write_text("a later export")
-    assert (keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "weights"  # made once
+    (shipped / "model.safetensors").write_text("this run's export")
+    (tmp_path / "run" / "exported.json").write_text(json.dumps({"digest": model_digest(shipped)}))
+    assert (keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "weights"  # kept
+
+
+def test_a_refused_run_copies_no_shipped_checkpoint(tmp_path):
+    shipped = tmp_path / "shipped"  # an earlier export: the run may replace it
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / ".memcomp-export.json").write_text(json.dumps({"files": ["config.json"]}))
+    with pytest.raises(FileNotFoundError, match="holds no finished sft"):
+        main([*TOY, "--output_dir", str(tmp_path / "run"), "--checkpoint_dir", str(shipped), "--reuse",
+              json.dumps({"sft": str(tmp_path / "missing")})])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_kill_mid_export_keeps_the_copy_and_a_checkpoint_shipped_during_evaluation_is_not_overwritten(
+    tmp_path, monkeypatch
+):
+    from benchmarks.synthetic import run as run_module
+
+    shipped, config = tmp_path / "shipped", SyntheticRunConfig(output_dir=str(tmp_path / "run"))
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / "model.safetensors").write_text("old")
+    previous = run_module.keep_previous_checkpoint(config, str(shipped))
+    exports = []
+    monkeypatch.setattr(run_module, "export_checkpoint", lambda *a: exports.append(a[1]) or (shipped / "model.safetensors").write_text(a[1]))
+    (shipped / "model.safetensors").write_text("a newer run's export")  # shipped while this run evaluated
+    refused = run_module.ship(config, "rl", str(shipped), previous)
+    assert "changed while this run evaluated" in refused and exports == []
+    (config.root / "exported.json").write_text(json.dumps({"in_progress": True, "stage": "rl"}))  # killed mid-export
+    (shipped / "model.safetensors").write_text("torn")
+    assert (run_module.keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "old"
+    assert run_module.ship(config, "rl", str(shipped), previous) is None and exports == ["rl"]  # the rerun mends it
+    assert json.loads((config.root / "exported.json").read_text())["digest"] == model_digest(shipped)
+    assert (run_module.keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "old"
+
+
+def test_a_second_copy_of_a_run_on_the_same_folder_is_refused_before_it_writes(tmp_path):
+    import fcntl
+
+    from benchmarks.synthetic.pipeline import run_pipeline
+
+    config = SyntheticRunConfig(output_dir=str(tmp_path / "run"), stages=["data"])
+    config.root.mkdir(parents=True)
+    with open(config.root / "run.lock", "w") as held:  # the first copy, training
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(RuntimeError, match=r"in use by another run \(process 4242\).*Wait for it"):
+            run_pipeline(config)
+    assert not (config.root / "data").exists() and not (config.root / "run_config.json").exists()
+    with open(config.root / "run.side.lock", "w") as held:  # an earlier run's second process, not yet stopped
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="the second process of an earlier run, still stopping"):
+            run_pipeline(config)
+    assert not (config.root / "data").exists()
+    run_pipeline(SyntheticRunConfig(output_dir=str(tmp_path / "run"), stages=["data"], train_episodes=30, heldout_episodes=40))
+    assert (config.root / "data" / "tokenizer").is_dir()  # the locks went with their holders
+
+
+def test_a_checkpoint_shipped_by_another_run_since_replaces_the_copy_to_compare_with(tmp_path, caplog):
+    from benchmarks.synthetic.run import keep_previous_checkpoint
+
+    shipped, config = tmp_path / "shipped", SyntheticRunConfig(output_dir=str(tmp_path / "run"))
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / "model.safetensors").write_text("weights")
+    keep_previous_checkpoint(config, str(shipped))
+    (shipped / "model.safetensors").write_text("a newer run's export")  # not this run's: no exported.json says so
+    previous = keep_previous_checkpoint(config, str(shipped))
+    assert (previous / "model.safetensors").read_text() == "a newer run's export"
+    assert "shipped after this run's copy" in caplog.text
 
 
 def test_the_evaluation_decodes_every_system_with_plain_greedy(model, tmp_path):

@@ -3,10 +3,15 @@ and folders written whole or not at all."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from .config import SyntheticRunConfig
@@ -61,6 +66,38 @@ def check_start_folders(config: SyntheticRunConfig, stages: list[str]) -> None:
             raise FileNotFoundError(f"start_from: {stage} <- {folder}, which holds no finished model (train it first).")
 
 
+RUN_CONFIG = "run_config.json"
+"""A run's settings, as its latest command gave them; the settings they replaced go to `RUN_CONFIG_HISTORY`."""
+RUN_CONFIG_HISTORY = "run_config_history.jsonl"
+UNTRAINED_SETTINGS = frozenset({"stages", "threads", "threads_alone", "parallel", "save_steps", "logging_steps"})
+"""Settings that change how a run goes, not what a stage learns: changing them warns of nothing."""
+
+
+def record_run_config(config: SyntheticRunConfig) -> None:
+    """Write the run's settings (`RUN_CONFIG`). When a rerun changes them while some stages are finished, warn (those
+    stages keep what they trained with: a finished stage is never retrained) and keep the replaced settings, one JSON
+    line each, in `RUN_CONFIG_HISTORY`, so the report's settings can be checked against what each stage saw."""
+    path, settings = config.root / RUN_CONFIG, asdict(config)
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    changed = sorted(k for k in settings if isinstance(earlier, dict) and k in earlier and earlier[k] != settings[k])
+    trained = [k for k in changed if k not in UNTRAINED_SETTINGS]
+    finished = [s for s in config.all_stages if s not in config.reuse and s != "data" and stage_done(config.stage_dir(s))]
+    if trained and finished:
+        logger.warning(
+            "%s: settings changed since the last command (%s); the finished stages (%s) keep the settings they trained "
+            "with (remove a stage's folder to train it again). The replaced settings are kept in %s.",
+            config.root, ", ".join(f"{k}={earlier[k]!r} -> {settings[k]!r}" for k in trained), ", ".join(finished),
+            RUN_CONFIG_HISTORY,
+        )
+    if changed:
+        with open(config.root / RUN_CONFIG_HISTORY, "a") as history:
+            history.write(json.dumps(earlier) + "\n")
+    replace_text(path, json.dumps(settings, indent=2))
+
+
 SEED_RECORD = "memcomp_synthetic.json"
 """Written into an exported synthetic model's folder: the corpus seed it trained on (its held-out names are that seed's)."""
 
@@ -69,9 +106,9 @@ def trained_seed(folder: str | Path) -> tuple[int, Path] | None:
     """The corpus seed a model folder trained on and the file that says so: an export's `SEED_RECORD`, else the
     `run_config.json` of the run holding it (a stage folder, or a `checkpoint-N` in one); None when nothing says."""
     folder = Path(folder).resolve()
-    records = [folder / SEED_RECORD, folder.parent / "run_config.json"]
+    records = [folder / SEED_RECORD, folder.parent / RUN_CONFIG]
     if folder.name.startswith("checkpoint-"):
-        records.append(folder.parent.parent / "run_config.json")
+        records.append(folder.parent.parent / RUN_CONFIG)
     for record in records:
         try:
             seed = json.loads(record.read_text()).get("seed")
@@ -117,3 +154,44 @@ def build_folder(path: Path, build) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     build(partial)
     partial.replace(path)
+
+
+RUN_LOCK, SIDE_LOCK = "run.lock", "run.side.lock"
+"""Held in a run's folder by the process training or evaluating there, and by its second process."""
+
+
+@contextmanager
+def run_lock(root: Path, name: str = RUN_LOCK) -> Iterator[None]:
+    """Hold `{root}/{name}` while this process trains or evaluates in `root`: a second copy of the command on the
+    same folder is refused at once (two writers would overwrite each other's checkpoints and records). The lock goes
+    with the process, so a killed run leaves none behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / name, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            what = "another run" if name == RUN_LOCK else "the second process of an earlier run, still stopping"
+            raise RuntimeError(
+                f"{root} is in use by {what} (process {holder}): two copies of a run in one folder would overwrite "
+                "each other's checkpoints. Wait for it to finish or stop it (a rerun resumes it), or give another output_dir."
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def model_digest(folder: str | Path) -> str | None:
+    """sha256 of a model folder's config and weights, telling two checkpoints apart (None when it holds no model)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return None
+    digest = hashlib.sha256()
+    for path in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

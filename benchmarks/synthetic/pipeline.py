@@ -20,7 +20,10 @@ from transformers import TrainerCallback
 from .clock import record_stage
 from .config import MEMCOMP_STAGES, SyntheticRunConfig
 from .data import check_corpus, make_data
-from .folders import check_reused_stages, check_seeds_of_trained_folders, check_start_folders, link_reused_stages, stage_done
+from .folders import (
+    SIDE_LOCK, check_reused_stages, check_seeds_of_trained_folders, check_start_folders, link_reused_stages,
+    record_run_config, run_lock, stage_done,
+)
 from .stages import pretrain_lm, train_baseline, train_memcomp_stage, train_rl
 
 logger = logging.getLogger(__name__)
@@ -82,7 +85,8 @@ def _side_process(config_dict: dict, parent_pid: int, stop, main_done) -> None:
     threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True).start()
     config = SyntheticRunConfig(**config_dict)
     torch.set_num_threads(config.threads)
-    run_side_stages(config, (StopSideProcess(parent_pid, stop), ThreadsWhenAlone(main_done.is_set, config.threads_alone)))
+    with run_lock(config.root, SIDE_LOCK):
+        run_side_stages(config, (StopSideProcess(parent_pid, stop), ThreadsWhenAlone(main_done.is_set, config.threads_alone)))
 
 
 def pending_stages(config: SyntheticRunConfig) -> tuple[list[str], list[str]]:
@@ -108,9 +112,16 @@ def run_pipeline(config: SyntheticRunConfig) -> dict[str, float]:
     data = Path(config.reuse.get("data") or config.root / "data")
     if (data / "tokenizer").is_dir():
         check_corpus(config, data)
-    link_reused_stages(config)
-    config.root.mkdir(parents=True, exist_ok=True)
-    (config.root / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
+    with run_lock(config.root):
+        with run_lock(config.root, SIDE_LOCK):  # the second process of a killed earlier run may still be stopping
+            pass
+        link_reused_stages(config)
+        return _train(config)
+
+
+def _train(config: SyntheticRunConfig) -> dict[str, float]:
+    """The stages in order, under the run's lock (`run_pipeline` checks everything first)."""
+    record_run_config(config)
     torch.set_num_threads(config.threads_alone)
     wanted = set(config.stages)
     if "data" in wanted and not (config.root / "data" / "tokenizer").is_dir():

@@ -15,7 +15,7 @@ import torch
 
 from .clock import record_stage
 from .config import SyntheticRunConfig, help_field
-from .folders import SEED_RECORD, build_folder, check_seed
+from .folders import SEED_RECORD, build_folder, check_seed, model_digest, replace_text, run_lock
 from .pipeline import run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -90,12 +90,65 @@ def check_checkpoint_dir(checkpoint_dir: str | None, seed: int) -> None:
     check_seed("checkpoint_dir", checkpoint_dir, seed, fix="or another --checkpoint_dir (a new folder, or '' to not export)")
 
 
+RUN_EXPORT_RECORD = "exported.json"
+"""In a run's folder: the digest (`model_digest`) of the checkpoint the run last exported, so that a rerun tells its
+own export from a checkpoint shipped since by another run (`in_progress` while the export writes)."""
+
+
 def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None) -> Path | None:
-    """A copy of the checkpoint shipped before this run (`{output_dir}/previous`), made once, to compare against."""
+    """A copy of the checkpoint shipped before this run (`{output_dir}/previous`), to compare against, made after
+    training. It is kept while `checkpoint_dir` holds it or this run's own export (with no copy yet, that export is
+    copied: a rerun then ties with itself), and while an export, this run's or another's, was cut short there; a
+    checkpoint shipped since by another run replaces it, so the ship rule compares with the model it would replace."""
     previous = run.root / "previous"
-    if not previous.is_dir() and checkpoint_dir and (Path(checkpoint_dir) / "config.json").is_file():
-        build_folder(previous, lambda partial: shutil.copytree(checkpoint_dir, partial))
-    return previous if previous.is_dir() else None
+    shipped = model_digest(checkpoint_dir) if checkpoint_dir else None
+    if shipped is None or export_cut_short(run, checkpoint_dir) or shipped == model_digest(previous):
+        return previous if previous.is_dir() else None
+    if previous.is_dir():
+        if shipped == exported_digest(run):
+            return previous
+        logger.warning("%s holds a checkpoint shipped after this run's copy of it: comparing with that one.", checkpoint_dir)
+        shutil.rmtree(previous)
+    build_folder(previous, lambda partial: shutil.copytree(checkpoint_dir, partial))
+    return previous
+
+
+def _export_record(folder: Path, name: str) -> dict:
+    try:
+        record = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def exported_digest(run: SyntheticRunConfig) -> str | None:
+    """The digest of the checkpoint this run last exported whole (`RUN_EXPORT_RECORD`), None when it exported none."""
+    return _export_record(run.root, RUN_EXPORT_RECORD).get("digest")
+
+
+def export_cut_short(run: SyntheticRunConfig, checkpoint_dir: str) -> bool:
+    """Whether an export into `checkpoint_dir` was killed before it finished: this run's (its `RUN_EXPORT_RECORD`) or
+    any (the folder's own export record, `hub_cards.export.EXPORT_RECORD`)."""
+    from hub_cards.export import EXPORT_RECORD
+
+    records = (_export_record(run.root, RUN_EXPORT_RECORD), _export_record(Path(checkpoint_dir), EXPORT_RECORD))
+    return any(record.get("in_progress") for record in records)
+
+
+def ship(run: SyntheticRunConfig, stage: str, checkpoint_dir: str, previous: Path | None) -> str | None:
+    """Export `stage` to `checkpoint_dir`, recording it as this run's (`RUN_EXPORT_RECORD`); returns why not when
+    another run shipped a checkpoint there while this one evaluated (it was not compared with that one). A folder an
+    export was cut short in is written over: the export mends it."""
+    current = model_digest(checkpoint_dir)
+    known = (model_digest(previous) if previous else None, exported_digest(run))
+    if current is not None and current not in known and not export_cut_short(run, checkpoint_dir):
+        return (f"not exported: {checkpoint_dir} changed while this run evaluated (another run shipped there); rerun "
+                "the command to compare with that checkpoint.")
+    replace_text(run.root / RUN_EXPORT_RECORD, json.dumps({"in_progress": True, "stage": stage}) + "\n")
+    export_checkpoint(run.output_dir, stage, checkpoint_dir, run.seed)
+    digest = model_digest(checkpoint_dir)
+    replace_text(run.root / RUN_EXPORT_RECORD, json.dumps({"digest": digest, "stage": stage}, indent=2) + "\n")
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,19 +174,27 @@ def run_and_report(
     training range of documents is at least SFT's, else SFT; it replaces the shipped one only when it also beats it on
     the single-document held-out set.
     """
-    from benchmarks._timing import machine_info
-    from benchmarks.eval.synthetic import EVALUATED, evaluate_run, evaluated_stages
-    from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
+    from benchmarks.eval.synthetic import EVALUATED, evaluated_stages
 
     check_checkpoint_dir(report_args.checkpoint_dir, run.seed)
     if report_args.report_dir is None:
         report_args.report_dir = str(run.root / "report")
-    previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     run_pipeline(run)
     if not evaluated_stages(run.output_dir):
         logger.warning("%s has no stage the evaluation reads yet (%s): no report; run later stages for one.",
                        run.output_dir, EVALUATED)
         return {}
+    with run_lock(run.root):
+        return _evaluate_and_export(run, report_args, command, earlier_runs)
+
+
+def _evaluate_and_export(run: SyntheticRunConfig, report_args: ReportArguments, command: str, earlier_runs) -> dict:
+    """`run_and_report` after training, under the run's lock."""
+    from benchmarks._timing import machine_info
+    from benchmarks.eval.synthetic import evaluate_run
+    from benchmarks.eval.synthetic_report import choose_shipped_stage, write_report
+
+    previous = keep_previous_checkpoint(run, report_args.checkpoint_dir)
     started = time.time()
     results = evaluate_run(
         run.output_dir, run.root / "eval", previous, report_args.max_documents, report_args.max_single_questions,
@@ -144,10 +205,13 @@ def run_and_report(
                           earlier_runs)
     if report_args.checkpoint_dir:
         stage, reason = choose_shipped_stage(report)
-        report["shipped"] = {"stage": stage, "reason": reason}
-        if stage is not None:
-            export_checkpoint(run.output_dir, stage, report_args.checkpoint_dir, run.seed)
+        refused = ship(run, stage, report_args.checkpoint_dir, previous) if stage is not None else None
+        if refused:
+            logger.warning(refused)
+            stage, reason = None, f"{reason}; {refused}"
+        elif stage is not None:
             logger.info("exported %s to %s", stage, report_args.checkpoint_dir)
+        report["shipped"] = {"stage": stage, "reason": reason}
         out = Path(report_args.report_dir)
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
         with open(out / "report.md", "a") as f:

@@ -56,9 +56,9 @@ def training_args(config: SyntheticRunConfig, stage: str, steps: int, learning_r
     return MemCompTrainingArguments(stage=None, **settings)
 
 
-def train_with_clock(trainer, config: SyntheticRunConfig, stage: str, callbacks: tuple = ()) -> float:
-    """Train (resuming from the stage's last checkpoint if any); returns the stage's seconds, earlier processes' too."""
-    clock = StageClock(config, stage)
+def train_with_clock(trainer, clock: StageClock, callbacks: tuple = ()) -> float:
+    """Train (resuming from the stage's last checkpoint if any); returns the stage's seconds, earlier processes' too.
+    The `clock` starts where the stage does, so the time spent building its examples (again on a resume) counts."""
     for callback in (clock, *callbacks):
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume_point(trainer.args))
@@ -83,6 +83,7 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
     from trainers.tasks import TaskBuilder
     from trainers.trainer import MemCompTrainer
 
+    clock = StageClock(config, "lm")
     tokenizer = load_tokenizer(str(config.root / "data" / "tokenizer"))
     model = build_tiny_memcomp(
         tokenizer, chunk_size=config.chunk_size, seed=config.train_seed, hidden_size=config.hidden_size,
@@ -96,7 +97,7 @@ def pretrain_lm(config: SyntheticRunConfig) -> None:
     dataset = examples_dataset([builder.language_modeling(t) for t in texts], config.train_seed)
     args = training_args(config, "lm", config.lm_steps, config.learning_rate)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
-    seconds = train_with_clock(trainer, config, "lm")
+    seconds = train_with_clock(trainer, clock)
     model.language_model.save_pretrained(config.stage_dir("lm"))
     tokenizer.save_pretrained(config.stage_dir("lm"))
     record_stage(config, "lm", seconds, trainer)
@@ -202,6 +203,7 @@ def train_baseline(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     from modeling_memcomp import MemCompForCausalLM
     from trainers.trainer import MemCompTrainer
 
+    clock = StageClock(config, "baseline")
     if "baseline" in config.start_from:  # a trained baseline goes on training (e.g. in another world)
         model = MemCompForCausalLM.from_pretrained(config.start_from["baseline"], dtype=torch.float32).train()
     else:
@@ -213,7 +215,7 @@ def train_baseline(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     dataset = examples_dataset(examples, config.train_seed)
     args = baseline_arguments(config)
     trainer = MemCompTrainer(model=model, args=args, train_dataset=dataset)
-    seconds = train_with_clock(trainer, config, "baseline", callbacks)
+    seconds = train_with_clock(trainer, clock, callbacks)
     model.config.prompt_template = "chat"
     setattr(model.config, QUERY_AWARE_ATTRIBUTE, config.baseline_query_aware)  # the evaluation prompts the same way
     trainer.save_model()
@@ -275,12 +277,13 @@ def train_rl(config: SyntheticRunConfig, callbacks: tuple = ()) -> None:
     from trainers.judges import MatchJudge
     from trainers.precompute import precompute_memory
 
+    clock = StageClock(config, "rl")
     model = MemCompForCausalLM.from_pretrained(str(config.stage_dir("sft")), dtype=torch.float32)
     dataset = precompute_memory(
         model.eval(), rl_rows(config), template=config.rl_template, max_prompt_length=config.max_length,
     )
     args = rl_arguments(config)
     trainer = MemCompGRPOTrainer(model.train(), args=args, train_dataset=dataset, judge=MatchJudge(mode="exact"))
-    seconds = train_with_clock(trainer, config, "rl", callbacks)
+    seconds = train_with_clock(trainer, clock, callbacks)
     trainer.save_model(str(config.stage_dir("rl")))
     record_stage(config, "rl", seconds, trainer)
