@@ -32,6 +32,14 @@ def exported_files(folder: str | os.PathLike) -> list[str] | None:
     return sorted(set(list_files(folder)) - set(names)) if record.get("in_progress") else names
 
 
+def export_in_progress(folder: str | os.PathLike) -> bool:
+    """Whether an export into `folder` started and has not finished (it was killed, or is still writing)."""
+    try:
+        return bool(json.loads((Path(folder) / EXPORT_RECORD).read_text()).get("in_progress"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_output_dir(
     output_dir: str | os.PathLike, overwrite: bool, source: Path | None = None, what: str = "output_dir"
 ) -> Path:

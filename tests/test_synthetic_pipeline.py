@@ -771,12 +771,23 @@ def test_a_kill_mid_export_keeps_the_copy_and_a_checkpoint_shipped_during_evalua
     (shipped / "model.safetensors").write_text("a newer run's export")  # shipped while this run evaluated
     refused = run_module.ship(config, "rl", str(shipped), previous)
     assert "changed while this run evaluated" in refused and exports == []
-    (config.root / "exported.json").write_text(json.dumps({"in_progress": True, "stage": "rl"}))  # killed mid-export
-    (shipped / "model.safetensors").write_text("torn")
+    (shipped / "model.safetensors").write_text("old")
+    before = model_digest(shipped)
+    (config.root / "exported.json").write_text(json.dumps({"in_progress": True, "stage": "rl", "before": before}))
+    (shipped / "model.safetensors").write_text("torn")  # killed mid-export: the folder's own record says so
+    (shipped / ".memcomp-export.json").write_text(json.dumps({"in_progress": True, "kept": []}))
     assert (run_module.keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "old"
     assert run_module.ship(config, "rl", str(shipped), previous) is None and exports == ["rl"]  # the rerun mends it
     assert json.loads((config.root / "exported.json").read_text())["digest"] == model_digest(shipped)
     assert (run_module.keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "old"
+    # An export of this run's that failed before writing, then another run shipped a whole checkpoint: the stale
+    # record does not stop the copy from following it (nor let this run overwrite it uncompared).
+    (config.root / "exported.json").write_text(json.dumps({"in_progress": True, "stage": "rl", "before": before}))
+    (shipped / ".memcomp-export.json").write_text(json.dumps({"files": ["model.safetensors"]}))
+    (shipped / "model.safetensors").write_text("another run's")
+    assert (run_module.keep_previous_checkpoint(config, str(shipped)) / "model.safetensors").read_text() == "another run's"
+    (shipped / "model.safetensors").write_text("a third run's")
+    assert "changed while this run evaluated" in run_module.ship(config, "rl", str(shipped), previous)
 
 
 def test_a_second_copy_of_a_run_on_the_same_folder_is_refused_before_it_writes(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -42,10 +43,14 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+_PROCESS = uuid.uuid4().hex
+"""Names this process in the keys of objects, whose ids another process may reuse."""
+
+
 def kwargs_key(kwargs: dict) -> str:
     """A text naming generation kwargs, equal for equal plain values (numbers, strings, lists, dicts, whatever their
-    keys). An object (a tensor, a `StoppingCriteriaList`) is named by its identity: never taken for another, never
-    matched across runs."""
+    keys). An object (a tensor, a `StoppingCriteriaList`) is named by its identity in this process: never taken for
+    another, and its records are never reused by another run."""
     def plain(value):
         if isinstance(value, dict):
             return sorted([repr(key), plain(item)] for key, item in value.items())
@@ -53,7 +58,7 @@ def kwargs_key(kwargs: dict) -> str:
             return [plain(item) for item in value]
         if value is None or isinstance(value, (str, int, float, bool)):
             return value
-        return f"{type(value).__name__}@{id(value)}"
+        return f"{type(value).__name__}@{id(value)}@{_PROCESS}"
 
     return json.dumps(plain(kwargs))
 

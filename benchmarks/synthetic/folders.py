@@ -78,11 +78,8 @@ def record_run_config(config: SyntheticRunConfig) -> None:
     stages keep what they trained with: a finished stage is never retrained) and keep the replaced settings, one JSON
     line each, in `RUN_CONFIG_HISTORY`, so the report's settings can be checked against what each stage saw."""
     path, settings = config.root / RUN_CONFIG, asdict(config)
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        earlier = None
-    changed = sorted(k for k in settings if isinstance(earlier, dict) and k in earlier and earlier[k] != settings[k])
+    earlier = read_record(path) if path.is_file() else None
+    changed = sorted(k for k in settings if earlier is not None and k in earlier and earlier[k] != settings[k])
     trained = [k for k in changed if k not in UNTRAINED_SETTINGS]
     finished = [s for s in config.all_stages if s not in config.reuse and s != "data" and stage_done(config.stage_dir(s))]
     if trained and finished:
@@ -110,13 +107,19 @@ def trained_seed(folder: str | Path) -> tuple[int, Path] | None:
     if folder.name.startswith("checkpoint-"):
         records.append(folder.parent.parent / RUN_CONFIG)
     for record in records:
-        try:
-            seed = json.loads(record.read_text()).get("seed")
-        except (OSError, ValueError, AttributeError):
-            continue
+        seed = read_record(record).get("seed")
         if isinstance(seed, int):
             return seed, record
     return None
+
+
+def read_record(path: Path) -> dict:
+    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def check_seed(what: str, folder: str | Path, seed: int, fix: str = "or train the stage in this run") -> None:
@@ -184,6 +187,19 @@ def run_lock(root: Path, name: str = RUN_LOCK) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Wait for and hold an exclusive lock on the folder itself (made if missing): no file is written, in it or beside
+    it, so a folder only some writers may touch (an export's) stays as it was."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 def model_digest(folder: str | Path) -> str | None:

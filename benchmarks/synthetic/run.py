@@ -15,7 +15,7 @@ import torch
 
 from .clock import record_stage
 from .config import SyntheticRunConfig, help_field
-from .folders import SEED_RECORD, build_folder, check_seed, model_digest, replace_text, run_lock
+from .folders import SEED_RECORD, build_folder, check_seed, folder_lock, model_digest, read_record, replace_text, run_lock
 from .pipeline import run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -113,41 +113,36 @@ def keep_previous_checkpoint(run: SyntheticRunConfig, checkpoint_dir: str | None
     return previous
 
 
-def _export_record(folder: Path, name: str) -> dict:
-    try:
-        record = json.loads((folder / name).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def exported_digest(run: SyntheticRunConfig) -> str | None:
     """The digest of the checkpoint this run last exported whole (`RUN_EXPORT_RECORD`), None when it exported none."""
-    return _export_record(run.root, RUN_EXPORT_RECORD).get("digest")
+    return read_record(run.root / RUN_EXPORT_RECORD).get("digest")
 
 
 def export_cut_short(run: SyntheticRunConfig, checkpoint_dir: str) -> bool:
-    """Whether an export into `checkpoint_dir` was killed before it finished: this run's (its `RUN_EXPORT_RECORD`) or
-    any (the folder's own export record, `hub_cards.export.EXPORT_RECORD`)."""
-    from hub_cards.export import EXPORT_RECORD
+    """Whether an export into `checkpoint_dir` was cut short: any (the folder's own record says it never finished), or
+    this run's before it wrote anything (the folder is as it was). A record of this run's left by an export that
+    failed counts no longer once another run has shipped there."""
+    from hub_cards.export import export_in_progress
 
-    records = (_export_record(run.root, RUN_EXPORT_RECORD), _export_record(Path(checkpoint_dir), EXPORT_RECORD))
-    return any(record.get("in_progress") for record in records)
+    ours = read_record(run.root / RUN_EXPORT_RECORD)
+    return export_in_progress(checkpoint_dir) or bool(ours.get("in_progress")) and ours.get("before") == model_digest(checkpoint_dir)
 
 
 def ship(run: SyntheticRunConfig, stage: str, checkpoint_dir: str, previous: Path | None) -> str | None:
     """Export `stage` to `checkpoint_dir`, recording it as this run's (`RUN_EXPORT_RECORD`); returns why not when
     another run shipped a checkpoint there while this one evaluated (it was not compared with that one). A folder an
-    export was cut short in is written over: the export mends it."""
-    current = model_digest(checkpoint_dir)
-    known = (model_digest(previous) if previous else None, exported_digest(run))
-    if current is not None and current not in known and not export_cut_short(run, checkpoint_dir):
-        return (f"not exported: {checkpoint_dir} changed while this run evaluated (another run shipped there); rerun "
-                "the command to compare with that checkpoint.")
-    replace_text(run.root / RUN_EXPORT_RECORD, json.dumps({"in_progress": True, "stage": stage}) + "\n")
-    export_checkpoint(run.output_dir, stage, checkpoint_dir, run.seed)
-    digest = model_digest(checkpoint_dir)
-    replace_text(run.root / RUN_EXPORT_RECORD, json.dumps({"digest": digest, "stage": stage}, indent=2) + "\n")
+    export was cut short in is written over: the export mends it. Exports into one folder take turns (`folder_lock`)."""
+    with folder_lock(Path(checkpoint_dir)):
+        current = model_digest(checkpoint_dir)
+        known = (model_digest(previous) if previous else None, exported_digest(run))
+        if current is not None and current not in known and not export_cut_short(run, checkpoint_dir):
+            return (f"not exported: {checkpoint_dir} changed while this run evaluated (another run shipped there); "
+                    "rerun the command to compare with that checkpoint.")
+        record = {"in_progress": True, "stage": stage, "before": current}
+        replace_text(run.root / RUN_EXPORT_RECORD, json.dumps(record) + "\n")
+        export_checkpoint(run.output_dir, stage, checkpoint_dir, run.seed)
+        record = {"digest": model_digest(checkpoint_dir), "stage": stage}
+        replace_text(run.root / RUN_EXPORT_RECORD, json.dumps(record, indent=2) + "\n")
     return None
 
 
