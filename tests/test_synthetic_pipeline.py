@@ -264,6 +264,15 @@ def test_config_rejects_unknown_stage_and_uneven_rl_batch():
         SyntheticRunConfig(rl_min_documents=3, rl_max_documents=2)
     with pytest.raises(ValueError, match=r"rl_temperature must be > 0 \(rollouts are sampled\), got 0"):
         SyntheticRunConfig(rl_temperature=0)
+    with pytest.raises(ValueError, match=r"cpt1_name_weight_steps must be >= 0 \(0: every step\), got -1"):
+        SyntheticRunConfig(cpt1_name_weight_steps=-1)
+
+
+def test_cpt1_weighs_the_names_for_its_first_steps_only_when_asked(tmp_path):
+    early = stage_config(SyntheticRunConfig(output_dir=str(tmp_path), cpt1_name_weight=4, cpt1_name_weight_steps=3000), "cpt1")
+    assert (early.training.emphasis_weight, early.training.emphasis_steps) == (4, 3000) and early.data.emphasis_pattern
+    default = stage_config(SyntheticRunConfig(output_dir=str(tmp_path)), "cpt1")
+    assert (default.training.emphasis_weight, default.training.emphasis_steps, default.data.emphasis_pattern) == (1, 0, None)
 
 
 def test_rl_prompts_can_be_limited_to_a_range_of_documents(tmp_path):

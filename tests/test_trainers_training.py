@@ -135,10 +135,18 @@ def test_emphasized_tokens_weigh_emphasis_weight_in_the_loss(tmp_path):
     expected = (token_loss * weights).sum() / (targets != -100).sum()
     assert fixed_batch_loss(weighted, batch) == pytest.approx(expected.item(), rel=1e-4)
     assert fixed_batch_loss(plain, batch) == pytest.approx(token_loss.sum().item() / (targets != -100).sum().item(), rel=1e-4)
+    early = MemCompTrainer(model=model, args=tiny_stage("cpt1", tmp_path, emphasis_weight=5.0, emphasis_steps=3, **fields).training,
+                           train_dataset=train)
+    early.state.global_step = 2  # within the first 3 steps: weighted
+    assert fixed_batch_loss(early, batch) == pytest.approx(expected.item(), rel=1e-4)
+    early.state.global_step = 3  # after: every token weighs 1
+    assert fixed_batch_loss(early, batch) == pytest.approx(token_loss.sum().item() / (targets != -100).sum().item(), rel=1e-4)
     with pytest.raises(ValueError, match="no emphasis_pattern is given"):
         tiny_stage("cpt1", tmp_path, emphasis_weight=5.0)
     with pytest.raises(ValueError, match="emphasis_weight must be > 0"):
         tiny_stage("cpt1", tmp_path, emphasis_weight=0.0, emphasis_pattern="x")
+    with pytest.raises(ValueError, match="emphasis_steps must be >= 0"):
+        tiny_stage("cpt1", tmp_path, emphasis_weight=2.0, emphasis_steps=-1, emphasis_pattern="x")
 
 
 def test_early_stopping_is_wired_to_eval_loss(tmp_path):

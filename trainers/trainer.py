@@ -54,6 +54,10 @@ class MemCompTrainingArguments(TrainingArguments):
         default=1.0,
         metadata={"help": "Loss weight of target tokens the data marks as emphasized (`emphasis_pattern`); 1: none."},
     )
+    emphasis_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps over which `emphasis_weight` applies, every token weighing 1 after (0: all steps)."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep task/chunks columns for the collator."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluate losses only (no logits gathered)."})
     train_sampling_strategy: str = field(
@@ -63,6 +67,8 @@ class MemCompTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if not self.emphasis_weight > 0:
             raise ValueError(f"emphasis_weight must be > 0, got {self.emphasis_weight}.")
+        if self.emphasis_steps < 0:
+            raise ValueError(f"emphasis_steps must be >= 0 (0: every step), got {self.emphasis_steps}.")
         if self.global_batch_size is not None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             per_step = self.per_device_train_batch_size * world
@@ -306,7 +312,8 @@ class MemCompTrainer(CompleteCheckpointResume, SaveInLoadedDtype, Trainer):
         ).view_as(targets)
         valid = targets != IGNORE_INDEX
         weighted = token_loss
-        if emphasis is not None and self.args.emphasis_weight != 1:
+        emphasized = not self.args.emphasis_steps or self.state.global_step < self.args.emphasis_steps
+        if emphasis is not None and self.args.emphasis_weight != 1 and emphasized:
             weights = 1 + (self.args.emphasis_weight - 1) * emphasis[:, 1:].to(token_loss)
             weighted = token_loss * weights  # still divided by the token count: other tokens keep their weight
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:

@@ -81,6 +81,10 @@ class SyntheticRunConfig:
         "other tokens weighing 1 (`emphasis_weight`): names other than the subject's are what CPT-1 learns to read last. "
         "1: none.",
     )
+    cpt1_name_weight_steps: int = help_field(
+        0, "CPT-1 steps over which `cpt1_name_weight` applies, the names weighing 1 after (`emphasis_steps`; 0: all steps): "
+        "weight the names early, while CPT-1 leaves the template plateau, and every token alike after.",
+    )
     cpt2_steps: int = help_field(1500, "CPT-2 steps.")
     sft_steps: int = help_field(6000, "SFT steps.")
     sft_lr_decay: float = help_field(
@@ -177,6 +181,8 @@ class SyntheticRunConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not self.cpt1_name_weight > 0:
             raise ValueError(f"cpt1_name_weight must be > 0, got {self.cpt1_name_weight}.")
+        if self.cpt1_name_weight_steps < 0:
+            raise ValueError(f"cpt1_name_weight_steps must be >= 0 (0: every step), got {self.cpt1_name_weight_steps}.")
         for name in ("cpt1_lr_decay", "sft_lr_decay", "baseline_lr_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share of the steps, in (0, 1]; got {getattr(self, name)}.")

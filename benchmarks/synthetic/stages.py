@@ -144,7 +144,8 @@ def stage_config(config: SyntheticRunConfig, stage: str):
             config, stage, steps, config.sft_learning_rate if sft else config.learning_rate,
             **({} if sft else {"projection_learning_rate": config.projection_learning_rate}),
             **lr_schedule(steps, {"cpt1": config.cpt1_lr_decay, "sft": config.sft_lr_decay}.get(kind, 1.0)),
-            **({"emphasis_weight": config.cpt1_name_weight} if kind == "cpt1" else {}),
+            **({"emphasis_weight": config.cpt1_name_weight, "emphasis_steps": config.cpt1_name_weight_steps}
+               if kind == "cpt1" else {}),
         ),
     )
 
