@@ -9,9 +9,9 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 RUN = Path(sys.argv[1] if len(sys.argv) > 1 else "out/proof_cpt1_names_early")
-CHUNK = 4
+CHUNK = json.loads((RUN / "run_config.json").read_text())["chunk_size"]
 NAME = re.compile(r"(works for|founded by) (\w+)")
-tokenizer = PreTrainedTokenizerFast(tokenizer_file="out/proof/other_kind/data/tokenizer/tokenizer.json")
+tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(RUN / "data" / "tokenizer" / "tokenizer.json"))
 
 counts = Counter()
 for line in open(RUN / "eval" / "reconstruction_records.jsonl"):
